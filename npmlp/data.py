@@ -1,0 +1,208 @@
+"""Data: names.txt -> words -> Vocab -> (X, Y) rows -> train/dev/test split.
+
+Legend: N rows, T block_size (context length), V vocab size.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import NpmlpError
+from .fileio import atomic_write_bytes
+
+URL = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
+SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
+DOT = "."  # start/end token, index 0, as in the lecture
+OFFLINE_HINT = "pass a local copy with --data FILE or set NPMLP_DATA=FILE"
+
+
+# ----------------------------------------------------------------------------- words
+
+def cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "npmlp" / "names.txt"
+
+
+def load_words(path: str | os.PathLike | None = None, notes: list[str] | None = None) -> list[str]:
+    """The names, one per line. Looks in: `path`, $NPMLP_DATA, the cache, then downloads.
+
+    What was normalised (blank lines, stray spaces...) is appended to `notes` as sentences.
+    """
+    notes = [] if notes is None else notes
+    if path is None and os.environ.get("NPMLP_DATA"):
+        path = os.environ["NPMLP_DATA"]
+    if path is not None:
+        return parse_words(_read_file(Path(path)), str(path), notes)
+    cached = cache_path()
+    if cached.is_file():
+        data = cached.read_bytes()
+        if hashlib.sha256(data).hexdigest() == SHA256:
+            return parse_words(data, str(cached), notes)
+        notes.append(f"cached {cached} failed its SHA-256 check; downloading it again")
+    return parse_words(download(cached), str(cached), notes)
+
+
+def _read_file(path: Path) -> bytes:
+    if path.is_dir():
+        raise NpmlpError(f"{path} is a directory, not a names file; give the path of a text file with one name per line")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise NpmlpError(f"data file {path} does not exist; check the path given to --data or NPMLP_DATA") from None
+    except OSError as e:
+        raise NpmlpError(f"cannot read data file {path}: {e.strerror}") from None
+
+
+def download(dest: Path, url: str | None = None, timeout: float = 30.0) -> bytes:
+    """Fetch names.txt, check its SHA-256, and write it to `dest` atomically."""
+    import requests  # only needed on the first run without a local copy
+
+    url = url or os.environ.get("NPMLP_DATA_URL", URL)
+    try:
+        r = requests.get(url, timeout=timeout)
+        r.raise_for_status()
+        data = r.content
+    except requests.Timeout:
+        raise NpmlpError(f"downloading {url} timed out after {timeout:g}s; {OFFLINE_HINT}") from None
+    except requests.HTTPError as e:
+        raise NpmlpError(f"downloading {url} failed: HTTP {e.response.status_code}; {OFFLINE_HINT}") from None
+    except requests.RequestException as e:
+        raise NpmlpError(f"cannot download {url} ({type(e).__name__}: no network?); {OFFLINE_HINT}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != SHA256:
+        raise NpmlpError(f"downloaded {url} ({len(data)} bytes) has SHA-256 {digest[:12]}..., "
+                         f"expected {SHA256[:12]}... (truncated or changed); {OFFLINE_HINT}")
+    try:
+        atomic_write_bytes(dest, data)
+    except OSError as e:  # a read-only cache is not fatal: we have the bytes
+        pass
+    return data
+
+
+def parse_words(data: bytes, name: str = "<data>", notes: list[str] | None = None) -> list[str]:
+    """Bytes of a names file -> list of names. Refuses what cannot be names; notes what it cleaned."""
+    notes = [] if notes is None else notes
+    if b"\x00" in data:
+        raise NpmlpError(f"{name} looks like a binary file (it contains NUL bytes); give a text file with one name per line")
+    try:
+        text = data.decode("utf-8-sig")  # tolerate a byte-order mark
+    except UnicodeDecodeError as e:
+        raise NpmlpError(f"{name} is not UTF-8 text (bad byte at offset {e.start}); re-save it as UTF-8") from None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    words, blank, stripped, upper = [], 0, 0, 0
+    for lineno, line in enumerate(lines, 1):
+        word = line.strip()
+        if not word:
+            blank += lineno < len(lines)  # the newline at the end of the file is not a blank line
+            continue
+        if DOT in word:
+            raise NpmlpError(f"{name} line {lineno}: {word!r} contains '.', which npmlp reserves as the "
+                             f"start/end token; remove or replace it")
+        stripped += word != line
+        upper += word != word.lower()
+        words.append(word)
+    if not words:
+        raise NpmlpError(f"{name} holds no names; give a text file with one name per line")
+    if blank:
+        notes.append(f"{blank} blank line{'s' * (blank > 1)} skipped")
+    if stripped:
+        notes.append(f"{stripped} name{'s' * (stripped > 1)} had leading/trailing spaces removed")
+    if upper:
+        notes.append(f"{upper} name{'s' * (upper > 1)} contain upper-case letters, kept as distinct characters")
+    return words
+
+
+# ----------------------------------------------------------------------------- vocab
+
+@dataclass(frozen=True)
+class Vocab:
+    """Characters <-> integers exactly as the lecture: '.' is 0, then the sorted characters from 1."""
+    itos: tuple[str, ...]
+
+    @classmethod
+    def from_words(cls, words) -> "Vocab":
+        chars = sorted(set("".join(words)))
+        if DOT in chars:
+            raise NpmlpError("a name contains '.', which npmlp reserves as the start/end token; remove it")
+        return cls((DOT, *chars))
+
+    @property
+    def stoi(self) -> dict[str, int]:
+        return {s: i for i, s in enumerate(self.itos)}
+
+    @property
+    def size(self) -> int:
+        return len(self.itos)
+
+    def encode(self, word: str) -> list[int]:
+        stoi = self.stoi
+        unknown = sorted({c for c in word if c not in stoi})
+        if unknown:
+            raise NpmlpError(f"characters {''.join(unknown)!r} in {word!r} are not in the model's vocabulary")
+        return [stoi[c] for c in word]
+
+    def decode(self, ids) -> str:
+        return "".join(self.itos[int(i)] for i in ids)
+
+    def index_dtype(self):
+        """The smallest integer type that holds every index: uint8 for the lecture's 27 characters."""
+        return np.uint8 if self.size <= 256 else np.int32
+
+
+# ----------------------------------------------------------------------------- rows
+
+def build_dataset(words, vocab: Vocab, block_size: int = 3):
+    """All (context, next char) rows, identical to the lecture's loop
+
+        for w in words:
+            context = [0] * block_size
+            for ch in w + '.':
+                X.append(context); Y.append(stoi[ch]); context = context[1:] + [stoi[ch]]
+
+    but vectorised: each word is laid out as T zeros, its characters, and a closing '.',
+    and the rows are sliding windows over that one long array.
+    Returns X (N, T) and Y (N,), with N = sum(len(w) + 1).
+    """
+    T = int(block_size)
+    if T < 1:
+        raise NpmlpError(f"block_size must be >= 1, got {block_size}")
+    dtype = vocab.index_dtype()
+    lens = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))  # (W,)
+    if len(words) == 0:
+        return np.zeros((0, T), dtype), np.zeros((0,), dtype)
+    # every character of every word, encoded in one pass through a lookup table
+    codes = np.frombuffer("".join(words).encode("utf-32-le"), dtype=np.uint32)  # (sum lens,)
+    keys = np.array([ord(c) for c in vocab.itos], dtype=np.uint32)               # (V,)
+    order = np.argsort(keys)
+    pos = np.searchsorted(keys[order], codes).clip(0, len(keys) - 1)
+    if codes.size and not np.array_equal(keys[order][pos], codes):
+        bad = sorted({chr(c) for c in codes[keys[order][pos] != codes]})
+        raise NpmlpError(f"characters {''.join(bad)!r} are not in the model's vocabulary")
+    ids = order[pos].astype(dtype)                                                # (sum lens,)
+
+    span = lens + T + 1                            # (W,) each word's slot: T pads, chars, '.'
+    start = np.concatenate([[0], np.cumsum(span)[:-1]])                          # (W,)
+    flat = np.zeros(int(span.sum()), dtype)                                      # pads and '.' are 0
+    char_start = np.repeat(start + T - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+    flat[char_start + np.arange(ids.size)] = ids
+    # a row for every char and the closing '.': window starting at slot start + p, p = 0..len
+    row_start = np.repeat(start, lens + 1) + (np.arange(int((lens + 1).sum()))
+                                               - np.repeat(np.cumsum(lens + 1) - (lens + 1), lens + 1))
+    windows = np.lib.stride_tricks.sliding_window_view(flat, T + 1)              # (L-T, T+1)
+    rows = windows[row_start]                                                    # (N, T+1)
+    return np.ascontiguousarray(rows[:, :T]), np.ascontiguousarray(rows[:, T])
+
+
+def split_words(words, seed: int | None = 42):
+    """80/10/10 split. seed=int reproduces `random.seed(seed); random.shuffle(words)` without
+    touching the global RNG; seed=None keeps file order. Returns (train, dev, test) lists."""
+    words = list(words)
+    if seed is not None:
+        random.Random(seed).shuffle(words)
+    n1, n2 = int(0.8 * len(words)), int(0.9 * len(words))
+    return words[:n1], words[n1:n2], words[n2:]

@@ -1,0 +1,14 @@
+"""The one exception type a user sees: the CLI prints its message on one line, no traceback."""
+
+
+class NpmlpError(Exception):
+    """A problem the user can fix. `exit_code` 2 = bad usage/option, 1 = runtime failure."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class UsageError(NpmlpError):
+    def __init__(self, message: str):
+        super().__init__(message, exit_code=2)

@@ -1,0 +1,33 @@
+"""A tqdm progress bar for long loops, updated a few times a second, not every step."""
+from __future__ import annotations
+
+import sys
+
+
+class Progress:
+    """bar.step(step, loss, lr) after each step; shows steps/s, the current loss and rate."""
+
+    def __init__(self, total: int, start: int = 0, quiet: bool = False, every: int = 250, desc: str = "train"):
+        self.every, self.quiet, self.bar = every, quiet, None
+        if not quiet:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=start, desc=desc, unit="step", file=sys.stderr,
+                            dynamic_ncols=True, mininterval=0.25, smoothing=0.05)
+        self._last = start
+
+    def step(self, step: int, loss: float, lr: float | None = None):
+        if self.bar is not None and (step + 1) % self.every == 0:
+            self.bar.update(step + 1 - self._last)
+            self._last = step + 1
+            self.bar.set_postfix_str(f"loss {loss:.4f}" + (f", lr {lr:g}" if lr is not None else ""), refresh=False)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,131 @@
+"""Minibatch SGD with the lecture's step schedule, chunked evaluation, and sampling.
+
+Legend: N rows, B batch, T block_size, V vocab size.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import UsageError
+from .model import MLP, Workspace
+
+BLOCK = 1000  # minibatch indices are drawn BLOCK steps at a time (one RNG call instead of 1000)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200_000
+    batch_size: int = 32
+    lr: float = 0.1             # learning rate before decay_at
+    lr_decayed: float = 0.01    # ... and from decay_at on (the lecture: 0.1 then 0.01)
+    decay_at: float = 0.5       # fraction of `steps` where the rate drops
+    seed: int = 2147483647      # the lecture's torch.Generator seed; drives init and batches
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise UsageError(f"{name} must be a positive integer, got {v}")
+        for name in ("lr", "lr_decayed"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v > 0):
+                raise UsageError(f"{name} must be a positive number, got {v}")
+        if not 0 <= self.decay_at <= 1:
+            raise UsageError(f"decay_at must be a fraction in [0, 1], got {self.decay_at}")
+
+    def lr_at(self, step: int) -> float:
+        return self.lr if step < int(self.decay_at * self.steps) else self.lr_decayed
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def batch_block(seed: int, block: int, n_rows: int, batch_size: int) -> np.ndarray:
+    """Row indices for steps block*BLOCK ... +BLOCK-1, shape (BLOCK, B).
+
+    Each block has its own generator seeded by (seed, block), so the indices of any step can be
+    recomputed from the seed and the step alone: resuming needs no hidden RNG state."""
+    rng = np.random.default_rng([seed, block])
+    return rng.integers(0, n_rows, size=(BLOCK, batch_size), dtype=np.int64)
+
+
+class Diverged(Exception):
+    def __init__(self, step, last_loss):
+        super().__init__(f"loss became non-finite at step {step}")
+        self.step, self.last_loss = step, last_loss
+
+
+def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: int | None = None,
+        on_step=None):
+    """Train `model` in place from step `start` up to (not including) `stop` (default cfg.steps).
+
+    lossi: float32 array (cfg.steps,) receiving each step's minibatch loss (the lecture's `lossi`).
+    on_step(step, loss): called after every step; return True to stop early (after that step).
+    Returns (lossi, the next step to run). Raises Diverged (params left as before that step's
+    update is impossible to know; see the caller) when a loss is NaN or inf.
+    """
+    N, T = X.shape
+    B = cfg.batch_size
+    stop = cfg.steps if stop is None else stop
+    lossi = np.zeros(cfg.steps, np.float32) if lossi is None else lossi
+    ws = Workspace()
+    gflat, grads = model.new_grads()
+    xb, yb = np.empty((B, T), X.dtype), np.empty(B, Y.dtype)   # (B, T), (B,) minibatch
+    block = None
+    for step in range(start, stop):
+        if block is None or step % BLOCK == 0:
+            block = batch_block(cfg.seed, step // BLOCK, N, B)
+        ix = block[step % BLOCK]                                 # (B,)
+        np.take(X, ix, axis=0, out=xb)
+        np.take(Y, ix, out=yb)
+        loss, cache = model.forward(xb, yb, ws)
+        if not np.isfinite(loss):
+            raise Diverged(step, float(lossi[step - 1]) if step else float("nan"))
+        model.backward(cache, grads, ws)
+        gflat *= -cfg.lr_at(step)                                 # one op for all five params:
+        model.flat += gflat                                       # p.data += -lr * p.grad
+        lossi[step] = loss
+        if on_step is not None and on_step(step, loss):
+            return lossi, step + 1
+    return lossi, stop
+
+
+def evaluate(model: MLP, X, Y, chunk: int = 16384) -> float:
+    """Mean loss over all rows, in chunks so memory stays bounded on a full split."""
+    if len(X) == 0:
+        return float("nan")
+    ws = Workspace()
+    total = 0.0
+    for i in range(0, len(X), chunk):
+        xs, ys = X[i:i + chunk], Y[i:i + chunk]
+        total += model.forward(xs, ys, ws)[0] * len(xs)
+    return total / len(X)
+
+
+def sample(model: MLP, vocab, n: int = 20, seed: int = 2147483647 + 10, temperature: float = 1.0,
+           max_len: int = 100):
+    """n names, as the lecture: context all '.', draw from softmax(logits / temperature) until '.'.
+
+    All n names are drawn side by side (a batch of n contexts), one character per step.
+    Each returned name ends with '.'; a name cut at max_len characters does not."""
+    if temperature <= 0 or not np.isfinite(temperature):
+        raise UsageError(f"temperature must be a positive number, got {temperature}")
+    rng = np.random.default_rng(seed)
+    ctx = np.zeros((n, model.block_size), np.int64)             # (n, T)
+    out = [[] for _ in range(n)]
+    alive = np.ones(n, bool)
+    for _ in range(max_len):
+        logits = model.logits(ctx).astype(np.float64) / temperature  # (n, V)
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)                        # (n, V) softmax
+        ix = (p.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)  # (n,) one draw per row
+        for i in np.flatnonzero(alive):
+            out[i].append(int(ix[i]))
+        alive &= ix != 0
+        if not alive.any():
+            break
+        ctx = np.concatenate([ctx[:, 1:], ix[:, None]], axis=1)
+    return [vocab.decode(o) for o in out]
