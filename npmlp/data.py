@@ -8,11 +8,12 @@ import hashlib
 import os
 import random
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from .errors import NpmlpError
+from .errors import NpmlpError, UsageError
 from .fileio import atomic_write_bytes
 
 URL = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
@@ -28,22 +29,40 @@ def cache_path() -> Path:
     return Path(base) / "npmlp" / "names.txt"
 
 
+def data_source(path: str | os.PathLike | None = None) -> Path | None:
+    """The file `load_words(path)` reads: `path`, else $NPMLP_DATA, else None (the checked download)."""
+    if path is None and os.environ.get("NPMLP_DATA"):
+        path = os.environ["NPMLP_DATA"]
+    return None if path is None else Path(path)
+
+
+def words_digest(words) -> str:
+    """SHA-256 of the parsed names: a run records it so --resume can refuse different data."""
+    return hashlib.sha256("\n".join(words).encode("utf-8")).hexdigest()
+
+
 def load_words(path: str | os.PathLike | None = None, notes: list[str] | None = None) -> list[str]:
     """The names, one per line. Looks in: `path`, $NPMLP_DATA, the cache, then downloads.
 
     What was normalised (blank lines, stray spaces...) is appended to `notes` as sentences.
     """
     notes = [] if notes is None else notes
-    if path is None and os.environ.get("NPMLP_DATA"):
-        path = os.environ["NPMLP_DATA"]
+    path = data_source(path)
     if path is not None:
-        return parse_words(_read_file(Path(path)), str(path), notes)
+        return parse_words(_read_file(path), str(path), notes)
     cached = cache_path()
     if cached.is_file():
-        data = cached.read_bytes()
+        try:
+            data = cached.read_bytes()
+        except OSError:
+            data = b""
         if hashlib.sha256(data).hexdigest() == SHA256:
             return parse_words(data, str(cached), notes)
-        notes.append(f"cached {cached} failed its SHA-256 check; downloading it again")
+        notes.append(f"cached {cached} failed its SHA-256 check (damaged or cut short); downloading it again")
+        try:  # so a failed download below leaves no bad file behind
+            cached.unlink()
+        except OSError:
+            pass
     return parse_words(download(cached), str(cached), notes)
 
 
@@ -58,11 +77,25 @@ def _read_file(path: Path) -> bytes:
         raise NpmlpError(f"cannot read data file {path}: {e.strerror}") from None
 
 
-def download(dest: Path, url: str | None = None, timeout: float = 30.0) -> bytes:
-    """Fetch names.txt, check its SHA-256, and write it to `dest` atomically."""
+def download_timeout() -> float:
+    """Seconds to wait for the server to connect or send more bytes: $NPMLP_DOWNLOAD_TIMEOUT, default 30."""
+    s = os.environ.get("NPMLP_DOWNLOAD_TIMEOUT", "30")
+    try:
+        v = float(s)
+    except ValueError:
+        v = float("nan")
+    if not (np.isfinite(v) and v > 0):
+        raise UsageError(f"NPMLP_DOWNLOAD_TIMEOUT must be a positive number of seconds, got {s!r}")
+    return v
+
+
+def download(dest: Path, url: str | None = None, timeout: float | None = None) -> bytes:
+    """Fetch names.txt, check its SHA-256, and write it to `dest` atomically (a cut download
+    raises before anything is written, so it never leaves a bad cache file)."""
     import requests  # only needed on the first run without a local copy
 
-    url = url or os.environ.get("NPMLP_DATA_URL", URL)
+    url = url or os.environ.get("NPMLP_DATA_URL") or URL
+    timeout = download_timeout() if timeout is None else timeout
     try:
         r = requests.get(url, timeout=timeout)
         r.raise_for_status()
@@ -70,16 +103,23 @@ def download(dest: Path, url: str | None = None, timeout: float = 30.0) -> bytes
     except requests.Timeout:
         raise NpmlpError(f"downloading {url} timed out after {timeout:g}s; {OFFLINE_HINT}") from None
     except requests.HTTPError as e:
-        raise NpmlpError(f"downloading {url} failed: HTTP {e.response.status_code}; {OFFLINE_HINT}") from None
+        raise NpmlpError(f"downloading {url} failed: HTTP {e.response.status_code} {e.response.reason}; "
+                         f"{OFFLINE_HINT}") from None
+    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError):
+        raise NpmlpError(f"downloading {url} was cut off before the end; {OFFLINE_HINT}") from None
+    except requests.ConnectionError as e:
+        if "timed out" in str(e):  # a stall mid-body comes wrapped as a ConnectionError
+            raise NpmlpError(f"downloading {url} timed out after {timeout:g}s; {OFFLINE_HINT}") from None
+        raise NpmlpError(f"cannot connect to {url} (no network or server down); {OFFLINE_HINT}") from None
     except requests.RequestException as e:
-        raise NpmlpError(f"cannot download {url} ({type(e).__name__}: no network?); {OFFLINE_HINT}") from None
+        raise NpmlpError(f"cannot download {url} ({type(e).__name__}); {OFFLINE_HINT}") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != SHA256:
         raise NpmlpError(f"downloaded {url} ({len(data)} bytes) has SHA-256 {digest[:12]}..., "
                          f"expected {SHA256[:12]}... (truncated or changed); {OFFLINE_HINT}")
     try:
         atomic_write_bytes(dest, data)
-    except OSError as e:  # a read-only cache is not fatal: we have the bytes
+    except OSError:  # a read-only cache is not fatal: we have the bytes
         pass
     return data
 
@@ -87,6 +127,8 @@ def download(dest: Path, url: str | None = None, timeout: float = 30.0) -> bytes
 def parse_words(data: bytes, name: str = "<data>", notes: list[str] | None = None) -> list[str]:
     """Bytes of a names file -> list of names. Refuses what cannot be names; notes what it cleaned."""
     notes = [] if notes is None else notes
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise NpmlpError(f"{name} is UTF-16 text; re-save it as UTF-8")
     if b"\x00" in data:
         raise NpmlpError(f"{name} looks like a binary file (it contains NUL bytes); give a text file with one name per line")
     try:
@@ -113,7 +155,8 @@ def parse_words(data: bytes, name: str = "<data>", notes: list[str] | None = Non
     if stripped:
         notes.append(f"{stripped} name{'s' * (stripped > 1)} had leading/trailing spaces removed")
     if upper:
-        notes.append(f"{upper} name{'s' * (upper > 1)} contain upper-case letters, kept as distinct characters")
+        notes.append(f"{upper} name{'s' * (upper > 1)} contain{'s' * (upper == 1)} upper-case letters, "
+                     f"kept as distinct characters (lower-case the file to merge them)")
     return words
 
 
@@ -131,7 +174,7 @@ class Vocab:
             raise NpmlpError("a name contains '.', which npmlp reserves as the start/end token; remove it")
         return cls((DOT, *chars))
 
-    @property
+    @cached_property
     def stoi(self) -> dict[str, int]:
         return {s: i for i, s in enumerate(self.itos)}
 

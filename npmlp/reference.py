@@ -43,7 +43,7 @@ def torch_loss_and_grads(params, X, Y):
     loss.backward()
     grads = {k: P[k].grad.numpy() for k in PARAM_NAMES}
     dacts = {k: acts[k].grad.numpy() for k in ACT_NAMES}
-    return float(loss), grads, dacts
+    return loss.item(), grads, dacts
 
 
 def torch_sgd(params, X, Y, batches, lrs):

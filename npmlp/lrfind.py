@@ -1,0 +1,54 @@
+"""The lecture's learning-rate sweep: from a fresh model, one SGD step per rate, the rate growing
+exponentially (lre = linspace(-3, 0, 1000), lr = 10**lre), and the loss of each step recorded.
+
+The loss falls while the rate is useful and climbs once steps overshoot. Each step is
+train.sgd run for exactly one step, so the update and the minibatches are those of training.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .model import MLP
+from .train import Diverged, TrainConfig, sgd
+
+MARGIN = 0.2  # suggested exponent = exponent of the smoothed minimum minus this (rate / 1.6)
+
+
+def sweep(model: MLP, X, Y, lre, batch_size: int = 32, seed: int = 2147483647, on_step=None):
+    """Train `model` in place, step i at rate 10**lre[i]; -> losses (len(lre),), NaN after a
+    divergence (the sweep stops there: the model is ruined). on_step(i, loss, lr) is optional."""
+    n = len(lre)
+    losses = np.full(n, np.nan, np.float32)     # the lecture's `lossi` against `lri`
+    for i, e in enumerate(lre):
+        lr = float(10.0 ** e)
+        cfg = TrainConfig(steps=n, batch_size=batch_size, lr=lr, lr_decayed=lr, seed=seed)
+        try:
+            sgd(model, X, Y, cfg, losses, start=i, stop=i + 1)
+        except Diverged:
+            losses[i] = np.nan
+            break
+        if on_step is not None:
+            on_step(i, float(losses[i]), lr)
+    return losses
+
+
+def smooth(losses, window: int):
+    """Centred moving average (window steps); NaNs (after a divergence) stay NaN."""
+    w = max(1, min(window, len(losses)))
+    kernel = np.ones(w) / w
+    padded = np.pad(np.asarray(losses, np.float64), (w // 2, w - 1 - w // 2), mode="edge")
+    return np.convolve(padded, kernel, mode="valid")  # (n,)
+
+
+def suggest(lre, losses, window: int | None = None, margin: float = MARGIN):
+    """-> (suggested exponent, exponent at the smoothed minimum, smoothed losses).
+
+    Rule: smooth the noisy per-step losses (window = 5% of the sweep), take the exponent where
+    the smoothed loss is lowest, and step back `margin` in exponent (divide the rate by 1.6):
+    at the minimum the rate is already close to overshooting. On names.txt the minimum sits near
+    10**-0.85 and the rule gives ~0.09, the lecture's pick of 0.1 read off the same plot."""
+    lre = np.asarray(lre, np.float64)
+    window = window or max(1, len(lre) // 20)
+    sm = smooth(losses, window)
+    best = float(lre[np.nanargmin(sm)])
+    return max(float(lre[0]), best - margin), best, sm

@@ -1,0 +1,143 @@
+"""Bad dataset input, met through `npmlp train --data FILE`: each case is either refused with one
+clear line (exit 1, no run directory created) or normalised with a note on stderr."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_names, run_cli
+from errcheck import TINY, assert_user_error, notes, snapshot
+
+from npmlp.checkpoint import load_checkpoint
+from npmlp.cli import Splits
+from npmlp.data import Vocab, build_dataset, load_words, parse_words
+from npmlp.errors import NpmlpError
+
+NAMES = make_names(60, seed=3)
+
+
+def train(data, out, *extra, env=None, quiet=True):
+    opts = TINY if quiet else [o for o in TINY if o != "--quiet"]
+    return run_cli("train", "--data", data, "--steps", 50, "--out", out, *opts, *extra, env=env)
+
+
+# ----------------------------------------------------------------------------- refused
+
+REFUSED = {
+    # case: (file bytes or None for "no such file" or "dir" for a directory, words the message must hold)
+    "missing file": (None, ["does not exist", "--data", "NPMLP_DATA"]),
+    "a directory": ("dir", ["is a directory", "one name per line"]),
+    "empty file": (b"", ["holds no names"]),
+    "only blank lines": (b"\n \n\t\n\n", ["holds no names"]),
+    "binary file": (bytes(range(256)) * 4, ["binary", "NUL"]),
+    "not UTF-8": ("emma\nzoë\n".encode("latin-1"), ["not UTF-8", "offset 7", "re-save it as UTF-8"]),
+    "UTF-16": ("emma\nava\n".encode("utf-16"), ["UTF-16", "re-save it as UTF-8"]),
+    "single name": (b"emma\n", ["only 1 name:", "train split", "at least 10 names"]),
+    "split empty": (b"emma\nava\nmia\nzoe\nida\n", ["only 5 names", "dev split", "at least 10 names"]),
+    "dot in a name": (b"emma\nmary.ann\nava\n", ["line 2", "'mary.ann'", "'.'", "start/end token"]),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_bad_data_file_is_refused(tmp_path, case):
+    content, needles = REFUSED[case]
+    data = tmp_path / "names.txt"
+    if content == "dir":
+        data.mkdir()
+    elif content is not None:
+        data.write_bytes(content)
+    out = tmp_path / "run"
+    r = train(data, out)
+    assert_user_error(r, 1, str(data), *needles)
+    assert not out.exists(), "a refused data file must not leave a run directory behind"
+
+
+def test_npmlp_data_env_names_the_file(tmp_path):
+    missing = tmp_path / "nowhere.txt"
+    r = run_cli("train", "--steps", 5, "--out", tmp_path / "run", *TINY, env={"NPMLP_DATA": str(missing)})
+    assert_user_error(r, 1, str(missing), "does not exist", "NPMLP_DATA")
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- normalised
+
+def test_windows_line_endings_give_the_same_words_and_the_same_model(tmp_path):
+    lf, crlf = tmp_path / "lf.txt", tmp_path / "crlf.txt"
+    lf.write_bytes(("\n".join(NAMES) + "\n").encode())
+    crlf.write_bytes(("\r\n".join(NAMES) + "\r\n").encode())
+    assert load_words(crlf) == load_words(lf) == NAMES
+    r1, r2 = train(lf, tmp_path / "a"), train(crlf, tmp_path / "b", quiet=False)
+    assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr
+    assert notes(r2) == [], "CRLF is read silently, like any text file"
+    with np.load(tmp_path / "a" / "model.npz") as a, np.load(tmp_path / "b" / "model.npz") as b:
+        for k in ("C", "W1", "b1", "W2", "b2", "lossi"):
+            assert np.array_equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("text, words, note", [
+    ("emma\n\nava\n\n\nmia\n", ["emma", "ava", "mia"], "3 blank lines skipped"),
+    ("emma\r\n\r\nava\r\n", ["emma", "ava"], "1 blank line skipped"),
+    ("  emma\nava \n\tmia\t\nzoe\n", ["emma", "ava", "mia", "zoe"], "3 names had leading/trailing spaces removed"),
+    ("Emma\nava\nMIA\n", ["Emma", "ava", "MIA"],
+     "2 names contain upper-case letters, kept as distinct characters (lower-case the file to merge them)"),
+    ("\ufeffemma\nava", ["emma", "ava"], None),  # a byte-order mark and no final newline: silent
+])
+def test_parse_words_normalises_and_says_so(text, words, note):
+    got_notes: list[str] = []
+    assert parse_words(text.encode(), "f", got_notes) == words
+    assert got_notes == ([note] if note else [])
+
+
+def test_untidy_file_trains_with_notes_and_keeps_case(tmp_path):
+    lines = [f"  {w}" if i % 10 == 0 else w for i, w in enumerate(NAMES)]
+    lines[1] = "Ada"
+    data = tmp_path / "names.txt"
+    data.write_bytes(("\r\n".join(lines[:30]) + "\r\n\r\n\r\n" + "\r\n".join(lines[30:]) + "\r\n").encode())
+    out = tmp_path / "run"
+    r = train(data, out, quiet=False)
+    assert r.returncode == 0, r.stderr
+    assert notes(r) == ["2 blank lines skipped", "6 names had leading/trailing spaces removed",
+                        "1 name contains upper-case letters, kept as distinct characters "
+                        "(lower-case the file to merge them)"]
+    _, vocab, _, _ = load_checkpoint(out / "model.npz")
+    assert "A" in vocab.itos and "a" in vocab.itos and " " not in vocab.itos
+    assert notes(train(data, tmp_path / "quiet")) == [], "--quiet silences the notes"
+
+
+# ----------------------------------------------------------------------------- outside the vocabulary
+
+def test_characters_outside_the_training_vocabulary_are_named(tmp_path):
+    data = tmp_path / "names.txt"
+    data.write_text("\n".join(NAMES) + "\n")
+    out = tmp_path / "run"
+    assert train(data, out).returncode == 0
+    _, vocab, _, _ = load_checkpoint(out / "model.npz")
+    assert vocab == Vocab.from_words(NAMES)
+    with pytest.raises(NpmlpError, match="'Zë'"):
+        build_dataset(["zoë", "Zed"], vocab, 3)
+    with pytest.raises(NpmlpError, match="'ë' in 'zoë'"):
+        vocab.encode("zoë")
+    # the path every command with a trained model takes: the run's vocabulary, another file
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(NAMES[:20] + ["zoë"]) + "\n")
+    with pytest.raises(NpmlpError, match=r"characters 'ë' are not in the model's vocabulary \(names from .*other.txt\)"):
+        Splits(other, 42, 3, vocab)
+
+
+def test_eval_with_characters_outside_the_vocabulary(tmp_path):
+    """`npmlp eval RUN --data OTHER`: a file with characters the model never saw is refused by name."""
+    data = tmp_path / "names.txt"
+    data.write_text("\n".join(NAMES) + "\n")
+    out = tmp_path / "run"
+    assert train(data, out).returncode == 0
+    before = snapshot(out)
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(NAMES[:-1] + ["zoë"]) + "\n")
+    r = run_cli("eval", out, "--data", other, "--quiet")
+    assert_user_error(r, 1, "characters 'ë' are not in the model's vocabulary", str(other))
+    same_chars = tmp_path / "fewer.txt"
+    same_chars.write_text("\n".join(NAMES[:-1]) + "\n")
+    r = run_cli("eval", out, "--data", same_chars, "--quiet")
+    assert_user_error(r, 1, str(same_chars), "differ from the ones this run was trained on")
+    r = run_cli("eval", out, "--quiet")
+    assert r.returncode == 0 and "dev loss" in r.stdout, r.stderr
+    assert snapshot(out) == before

@@ -1,0 +1,64 @@
+"""Bad options to `npmlp train`: exit 2, one line naming the option and the offending value,
+and nothing written."""
+from __future__ import annotations
+
+import pytest
+from conftest import run_cli
+from errcheck import TINY, assert_user_error
+
+BAD = [
+    # (options, what the message must name)
+    (["--steps", "0"], ["--steps", "got 0"]),
+    (["--steps", "-5"], ["--steps", "got -5"]),
+    (["--steps", "1e3"], ["--steps", "'1e3'"]),
+    (["--batch-size", "0"], ["--batch-size", "got 0"]),
+    (["--batch-size", "-32"], ["--batch-size", "got -32"]),
+    (["--block-size", "0"], ["--block-size", "got 0"]),
+    (["--n-embd", "0"], ["--n-embd", "got 0"]),
+    (["--n-hidden", "-200"], ["--n-hidden", "got -200"]),
+    (["--lr", "0"], ["--lr", "got 0"]),
+    (["--lr", "-0.1"], ["--lr", "got -0.1"]),
+    (["--lr", "nan"], ["--lr", "got nan"]),
+    (["--lr", "inf"], ["--lr", "got inf"]),
+    (["--lr", "fast"], ["--lr", "'fast'"]),
+    (["--lr-decayed", "0"], ["--lr-decayed", "got 0"]),
+    (["--decay-at", "1.5"], ["--decay-at", "'1.5'"]),
+    (["--dtype", "float16"], ["--dtype", "'float16'", "float32", "float64"]),
+    (["--init", "xavier"], ["--init", "'xavier'"]),
+    (["--seed", "-1"], ["--seed", "got -1"]),
+    (["--no-such-option"], ["--no-such-option"]),
+]
+
+
+@pytest.mark.parametrize("opts, needles", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_option_is_a_usage_error(tmp_path, small_names, opts, needles):
+    out = tmp_path / "run"
+    r = run_cli("train", "--data", small_names, "--steps", 10, "--out", out, *TINY, *opts)
+    line = assert_user_error(r, 2, *needles)
+    assert "--help`)" in line
+    assert not out.exists()
+
+
+def test_missing_command_is_a_usage_error():
+    assert_user_error(run_cli(), 2, "required", "COMMAND")
+
+
+def test_batch_larger_than_the_training_split(tmp_path, small_names):
+    # small_names: 300 names -> 240 train names -> 1,578 training rows
+    out = tmp_path / "run"
+    r = run_cli("train", "--data", small_names, "--steps", 10, "--batch-size", 5000, "--out", out, *TINY)
+    assert_user_error(r, 2, "--batch-size 5000", "larger than the training split", "1,578 rows", "at most 1,578")
+    assert not out.exists()
+    ok = run_cli("train", "--data", small_names, "--steps", 3, "--batch-size", 1578, "--out", out, *TINY)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_out_that_is_a_file_is_refused_before_training(tmp_path, small_names):
+    r = run_cli("train", "--data", small_names, "--steps", 10, "--out", small_names, *TINY)
+    assert_user_error(r, 2, "cannot create the run directory", str(small_names), "--out")
+
+
+def test_more_memory_than_exists_is_a_usage_error(tmp_path, small_names):
+    r = run_cli("train", "--data", small_names, "--steps", 10**13, "--out", tmp_path / "run", *TINY)
+    assert_user_error(r, 2, "not enough memory", "10,000,000,000,000 steps")
+    assert not (tmp_path / "run").exists()

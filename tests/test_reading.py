@@ -1,0 +1,262 @@
+"""The reading tools: `npmlp gradcheck`, the figures, `lr-find`, `sample`, `eval`, `plot`.
+
+Commands run in-process through cli.main on a few hundred generated names and a tiny model.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from itertools import combinations
+
+import numpy as np
+import pytest
+from conftest import make_names
+
+import npmlp.model
+from npmlp import cli, gradcheck, lrfind
+from npmlp.checkpoint import load_checkpoint
+from npmlp.data import build_dataset
+from npmlp.model import ACT_NAMES, MLP
+from npmlp.train import evaluate, sample
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TINY = ["--n-embd", "4", "--n-hidden", "16"]
+
+
+def run(capsys, *argv):
+    """cli.main in-process -> (exit code, stdout, stderr)."""
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_png(path):
+    """A real PNG of a sensible size that matplotlib can read back."""
+    from matplotlib.image import imread
+
+    data = path.read_bytes()
+    assert data[:8] == PNG, f"{path} is not a PNG"
+    assert 5_000 < len(data) < 400_000, f"{path}: {len(data)} bytes"
+    h, w = imread(path).shape[:2]
+    assert h > 200 and w > 200, f"{path}: {w}x{h} px"
+
+
+def table_rows(out):
+    """gradcheck's table -> {row name without 'd': list of cells}."""
+    rows = {}
+    for line in out.splitlines():
+        cells = line.split()
+        if cells and cells[0][1:] in gradcheck.ROWS and cells[0].startswith("d"):
+            rows[cells[0][1:]] = cells
+    return rows
+
+
+@pytest.fixture(scope="module")
+def names(tmp_path_factory):
+    p = tmp_path_factory.mktemp("data") / "names.txt"
+    p.write_text("\n".join(make_names(300, seed=3)) + "\n")
+    return p
+
+
+@pytest.fixture(scope="module")
+def run_dir(names, tmp_path_factory):
+    """One small trained run shared by the sample/eval/plot tests."""
+    out = tmp_path_factory.mktemp("runs") / "run"
+    code = cli.main(["train", "--data", str(names), "--steps", "400", "--quiet", "--out", str(out), *TINY])
+    assert code == 0
+    return out
+
+
+# ----------------------------------------------------------------------------- gradcheck
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_gradcheck_lists_every_row_and_passes(capsys, names, dtype):
+    code, out, err = run(capsys, "gradcheck", "--data", names, "--dtype", dtype, "--quiet", *TINY)
+    assert code == 0, err
+    rows = table_rows(out)
+    assert list(rows) == list(gradcheck.ROWS)                # every row, in backward order
+    for name, cells in rows.items():
+        maxdiff, verdict = float(cells[2]), cells[3]
+        assert verdict in ("exact", "approx"), cells
+        assert maxdiff < (1e-12 if dtype == "float64" else 1e-5), cells
+        assert float(cells[4]) < (1e-6 if dtype == "float64" else 1e-4), cells   # fd rel err
+    assert "all 10 gradients pass" in out
+
+
+def test_gradcheck_fails_and_points_at_a_corrupted_backward(capsys, names, monkeypatch):
+    orig = npmlp.model.tanh_backward
+
+    def wrong_tanh_backward(dh, cache, out=None):   # 1% too large: a subtle bug
+        dx = orig(dh, cache, out)
+        dx *= 1.01
+        return dx
+
+    monkeypatch.setattr(npmlp.model, "tanh_backward", wrong_tanh_backward)
+    code, out, err = run(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
+    assert code == 1
+    assert err.startswith("npmlp: error:") and err.count("\n") == 1
+    assert "dhpreact (torch and fd)" in err
+    rows = table_rows(out)
+    # the gradients computed before tanh's backward are right, everything after it is wrong
+    for name in ("logits", "h", "W2", "b2"):
+        assert rows[name][3] != "FAIL" and rows[name][5] == "ok", rows[name]
+    for name in ("hpreact", "embcat", "emb", "W1", "b1", "C"):
+        assert rows[name][3] == "FAIL" and rows[name][5] == "FAIL", rows[name]
+
+
+def test_gradcheck_without_torch_still_checks_finite_differences(capsys, names, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)           # `import torch` raises ImportError
+    code, out, err = run(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
+    assert code == 0, err
+    assert out.count("torch not installed") == len(gradcheck.ROWS)
+    assert all(cells[-3] == "ok" for cells in table_rows(out).values())   # ... ok (20) norm
+
+    orig = npmlp.model.linear_backward                         # now break a backward: fd alone catches it
+
+    def wrong_linear_backward(dout, cache, dx=None, dW=None, db=None):
+        dx, dW, db = orig(dout, cache, dx, dW, db)
+        db *= 0.5
+        return dx, dW, db
+
+    monkeypatch.setattr(npmlp.model, "linear_backward", wrong_linear_backward)
+    code, out, err = run(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
+    assert code == 1
+    assert "db1 (fd)" in err and "db2 (fd)" in err
+
+
+def test_loss_from_each_intermediate_is_the_forward_loss():
+    rng = np.random.default_rng(0)
+    model = MLP.init(27, 3, 4, 16, dtype=np.float64)
+    X, Y = rng.integers(0, 27, (8, 3)), rng.integers(0, 27, 8)
+    loss, cache = model.forward(X, Y)
+    for name in ACT_NAMES:
+        assert gradcheck.loss_from(model, name, getattr(cache, name), Y) == pytest.approx(loss, rel=1e-14)
+
+
+def test_gradcheck_of_a_trained_run(capsys, run_dir):
+    code, out, err = run(capsys, "gradcheck", "--run", run_dir, "--quiet")
+    assert code == 0, err
+    assert str(run_dir / "model.npz") in out and list(table_rows(out)) == list(gradcheck.ROWS)
+    code, _, err = run(capsys, "gradcheck", "--run", run_dir, "--n-hidden", "8")
+    assert code == 2 and "--n-hidden" in err
+
+
+# ----------------------------------------------------------------------------- figures
+
+def test_train_writes_loss_and_embedding_figures(capsys, run_dir, names, tmp_path):
+    for name in ("loss.png", "embedding.png"):
+        assert_png(run_dir / name)
+    code, out, err = run(capsys, "train", "--data", names, "--steps", "50", "--quiet", "--no-plots",
+                         "--out", tmp_path / "r", *TINY)
+    assert code == 0, err
+    assert not list((tmp_path / "r").glob("*.png"))
+
+
+def test_plot_redraws_a_run(capsys, run_dir, tmp_path):
+    code, out, err = run(capsys, "plot", run_dir, "--out", tmp_path / "raw", "--quiet")
+    assert code == 0, err
+    written = out.split("wrote:")[1].split()
+    assert [p.rsplit("/", 1)[1] for p in written] == ["loss.png", "embedding.png", "gradients.png"]
+    for name in ("loss.png", "embedding.png", "gradients.png"):
+        assert_png(tmp_path / "raw" / name)
+    code, out, err = run(capsys, "plot", run_dir, "--out", tmp_path / "pca", "--pca", "--quiet")
+    assert code == 0, err
+    assert (tmp_path / "pca" / "embedding.png").read_bytes() != (tmp_path / "raw" / "embedding.png").read_bytes()
+
+
+def test_pca_projection_keeps_the_most_variance():
+    from npmlp.plots import embedding_2d
+
+    C = np.random.default_rng(0).standard_normal((27, 6)) * [5, 1, 3, 0.1, 0.1, 0.1]
+    pts, xlabel, _ = embedding_2d(C, pca=True)
+    Z = C - C.mean(0)
+    S = np.linalg.svd(Z, compute_uv=False)
+    assert pts.var(0).sum() == pytest.approx((S[:2] ** 2).sum() / len(C))    # the top two components
+    assert pts.var(0).sum() >= max(Z[:, [i, j]].var(0).sum() for i, j in combinations(range(6), 2))
+    assert "PC 1" in xlabel
+    assert np.array_equal(embedding_2d(C)[0], C[:, :2])
+
+
+# ----------------------------------------------------------------------------- lr-find
+
+def test_lr_find_writes_the_sweep_and_suggests_a_rate(capsys, names, tmp_path):
+    code, out, err = run(capsys, "lr-find", "--data", names, "--steps", "300", "--out", tmp_path, "--quiet", *TINY)
+    assert code == 0, err
+    assert_png(tmp_path / "lr_find.png")
+    line = next(l for l in out.splitlines() if l.startswith("suggested learning rate:"))
+    lr = float(line.split(":")[1].split()[0])
+    assert 1e-3 <= lr <= 1
+    assert out.rstrip().endswith(str(tmp_path / "lr_find.png"))
+
+
+def test_suggest_steps_back_from_the_smoothed_minimum():
+    lre = np.linspace(-3, 0, 1000)
+    noisy = (lre + 0.8) ** 2 + np.random.default_rng(0).normal(0, 0.05, 1000)
+    suggested, best, smoothed = lrfind.suggest(lre, noisy)
+    assert best == pytest.approx(-0.8, abs=0.05)
+    assert suggested == pytest.approx(best - lrfind.MARGIN)
+    assert smoothed.shape == lre.shape and np.std(np.diff(smoothed)) < np.std(np.diff(noisy))
+
+
+def test_sweep_uses_one_training_step_per_rate():
+    """The sweep's first step equals train.sgd's first step at that rate."""
+    from npmlp.train import TrainConfig, sgd
+
+    rng = np.random.default_rng(1)
+    X, Y = rng.integers(0, 10, (200, 3)), rng.integers(0, 10, 200)
+    a, b = MLP.init(10, 3, 4, 8, seed=5), MLP.init(10, 3, 4, 8, seed=5)
+    lossa = lrfind.sweep(a, X, Y, [-1.0], batch_size=16, seed=9)
+    lossb, _ = sgd(b, X, Y, TrainConfig(steps=1, batch_size=16, lr=0.1, lr_decayed=0.1, seed=9))
+    assert np.array_equal(lossa, lossb) and np.array_equal(a.flat, b.flat)
+
+
+# ----------------------------------------------------------------------------- sample, eval
+
+def test_sample_is_reproducible_and_well_formed(capsys, run_dir):
+    model, vocab, meta, _ = load_checkpoint(run_dir / "model.npz")
+    code, out, err = run(capsys, "sample", run_dir, "-n", "15", "--seed", "3")
+    assert code == 0, err
+    names = out.split()
+    assert names == sample(model, vocab, 15, seed=3)
+    assert run(capsys, "sample", run_dir, "-n", "15", "--seed", "3")[1].split() == names
+    assert run(capsys, "sample", run_dir, "-n", "15", "--seed", "4")[1].split() != names
+    assert all(n.endswith(".") and set(n) <= set(vocab.itos) for n in names)
+    # the default seed gives the names `npmlp train` printed
+    default = run(capsys, "sample", run_dir)[1].split()
+    assert default == json.loads((run_dir / "metrics.json").read_text())["samples"]
+    hot = run(capsys, "sample", run_dir, "-n", "15", "--seed", "3", "--temperature", "0.3")[1].split()
+    assert hot != names and all(n.endswith(".") for n in hot)
+
+
+def test_eval_prints_the_three_losses(capsys, run_dir, names):
+    code, out, err = run(capsys, "eval", run_dir, "--quiet")
+    assert code == 0, err
+    cells = out.split()
+    got = {cells[i]: float(cells[i + 2]) for i in range(0, len(cells), 3)}
+    model, vocab, meta, _ = load_checkpoint(run_dir / "model.npz")
+    from npmlp.data import load_words, split_words
+    parts = split_words(load_words(names), meta["run"]["split_seed"])
+    want = {k: evaluate(model, *build_dataset(p, vocab, model.block_size)) for k, p in zip(("train", "dev", "test"), parts)}
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k] == pytest.approx(want[k], abs=6e-5)
+
+
+@pytest.mark.parametrize("command", ["sample", "eval", "plot"])
+def test_bad_run_dirs_are_one_line_errors(capsys, tmp_path, command):
+    code, out, err = run(capsys, command, tmp_path / "nope")
+    assert code == 2 and err.startswith("npmlp: error: run directory") and err.count("\n") == 1
+    code, out, err = run(capsys, command, tmp_path)
+    assert code == 2 and "holds no model.npz" in err and err.count("\n") == 1
+    (tmp_path / "model.npz").write_bytes(b"not a checkpoint")
+    code, out, err = run(capsys, command, tmp_path)
+    assert code == 1 and err.startswith("npmlp: error:") and err.count("\n") == 1
+
+
+def test_import_npmlp_stays_light():
+    """Neither torch nor matplotlib is imported by the package, the CLI or the reading tools."""
+    code = ("import sys, npmlp, npmlp.cli, npmlp.gradcheck, npmlp.lrfind; "
+            "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
