@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import signal
 import sys
@@ -174,7 +173,7 @@ def resume_state(out: Path, ckpt: Path):
     if len(lossi) != start:
         raise NpmlpError(f"checkpoint {ckpt} holds {len(lossi):,} losses for {start:,} steps; the file is "
                          f"damaged and cannot be resumed")
-    if start >= cfg.steps:
+    if start >= cfg.steps and (out / "metrics.json").exists():  # without it: stopped during evaluation
         raise UsageError(f"{out} finished all {cfg.steps:,} steps already; nothing to resume")
     return model, vocab, cfg, run, start, lossi
 

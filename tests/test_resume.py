@@ -3,6 +3,7 @@ must be bit-identical to a run that was never interrupted. Also: a finished run 
 --resume refuses other options or other data, and two runs with the same seed are bit-identical."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -200,3 +201,17 @@ def test_same_seed_and_options_are_bit_identical(tmp_path, names):
     assert_bit_identical(tmp_path / "a", tmp_path / "b")
     a, c = arrays(tmp_path / "a"), arrays(tmp_path / "c")
     assert not np.array_equal(a["W1"], c["W1"]), "the seed must matter"
+
+
+def test_resume_after_a_stop_during_evaluation_writes_the_metrics(tmp_path, reference):
+    """All steps saved but metrics.json missing (stopped while evaluating): --resume evaluates."""
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    (run / "metrics.json").unlink()
+    before = arrays(run)
+    r = run_cli("train", "--resume", run, "--quiet", "--no-plots")
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert np.isfinite(metrics["dev_loss"]) and metrics["steps"] == STEPS
+    after = arrays(run)
+    assert all(np.array_equal(before[k], after[k]) for k in ARRAYS), "no step may run again"
