@@ -5,6 +5,7 @@ The backward is the forward read upside down: one layer call per line, in revers
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -29,14 +30,19 @@ class Workspace:
     overwritten by the next call with this workspace."""
 
     def __init__(self):
-        self._bufs: dict[str, np.ndarray] = {}
+        self._bufs: dict[str, np.ndarray] = {}       # name -> flat buffer
+        self._views: dict[tuple, np.ndarray] = {}    # (name, shape, dtype) -> view, made once
 
     def get(self, name, shape, dtype):
-        n = int(np.prod(shape))
-        buf = self._bufs.get(name)
-        if buf is None or buf.size < n or buf.dtype != dtype:
-            buf = self._bufs[name] = np.empty(n, dtype)
-        return buf[:n].reshape(shape)
+        view = self._views.get((name, shape, dtype))
+        if view is None:                              # first use of this shape: a dict hit from now on
+            n = math.prod(shape)
+            buf = self._bufs.get(name)
+            if buf is None or buf.size < n or buf.dtype != dtype:
+                buf = self._bufs[name] = np.empty(n, dtype)
+                self._views = {k: v for k, v in self._views.items() if k[0] != name}  # old buffer's
+            view = self._views[(name, shape, dtype)] = buf[:n].reshape(shape)
+        return view
 
 
 class _Fresh:
@@ -142,30 +148,33 @@ class MLP:
 
     def forward(self, X, Y=None, ws=FRESH):
         """X (B, T) -> logits (B, V) if Y is None, else (loss, Cache)."""
-        C, W1, b1, W2, b2 = (self.params[k] for k in PARAM_NAMES)
+        P = self.params
         B, T = X.shape
         E, H, V, dt = self.n_embd, self.n_hidden, self.vocab_size, self.dtype
         if T != self.block_size:
             raise ValueError(f"X has {T} context columns, the model takes block_size={self.block_size}")
-        emb, emb_c = embedding_forward(C, X, out=ws.get("emb", (B, T, E), dt))            # (B, T, E)
-        embcat = emb.reshape(B, T * E)                                                    # (B, T*E)
-        hpreact, lin1_c = linear_forward(embcat, W1, b1, out=ws.get("hpreact", (B, H), dt))  # (B, H)
-        h, tanh_c = tanh_forward(hpreact, out=ws.get("h", (B, H), dt))                   # (B, H)
-        logits, lin2_c = linear_forward(h, W2, b2, out=ws.get("logits", (B, V), dt))     # (B, V)
+        emb, emb_c = embedding_forward(P["C"], X, out=ws.get("emb", (B, T, E), dt))            # (B, T, E)
+        embcat = emb.reshape(B, T * E)                                                         # (B, T*E)
+        hpreact, lin1_c = linear_forward(embcat, P["W1"], P["b1"], out=ws.get("hpreact", (B, H), dt))  # (B, H)
+        h, tanh_c = tanh_forward(hpreact, out=ws.get("h", (B, H), dt))                        # (B, H)
+        logits, lin2_c = linear_forward(h, P["W2"], P["b2"], out=ws.get("logits", (B, V), dt))  # (B, V)
         if Y is None:
             return logits
-        loss, ce_c = cross_entropy_forward(logits, Y, out=ws.get("counts", (B, V), dt))  # ()
+        # counts (B, V) is stored transposed, as (V, B): see cross_entropy_forward
+        loss, ce_c = cross_entropy_forward(logits, Y, out=ws.get("counts", (V, B), dt).T)     # ()
         return float(loss), Cache(emb, embcat, hpreact, h, logits, emb_c, lin1_c, tanh_c, lin2_c, ce_c)
 
     # ------------------------------------------------------------------------- backward
 
-    def backward(self, cache: Cache, grads=None, ws=FRESH):
+    def backward(self, cache: Cache, grads=None, ws=FRESH, dloss=1.0):
         """-> (grads, dacts): grads keyed like params (written into `grads` if given),
-        dacts the gradients of the intermediates keyed by ACT_NAMES."""
+        dacts the gradients of the intermediates keyed by ACT_NAMES (dacts["logits"] is stored
+        transposed, as (V, B), like counts). dloss scales everything: these are the gradients of
+        dloss * loss; training passes dloss = -lr, see train.sgd."""
         g = grads if grads is not None else self.new_grads()[1]
         B = cache.h.shape[0]
         T, E, H, V, dt = self.block_size, self.n_embd, self.n_hidden, self.vocab_size, self.dtype
-        dlogits = cross_entropy_backward(cache.ce_c, out=ws.get("dlogits", (B, V), dt))              # (B, V)
+        dlogits = cross_entropy_backward(cache.ce_c, out=ws.get("dlogits", (V, B), dt).T, dloss=dloss)  # (B, V)
         dh, _, _ = linear_backward(dlogits, cache.lin2_c, ws.get("dh", (B, H), dt), g["W2"], g["b2"])  # (B, H)
         dhpreact = tanh_backward(dh, cache.tanh_c, out=ws.get("dhpreact", (B, H), dt))             # (B, H)
         dembcat, _, _ = linear_backward(dhpreact, cache.lin1_c, ws.get("dembcat", (B, T * E), dt),

@@ -4,6 +4,7 @@ Legend: N rows, B batch, T block_size, V vocab size.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -11,7 +12,10 @@ import numpy as np
 from .errors import UsageError
 from .model import MLP, Workspace
 
-BLOCK = 1000  # minibatch indices are drawn BLOCK steps at a time (one RNG call instead of 1000)
+BLOCK = 1000   # minibatch indices are drawn BLOCK steps at a time (one RNG call instead of 1000)
+GATHER = 32768  # the rows of several steps' minibatches are gathered at once, up to GATHER rows
+CHUNK = 256    # a batch larger than CHUNK rows runs forward/backward in chunks of <= CHUNK rows whose
+               # gradients are summed: each chunk's (rows, H) arrays then stay in the L2 cache
 
 
 @dataclass
@@ -65,35 +69,55 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
     on_step(step, loss): called after every step; return True to stop early (after that step).
     Returns (lossi, the next step to run). Raises Diverged (params left as before that step's
     update is impossible to know; see the caller) when a loss is NaN or inf.
+
+    Each step is the lecture's: forward, backward, p.data += -lr * p.grad, on B rows drawn by
+    batch_block. A batch of more than CHUNK rows is run as chunks whose gradients are summed (the
+    same numbers up to float rounding); the minibatch rows of up to GATHER // B steps are copied
+    out of X, Y in one go.
     """
-    N, T = X.shape
+    N = len(X)
     B = cfg.batch_size
     stop = cfg.steps if stop is None else stop
     lossi = np.zeros(cfg.steps, np.float32) if lossi is None else lossi
     ws = Workspace()
     gflat, grads = model.new_grads()
-    xb, yb = np.empty((B, T), X.dtype), np.empty(B, Y.dtype)   # (B, T), (B,) minibatch
-    block = None
+    n = -(-B // CHUNK)
+    edges = [B * k // n for k in range(n + 1)]             # n chunks of equal size (+-1 row)
+    chunks = [(a, b, (b - a) / B) for a, b in zip(edges, edges[1:])]  # (first row, end, share of B)
+    gsum = np.empty_like(gflat) if n > 1 else gflat         # the chunks' summed gradient
+    G = max(1, min(BLOCK, GATHER // B))                     # steps whose rows are gathered at once
     for step in range(start, stop):
-        if block is None or step % BLOCK == 0:
-            block = batch_block(cfg.seed, step // BLOCK, N, B)
-        ix = block[step % BLOCK]                                 # (B,)
-        np.take(X, ix, axis=0, out=xb)
-        np.take(Y, ix, out=yb)
-        loss, cache = model.forward(xb, yb, ws)
-        if not np.isfinite(loss):
-            raise Diverged(step, float(lossi[step - 1]) if step else float("nan"))
-        model.backward(cache, grads, ws)
-        gflat *= -cfg.lr_at(step)                                 # one op for all five params:
-        model.flat += gflat                                       # p.data += -lr * p.grad
+        i = step % BLOCK
+        if step == start or i == 0:
+            block = batch_block(cfg.seed, step // BLOCK, N, B)       # (BLOCK, B) row indices
+        if step == start or i % G == 0:
+            ix = block[i - i % G: i - i % G + G]                      # (G, B) the next G steps' rows
+            Xg, Yg = X[ix].astype(np.intp), Y[ix].astype(np.intp)    # (G, B, T), (G, B) minibatches
+        xb, yb = Xg[i % G], Yg[i % G]                                 # (B, T), (B,) this step's
+        lr = cfg.lr_at(step)
+        loss = 0.0
+        if n > 1:
+            gsum.fill(0)
+        for a, b, share in chunks:
+            part, cache = model.forward(xb[a:b], yb[a:b], ws)
+            if not math.isfinite(part):
+                raise Diverged(step, float(lossi[step - 1]) if step else float("nan"))
+            # backprop from dloss = -lr (times the chunk's share of the batch mean) instead of 1:
+            # every gradient comes out multiplied by -lr, so gflat IS the update -lr * p.grad
+            model.backward(cache, grads, ws, dloss=-lr * share)
+            loss += part * share
+            if n > 1:
+                gsum += gflat
+        model.flat += gsum                                            # p.data += -lr * p.grad, all five
         lossi[step] = loss
         if on_step is not None and on_step(step, loss):
             return lossi, step + 1
     return lossi, stop
 
 
-def evaluate(model: MLP, X, Y, chunk: int = 16384) -> float:
-    """Mean loss over all rows, in chunks so memory stays bounded on a full split."""
+def evaluate(model: MLP, X, Y, chunk: int = 1024) -> float:
+    """Mean loss over all rows, in chunks so memory stays bounded on a full split (and each chunk's
+    arrays stay in cache: 1024 rows measured 20% faster than 16384)."""
     if len(X) == 0:
         return float("nan")
     ws = Workspace()

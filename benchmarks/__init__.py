@@ -1,0 +1,1 @@
+"""npmlp's CPU benchmarks: `python -m benchmarks.bench` (see benchmarks/README.md)."""

@@ -1,0 +1,428 @@
+"""CPU benchmark: npmlp's training step against torch eager, torch with a hand-written backward,
+torch.compile and JAX jit, plus full-split evaluation, a per-op profile, and the end-to-end
+`npmlp train` run.
+
+    python -m benchmarks.bench                      # the full sweep, results in benchmarks/results/
+    python -m benchmarks.bench --help               # smaller sweeps, other peers, other output
+
+Legend: B batch, H n_hidden; the model is the lecture's (block_size 3, n_embd 10, vocab 27), float32.
+
+How it measures (see benchmarks/README.md):
+  - each thread setting runs in its own subprocess, because thread counts must be fixed before
+    NumPy / torch / JAX load: "1 core" = pinned to one CPU with one thread in every library,
+    "N cores" = every CPU of the machine with N threads in every library;
+  - every peer starts from the same parameters and trains on the same minibatch indices (those
+    npmlp.train.sgd draws); the first 3 steps' losses must agree with npmlp's before any timing;
+  - after a warm-up, each peer runs REPEATS timed blocks of steps, peers alternating (the order
+    rotates every repeat), so a busy moment on this shared machine hits every peer alike;
+  - a step is what `npmlp train` does per step: gather the minibatch rows, forward, backward,
+    SGD update, and the loss as a Python float (the lecture's lossi);
+  - reported: median us/step with min-max over repeats, the ratio to torch eager, the step's
+    matmul GFLOP/s (6*B*H*(T*E + V) FLOPs per step) and its fraction of a measured sgemm peak.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):                    # `python benchmarks/bench.py`: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    __package__ = "benchmarks"
+
+REPO = Path(__file__).resolve().parents[1]
+T, E = 3, 10                                     # the lecture's block_size and n_embd
+SEED = 2147483647
+AGREE_STEPS = 3
+AGREE_RTOL = 1e-4                                # float32 losses after 3 identical steps
+
+
+def flops_per_step(B, H, V, T=T, E=E):
+    """Matmul FLOPs of one step: forward x@W1 (2*B*T*E*H) and h@W2 (2*B*H*V); the backward has two
+    matmuls of the same size per forward one (the input's and the weight's gradient)."""
+    return 6 * B * H * (T * E + V)
+
+
+# ============================================================================= worker (one thread setting)
+
+def thread_env(threads: int) -> dict:
+    """Environment for a worker with `threads` threads in every library (set before they load)."""
+    env = {k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    if threads == 1:
+        env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    env["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] = "1"       # report a cold compile, not a cached one
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def log(*msg):
+    print(*msg, flush=True)
+
+
+def thread_report(threads):
+    """What every library says about its threads, after the settings."""
+    import numpy as np
+    rep = {"affinity": sorted(os.sched_getaffinity(0)),
+           "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS")}}
+    try:
+        from threadpoolctl import threadpool_info
+        rep["numpy_blas"] = [{k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+                             for d in threadpool_info() if d.get("user_api") == "blas"]
+    except ImportError:
+        cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        rep["numpy_blas"] = [{"internal_api": cfg.get("name"), "version": cfg.get("version"),
+                              "num_threads": os.environ.get("OPENBLAS_NUM_THREADS")}]
+    try:
+        import torch
+        torch.set_num_threads(threads)
+        rep["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return rep
+
+
+def measure_sgemm_peak(n=1536, reps=5):
+    """Best float32 GFLOP/s of an n x n x n NumPy matmul: the machine's reference peak."""
+    import numpy as np
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    c = np.empty_like(a)
+    np.matmul(a, a, out=c)
+    best = min(_timed(lambda: np.matmul(a, a, out=c)) for _ in range(reps))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(f):
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
+def load_split(data):
+    """The lecture's training split: X (N, T), Y (N,) uint8, and the vocab size."""
+    from npmlp.data import Vocab, build_dataset, load_words, split_words
+    words = load_words(data)
+    vocab = Vocab.from_words(words)
+    Xtr, Ytr = build_dataset(split_words(words, 42)[0], vocab, T)
+    return Xtr, Ytr, vocab.size
+
+
+def bench_config(peers, X, Y, V, B, H, a):
+    """Agreement check, warm-up and alternating timed repeats of every peer at one (B, H)."""
+    from npmlp.model import MLP
+
+    from .peers import MAKERS, Batches
+
+    init = {k: v.copy() for k, v in MLP.init(V, T, E, H, seed=SEED).params.items()}
+    batches = Batches(SEED, len(X), B)
+    total = 10 ** 7 // max(B, 1) + 10 ** 5        # upper bound on the steps any peer runs here
+    runs, nxt, res = {}, {}, {}
+    ref = None
+    for p in peers:
+        runs[p] = MAKERS[p](init, X, Y, batches, a.lr, total)
+        t = time.perf_counter()
+        losses = runs[p](0, AGREE_STEPS)          # the first call compiles (torch.compile, JAX)
+        first = time.perf_counter() - t
+        nxt[p] = AGREE_STEPS
+        if ref is None:
+            ref = losses
+        rel = max(abs(x - r) / abs(r) for x, r in zip(losses, ref))
+        res[p] = {"agree_losses": losses, "agree_max_rel": rel, "first_call_s": first}
+        if not rel <= AGREE_RTOL:
+            raise SystemExit(f"bench: {p} at B={B} H={H} computes a different loss: {losses} vs npmlp {ref} "
+                             f"(max rel diff {rel:.2e} > {AGREE_RTOL})")
+    for p in peers:                                # warm-up, and how many steps fill min_time
+        t = time.perf_counter()
+        runs[p](nxt[p], 2)
+        est = max((time.perf_counter() - t) / 2, 1e-7)
+        nxt[p] += 2
+        n = max(3, min(int(a.min_time / est), 200_000))
+        t = time.perf_counter()
+        runs[p](nxt[p], max(1, n // 4))
+        nxt[p] += max(1, n // 4)
+        est = (time.perf_counter() - t) / max(1, n // 4)
+        res[p]["steps_per_repeat"] = max(3, min(int(a.min_time / max(est, 1e-7)), 200_000))
+        if p in ("torch_compile", "jax"):
+            res[p]["compile_s"] = max(0.0, res[p]["first_call_s"] - AGREE_STEPS * est)
+        res[p]["us"] = []
+    for r in range(a.repeats):                     # alternate peers; rotate the order each repeat
+        order = peers[r % len(peers):] + peers[:r % len(peers)]
+        for p in order:
+            n = res[p]["steps_per_repeat"]
+            t = time.perf_counter()
+            runs[p](nxt[p], n)
+            res[p]["us"].append((time.perf_counter() - t) / n * 1e6)
+            nxt[p] += n
+    fl = flops_per_step(B, H, V)
+    base = statistics.median(res["torch_eager"]["us"]) if "torch_eager" in res else None
+    for p in peers:
+        us = res[p]["us"]
+        med = statistics.median(us)
+        res[p].update(median_us=med, min_us=min(us), max_us=max(us), gflops=fl / med / 1e3,
+                      peak_frac=fl / med / 1e3 / a.peak, ratio_vs_torch_eager=(base / med) if base else None)
+    del runs
+    return {"B": B, "H": H, "flops": fl, "peers": res}
+
+
+def bench_eval(X, Y, V, H, peers, repeats):
+    """Forward-only loss over the whole training split (N rows), each library its natural way:
+    npmlp.train.evaluate (chunked), torch eager under no_grad on all rows at once, jitted JAX."""
+    import numpy as np
+    from npmlp.model import MLP
+    from npmlp.train import evaluate
+
+    from .peers import flush_denormals
+
+    model = MLP.init(V, T, E, H, seed=SEED)
+    P = model.params
+    fns = {"npmlp": lambda: evaluate(model, X, Y)}
+    if "torch_eager" in peers:
+        import torch
+        import torch.nn.functional as F
+        Pt = {k: torch.from_numpy(v.copy()) for k, v in P.items()}
+        Xt, Yt = torch.from_numpy(X.astype(np.int64)), torch.from_numpy(Y.astype(np.int64))
+
+        def torch_eval(start=None, n=None):
+            with torch.no_grad():
+                h = torch.tanh(Pt["C"][Xt].view(len(Xt), -1) @ Pt["W1"] + Pt["b1"])
+                return F.cross_entropy(h @ Pt["W2"] + Pt["b2"], Yt).item()
+        fns["torch_eager"] = lambda f=flush_denormals(torch_eval): f(None, None)
+    if "jax" in peers:
+        import jax
+        import jax.numpy as jnp
+        Pj = [jnp.asarray(P[k]) for k in ("C", "W1", "b1", "W2", "b2")]
+        Xj, Yj = jnp.asarray(X.astype(np.int32)), jnp.asarray(Y.astype(np.int32))
+
+        @jax.jit
+        def jax_loss(params, Xb, Yb):
+            C, W1, b1, W2, b2 = params
+            h = jnp.tanh(C[Xb].reshape(Xb.shape[0], -1) @ W1 + b1)
+            lp = jax.nn.log_softmax(h @ W2 + b2)
+            return -jnp.mean(jnp.take_along_axis(lp, Yb[:, None], axis=1))
+        fns["jax"] = lambda: float(jax_loss(Pj, Xj, Yj))
+    out, losses = {}, {}
+    for name, f in fns.items():
+        losses[name] = f()                        # warm-up (and JAX's compile)
+    for r in range(repeats):
+        for name, f in fns.items():
+            out.setdefault(name, []).append(_timed(f) * 1e3)
+    ref = losses["npmlp"]
+    return {"H": H, "rows": len(X), "loss": losses,
+            "max_rel_diff": max(abs(v - ref) / abs(ref) for v in losses.values()),
+            "ms": {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in out.items()}}
+
+
+def worker(cfg_path):
+    a = argparse.Namespace(**json.loads(Path(cfg_path).read_text()))
+    from .opprofile import profile_step
+    from .peers import available
+
+    rep = {"threads": a.threads, "label": a.label, "load_before": os.getloadavg()}
+    rep["thread_report"] = thread_report(a.threads)
+    a.peak = measure_sgemm_peak()
+    rep["sgemm_peak_gflops"] = a.peak
+    log(f"[{a.label}] threads: {json.dumps(rep['thread_report'])}")
+    log(f"[{a.label}] sgemm peak (NumPy float32 1536^3): {a.peak:.0f} GFLOP/s")
+    peers, skipped = [], {}
+    for p in a.peers:
+        why = available(p)
+        if why:
+            skipped[p] = why
+            log(f"[{a.label}] {p}: skipped: {why}")
+        else:
+            peers.append(p)
+    rep["skipped"] = skipped
+    from npmlp.errors import NpmlpError
+    try:
+        X, Y, V = load_split(a.data)
+    except NpmlpError as e:
+        raise SystemExit(f"bench: error: {e}") from None
+    rep["configs"] = []
+    for H in a.hidden:
+        for B in a.batch_sizes:
+            t = time.perf_counter()
+            c = bench_config(peers, X, Y, V, B, H, a)
+            rep["configs"].append(c)
+            parts = "  ".join(f"{p} {c['peers'][p]['median_us']:.1f}" for p in peers)
+            log(f"[{a.label}] B={B} H={H}: us/step  {parts}   ({time.perf_counter() - t:.0f}s)")
+    rep["eval"] = []
+    for H in a.eval_hidden:
+        e = bench_eval(X, Y, V, H, peers, a.eval_repeats)
+        rep["eval"].append(e)
+        log(f"[{a.label}] eval {len(X)} rows H={H}: " + "  ".join(f"{k} {v['median']:.1f} ms"
+                                                              for k, v in e["ms"].items()))
+    rep["profiles"] = []
+    for B in a.profile_batch_sizes:
+        steps = max(20, int(a.profile_time * 1e6 / (60 + 1.2 * B)))
+        p = profile_step(X, Y, V, B, 200, steps, a.peak, mkl_reference=a.threads == 1)
+        rep["profiles"].append(p)
+        log(f"[{a.label}] profile B={B} H=200: plain step {p['plain_step_us']:.1f} us")
+    rep["load_after"] = os.getloadavg()
+    Path(a.result).write_text(json.dumps(rep))
+
+
+# ============================================================================= subprocesses
+
+def _pin_one_cpu():
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+def run_with_rss(cmd, **kw):
+    """Run cmd; -> (returncode, stdout, stderr, wall seconds, peak RSS in MB of that child).
+
+    The peak RSS comes from GNU time (/usr/bin/time -f %M); None without it. (Not from this process's
+    wait4/getrusage: Linux counts what a child shared with its parent before exec into the child's
+    peak, and the workers that loaded torch and JAX are children too.)"""
+    import shutil
+    gnu_time = shutil.which("time", path="/usr/bin:/bin")
+    with tempfile.TemporaryDirectory(prefix="npmlp-bench-") as tmp:
+        rss_file = Path(tmp) / "rss"
+        if gnu_time:
+            cmd = [gnu_time, "-f", "%M", "-o", str(rss_file), *cmd]
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+        out, err = proc.communicate()
+        wall = time.perf_counter() - t
+        rss = None
+        if gnu_time and rss_file.is_file():
+            try:
+                rss = int(rss_file.read_text().split()[-1]) / 1024
+            except (ValueError, IndexError):
+                rss = None
+    return proc.returncode, out, err, wall, rss
+
+
+# ============================================================================= main
+
+def machine_description():
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = round(int(line.split()[1]) / 1024 ** 2, 1)
+    except OSError:
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+    versions = {"python": platform.python_version()}
+    for mod in ("numpy", "torch", "jax", "jaxlib"):        # metadata only: importing torch or JAX here
+        try:                                                # would inflate the peak RSS measured for
+            versions[mod] = version(mod)                    # `npmlp train` (a child starts as a copy
+        except PackageNotFoundError:                        # of this process)
+            versions[mod] = None
+    return {"cpu": model, "cpus": os.cpu_count(), "mem_gb": mem, "os": platform.platform(),
+            "versions": versions}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256, 1024, 4096])
+    p.add_argument("--hidden", type=int, nargs="+", default=[200, 1000], help="n_hidden values (default 200 1000)")
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="thread settings: 1 = one core, pinned; N = N threads unpinned (default: 1 and all CPUs)")
+    p.add_argument("--peers", nargs="+", default=["npmlp", "torch_eager", "torch_manual", "torch_compile", "jax"],
+                   help="which peers (default all); npmlp always runs first")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per peer and configuration (default 5)")
+    p.add_argument("--min-time", type=float, default=0.25, help="seconds per timed repeat (default 0.25)")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--eval-hidden", type=int, nargs="*", default=[200], help="H values of the eval timing")
+    p.add_argument("--eval-repeats", type=int, default=5)
+    p.add_argument("--profile-batch-sizes", type=int, nargs="*", default=[32, 4096],
+                   help="batch sizes of the per-op profile (H=200), none to skip")
+    p.add_argument("--profile-time", type=float, default=1.0, help="seconds of steps per profile")
+    p.add_argument("--e2e-repeats", type=int, default=1, help="`npmlp train` runs per thread setting (0: none)")
+    p.add_argument("--e2e-steps", type=int, default=200_000, help="steps of the `npmlp train` run (default: "
+                   "the lecture's 200000)")
+    p.add_argument("--data", help="names file (default: $NPMLP_DATA, then npmlp's cache/download)")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="output folder")
+    p.add_argument("--name", default="bench", help="output file stem: NAME.json, NAME.md, NAME.png")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.threads is None:
+        a.threads = sorted({1, os.cpu_count() or 1})
+    a.peers = ["npmlp"] + [x for x in a.peers if x != "npmlp"]
+    from .peers import PEERS
+    bad = [x for x in a.peers if x not in PEERS]
+    if bad:
+        p.error(f"unknown peer(s) {bad}; choose from {', '.join(PEERS)}")
+    return a
+
+
+def label_of(threads):
+    return "1 core" if threads == 1 else f"{threads} cores"
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    if a.worker:
+        return worker(a.worker)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = str(Path(a.data).resolve()) if a.data else None
+    report = {"command": "python -m benchmarks.bench " + " ".join(sys.argv[1:] if argv is None else argv),
+              "machine": machine_description(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "settings": {k: getattr(a, k) for k in ("batch_sizes", "hidden", "threads", "peers", "repeats",
+                                                      "min_time", "lr")},
+              "runs": [], "e2e": []}
+    log(f"bench: {report['machine']['cpu']}, {report['machine']['cpus']} CPUs; "
+        f"{json.dumps(report['machine']['versions'])}")
+    for threads in a.threads:
+        label = label_of(threads)
+        with tempfile.TemporaryDirectory(prefix="npmlp-bench-") as tmp:
+            cfg = {**vars(a), "threads": threads, "label": label, "data": data,
+                   "result": str(Path(tmp) / "result.json")}
+            Path(tmp, "cfg.json").write_text(json.dumps(cfg))
+            env = {**os.environ, **thread_env(threads)}
+            r = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--worker", str(Path(tmp, "cfg.json"))],
+                               env=env, cwd=REPO, preexec_fn=_pin_one_cpu if threads == 1 else None)
+            if r.returncode != 0:
+                raise SystemExit(f"bench: the {label} worker failed (exit {r.returncode})")
+            report["runs"].append(json.loads(Path(cfg["result"]).read_text()))
+    for threads in a.threads if a.e2e_repeats > 0 else []:
+        for i in range(a.e2e_repeats):
+            with tempfile.TemporaryDirectory(prefix="npmlp-bench-") as tmp:
+                cmd = [sys.executable, "-m", "npmlp", "train", "--out", str(Path(tmp) / "run"), "--quiet",
+                       "--steps", str(a.e2e_steps)]
+                if data:
+                    cmd += ["--data", data]
+                env = {**os.environ, **thread_env(threads)} if threads == 1 else dict(os.environ)
+                code, stdout, stderr, wall, rss = run_with_rss(cmd, env=env, cwd=REPO,
+                                                               preexec_fn=_pin_one_cpu if threads == 1 else None)
+                if code != 0:
+                    raise SystemExit(f"bench: `npmlp train` failed (exit {code}):\n{stderr}")
+                m = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
+            e = {"label": label_of(threads), "threads": threads, "wall_s": wall, "peak_rss_mb": rss,
+                 "command": "python -m npmlp train --quiet --out DIR" + (f" --steps {a.e2e_steps}"
+                                                                          if a.e2e_steps != 200_000 else ""),
+                 "train_s": m["seconds"], "us_per_step": m["seconds"] / m["steps"] * 1e6,
+                 "dev_loss": m["dev_loss"], "steps": m["steps"]}
+            report["e2e"].append(e)
+            log(f"bench: npmlp train ({e['label']}): {wall:.1f} s wall, {rss or float('nan'):.0f} MB peak RSS, "
+                f"training {m['seconds']:.1f} s ({e['us_per_step']:.1f} us/step), dev loss {m['dev_loss']:.4f}")
+    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    from npmlp.fileio import atomic_write_bytes, atomic_write_json
+
+    from .report import markdown, plot
+    atomic_write_json(out / f"{a.name}.json", report)
+    atomic_write_bytes(out / f"{a.name}.md", markdown(report, f"{a.name}.png").encode())
+    plot(report, out / f"{a.name}.png")
+    log(f"bench: wrote {out / (a.name + '.json')}, {out / (a.name + '.md')}, {out / (a.name + '.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

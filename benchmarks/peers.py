@@ -1,0 +1,261 @@
+"""The training steps being compared. Each peer runs the lecture's model on the same data, from the
+same initial parameters, on the same minibatch indices, and records every step's loss as a Python
+float (the lecture's `lossi`), so every peer does the same work as `npmlp train`.
+
+Legend: B batch, T block_size, E n_embd, H n_hidden, V vocab size, N training rows.
+
+A peer is built by `make_<peer>(init, X, Y, batches, lr)` and returns `run(start, n) -> losses`:
+run steps start .. start+n-1, step k using the rows `batches(k)` (B,). `init` is a dict of float32
+NumPy arrays; X (N, T) and Y (N,) are the uint8 training split.
+
+  npmlp         npmlp.train.sgd itself: THE NumPy step (hand-written backward)
+  torch_eager   the lecture's loop: forward, F.cross_entropy, loss.backward(), p.data += -lr * p.grad
+  torch_manual  the same hand-written backward as npmlp, in torch ops under no_grad
+  torch_compile torch.compile (inductor) of torch_manual's whole step: gather, forward, backward, update
+  jax           jax.jit of the whole step (gather, value_and_grad, update)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+PEERS = ("npmlp", "torch_eager", "torch_manual", "torch_compile", "jax")
+LABELS = {"npmlp": "npmlp (NumPy, hand-written backward)",
+          "torch_eager": "torch eager + autograd (the lecture's loop)",
+          "torch_manual": "torch, hand-written backward under no_grad",
+          "torch_compile": "torch.compile (inductor) of the whole manual step",
+          "jax": "JAX jit of the whole step (value_and_grad)"}
+
+
+# ----------------------------------------------------------------------------- npmlp
+
+def make_npmlp(init, X, Y, batches, lr, total_steps):
+    """npmlp.train.sgd on its own minibatches: sgd draws step k's rows from batch_block(seed, k // BLOCK),
+    exactly what `batches(k)` returns, so no index is handed over."""
+    from npmlp.model import MLP
+    from npmlp.train import TrainConfig, sgd
+
+    model = MLP(init)
+    cfg = TrainConfig(steps=total_steps, batch_size=batches.B, lr=lr, lr_decayed=lr, seed=batches.seed)
+    lossi = np.zeros(total_steps, np.float32)
+
+    def run(start, n):
+        losses = []
+        sgd(model, X, Y, cfg, lossi, start=start, stop=start + n, on_step=lambda step, loss: losses.append(loss))
+        return losses
+
+    run.model = model
+    return run
+
+
+# ----------------------------------------------------------------------------- torch
+
+def _torch_setup(init, X, Y, requires_grad):
+    import torch
+    P = {k: torch.tensor(v, requires_grad=requires_grad) for k, v in init.items()}
+    return torch, P, torch.from_numpy(X.astype(np.int64)), torch.from_numpy(Y.astype(np.int64))
+
+
+def flush_denormals(run):
+    """Run a torch peer with torch.set_flush_denormal(True), off again afterwards (it sets the CPU's
+    flush-to-zero mode, which would also speed up NumPy code in the same thread). The lecture's init
+    makes ~3% of the softmax entries denormal at H=1000; without flushing, torch is 2-4x slower
+    there. JAX flushes by default; npmlp floors its shifted logits instead (npmlp/layers.py)."""
+    import torch
+
+    def wrapped(start, n):
+        torch.set_flush_denormal(True)
+        try:
+            return run(start, n)
+        finally:
+            torch.set_flush_denormal(False)
+    return wrapped
+
+
+def make_torch_eager(init, X, Y, batches, lr, total_steps):
+    """The lecture's training loop, line for line (minus the random draw: rows come from `batches`)."""
+    torch, P, Xt, Yt = _torch_setup(init, X, Y, requires_grad=True)
+    import torch.nn.functional as F
+    C, W1, b1, W2, b2 = (P[k] for k in ("C", "W1", "b1", "W2", "b2"))
+    parameters = [C, W1, b1, W2, b2]
+
+    def run(start, n):
+        losses = []
+        for k in range(start, start + n):
+            ix = batches.torch(k)                               # (B,)
+            emb = C[Xt[ix]]                                     # (B, T, E)
+            h = torch.tanh(emb.view(emb.shape[0], -1) @ W1 + b1)  # (B, H)
+            logits = h @ W2 + b2                                # (B, V)
+            loss = F.cross_entropy(logits, Yt[ix])
+            for p in parameters:
+                p.grad = None
+            loss.backward()
+            for p in parameters:
+                p.data += -lr * p.grad
+            losses.append(loss.item())
+        return losses
+
+    return flush_denormals(run)
+
+
+def manual_grads(C, W1, b1, W2, b2, Xb, Yb):
+    """Loss and gradients with makemore part 4's hand-written backward, in torch ops: the same math
+    as npmlp/layers.py, for torch's sake. Call under no_grad."""
+    import torch
+    B = Xb.shape[0]
+    emb = C[Xb]                                                 # (B, T, E)
+    embcat = emb.view(B, -1)                                    # (B, T*E)
+    hpreact = embcat @ W1 + b1                                  # (B, H)
+    h = torch.tanh(hpreact)                                     # (B, H)
+    logits = h @ W2 + b2                                        # (B, V)
+    norm_logits = logits - logits.amax(1, keepdim=True)         # (B, V)
+    counts = norm_logits.exp()                                  # (B, V)
+    counts_sum = counts.sum(1, keepdim=True)                    # (B, 1)
+    rows = torch.arange(B)
+    loss = (counts_sum.log().squeeze(1) - norm_logits[rows, Yb]).mean()
+    dlogits = counts / counts_sum                               # (B, V) softmax
+    dlogits[rows, Yb] -= 1
+    dlogits /= B
+    dh = dlogits @ W2.T                                         # (B, H)
+    dW2 = h.T @ dlogits                                         # (H, V)
+    db2 = dlogits.sum(0)                                        # (V,)
+    dhpreact = (1.0 - h * h) * dh                               # (B, H)
+    dembcat = dhpreact @ W1.T                                   # (B, T*E)
+    dW1 = embcat.T @ dhpreact                                   # (T*E, H)
+    db1 = dhpreact.sum(0)                                       # (H,)
+    dC = torch.zeros_like(C).index_add_(0, Xb.reshape(-1), dembcat.view(-1, C.shape[1]))  # (V, E)
+    return loss, (dC, dW1, db1, dW2, db2)
+
+
+def make_torch_manual(init, X, Y, batches, lr, total_steps):
+    """The hand-written backward in eager torch; the update in place, as the lecture's p.data += ..."""
+    torch, P, Xt, Yt = _torch_setup(init, X, Y, requires_grad=False)
+    params = [P[k] for k in ("C", "W1", "b1", "W2", "b2")]
+
+    def run(start, n):
+        losses = []
+        with torch.no_grad():
+            for k in range(start, start + n):
+                ix = batches.torch(k)
+                loss, grads = manual_grads(*params, Xt[ix], Yt[ix])
+                for p, g in zip(params, grads):
+                    p.add_(g, alpha=-lr)
+                losses.append(loss.item())
+        return losses
+
+    return flush_denormals(run)
+
+
+def compiled_step(C, W1, b1, W2, b2, Xt, Yt, ix, lr: float):
+    """The whole step for torch.compile: gather, forward, backward, update. It returns the new
+    parameters instead of updating in place: compiled in-place updates (p.add_ on the inputs) gave
+    wrong W1 and W2 with torch 2.13.0 here, which the loss agreement check caught."""
+    import torch
+    with torch.no_grad():
+        loss, grads = manual_grads(C, W1, b1, W2, b2, Xt[ix], Yt[ix])
+        return loss, [p - lr * g for p, g in zip((C, W1, b1, W2, b2), grads)]
+
+
+def make_torch_compile(init, X, Y, batches, lr, total_steps):
+    """torch.compile (inductor, default mode) of compiled_step. The caller times the first call (the
+    compile) separately."""
+    import torch
+    torch._dynamo.reset()                         # a fresh compile per configuration, no cache limit hit
+    step = torch.compile(compiled_step, dynamic=False, fullgraph=True)
+    _, P, Xt, Yt = _torch_setup(init, X, Y, requires_grad=False)
+    state = [P[k] for k in ("C", "W1", "b1", "W2", "b2")]
+
+    def run(start, n):
+        losses = []
+        for k in range(start, start + n):
+            loss, state[:] = step(*state, Xt, Yt, batches.torch(k), lr)
+            losses.append(loss.item())
+        return losses
+
+    return flush_denormals(run)
+
+
+# ----------------------------------------------------------------------------- JAX
+
+def make_jax(init, X, Y, batches, lr, total_steps):
+    """jax.jit of the whole step, with JAX's own autodiff (value_and_grad): what a JAX user writes.
+    The block of 1000 steps' row indices lives on the device; the step picks its row by index."""
+    import jax
+    import jax.numpy as jnp
+
+    def loss_fn(params, Xb, Yb):
+        C, W1, b1, W2, b2 = params
+        B = Xb.shape[0]
+        emb = C[Xb].reshape(B, -1)                              # (B, T*E)
+        h = jnp.tanh(emb @ W1 + b1)                             # (B, H)
+        logits = h @ W2 + b2                                    # (B, V)
+        logprobs = jax.nn.log_softmax(logits)                   # (B, V)
+        return -jnp.mean(jnp.take_along_axis(logprobs, Yb[:, None], axis=1))
+
+    def step(params, Xall, Yall, block, i, lr):
+        ix = jax.lax.dynamic_index_in_dim(block, i, keepdims=False)    # (B,)
+        loss, grads = jax.value_and_grad(loss_fn)(params, Xall[ix], Yall[ix])
+        return [p - lr * g for p, g in zip(params, grads)], loss
+
+    step = jax.jit(step, donate_argnums=0)
+    state = {"params": [jnp.asarray(init[k]) for k in ("C", "W1", "b1", "W2", "b2")]}
+    Xj, Yj = jnp.asarray(X.astype(np.int32)), jnp.asarray(Y.astype(np.int32))
+    lr32 = np.float32(lr)
+
+    def run(start, n):
+        losses = []
+        params = state["params"]
+        for k in range(start, start + n):
+            block, i = batches.jax_block(k)
+            params, loss = step(params, Xj, Yj, block, i, lr32)
+            losses.append(float(loss))
+        state["params"] = params
+        return losses
+
+    return run
+
+
+MAKERS = {"npmlp": make_npmlp, "torch_eager": make_torch_eager, "torch_manual": make_torch_manual,
+          "torch_compile": make_torch_compile, "jax": make_jax}
+
+
+def available(peer):
+    """None if the peer can run here, else one line saying why not."""
+    import importlib.util
+    need = {"torch_eager": "torch", "torch_manual": "torch", "torch_compile": "torch", "jax": "jax"}.get(peer)
+    if need and importlib.util.find_spec(need) is None:
+        extra = "jax" if need == "jax" else "bench"
+        return f"{need} is not installed (pip install -e '.[{extra}]')"
+    return None
+
+
+class Batches:
+    """Step k's minibatch rows, exactly as npmlp.train.sgd draws them: batch_block(seed, k // BLOCK)
+    row k % BLOCK. Blocks are cached (the index draw is not part of any peer's timing except npmlp's,
+    which draws its own: a disadvantage of ~0.1 us/step, kept)."""
+
+    def __init__(self, seed, N, B):
+        from npmlp.train import BLOCK, batch_block
+        self.seed, self.N, self.B, self.BLOCK, self._draw = seed, N, B, BLOCK, batch_block
+        self._np, self._torch, self._jax = {}, {}, {}
+
+    def block(self, b):
+        if b not in self._np:
+            self._np[b] = self._draw(self.seed, b, self.N, self.B)   # (BLOCK, B) int64
+        return self._np[b]
+
+    def __call__(self, k):
+        return self.block(k // self.BLOCK)[k % self.BLOCK]
+
+    def torch(self, k):
+        b = k // self.BLOCK
+        if b not in self._torch:
+            import torch
+            self._torch[b] = torch.from_numpy(self.block(b))
+        return self._torch[b][k % self.BLOCK]
+
+    def jax_block(self, k):
+        b = k // self.BLOCK
+        if b not in self._jax:
+            import jax.numpy as jnp
+            self._jax[b] = jnp.asarray(self.block(b).astype(np.int32))
+        return self._jax[b], k % self.BLOCK
