@@ -45,3 +45,34 @@ def run_cli(*args, env: dict | None = None, timeout: float = 300, cwd=None) -> s
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "npmlp", *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """torch's intra-op threads fight over this machine's 2 shared cores (35 ms a tiny step with
+    2 threads vs 0.2 ms with 1); one thread keeps the reference fast. Restored afterwards.
+    Modules that use torch: pytestmark = pytest.mark.usefixtures("torch_one_thread")."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def check(name, mine, ref, rtol, scale=None):
+    """Assert max|mine - ref| <= rtol * scale (default max|ref|); on failure print shape, max abs
+    diff, relative error and the worst few mine-vs-ref values. Returns the relative error."""
+    import numpy as np
+    mine, ref = np.asarray(mine), np.asarray(ref)
+    assert mine.shape == ref.shape, f"{name}: shape {mine.shape} != reference {ref.shape}"
+    diff = np.abs(mine.astype(np.float64) - ref.astype(np.float64))
+    maxdiff = float(diff.max(initial=0.0))
+    scale = max(float(np.abs(ref).max(initial=0.0)) if scale is None else scale, 1e-300)
+    rel = maxdiff / scale
+    if not rel <= rtol:  # also catches NaN
+        worst = np.argsort(diff.ravel())[-4:][::-1]
+        pairs = ", ".join(f"{mine.ravel()[i]:.10g} vs {ref.ravel()[i]:.10g}" for i in worst)
+        pytest.fail(f"{name} {mine.shape} {mine.dtype}: maxdiff {maxdiff:.3e}, rel {rel:.3e} > {rtol:g} "
+                    f"(scale {scale:.3e}, max|ref| {float(np.abs(ref).max(initial=0)):.3e}); "
+                    f"mine vs ref (worst): {pairs}")
+    return rel

@@ -26,12 +26,7 @@ from npmlp.reference import torch_loss_and_grads, torch_sgd
 from npmlp.train import TrainConfig, batch_block, sgd
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def rel(mine, ref):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import check
 import torch
 import torch.nn.functional as F
 
@@ -22,32 +23,8 @@ RTOL = {np.float64: 1e-10, np.float32: 2e-5}
 DTYPES = [np.float64, np.float32]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_one_thread():
-    """torch's intra-op threads fight over this machine's 2 shared cores (35 ms a tiny step with
-    2 threads vs 0.2 ms with 1); one thread keeps the reference fast. Restored afterwards."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-
-def check(name, mine, ref, rtol):
-    """Assert max|mine - ref| <= rtol * max|ref|; on failure print shape, max abs diff, relative
-    error and the worst few mine-vs-ref values. Returns the relative error."""
-    mine, ref = np.asarray(mine), np.asarray(ref)
-    assert mine.shape == ref.shape, f"{name}: shape {mine.shape} != reference {ref.shape}"
-    diff = np.abs(mine.astype(np.float64) - ref.astype(np.float64))
-    maxdiff = float(diff.max(initial=0.0))
-    scale = max(float(np.abs(ref).max(initial=0.0)), 1e-300)
-    rel = maxdiff / scale
-    if not rel <= rtol:  # also catches NaN
-        worst = np.argsort(diff.ravel())[-4:][::-1]
-        pairs = ", ".join(f"{mine.ravel()[i]:.10g} vs {ref.ravel()[i]:.10g}" for i in worst)
-        pytest.fail(f"{name} {mine.shape} {mine.dtype}: maxdiff {maxdiff:.3e}, rel {rel:.3e} > {rtol:g}; "
-                    f"mine vs ref (worst): {pairs}")
-    return rel
 
 
 def t(a, grad=False):
