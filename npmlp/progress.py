@@ -5,7 +5,8 @@ import sys
 
 
 class Progress:
-    """bar.step(step, loss, lr) after each step; shows steps/s, the current loss and rate."""
+    """bar.step(step, loss, lr) after each step (or every `every`-th); shows steps/s, the current
+    loss and rate."""
 
     def __init__(self, total: int, start: int = 0, quiet: bool = False, every: int = 250, desc: str = "train"):
         self.every, self.quiet, self.bar = every, quiet, None

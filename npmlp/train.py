@@ -86,6 +86,7 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
     chunks = [(a, b, (b - a) / B) for a, b in zip(edges, edges[1:])]  # (first row, end, share of B)
     gsum = np.empty_like(gflat) if n > 1 else gflat         # the chunks' summed gradient
     G = max(1, min(BLOCK, GATHER // B))                     # steps whose rows are gathered at once
+    decay = int(cfg.decay_at * cfg.steps)                   # cfg.lr_at(step), without a call a step
     for step in range(start, stop):
         i = step % BLOCK
         if step == start or i == 0:
@@ -94,7 +95,7 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
             ix = block[i - i % G: i - i % G + G]                      # (G, B) the next G steps' rows
             Xg, Yg = X[ix].astype(np.intp), Y[ix].astype(np.intp)    # (G, B, T), (G, B) minibatches
         xb, yb = Xg[i % G], Yg[i % G]                                 # (B, T), (B,) this step's
-        lr = cfg.lr_at(step)
+        lr = cfg.lr if step < decay else cfg.lr_decayed
         loss = 0.0
         if n > 1:
             gsum.fill(0)
