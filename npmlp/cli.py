@@ -78,12 +78,17 @@ def add_data_args(p):
                    help="shuffle seed of the 80/10/10 split (default 42, the lecture's)")
 
 
-def add_model_args(p, defaults: bool = True):
-    d = (lambda v: v) if defaults else (lambda v: None)
+def add_model_args(p, size_defaults: bool = True, dtype: str = "float32"):
+    """Sizes, dtype, init and seed of a fresh model. size_defaults=False leaves untyped sizes None."""
+    d = (lambda v: v) if size_defaults else (lambda v: None)
     p.add_argument("--block-size", type=positive_int, default=d(3), help="context length T (default 3)")
     p.add_argument("--n-embd", type=positive_int, default=d(10), help="embedding size E (default 10)")
     p.add_argument("--n-hidden", type=positive_int, default=d(200), help="hidden units H (default 200)")
-    p.add_argument("--dtype", choices=DTYPES, default=d("float32"), help="float32 (default) or float64")
+    p.add_argument("--dtype", choices=DTYPES, default=dtype, help=f"float32 or float64 (default {dtype})")
+    p.add_argument("--init", choices=("lecture", "kaiming"), default="lecture",
+                   help="lecture: plain standard normal (default); kaiming: scaled for tanh")
+    p.add_argument("--seed", type=non_negative_int, default=2147483647,
+                   help="seed of init and minibatches (default 2147483647, the lecture's)")
 
 
 def log(args, *msg):
@@ -442,9 +447,6 @@ def build_parser():
     p.add_argument("--lr-decayed", type=positive_float, help="rate after the decay (default lr/10)")
     p.add_argument("--decay-at", type=fraction, default=0.5, help="fraction of steps where the rate "
                    "drops (default 0.5)")
-    p.add_argument("--init", choices=("lecture", "kaiming"), default="lecture",
-                   help="lecture: plain standard normal (default); kaiming: scaled for tanh")
-    p.add_argument("--seed", type=non_negative_int, default=2147483647, help="seed of init and minibatches")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run, bit-identically")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no notes about the data")
@@ -454,16 +456,10 @@ def build_parser():
     p = sub.add_parser("gradcheck", help="check each hand-written gradient against torch and finite "
                        "differences")
     add_data_args(p)
-    p.add_argument("--block-size", type=positive_int, help="context length T (default 3)")
-    p.add_argument("--n-embd", type=positive_int, help="embedding size E (default 10)")
-    p.add_argument("--n-hidden", type=positive_int, help="hidden units H (default 200)")
-    p.add_argument("--dtype", choices=DTYPES, default="float64", help="float64 (default) or float32; "
-                   "finite differences are always float64")
-    p.add_argument("--init", choices=("lecture", "kaiming"), default="lecture", help="init of the fresh model")
+    add_model_args(p, size_defaults=False, dtype="float64")  # finite differences are always float64
     p.add_argument("--batch-size", type=positive_int, default=32, help="minibatch size (default 32)")
     p.add_argument("--coords", type=positive_int, default=20, help="coordinates per tensor for finite "
                    "differences (default 20)")
-    p.add_argument("--seed", type=non_negative_int, default=2147483647, help="seed of init, minibatch and coordinates")
     p.add_argument("--run", metavar="RUN_DIR", help="check a trained model instead of a fresh one")
     p.add_argument("--quiet", action="store_true", help="no notes about the data")
     p.set_defaults(func=cmd_gradcheck)
@@ -471,10 +467,8 @@ def build_parser():
     p = sub.add_parser("lr-find", help="the lecture's learning-rate sweep (10^-3 to 10^0), with a plot")
     add_data_args(p)
     add_model_args(p)
-    p.add_argument("--init", choices=("lecture", "kaiming"), default="lecture", help="init of the fresh model")
     p.add_argument("--steps", type=positive_int, default=1000, help="steps, one rate each (default 1000)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="minibatch size (default 32)")
-    p.add_argument("--seed", type=non_negative_int, default=2147483647, help="seed of init and minibatches")
     p.add_argument("--out", metavar="DIR", help="where lr_find.png goes (default runs/lr-find-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_lr_find)
