@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -16,7 +17,7 @@ from .data import Vocab, build_dataset, data_source, load_words, split_words, wo
 from .errors import NpmlpError, UsageError
 from .fileio import atomic_write_json
 from .model import MLP
-from .train import Diverged, TrainConfig, evaluate, sample, sgd
+from .train import CHUNK, Diverged, TrainConfig, evaluate, sample, sgd
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -26,6 +27,10 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 class Parser(argparse.ArgumentParser):
     """argparse with the project's one-line errors: `npmlp: error: ...`, exit 2, no usage dump.
     Subparsers inherit the class, so every subcommand reports the same way."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # every typed option is spelled out: see typed_options
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"npmlp: error: {message} (see `{self.prog} --help`)\n")
@@ -133,6 +138,33 @@ class Splits:
         return {"train": self.train, "dev": self.dev, "test": self.test}.items()
 
 
+def check_memory(cfg, vocab_size, args):
+    """Refuse sizes that cannot fit in this machine's memory: the kernel would kill the process
+    mid-run (memory is overcommitted) instead of letting NumPy raise MemoryError."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    T, E, H, V = args.block_size, args.n_embd, args.n_hidden, vocab_size
+    n_params = V * E + T * E * H + H + H * V + V
+    rows = min(cfg.batch_size, CHUNK)
+    need = (n_params * 8 * 4                                   # float64 draws, params, grads, snapshots
+            + cfg.steps * 4                                    # lossi
+            + rows * (T * E + 4 * H + 4 * V + T * V) * 8)      # one chunk's workspace
+    if need > 0.8 * total:
+        raise UsageError(f"--n-embd {E} --n-hidden {H} --steps {cfg.steps:,} need about {need / 2**30:.1f} GiB, "
+                         f"more than this machine's {total / 2**30:.1f} GiB; use smaller values")
+
+
+def make_out_dir(out: Path) -> Path:
+    """Create the output folder now, so a bad --out fails before any work, in one line."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create the folder {out}: {e.strerror}; choose another --out") from None
+    return out
+
+
 # ----------------------------------------------------------------------------- train
 
 class StopFlag:
@@ -153,9 +185,10 @@ class StopFlag:
             signal.signal(s, h)
 
 
-def train_defaults() -> dict:
-    """The train subcommand's option defaults, to tell which options a user typed."""
-    return vars(build_parser().parse_args(["train"]))
+def typed_options(argv) -> set[str]:
+    """Destinations of the options spelled out on the command line (`--lr 0.1`, `--lr=0.1`), so
+    --resume can refuse a typed value even when it equals the default."""
+    return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
 
 
 def resume_state(out: Path, ckpt: Path):
@@ -189,10 +222,10 @@ def check_resume_options(args, out, model, cfg, run):
               "decay_at": cfg.decay_at, "seed": cfg.seed, "block_size": model.block_size,
               "n_embd": model.n_embd, "n_hidden": model.n_hidden, "dtype": str(model.dtype),
               "init": run["init"], "split_seed": run["split_seed"], "out": str(out)}
-    defaults = train_defaults()
+    typed = typed_options(args.argv)
     for key, value in theirs.items():
         mine = getattr(args, key)
-        if mine != defaults[key] and mine != value and not (key == "out" and Path(mine) == out):
+        if key in typed and mine != value and not (key == "out" and Path(mine) == out):
             flag = "--" + key.replace("_", "-")
             raise UsageError(f"{flag} {mine} differs from the run's {value}; --resume continues {out} with "
                              f"its own options: drop {flag}, or start a new run with another --out")
@@ -204,7 +237,7 @@ def cmd_train(args):
     if args.resume:
         model, vocab, cfg, run, start, lossi = resume_state(out, ckpt)
         check_resume_options(args, out, model, cfg, run)
-        data = Splits(args.data or run["data"], run["split_seed"], model.block_size, vocab, args,
+        data = Splits(run_data(args, run), run["split_seed"], model.block_size, vocab, args,
                       digest=run.get("data_sha256"))
         if args.data:                                 # the same names from a new place: remember it
             run["data"] = str(Path(args.data).resolve())
@@ -220,6 +253,7 @@ def cmd_train(args):
         run = {"data": str(data.source.resolve()) if data.source else None, "split_seed": args.split_seed,
                "init": args.init, "data_sha256": data.digest}
         vocab = data.vocab
+        check_memory(cfg, vocab.size, args)
         try:
             model = MLP.init(vocab.size, args.block_size, args.n_embd, args.n_hidden, seed=args.seed,
                              dtype=DTYPES[args.dtype], scheme=args.init)
@@ -231,10 +265,7 @@ def cmd_train(args):
     if cfg.batch_size > len(Xtr):
         raise UsageError(f"--batch-size {cfg.batch_size} is larger than the training split "
                          f"({len(Xtr):,} rows); use at most {len(Xtr):,}")
-    try:  # fail now, not after hours of training
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create the run directory {out}: {e.strerror}; choose another --out") from None
+    make_out_dir(out)  # fail now, not after hours of training
     log(args, f"npmlp: {data.n_words:,} names, vocab {vocab.size}, rows train/dev/test "
               f"{len(Xtr):,}/{len(data.dev[0]):,}/{len(data.test[0]):,}; "
               f"{model.num_params:,} parameters ({model.dtype}); writing {out}/")
@@ -266,6 +297,7 @@ def cmd_train(args):
 
         try:
             lossi, step = sgd(model, Xtr, Ytr, cfg, lossi, start, on_step=on_step)
+            bar.finish(step)
             if not np.isfinite(model.flat).all():      # the last update overflowed: never save it
                 raise Diverged(step, float(lossi[step - 1]))
         except Diverged as d:
@@ -282,7 +314,8 @@ def cmd_train(args):
             save(d.step - 1, False)
             raise NpmlpError(f"training diverged: the loss became NaN/inf at step {d.step:,} (last finite "
                              f"loss {d.last_loss:.4g} at step {d.step - 1:,}); saved the parameters that gave it "
-                             f"in {ckpt}; lower {rate} (was {cfg.lr_at(d.step - 1):g})") from None
+                             f"in {ckpt} (for eval/plot); train again with a lower {rate} (was "
+                             f"{cfg.lr_at(d.step - 1):g}) and a new --out") from None
     seconds = time.perf_counter() - t0
     if step < cfg.steps:
         save(step, False)
@@ -331,10 +364,20 @@ def load_run(path):
     return (*load_checkpoint(ckpt), ckpt)
 
 
+def run_data(args, run):
+    """The names file of a run: --data if given, else the path the run recorded (None: the download)."""
+    if args.data:
+        return args.data
+    path = run.get("data")
+    if path is not None and not Path(path).exists():
+        raise NpmlpError(f"the run's names file {path} no longer exists; pass its new place with --data FILE")
+    return path
+
+
 def run_splits(args, meta, model, vocab):
     """The rows a run was trained and evaluated on: its data file (or --data) and split seed."""
     run = meta.get("run") or {}
-    return Splits(args.data or run.get("data"), run.get("split_seed", 42), model.block_size, vocab, args,
+    return Splits(run_data(args, run), run.get("split_seed", 42), model.block_size, vocab, args,
                   digest=run.get("data_sha256"))
 
 
@@ -383,6 +426,7 @@ def cmd_lr_find(args):
     from .progress import Progress
     if args.steps < 10:
         raise UsageError(f"--steps {args.steps} is too few for a sweep from 10^-3 to 10^0; use at least 10")
+    out = make_out_dir(Path(args.out or time.strftime("runs/lr-find-%Y%m%d-%H%M%S")))
     data = Splits(args.data, args.split_seed, args.block_size, None, args)
     model = MLP.init(data.vocab.size, args.block_size, args.n_embd, args.n_hidden, seed=args.seed,
                      dtype=DTYPES[args.dtype], scheme=args.init)
@@ -395,7 +439,6 @@ def cmd_lr_find(args):
     if ran < 2:
         raise NpmlpError("the loss was NaN/inf from the first steps of the sweep; check the data and --init")
     suggested, best, smoothed = lrfind.suggest(lre[:ran], losses[:ran])
-    out = Path(args.out or time.strftime("runs/lr-find-%Y%m%d-%H%M%S"))
     path = plots.save(plots.lr_find_figure(lre[:ran], losses[:ran], smoothed, best, suggested), out / "lr_find.png")
     if ran < args.steps:
         print(f"the loss became NaN/inf at lr {10 ** lre[ran]:.3g}; the sweep stopped after {ran} steps")
@@ -426,7 +469,7 @@ def cmd_plot(args):
     cfg = run_config(meta, ckpt)
     data = run_splits(args, meta, model, vocab)
     batch = gradcheck.minibatch(*data.train, cfg.batch_size, args.seed)
-    out = Path(args.out) if args.out else ckpt.parent
+    out = make_out_dir(Path(args.out)) if args.out else ckpt.parent
     written = plots.write_run_figures(out, model, vocab, lossi, cfg, pca=args.pca, batch=batch)
     print("wrote:", *written, sep="\n  ")
 
@@ -501,7 +544,9 @@ def build_parser():
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(map(str, argv))
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args) or 0
     except NpmlpError as e:

@@ -30,7 +30,7 @@ class Row(NamedTuple):
     shape: tuple
     torch_maxdiff: float | None   # max |mine - torch|; None without torch
     torch_verdict: str            # exact / approx / FAIL / "torch not installed"
-    fd_relerr: float              # max |mine - fd| / max(|mine|, |fd|) over the sampled coordinates
+    fd_relerr: float              # max |mine - fd| at the sampled coordinates / max(|mine| in the tensor, |fd|)
     fd_coords: int                # how many coordinates were perturbed
     fd_ok: bool
     norm: float                   # ||mine||, Frobenius
@@ -150,4 +150,4 @@ def format_table(rows, dtype) -> str:
     return "\n".join([fmt(head), rule, *map(fmt, lines), rule,
                       f"torch: exact = bitwise equal; approx = allclose(rtol={rtol:g}, atol={rtol:g} * max|torch|)",
                       f"fd:    float64 central differences (eps {EPS:g}) at (n) random coordinates;",
-                      f"       rel err = max|mine - fd| / (largest |mine| in the tensor); ok if <= {fd_tol:g}"])
+                      f"       rel err = max|mine - fd| / (largest |mine| in the tensor, or |fd| if larger); ok if <= {fd_tol:g}"])

@@ -8,6 +8,7 @@ This module is imported only when a figure is drawn: `import npmlp` stays free o
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,10 @@ DPI = 100
 def save(fig: Figure, path) -> Path:
     """Write `fig` as a PNG, atomically."""
     path = Path(path)
-    with atomic_open(path, "wb") as f:
+    with atomic_open(path, "wb") as f, warnings.catch_warnings():
+        # characters the default font lacks (CJK names...) are drawn as boxes; one warning per
+        # glyph per figure would flood stderr
+        warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
         fig.savefig(f, format="png", dpi=DPI)
     return path
 

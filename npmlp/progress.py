@@ -22,6 +22,12 @@ class Progress:
             self._last = step + 1
             self.bar.set_postfix_str(f"loss {loss:.4f}" + (f", lr {lr:g}" if lr is not None else ""), refresh=False)
 
+    def finish(self, n: int):
+        """Bring the bar to step n (the last update may have been up to `every` steps before)."""
+        if self.bar is not None and n > self._last:
+            self.bar.update(n - self._last)
+            self._last = n
+
     def close(self):
         if self.bar is not None:
             self.bar.close()

@@ -137,16 +137,19 @@ def sample(model: MLP, vocab, n: int = 20, seed: int = 2147483647 + 10, temperat
     Each returned name ends with '.'; a name cut at max_len characters does not."""
     if temperature <= 0 or not np.isfinite(temperature):
         raise UsageError(f"temperature must be a positive number, got {temperature}")
-    rng = np.random.default_rng(seed)
+    # name i reads its own uniform stream (seed, i): the first k of n names do not depend on n
+    u = np.stack([np.random.default_rng([seed, i]).random(max_len) for i in range(n)])  # (n, max_len)
     ctx = np.zeros((n, model.block_size), np.int64)             # (n, T)
     out = [[] for _ in range(n)]
     alive = np.ones(n, bool)
-    for _ in range(max_len):
-        logits = model.logits(ctx).astype(np.float64) / temperature  # (n, V)
+    for t in range(max_len):
+        logits = model.logits(ctx).astype(np.float64)          # (n, V)
         logits -= logits.max(axis=1, keepdims=True)
+        with np.errstate(over="ignore"):                         # shift first, then scale: exact for any
+            logits /= temperature                                # temperature (a tiny one is greedy)
         p = np.exp(logits)
         p /= p.sum(axis=1, keepdims=True)                        # (n, V) softmax
-        ix = (p.cumsum(axis=1) > rng.random((n, 1))).argmax(axis=1)  # (n,) one draw per row
+        ix = (p.cumsum(axis=1) > u[:, t:t + 1]).argmax(axis=1)   # (n,) one draw per row
         for i in np.flatnonzero(alive):
             out[i].append(int(ix[i]))
         alive &= ix != 0

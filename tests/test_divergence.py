@@ -16,7 +16,8 @@ from npmlp.model import MLP
 from npmlp.train import TrainConfig, sgd
 
 MESSAGE = re.compile(r"training diverged: the loss became NaN/inf at step ([\d,]+) \(last finite loss (\S+) "
-                     r"at step ([\d,]+)\); saved the parameters that gave it in (\S+); lower (--lr\S*) \(was (\S+)\)")
+                     r"at step ([\d,]+)\); saved the parameters that gave it in (\S+) \(for eval/plot\); train again "
+                     r"with a lower (--lr\S*) \(was (\S+)\) and a new --out")
 
 
 @pytest.fixture(scope="module")

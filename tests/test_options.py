@@ -55,10 +55,25 @@ def test_batch_larger_than_the_training_split(tmp_path, small_names):
 
 def test_out_that_is_a_file_is_refused_before_training(tmp_path, small_names):
     r = run_cli("train", "--data", small_names, "--steps", 10, "--out", small_names, *TINY)
-    assert_user_error(r, 2, "cannot create the run directory", str(small_names), "--out")
+    assert_user_error(r, 2, "cannot create the folder", str(small_names), "--out")
 
 
-def test_more_memory_than_exists_is_a_usage_error(tmp_path, small_names):
-    r = run_cli("train", "--data", small_names, "--steps", 10**13, "--out", tmp_path / "run", *TINY)
-    assert_user_error(r, 2, "not enough memory", "10,000,000,000,000 steps")
+@pytest.mark.parametrize("command", [["lr-find", "--steps", "10"], ["plot", None]])
+def test_reading_commands_refuse_an_out_that_is_a_file_before_working(tmp_path, small_names, command):
+    if command[0] == "plot":                      # plot needs a run to redraw
+        run = tmp_path / "run"
+        assert run_cli("train", "--data", small_names, "--steps", 20, "--out", run, *TINY).returncode == 0
+        command = ["plot", run]
+    r = run_cli(*command, "--data", small_names, "--out", small_names, "--quiet")
+    assert_user_error(r, 2, "cannot create the folder", str(small_names), "--out")
+
+
+@pytest.mark.parametrize("opts, needles", [
+    (["--steps", str(10**13)], ["--steps 10,000,000,000,000", "GiB", "use smaller values"]),
+    # allocates lazily (memory is overcommitted): without the estimate the kernel kills the process
+    (["--steps", "10", "--n-hidden", str(10**8)], ["--n-hidden 100000000", "GiB", "use smaller values"]),
+])
+def test_more_memory_than_exists_is_a_usage_error(tmp_path, small_names, opts, needles):
+    r = run_cli("train", "--data", small_names, "--out", tmp_path / "run", *TINY, *opts)
+    assert_user_error(r, 2, *needles)
     assert not (tmp_path / "run").exists()

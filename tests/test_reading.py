@@ -229,6 +229,23 @@ def test_sample_is_reproducible_and_well_formed(capsys, run_dir):
     assert hot != names and all(n.endswith(".") for n in hot)
 
 
+def test_sample_first_k_names_do_not_depend_on_n_and_tiny_temperature_is_greedy(run_dir):
+    model, vocab, _, _ = load_checkpoint(run_dir / "model.npz")
+    assert sample(model, vocab, 20, seed=3)[:4] == sample(model, vocab, 4, seed=3)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # no warnings on the way
+        greedy = sample(model, vocab, 3, seed=3, temperature=1e-310)
+    assert len(set(greedy)) == 1 and greedy[0].endswith(".")
+    # greedy: each character is the argmax of the logits given the context so far
+    ctx, want = [0] * model.block_size, []
+    while True:
+        ix = int(np.argmax(model.logits(np.array([ctx]))[0]))
+        want.append(ix)
+        ctx = ctx[1:] + [ix]
+        if ix == 0 or len(want) == 100:
+            break
+    assert greedy[0] == vocab.decode(want)
+
+
 def test_eval_prints_the_three_losses(capsys, run_dir, names):
     code, out, err = run(capsys, "eval", run_dir, "--quiet")
     assert code == 0, err

@@ -22,7 +22,7 @@ from errcheck import StopAfter, assert_user_error, snapshot, temp_files
 from npmlp import cli
 from npmlp.checkpoint import load_checkpoint
 
-STEPS = 30_000   # ~10k steps/s here: the signal lands ~0.3 s in (first progress update), well before the end
+STEPS = 100_000  # ~25k steps/s here: the signal lands ~0.3 s in (first progress update), far before the end
 MODEL = ("--n-hidden", "8", "--n-embd", "2", "--batch-size", "32", "--lr", "0.2")
 ARRAYS = ("C", "W1", "b1", "W2", "b2", "lossi")
 
@@ -148,6 +148,9 @@ def stopped(tmp_path, names, monkeypatch):
     (["--n-hidden", "16"], ["--n-hidden 16 differs from the run's 8", "drop --n-hidden"]),
     (["--steps", "500"], ["--steps 500 differs from the run's 200"]),
     (["--lr", "0.5"], ["--lr 0.5 differs from the run's 0.2"]),
+    (["--lr", "0.1"], ["--lr 0.1 differs from the run's 0.2"]),          # typed, though the default
+    (["--lr=0.1"], ["--lr 0.1 differs from the run's 0.2"]),
+    (["--steps", "200000"], ["--steps 200000 differs from the run's 200"]),
     (["--dtype", "float64"], ["--dtype float64 differs from the run's float32"]),
     (["--seed", "7"], ["--seed 7 differs"]),
     (["--split-seed", "1"], ["--split-seed 1 differs from the run's 42"]),
@@ -158,6 +161,20 @@ def test_resume_refuses_other_options(stopped, opts, needles):
     r = run_cli("train", "--resume", stopped, *opts, "--quiet")
     assert_user_error(r, 2, *needles)
     assert snapshot(stopped) == before
+
+
+def test_resume_and_eval_name_a_moved_names_file(tmp_path, names, monkeypatch):
+    data = tmp_path / "names.txt"
+    shutil.copy(names, data)
+    run = tmp_path / "run"
+    monkeypatch.setattr(cli, "StopFlag", lambda: StopAfter(50))
+    assert cli.main(["train", "--data", str(data), "--steps", "200", *MODEL, "--out", str(run), "--quiet"]) == 130
+    data.rename(tmp_path / "moved.txt")
+    for args in (["train", "--resume", run], ["eval", run]):
+        r = run_cli(*args, "--quiet", env={"NPMLP_DATA": str(tmp_path / "moved.txt")})
+        assert_user_error(r, 1, f"the run's names file {data} no longer exists", "--data FILE")
+    r = run_cli("eval", run, "--data", tmp_path / "moved.txt", "--quiet")
+    assert r.returncode == 0 and "dev loss" in r.stdout, r.stderr
 
 
 def test_resume_refuses_other_data(tmp_path, stopped):
