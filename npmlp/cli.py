@@ -36,24 +36,21 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"npmlp: error: {message} (see `{self.prog} --help`)\n")
 
 
-def non_negative_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {s}")
-    return v
+def int_at_least(low: int, what: str):
+    """An argparse type: an integer >= low, else "must be WHAT, got VALUE"."""
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {s!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {s}")
+        return v
+    return parse
 
 
-def positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
+positive_int = int_at_least(1, "a positive integer")
+non_negative_int = int_at_least(0, "a whole number >= 0")
 
 
 def positive_float(s: str) -> float:
