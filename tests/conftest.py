@@ -76,3 +76,11 @@ def check(name, mine, ref, rtol, scale=None):
                     f"(scale {scale:.3e}, max|ref| {float(np.abs(ref).max(initial=0)):.3e}); "
                     f"mine vs ref (worst): {pairs}")
     return rel
+
+
+def small_dataset(n: int = 400, seed: int = 0, block_size: int = 3):
+    """(vocab, X, Y) built from make_names(n, seed): a small training set for in-process tests."""
+    from npmlp.data import Vocab, build_dataset
+    words = make_names(n, seed=seed)
+    vocab = Vocab.from_words(words)
+    return (vocab, *build_dataset(words, vocab, block_size))

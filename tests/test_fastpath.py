@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_names
+from conftest import small_dataset
 
 import npmlp.train as train
-from npmlp.data import Vocab, build_dataset
 from npmlp.layers import EXP_FLOOR, cross_entropy_backward, cross_entropy_forward
 from npmlp.model import ACT_NAMES, MLP, PARAM_NAMES, Workspace
 from npmlp.reference import torch_loss_and_grads, torch_sgd
@@ -42,10 +41,7 @@ def denormals(a):
 
 @pytest.fixture(scope="module")
 def data():
-    words = make_names(600, seed=3)
-    vocab = Vocab.from_words(words)
-    X, Y = build_dataset(words, vocab, 3)
-    return vocab, X, Y
+    return small_dataset(600, seed=3)
 
 
 def torch_ce(logits, Y):

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import check, make_names
+from conftest import small_dataset, check
 
-from npmlp.data import Vocab, build_dataset
 from npmlp.errors import UsageError
 from npmlp.model import MLP, PARAM_NAMES
 from npmlp.reference import torch_sgd
@@ -26,10 +25,7 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 @pytest.fixture(scope="module")
 def data():
-    words = make_names(400, seed=1)
-    vocab = Vocab.from_words(words)
-    X, Y = build_dataset(words, vocab, 3)
-    return vocab, X, Y
+    return small_dataset(400, seed=1)
 
 
 def run_both(data, dtype, steps, H, B, scheme="lecture"):
