@@ -163,12 +163,19 @@ def test_resume_refuses_other_options(stopped, opts, needles):
     assert snapshot(stopped) == before
 
 
-def test_resume_and_eval_name_a_moved_names_file(tmp_path, names, monkeypatch):
+@pytest.fixture
+def stopped_own_data(tmp_path, names, monkeypatch):
+    """(run, data): like `stopped`, but trained on its own copy of the names, free to move or edit."""
     data = tmp_path / "names.txt"
     shutil.copy(names, data)
     run = tmp_path / "run"
     monkeypatch.setattr(cli, "StopFlag", lambda: StopAfter(50))
     assert cli.main(["train", "--data", str(data), "--steps", "200", *MODEL, "--out", str(run), "--quiet"]) == 130
+    return run, data
+
+
+def test_resume_and_eval_name_a_moved_names_file(tmp_path, stopped_own_data):
+    run, data = stopped_own_data
     data.rename(tmp_path / "moved.txt")
     for args in (["train", "--resume", run], ["eval", run]):
         r = run_cli(*args, "--quiet", env={"NPMLP_DATA": str(tmp_path / "moved.txt")})
@@ -186,12 +193,8 @@ def test_resume_refuses_other_data(tmp_path, stopped):
     assert snapshot(stopped) == before
 
 
-def test_resume_refuses_a_names_file_edited_in_place(tmp_path, names, monkeypatch):
-    data = tmp_path / "names.txt"
-    shutil.copy(names, data)
-    run = tmp_path / "run"
-    monkeypatch.setattr(cli, "StopFlag", lambda: StopAfter(50))
-    assert cli.main(["train", "--data", str(data), "--steps", "200", *MODEL, "--out", str(run), "--quiet"]) == 130
+def test_resume_refuses_a_names_file_edited_in_place(stopped_own_data):
+    run, data = stopped_own_data
     data.write_text("\n".join(make_names(300)[:-1]) + "\n")   # one name fewer, same characters
     before = snapshot(run)
     r = run_cli("train", "--resume", run, "--quiet")
