@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .layers import cross_entropy_forward, linear_forward, tanh_forward
+from .layers import cross_entropy_forward, linear_forward, tanh_forward, with_ones
 from .model import ACT_NAMES, MLP, PARAM_NAMES
 
 ROWS = ACT_NAMES + ("W2", "b2", "W1", "b1", "C")   # backward order: logits ... emb, then params
@@ -49,11 +49,10 @@ def minibatch(X, Y, batch_size=32, seed=0):
 def loss_from(model: MLP, name: str, value, Y) -> float:
     """The loss when the intermediate `name` is replaced by `value`: the rest of model.forward,
     with the same layer functions."""
-    P = model.params
-    rest = (("emb", lambda x: x.reshape(len(x), -1)),                       # (B, T*E) embcat
-            ("embcat", lambda x: linear_forward(x, P["W1"], P["b1"])[0]),   # (B, H) hpreact
-            ("hpreact", lambda x: tanh_forward(x)[0]),                      # (B, H) h
-            ("h", lambda x: linear_forward(x, P["W2"], P["b2"])[0]),        # (B, V) logits
+    rest = (("emb", lambda x: x.reshape(len(x), -1)),                             # (B, T*E) embcat
+            ("embcat", lambda x: linear_forward(with_ones(x), model.W1b)[0]),     # (B, H) hpreact
+            ("hpreact", lambda x: tanh_forward(x)[0]),                            # (B, H) h
+            ("h", lambda x: linear_forward(with_ones(x), model.W2b)[0]),          # (B, V) logits
             ("logits", lambda x: cross_entropy_forward(x, Y)[0]))           # () loss
     start = [n for n, _ in rest].index(name)
     x = value

@@ -9,9 +9,18 @@ preallocated buffers so a step allocates nothing large. Same code either way.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
+
+
+@lru_cache(maxsize=16)
+def arange(n: int) -> np.ndarray:
+    """0, 1, ..., n-1 as a read-only array, made once per n: fancy indexing needs it every step."""
+    a = np.arange(n)
+    a.flags.writeable = False
+    return a
 
 
 # ----------------------------------------------------------------------------- embedding: C[X]
@@ -42,33 +51,44 @@ def embedding_backward(demb, cache, out=None, onehot=None):
         onehot = np.zeros((idx.size, V), demb.dtype)             # (B*T, V)
     else:
         onehot.fill(0)
-    onehot[np.arange(idx.size), idx] = 1
+    onehot[arange(idx.size), idx] = 1
     return np.matmul(onehot.T, demb.reshape(-1, E), out=out)     # (V, E)
 
 
 # ----------------------------------------------------------------------------- linear: x @ W + b
 
 class LinearCache(NamedTuple):
-    x: np.ndarray        # (B, I)
-    W: np.ndarray        # (I, O)
+    x1: np.ndarray       # (B, I+1) the input with its ones column
+    W: np.ndarray        # (I, O) the weights without the bias row
 
 
-def linear_forward(x, W, b, out=None):
-    """x (B, I), W (I, O), b (O,) -> out (B, O)."""
-    out = np.matmul(x, W, out=out)   # (B, O)
-    out += b                         # in place: no second (B, O) array
-    return out, LinearCache(x, W)
+def with_ones(x):
+    """x (B, I) -> x1 (B, I+1) = [x, 1], the input linear_forward takes (a new array; the model
+    instead has the layer before write into x1[:, :I] of a buffer whose last column is 1)."""
+    return np.concatenate([x, np.ones((len(x), 1), x.dtype)], axis=1)
 
 
-def linear_backward(dout, cache, dx=None, dW=None, db=None):
-    """dout (B, O) -> dx (B, I), dW (I, O), db (O,)."""
-    x, W = cache
+def linear_forward(x1, Wb, out=None):
+    """x1 (B, I+1) = [x, 1], Wb (I+1, O) = [W; b] -> out (B, O) = x @ W + b.
+
+    The bias trick: b is stored as the last row of the weights and the input has a last column of
+    ones, so one matmul computes x @ W + b (no second pass over a (B, O) array to add b)."""
+    out = np.matmul(x1, Wb, out=out)     # (B, O)
+    return out, LinearCache(x1, Wb[:-1])
+
+
+def linear_backward(dout, cache, dx=None, dWb=None):
+    """dout (B, O) -> dx (B, I), dWb (I+1, O) = [dW; db].
+
+    One matmul gives both weight gradients: x1.T @ dout stacks dW = x.T @ dout (rows :I) on
+    db = ones.T @ dout = dout.sum(0) (row I, the ones column's: b was broadcast over the batch).
+    The ones column is a constant, so dx skips it: dx = dout @ W.T."""
+    x1, W = cache
     dx = np.matmul(dout, W.T, out=dx)    # (B, I)
-    # x.T @ dout. For a batch of one NumPy's matmul does not recognise x.T (I, 1) as a BLAS operand
-    # and runs a slow loop (measured 33 us at I=30, O=1000); np.dot takes the BLAS path (7 us).
-    dW = (np.matmul if len(x) > 1 else np.dot)(x.T, dout, out=dW)  # (I, O)
-    db = np.add.reduce(dout, axis=0, out=db)  # (O,) dout.sum(0): b was broadcast over the batch
-    return dx, dW, db
+    # For a batch of one NumPy's matmul does not recognise x1.T (I+1, 1) as a BLAS operand and runs
+    # a slow loop (measured 33 us at I=30, O=1000); np.dot takes the BLAS path (7 us).
+    dWb = (np.matmul if len(x1) > 1 else np.dot)(x1.T, dout, out=dWb)  # (I+1, O) [dW; db]
+    return dx, dWb
 
 
 # ----------------------------------------------------------------------------- tanh
@@ -111,7 +131,7 @@ class CrossEntropyCache(NamedTuple):
 
 
 def cross_entropy_forward(logits, Y, out=None):
-    """logits (B, V), Y (B,) -> mean negative log-likelihood (a 0-d array).
+    """logits (B, V), Y (B,) -> mean negative log-likelihood (a Python float).
 
     log-softmax is computed as (logits - max) - log(sum(exp(logits - max))): subtracting each row's
     max keeps exp() from overflowing and changes nothing mathematically.
@@ -120,7 +140,7 @@ def cross_entropy_forward(logits, Y, out=None):
     B=4096 than reducing 27 numbers per row of a (B, V) array); the transposing copy costs less.
     """
     B = logits.shape[0]
-    rows = np.arange(B)                                                     # (B,)
+    rows = arange(B)                                                        # (B,)
     counts = np.empty_like(logits) if out is None else out                  # (B, V)
     np.copyto(counts, logits)                                               # (B, V) a (transposing) copy
     logit_maxes = np.maximum.reduce(counts, axis=1, keepdims=True)          # (B, 1) logits.max(1)
@@ -130,7 +150,7 @@ def cross_entropy_forward(logits, Y, out=None):
     np.exp(counts, out=counts)                                              # (B, V) counts
     counts_sum = np.add.reduce(counts, axis=1, keepdims=True)               # (B, 1) counts.sum(1)
     # -mean(logprobs[rows, Y]) with logprobs = (logits - max) - log(counts_sum)
-    loss = (np.add.reduce(np.log(counts_sum), axis=None) - np.add.reduce(picked)) / B  # ()
+    loss = (float(np.add.reduce(np.log(counts_sum), axis=None)) - float(np.add.reduce(picked))) / B
     return loss, CrossEntropyCache(counts, counts_sum, Y, rows)
 
 

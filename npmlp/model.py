@@ -6,6 +6,7 @@ The backward is the forward read upside down: one layer call per line, in revers
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import numpy as np
@@ -32,6 +33,14 @@ class Workspace:
     def __init__(self):
         self._bufs: dict[str, np.ndarray] = {}       # name -> flat buffer
         self._views: dict[tuple, np.ndarray] = {}    # (name, shape, dtype) -> view, made once
+        self._bundles: dict = {}                     # key -> make(self, key), made once
+
+    def bundle(self, key, make):
+        """make(self, key) once per key (e.g. all the views of one batch size), then a dict hit."""
+        b = self._bundles.get(key)
+        if b is None:
+            b = self._bundles[key] = make(self, key)
+        return b
 
     def get(self, name, shape, dtype):
         view = self._views.get((name, shape, dtype))
@@ -41,6 +50,7 @@ class Workspace:
             if buf is None or buf.size < n or buf.dtype != dtype:
                 buf = self._bufs[name] = np.empty(n, dtype)
                 self._views = {k: v for k, v in self._views.items() if k[0] != name}  # old buffer's
+                self._bundles.clear()                 # they may hold views of the old buffer
             view = self._views[(name, shape, dtype)] = buf[:n].reshape(shape)
         return view
 
@@ -51,6 +61,9 @@ class _Fresh:
     @staticmethod
     def get(name, shape, dtype):
         return np.empty(shape, dtype)
+
+    def bundle(self, key, make):
+        return make(self, key)
 
 
 FRESH = _Fresh()
@@ -73,8 +86,11 @@ class Cache(NamedTuple):
 class MLP:
     """`params`: dict of arrays C (V, E), W1 (T*E, H), b1 (H,), W2 (H, V), b2 (V,), one dtype.
 
-    The arrays are views into one flat vector `self.flat`, so an SGD update is one vector op.
-    Assign into them (`params['W1'][...] = x`), don't rebind them.
+    The arrays are views into one flat vector `self.flat` laid out C, W1, b1, W2, b2, so an SGD
+    update is one vector op, and each b follows its W: `self.W1b` (T*E+1, H) and `self.W2b`
+    (H+1, V) are views of W with b as an extra last row, what the linear layers take (the bias
+    trick, see layers.linear_forward). Assign into the arrays (`params['W1'][...] = x`), don't
+    rebind them.
     """
 
     def __init__(self, params):
@@ -95,20 +111,28 @@ class MLP:
         if bad:
             raise ValueError(f"param shapes {bad} do not fit {want}")
         self.vocab_size, self.block_size, self.n_embd, self.n_hidden = V, TE // E, E, H
-        self.flat, self.params = self._flat_views(dtype)
+        self.flat = np.zeros(sum(math.prod(s) for s in want.values()), dtype)
+        self.params, self.W1b, self.W2b = self._views_of(self.flat)
         for k in PARAM_NAMES:
             self.params[k][...] = arrays[k]
 
-    def _flat_views(self, dtype):
-        """A zeroed flat vector and a dict of views into it, shaped like the params."""
+    def _views_of(self, flat):
+        """Views of a flat vector laid out like self.flat: (dict name -> view shaped like that
+        param, W1|b1 (T*E+1, H), W2|b2 (H+1, V)). The views of the last vector asked are kept."""
+        last = getattr(self, "_last_views", None)
+        if last is not None and last[0] is flat:
+            return last[1]
         shapes = param_shapes(self.vocab_size, self.block_size, self.n_embd, self.n_hidden)
-        flat = np.zeros(sum(int(np.prod(s)) for s in shapes.values()), dtype)
-        views, i = {}, 0
+        views, start, i = {}, {}, 0
         for k in PARAM_NAMES:
-            n = int(np.prod(shapes[k]))
-            views[k] = flat[i:i + n].reshape(shapes[k])
+            n = math.prod(shapes[k])
+            views[k], start[k] = flat[i:i + n].reshape(shapes[k]), i
             i += n
-        return flat, views
+        TE, H, V = self.block_size * self.n_embd, self.n_hidden, self.vocab_size
+        W1b = flat[start["W1"]:start["b1"] + H].reshape(TE + 1, H)     # W1 rows, then b1
+        W2b = flat[start["W2"]:start["b2"] + V].reshape(H + 1, V)      # W2 rows, then b2
+        self._last_views = (flat, (views, W1b, W2b))
+        return views, W1b, W2b
 
     @classmethod
     def init(cls, vocab_size, block_size=3, n_embd=10, n_hidden=200, seed=2147483647,
@@ -141,46 +165,71 @@ class MLP:
         return self.flat.size
 
     def new_grads(self):
-        """(flat, dict): a zeroed gradient vector and views into it shaped like params."""
-        return self._flat_views(self.dtype)
+        """(flat, dict): a zeroed gradient vector laid out like self.flat and views into it shaped
+        like params. Pass the flat vector to backward()."""
+        gflat = np.zeros_like(self.flat)
+        return gflat, self._views_of(gflat)[0]
+
+    # ------------------------------------------------------------------------- buffers
+
+    def _forward_buffers(self, ws, key):
+        """The forward's arrays for one batch size. The inputs of the two linear layers are made
+        with a last column for the bias trick's ones: emb and h are written into the others."""
+        B, dt = key[1:]
+        T, E, H, V = self.block_size, self.n_embd, self.n_hidden, self.vocab_size
+        embcat1 = ws.get("embcat1", (B, T * E + 1), dt)                  # (B, T*E+1) [embcat, 1]
+        h1 = ws.get("h1", (B, H + 1), dt)                                # (B, H+1) [h, 1]
+        return SimpleNamespace(
+            embcat1=embcat1, embcat=embcat1[:, :-1], emb=embcat1[:, :-1].reshape(B, T, E),
+            hpreact=ws.get("hpreact", (B, H), dt), h1=h1, h=h1[:, :-1],
+            logits=ws.get("logits", (B, V), dt),
+            counts=ws.get("counts", (V, B), dt).T)   # (B, V) stored as (V, B): see cross_entropy_forward
+
+    def _backward_buffers(self, ws, key):
+        B, dt = key[1:]
+        T, E, H, V = self.block_size, self.n_embd, self.n_hidden, self.vocab_size
+        return SimpleNamespace(
+            dlogits=ws.get("dlogits", (V, B), dt).T, dh=ws.get("dh", (B, H), dt),  # dlogits like counts
+            dhpreact=ws.get("dhpreact", (B, H), dt), dembcat=ws.get("dembcat", (B, T * E), dt),
+            onehot=ws.get("onehot", (B * T, V), dt))
 
     # ------------------------------------------------------------------------- forward
 
     def forward(self, X, Y=None, ws=FRESH):
         """X (B, T) -> logits (B, V) if Y is None, else (loss, Cache)."""
-        P = self.params
         B, T = X.shape
-        E, H, V, dt = self.n_embd, self.n_hidden, self.vocab_size, self.dtype
         if T != self.block_size:
             raise ValueError(f"X has {T} context columns, the model takes block_size={self.block_size}")
-        emb, emb_c = embedding_forward(P["C"], X, out=ws.get("emb", (B, T, E), dt))            # (B, T, E)
-        embcat = emb.reshape(B, T * E)                                                         # (B, T*E)
-        hpreact, lin1_c = linear_forward(embcat, P["W1"], P["b1"], out=ws.get("hpreact", (B, H), dt))  # (B, H)
-        h, tanh_c = tanh_forward(hpreact, out=ws.get("h", (B, H), dt))                        # (B, H)
-        logits, lin2_c = linear_forward(h, P["W2"], P["b2"], out=ws.get("logits", (B, V), dt))  # (B, V)
+        buf = ws.bundle(("fwd", B, self.dtype), self._forward_buffers)
+        emb, emb_c = embedding_forward(self.params["C"], X, out=buf.emb)                  # (B, T, E) C[X]
+        buf.embcat1[:, -1] = 1                  # embcat = emb.view(B, T*E) is embcat1[:, :-1], then ones
+        hpreact, lin1_c = linear_forward(buf.embcat1, self.W1b, out=buf.hpreact)         # (B, H) embcat @ W1 + b1
+        h, tanh_c = tanh_forward(hpreact, out=buf.h)                                     # (B, H) = h1[:, :-1]
+        buf.h1[:, -1] = 1
+        logits, lin2_c = linear_forward(buf.h1, self.W2b, out=buf.logits)                # (B, V) h @ W2 + b2
         if Y is None:
             return logits
-        # counts (B, V) is stored transposed, as (V, B): see cross_entropy_forward
-        loss, ce_c = cross_entropy_forward(logits, Y, out=ws.get("counts", (V, B), dt).T)     # ()
-        return float(loss), Cache(emb, embcat, hpreact, h, logits, emb_c, lin1_c, tanh_c, lin2_c, ce_c)
+        loss, ce_c = cross_entropy_forward(logits, Y, out=buf.counts)                    # ()
+        return loss, Cache(emb, buf.embcat, hpreact, h, logits, emb_c, lin1_c, tanh_c, lin2_c, ce_c)
 
     # ------------------------------------------------------------------------- backward
 
-    def backward(self, cache: Cache, grads=None, ws=FRESH, dloss=1.0):
-        """-> (grads, dacts): grads keyed like params (written into `grads` if given),
-        dacts the gradients of the intermediates keyed by ACT_NAMES (dacts["logits"] is stored
-        transposed, as (V, B), like counts). dloss scales everything: these are the gradients of
-        dloss * loss; training passes dloss = -lr, see train.sgd."""
-        g = grads if grads is not None else self.new_grads()[1]
+    def backward(self, cache: Cache, gflat=None, ws=FRESH, dloss=1.0):
+        """-> (grads, dacts): grads a dict of views shaped like params into `gflat` (a vector laid
+        out like self.flat, e.g. new_grads()[0]; None: a new one), dacts the gradients of the
+        intermediates keyed by ACT_NAMES (dacts["logits"] is stored transposed, as (V, B), like
+        counts). dloss scales everything: these are the gradients of dloss * loss; training passes
+        dloss = -lr, see train.sgd."""
+        gflat = np.zeros_like(self.flat) if gflat is None else gflat
+        g, dW1b, dW2b = self._views_of(gflat)
         B = cache.h.shape[0]
-        T, E, H, V, dt = self.block_size, self.n_embd, self.n_hidden, self.vocab_size, self.dtype
-        dlogits = cross_entropy_backward(cache.ce_c, out=ws.get("dlogits", (V, B), dt).T, dloss=dloss)  # (B, V)
-        dh, _, _ = linear_backward(dlogits, cache.lin2_c, ws.get("dh", (B, H), dt), g["W2"], g["b2"])  # (B, H)
-        dhpreact = tanh_backward(dh, cache.tanh_c, out=ws.get("dhpreact", (B, H), dt))             # (B, H)
-        dembcat, _, _ = linear_backward(dhpreact, cache.lin1_c, ws.get("dembcat", (B, T * E), dt),
-                                        g["W1"], g["b1"])                                          # (B, T*E)
-        demb = dembcat.reshape(B, T, E)                                                            # (B, T, E)
-        embedding_backward(demb, cache.emb_c, out=g["C"], onehot=ws.get("onehot", (B * T, V), dt))  # (V, E)
+        buf = ws.bundle(("bwd", B, self.dtype), self._backward_buffers)
+        dlogits = cross_entropy_backward(cache.ce_c, out=buf.dlogits, dloss=dloss)       # (B, V)
+        dh, _ = linear_backward(dlogits, cache.lin2_c, buf.dh, dW2b)                     # (B, H), [dW2; db2]
+        dhpreact = tanh_backward(dh, cache.tanh_c, out=buf.dhpreact)                     # (B, H)
+        dembcat, _ = linear_backward(dhpreact, cache.lin1_c, buf.dembcat, dW1b)          # (B, T*E), [dW1; db1]
+        demb = dembcat.reshape(cache.emb.shape)                                          # (B, T, E)
+        embedding_backward(demb, cache.emb_c, out=g["C"], onehot=buf.onehot)            # (V, E) dC
         dacts = {"logits": dlogits, "h": dh, "hpreact": dhpreact, "embcat": dembcat, "emb": demb}
         return g, dacts
 

@@ -19,6 +19,7 @@ from .fileio import atomic_open
 from .model import PARAM_NAMES
 
 DPI = 100
+BAND_BINS = 3000   # loss curves longer than 2x this draw the per-step losses as a min..max band
 
 
 def save(fig: Figure, path) -> Path:
@@ -52,7 +53,17 @@ def loss_figure(lossi, decay_step: int | None = None, lr: float | None = None,
 
     fig = Figure(figsize=(9, 5), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot(steps, np.log10(lossi), lw=0.4, alpha=0.35, color="tab:blue", label="each step's minibatch")
+    logl = np.log10(lossi)
+    if n <= 2 * BAND_BINS:
+        ax.plot(steps, logl, lw=0.4, alpha=0.35, color="tab:blue", label="each step's minibatch")
+    else:
+        # 200k steps are ~200 per pixel column: a line through all of them looks like the band of
+        # each bin's min..max, and takes twice as long to draw (0.22 s vs 0.11 s for the lecture run)
+        k = -(-n // BAND_BINS)                                                 # steps per bin
+        pad = np.pad(logl, (0, -n % k), mode="edge").reshape(-1, k)           # (bins, k)
+        x = np.minimum(np.arange(len(pad)) * k + (k - 1) / 2, n - 1)
+        ax.fill_between(x, pad.min(axis=1), pad.max(axis=1), step="mid", lw=0, alpha=0.35, color="tab:blue",
+                        label="each step's minibatch")
     ax.plot(np.arange(len(blocks)) * w + (w - 1) / 2, blocks, lw=2.2, color="tab:orange",
             label=f"mean over {w:,}-step blocks")
     if decay_step is not None and 0 < decay_step < n:

@@ -80,7 +80,7 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
     stop = cfg.steps if stop is None else stop
     lossi = np.zeros(cfg.steps, np.float32) if lossi is None else lossi
     ws = Workspace()
-    gflat, grads = model.new_grads()
+    gflat = model.new_grads()[0]
     n = -(-B // CHUNK)
     edges = [B * k // n for k in range(n + 1)]             # n chunks of equal size (+-1 row)
     chunks = [(a, b, (b - a) / B) for a, b in zip(edges, edges[1:])]  # (first row, end, share of B)
@@ -105,7 +105,7 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
                 raise Diverged(step, float(lossi[step - 1]) if step else float("nan"))
             # backprop from dloss = -lr (times the chunk's share of the batch mean) instead of 1:
             # every gradient comes out multiplied by -lr, so gflat IS the update -lr * p.grad
-            model.backward(cache, grads, ws, dloss=-lr * share)
+            model.backward(cache, gflat, ws, dloss=-lr * share)
             loss += part * share
             if n > 1:
                 gsum += gflat

@@ -147,7 +147,7 @@ def test_one_workspace_across_batch_sizes_matches_torch(dtype):
         X, Y = rng.integers(0, 27, (B, 3)).astype(np.intp), rng.integers(0, 27, B).astype(np.intp)
         gflat.fill(np.nan)
         loss, cache = model.forward(X, Y, ws)
-        g, dacts = model.backward(cache, grads, ws)
+        g, dacts = model.backward(cache, gflat, ws)
         tloss, tgrads, tdacts = torch_loss_and_grads(model.params, X, Y)
         assert rel(loss, tloss) <= tol
         for k in PARAM_NAMES:

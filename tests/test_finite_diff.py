@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from npmlp.gradcheck import central_difference
-from npmlp.layers import (cross_entropy_forward, linear_forward, tanh_forward)
+from npmlp.layers import cross_entropy_forward, linear_forward, tanh_forward, with_ones
 from npmlp.model import MLP, PARAM_NAMES, param_shapes
 
 EPS = 1e-5
@@ -105,13 +105,13 @@ def test_intermediate_grads_vs_central_differences():
         return float(cross_entropy_forward(logits, Y)[0])
 
     def from_h(h):
-        return from_logits(linear_forward(h, P["W2"], P["b2"])[0])
+        return from_logits(linear_forward(with_ones(h), model.W2b)[0])
 
     def from_hpreact(hpreact):
         return from_h(tanh_forward(hpreact)[0])
 
     def from_emb(emb):
-        return from_hpreact(linear_forward(emb.reshape(B, T * E), P["W1"], P["b1"])[0])
+        return from_hpreact(linear_forward(with_ones(emb.reshape(B, T * E)), model.W1b)[0])
 
     for name, fn in [("logits", from_logits), ("h", from_h), ("hpreact", from_hpreact), ("emb", from_emb)]:
         x = np.array(getattr(cache, name), copy=True)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from npmlp.layers import (cross_entropy_backward, cross_entropy_forward, embedding_backward,
                           embedding_forward, linear_backward, linear_forward, tanh_backward,
-                          tanh_forward)
+                          tanh_forward, with_ones)
 from npmlp.model import Workspace
 
 RTOL = {np.float64: 1e-10, np.float32: 2e-5}
@@ -88,8 +88,11 @@ def test_linear_vs_torch(dtype, B, I, O):
     dout = randn(rng, (B, O), dtype)
     x0, W0, b0 = x.copy(), W.copy(), b.copy()
 
-    out, cache = linear_forward(x, W, b)
-    dx, dW, db = linear_backward(dout, cache)
+    x1, Wb = with_ones(x), np.vstack([W, b])                       # (B, I+1) [x, 1], (I+1, O) [W; b]
+    assert np.array_equal(x1[:, :I], x) and np.all(x1[:, I] == 1)
+    out, cache = linear_forward(x1, Wb)
+    dx, dWb = linear_backward(dout, cache)
+    dW, db = dWb[:-1], dWb[-1]                                      # the bias trick: db is dWb's last row
 
     xt, Wt, bt = t(x, True), t(W, True), t(b, True)
     outt = xt @ Wt + bt
@@ -142,7 +145,7 @@ def test_cross_entropy_vs_torch(dtype, B, V, scale):
     logits = randn(rng, (B, V), dtype, scale)   # scale 0: all logits equal, loss = log V
     Y = rng.integers(0, V, size=B).astype(np.uint8 if V <= 256 else np.int32)
     loss, dlogits, losst, dlt = _ce_pair(logits, Y)
-    assert dlogits.dtype == dtype and np.asarray(loss).dtype == dtype
+    assert dlogits.dtype == dtype and isinstance(loss, float)
     check("loss", loss, losst, RTOL[dtype])
     check("dlogits", dlogits, dlt, RTOL[dtype])
     if scale == 0.0:
@@ -192,18 +195,19 @@ def _all_layers(rng, dtype, B, T, E, H, V, ws=None):
     W2 = randn(rng, (H, V), dtype)
     r = {}
     emb, emb_c = embedding_forward(C, X, out=buf("emb", (B, T, E)))
-    hpre, lin_c = linear_forward(emb.reshape(B, T * E), W, b, out=buf("hpre", (B, H)))
+    hpre, lin_c = linear_forward(with_ones(emb.reshape(B, T * E)), np.vstack([W, b]), out=buf("hpre", (B, H)))
     h, tanh_c = tanh_forward(hpre, out=buf("h", (B, H)))
     logits = np.asarray(h @ W2)                                        # (B, V)
     loss, ce_c = cross_entropy_forward(logits, Y, out=buf("counts", (B, V)))
     dlogits = cross_entropy_backward(ce_c, out=buf("dlogits", (B, V)))
     dh = dlogits @ W2.T
     dhpre = tanh_backward(dh, tanh_c, out=buf("dhpre", (B, H)))
-    dx, dW, db = linear_backward(dhpre, lin_c, buf("dx", (B, T * E)), buf("dW", (T * E, H)), buf("db", (H,)))
+    dx, dWb = linear_backward(dhpre, lin_c, buf("dx", (B, T * E)), buf("dWb", (T * E + 1, H)))
+    dW, db = dWb[:-1], dWb[-1]
     dC = embedding_backward(dx.reshape(B, T, E), emb_c, out=buf("dC", (V, E)), onehot=buf("onehot", (B * T, V)))
     if ws is not None:  # the results ARE the buffers: nothing large was allocated
         for name, arr in [("emb", emb), ("hpre", hpre), ("h", h), ("counts", ce_c.counts), ("dlogits", dlogits),
-                          ("dhpre", dhpre), ("dx", dx), ("dW", dW), ("db", db), ("dC", dC)]:
+                          ("dhpre", dhpre), ("dx", dx), ("dWb", dWb), ("dC", dC)]:
             assert np.shares_memory(arr, given[name]), f"{name} was not written into its buffer"
     for k, v in dict(emb=emb, hpre=hpre, h=h, loss=loss, dlogits=dlogits, dhpre=dhpre, dx=dx, dW=dW, db=db,
                      dC=dC).items():

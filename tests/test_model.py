@@ -167,11 +167,11 @@ def test_mlp_matches_torch_hypothesis_float32(T, E, H, B, V, seed, repeat):
 
 # ----------------------------------------------------------------------------- Workspace
 
-def _forward_backward(model, X, Y, ws=None, grads=None):
+def _forward_backward(model, X, Y, ws=None, gflat=None):
     """(loss, {name: copy of every intermediate and gradient})."""
     kw = {} if ws is None else {"ws": ws}
     loss, cache = model.forward(X, Y, **kw)
-    g, dacts = model.backward(cache, grads=grads, **kw)
+    g, dacts = model.backward(cache, gflat, **kw)
     out = {f"act_{k}": np.array(getattr(cache, k)) for k in ("emb", "embcat", "hpreact", "h", "logits")}
     out.update({f"d{k}": np.array(v) for k, v in g.items()})
     out.update({f"dact_{k}": np.array(v) for k, v in dacts.items()})
@@ -188,7 +188,7 @@ def test_workspace_reuse_across_batch_sizes_equals_fresh(dtype):
         X, Y = random_batch(rng, 27, 3, B)
         loss0, fresh = _forward_backward(model, X, Y)
         gflat.fill(np.nan)                       # the grads buffer must be overwritten, not added to
-        loss1, reused = _forward_backward(model, X, Y, ws=ws, grads=grads)
+        loss1, reused = _forward_backward(model, X, Y, ws=ws, gflat=gflat)
         assert loss0 == loss1, f"B={B}: loss {loss1!r} with a workspace != {loss0!r} without"
         for k in fresh:
             assert np.array_equal(fresh[k], reused[k]), f"B={B}: {k} differs with a reused workspace"

@@ -114,10 +114,10 @@ def test_gradcheck_without_torch_still_checks_finite_differences(capsys, names, 
 
     orig = npmlp.model.linear_backward                         # now break a backward: fd alone catches it
 
-    def wrong_linear_backward(dout, cache, dx=None, dW=None, db=None):
-        dx, dW, db = orig(dout, cache, dx, dW, db)
-        db *= 0.5
-        return dx, dW, db
+    def wrong_linear_backward(dout, cache, dx=None, dWb=None):
+        dx, dWb = orig(dout, cache, dx, dWb)
+        dWb[-1] *= 0.5                                         # db is the last row: half of it
+        return dx, dWb
 
     monkeypatch.setattr(npmlp.model, "linear_backward", wrong_linear_backward)
     code, out, err = run(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
