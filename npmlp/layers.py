@@ -149,8 +149,9 @@ def cross_entropy_forward(logits, Y, out=None):
     np.maximum(counts, EXP_FLOOR.get(counts.dtype, -np.inf), out=counts)    # (B, V) see EXP_FLOOR
     np.exp(counts, out=counts)                                              # (B, V) counts
     counts_sum = np.add.reduce(counts, axis=1, keepdims=True)               # (B, 1) counts.sum(1)
-    # -mean(logprobs[rows, Y]) with logprobs = (logits - max) - log(counts_sum)
-    loss = (float(np.add.reduce(np.log(counts_sum), axis=None)) - float(np.add.reduce(picked))) / B
+    nll = np.log(counts_sum[:, 0])                                          # (B,) -logprobs[rows, Y] is
+    nll -= picked                                                           #   log(counts_sum) - (logit - max)
+    loss = float(np.add.reduce(nll)) / B                                    # -logprobs[rows, Y].mean()
     return loss, CrossEntropyCache(counts, counts_sum, Y, rows)
 
 

@@ -177,8 +177,11 @@ class MLP:
         with a last column for the bias trick's ones: emb and h are written into the others."""
         B, dt = key[1:]
         T, E, H, V = self.block_size, self.n_embd, self.n_hidden, self.vocab_size
-        embcat1 = ws.get("embcat1", (B, T * E + 1), dt)                  # (B, T*E+1) [embcat, 1]
-        h1 = ws.get("h1", (B, H + 1), dt)                                # (B, H+1) [h, 1]
+        # one buffer per batch size for these two, so their ones columns are written only once
+        embcat1 = ws.get(("embcat1", B), (B, T * E + 1), dt)             # (B, T*E+1) [embcat, 1]
+        h1 = ws.get(("h1", B), (B, H + 1), dt)                           # (B, H+1) [h, 1]
+        embcat1[:, -1] = 1
+        h1[:, -1] = 1
         return SimpleNamespace(
             embcat1=embcat1, embcat=embcat1[:, :-1], emb=embcat1[:, :-1].reshape(B, T, E),
             hpreact=ws.get("hpreact", (B, H), dt), h1=h1, h=h1[:, :-1],
@@ -202,10 +205,9 @@ class MLP:
             raise ValueError(f"X has {T} context columns, the model takes block_size={self.block_size}")
         buf = ws.bundle(("fwd", B, self.dtype), self._forward_buffers)
         emb, emb_c = embedding_forward(self.params["C"], X, out=buf.emb)                  # (B, T, E) C[X]
-        buf.embcat1[:, -1] = 1                  # embcat = emb.view(B, T*E) is embcat1[:, :-1], then ones
+        # embcat = emb.view(B, T*E) is embcat1[:, :-1]; embcat1's last column is ones (the bias trick)
         hpreact, lin1_c = linear_forward(buf.embcat1, self.W1b, out=buf.hpreact)         # (B, H) embcat @ W1 + b1
         h, tanh_c = tanh_forward(hpreact, out=buf.h)                                     # (B, H) = h1[:, :-1]
-        buf.h1[:, -1] = 1
         logits, lin2_c = linear_forward(buf.h1, self.W2b, out=buf.logits)                # (B, V) h @ W2 + b2
         if Y is None:
             return logits
