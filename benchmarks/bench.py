@@ -166,6 +166,8 @@ def bench_config(peers, X, Y, V, B, H, a):
         med = statistics.median(us)
         res[p].update(median_us=med, min_us=min(us), max_us=max(us), gflops=fl / med / 1e3,
                       peak_frac=fl / med / 1e3 / a.peak, ratio_vs_torch_eager=(base / med) if base else None)
+    for run in runs.values():
+        getattr(run, "close", lambda: None)()      # npmlp's helper processes
     del runs
     return {"B": B, "H": H, "flops": fl, "peers": res}
 

@@ -32,18 +32,22 @@ def make_npmlp(init, X, Y, batches, lr, total_steps):
     """npmlp.train.sgd on its own minibatches: sgd draws step k's rows from batch_block(seed, k // BLOCK),
     exactly what `batches(k)` returns, so no index is handed over."""
     from npmlp.model import MLP
-    from npmlp.train import TrainConfig, sgd
+    from npmlp.train import TrainConfig, make_pool, sgd
 
     model = MLP(init)
     cfg = TrainConfig(steps=total_steps, batch_size=batches.B, lr=lr, lr_decayed=lr, seed=batches.seed)
     lossi = np.zeros(total_steps, np.float32)
+    # what `npmlp train` does: helper processes for batches of several chunks, one per usable core
+    # (none when pinned to one core); made once, not per timed call (forking costs ~20 ms)
+    pool = make_pool(model, batches.B)
 
     def run(start, n):
         losses = []
-        sgd(model, X, Y, cfg, lossi, start=start, stop=start + n, on_step=lambda step, loss: losses.append(loss))
+        sgd(model, X, Y, cfg, lossi, start=start, stop=start + n, on_step=lambda step, loss: losses.append(loss),
+            pool=pool)
         return losses
 
-    run.model = model
+    run.model, run.close = model, pool.close
     return run
 
 

@@ -182,6 +182,12 @@ class StopFlag:
             signal.signal(s, h)
 
 
+def add_processes_arg(p):
+    p.add_argument("--processes", type=positive_int, metavar="N",
+                   help="processes sharing a batch of more than 128 rows (default: one per 128-row chunk, "
+                        "up to the usable cores; the results are the same bits for any N)")
+
+
 def typed_options(argv) -> set[str]:
     """Destinations of the options spelled out on the command line (`--lr 0.1`, `--lr=0.1`), so
     --resume can refuse a typed value even when it equals the default."""
@@ -293,7 +299,7 @@ def cmd_train(args):
             return flag.signum is not None
 
         try:
-            lossi, step = sgd(model, Xtr, Ytr, cfg, lossi, start, on_step=on_step)
+            lossi, step = sgd(model, Xtr, Ytr, cfg, lossi, start, on_step=on_step, processes=args.processes)
             bar.finish(step)
             if not np.isfinite(model.flat).all():      # the last update overflowed: never save it
                 raise Diverged(step, float(lossi[step - 1]))
@@ -307,7 +313,7 @@ def cmd_train(args):
             k, flat = good[-1]
             model.flat[...] = flat                     # the snapshot, then replay deterministically
             if d.step - 1 > k:
-                sgd(model, Xtr, Ytr, cfg, lossi, k, stop=d.step - 1)
+                sgd(model, Xtr, Ytr, cfg, lossi, k, stop=d.step - 1, processes=args.processes)
             save(d.step - 1, False)
             raise NpmlpError(f"training diverged: the loss became NaN/inf at step {d.step:,} (last finite "
                              f"loss {d.last_loss:.4g} at step {d.step - 1:,}); saved the parameters that gave it "
@@ -431,7 +437,7 @@ def cmd_lr_find(args):
     with np.errstate(over="ignore", invalid="ignore"), \
             Progress(args.steps, quiet=args.quiet, every=max(1, args.steps // 100), desc="lr-find") as bar:
         losses = lrfind.sweep(model, *data.train, lre, args.batch_size, args.seed,
-                              on_step=lambda i, loss, lr: bar.step(i, loss, lr))
+                              on_step=lambda i, loss, lr: bar.step(i, loss, lr), processes=args.processes)
     ran = int(np.isfinite(losses).sum())
     if ran < 2:
         raise NpmlpError("the loss was NaN/inf from the first steps of the sweep; check the data and --init")
@@ -491,6 +497,7 @@ def build_parser():
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run, bit-identically")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no notes about the data")
     p.add_argument("--no-plots", action="store_true", help="don't write loss.png and embedding.png")
+    add_processes_arg(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("gradcheck", help="check each hand-written gradient against torch and finite "
@@ -511,6 +518,7 @@ def build_parser():
     p.add_argument("--batch-size", type=positive_int, default=32, help="minibatch size (default 32)")
     p.add_argument("--out", metavar="DIR", help="where lr_find.png goes (default runs/lr-find-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_processes_arg(p)
     p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("sample", help="sample names from a trained model")

@@ -1,0 +1,171 @@
+"""Helper processes that run some of a large batch's chunks on the other CPU cores.
+
+NumPy runs element-wise work on one core, and two Python threads serialise on the GIL (measured:
+no gain), so a batch of several chunks (train.CHUNK rows each) is shared with forked processes:
+
+    parent:  gather the rows -> copy params to shared memory -> "go" -> its chunks -> wait -> sum, update
+    helper:                                         "go" -> copy params -> its chunks -> "done"
+
+Each helper runs the same model.forward/backward on its chunks (a copy of the model made by the
+fork) and writes each chunk's gradient and loss into shared memory. The parent adds the chunk
+gradients in chunk order, exactly as a one-process run does, so the result is the same bits.
+Linux only (fork); helpers ignore Ctrl-C (the parent handles it) and exit when the parent closes
+their pipe or dies.
+"""
+from __future__ import annotations
+
+import math
+import mmap
+import multiprocessing
+import os
+import signal
+import struct
+import sys
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from .errors import NpmlpError
+from .model import Workspace
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (taskset and container limits count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:               # not Linux
+        return 1
+
+
+def default_processes(n_chunks: int) -> int:
+    """One process per chunk up to the usable cores; 1 where fork is not safe (not Linux)."""
+    return max(1, min(n_chunks, usable_cores())) if sys.platform.startswith("linux") else 1
+
+
+def shared_array(shape, dtype) -> np.ndarray:
+    """A zeroed array in anonymous shared memory: a forked child writes where the parent reads."""
+    count = math.prod(shape)
+    buf = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize))
+    return np.frombuffer(buf, dtype, count=count).reshape(shape)
+
+
+def run_chunks(model, ks, chunks, xb, yb, lr, ws, grads, parts):
+    """Forward and backward of the chunks ks of one batch: chunk k's share of the SGD update into
+    grads[k] (a flat vector like model.flat), its loss into parts[k]. A chunk whose loss is not
+    finite gets no backward: the caller refuses the step."""
+    for k in ks:
+        a, b, share = chunks[k]
+        part, cache = model.forward(xb[a:b], yb[a:b], ws)
+        parts[k] = part
+        if math.isfinite(part):
+            # backprop from dloss = -lr (times the chunk's share of the batch mean) instead of 1:
+            # every gradient comes out multiplied by -lr, so grads[k] IS that chunk's -lr * p.grad
+            model.backward(cache, grads[k], ws, dloss=-lr * share)
+
+
+class ChunkPool:
+    """`processes - 1` forked helpers for batches of `batch_size` rows cut into `chunks`
+    [(first row, end, share of the batch)], with the shared arrays a step needs: params (P,),
+    grads (n, P), parts (n,), Xg (G, B, T) and Yg (G, B) the gathered rows of G steps.
+    The parent runs chunks `self.mine`; use as a context manager (close() stops the helpers)."""
+
+    def __init__(self, model, chunks, batch_size: int, group: int, processes: int):
+        n, P = len(chunks), model.flat.size
+        processes = max(1, min(processes, n))
+        self.params = shared_array((P,), model.dtype)
+        self.grads = shared_array((n, P), model.dtype)
+        self.parts = shared_array((n,), np.float64)
+        self.Xg = shared_array((group, batch_size, model.block_size), np.intp)
+        self.Yg = shared_array((group, batch_size), np.intp)
+        cuts = [n * p // processes for p in range(processes + 1)]     # contiguous runs of chunks
+        self.mine = range(cuts[0], cuts[1])
+        self.conns, self.procs, self._blas = [], [], None
+        if processes == 1:
+            return
+        # One BLAS thread per process while helpers run (the forked helpers inherit the setting):
+        # OpenBLAS's idle threads spin, and with two processes x two threads on two cores a step
+        # took 60 ms instead of 1.
+        self._blas = threadpool_limits(1, user_api="blas")
+        ctx = multiprocessing.get_context("fork")
+        try:
+            for p in range(1, processes):
+                parent_end, child_end = ctx.Pipe()
+                proc = ctx.Process(target=self._helper, daemon=True, name=f"npmlp-helper-{p}",
+                                   args=(child_end, [*self.conns, parent_end], model,
+                                         range(cuts[p], cuts[p + 1]), chunks))
+                proc.start()
+                child_end.close()
+                self.conns.append(parent_end)
+                self.procs.append(proc)
+        except BaseException:
+            self.close()
+            raise
+
+    def _helper(self, conn, parent_ends, model, ks, chunks):
+        """The loop a helper runs: wait for "go" (group index, lr), do chunks ks, answer."""
+        for c in parent_ends:    # the fork copied the parent's pipe ends: while they are open here,
+            c.close()            # the parent closing its own would not end our recv with EOF
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole process group
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        ws, grads = Workspace(), list(self.grads)      # the same row views every step
+        try:
+            while True:
+                try:
+                    g, lr = struct.unpack("<id", conn.recv_bytes())
+                except EOFError:                       # the parent closed the pipe (or died)
+                    return
+                np.copyto(model.flat, self.params)
+                run_chunks(model, ks, chunks, self.Xg[g], self.Yg[g], lr, ws, grads, self.parts)
+                conn.send_bytes(b"")
+        except BaseException as e:                     # report it, don't print a traceback
+            try:
+                conn.send_bytes(f"{type(e).__name__}: {e}".encode() or b"error")
+            except OSError:
+                pass
+
+    def start(self, g: int, lr: float, flat):
+        """Hand the current params and "go on the rows Xg[g]" to every helper."""
+        if self.conns:
+            np.copyto(self.params, flat)
+            msg = struct.pack("<id", g, lr)
+            for c, proc in zip(self.conns, self.procs):
+                try:
+                    c.send_bytes(msg)
+                except OSError:                        # its end of the pipe is gone: it died
+                    self._failed(proc, None)
+
+    def wait(self):
+        """Until every helper has written its chunks."""
+        for c, proc in zip(self.conns, self.procs):
+            try:
+                msg = c.recv_bytes()
+            except (EOFError, OSError):
+                self._failed(proc, None)
+            if msg:
+                self._failed(proc, msg.decode())
+
+    @staticmethod
+    def _failed(proc, why):
+        if why is None:
+            proc.join(timeout=1)
+            why = f"it exited with code {proc.exitcode}"
+        raise NpmlpError(f"a helper process of the training step failed ({why}); train with --processes 1")
+
+    def close(self):
+        for c in self.conns:
+            c.close()                                  # the helper's recv ends with EOFError
+        for proc in self.procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+        self.conns, self.procs = [], []
+        if self._blas is not None:
+            self._blas.restore_original_limits()
+            self._blas = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,147 @@
+"""Helper processes sharing a large batch's chunks (npmlp/parallel.py): the same bits as one
+process for any number of processes, helpers that really run and really exit, and a helper's
+failure reported as one clear error instead of a hang.
+
+Legend: B batch, H n_hidden, P number of parameters.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO, small_dataset
+
+import npmlp.train as train
+from npmlp.errors import NpmlpError
+from npmlp.model import MLP
+from npmlp.parallel import ChunkPool, default_processes
+from npmlp.train import TrainConfig, batch_chunks, make_pool, sgd
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="helpers fork: Linux only")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return small_dataset(600, seed=8)
+
+
+def train_run(data, B, dtype, processes, steps=25, H=24):
+    vocab, X, Y = data
+    cfg = TrainConfig(steps=steps, batch_size=B, lr=0.2, lr_decayed=0.05, seed=21)
+    model = MLP.init(vocab.size, 3, 10, H, seed=cfg.seed, dtype=dtype, scheme="kaiming")
+    lossi, _ = sgd(model, X, Y, cfg, processes=processes)
+    return model.flat, lossi
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B,processes", [(600, 2), (600, 3), (1100, 2), (1100, 5), (257, 2)])
+def test_any_number_of_processes_gives_the_same_bits(data, dtype, B, processes):
+    """600 rows: 3 chunks of 200; 1100: 5 chunks of 220; 257: 2 chunks of 128/129. Split between
+    2..5 processes, the params and every loss equal the one-process run's exactly."""
+    flat1, lossi1 = train_run(data, B, dtype, processes=1)
+    flatn, lossin = train_run(data, B, dtype, processes=processes)
+    assert np.array_equal(lossin, lossi1)
+    assert np.array_equal(flatn, flat1)
+    assert np.isfinite(lossi1).all() and lossi1[-1] < lossi1[0]
+
+
+def test_helpers_run_their_chunks_and_exit(data):
+    vocab, X, Y = data
+    B = 1024
+    model = MLP.init(vocab.size, 3, 10, 16, seed=1)
+    with make_pool(model, B, processes=2) as pool:
+        assert len(pool.procs) == 1 and pool.procs[0].is_alive()
+        n = len(batch_chunks(B))
+        assert list(pool.mine) == list(range(n // 2))       # the parent keeps the first half
+        pool.grads.fill(np.nan)
+        pool.parts.fill(np.nan)
+        cfg = TrainConfig(steps=3, batch_size=B, seed=2)
+        sgd(model, X, Y, cfg, pool=pool)
+        # the helper's chunks were written by the helper: finite, like the parent's
+        assert np.isfinite(pool.parts).all() and np.isfinite(pool.grads).all()
+        sgd(model, X, Y, cfg, start=1, pool=pool)            # a pool serves several calls
+        proc = pool.procs[0]
+    assert not proc.is_alive() and proc.exitcode == 0
+
+
+def test_a_pool_for_another_batch_size_is_refused(data):
+    vocab, X, Y = data
+    model = MLP.init(vocab.size, 3, 10, 16, seed=1)
+    with make_pool(model, 512, processes=1) as pool, pytest.raises(ValueError, match="another batch size"):
+        sgd(model, X, Y, TrainConfig(steps=2, batch_size=1024), pool=pool)
+
+
+def test_helper_failure_is_reported_not_hung(data):
+    """A helper that raises (here: an index outside the vocabulary in its rows only) answers with
+    the error, and the parent raises one NpmlpError naming it."""
+    vocab, X, Y = data
+    B = 600
+    model = MLP.init(vocab.size, 3, 10, 16, seed=1)
+    chunks = batch_chunks(B)
+    with ChunkPool(model, chunks, B, group=1, processes=2) as pool:
+        pool.Xg[0] = 1
+        pool.Yg[0] = 1
+        first_helper_row = chunks[pool.mine.stop][0]
+        pool.Xg[0, first_helper_row:] = 10 ** 6                # only the helper's rows are bad
+        pool.start(0, 0.1, model.flat)
+        with pytest.raises(NpmlpError, match="helper process.*IndexError.*--processes 1"):
+            pool.wait()
+
+
+def test_helper_killed_is_reported(data):
+    vocab, X, Y = data
+    model = MLP.init(vocab.size, 3, 10, 16, seed=1)
+    with ChunkPool(model, batch_chunks(600), 600, group=1, processes=2) as pool:
+        os.kill(pool.procs[0].pid, signal.SIGKILL)
+        pool.procs[0].join()
+        with pytest.raises(NpmlpError, match="exited with code -9"):
+            pool.start(0, 0.1, model.flat)
+            pool.wait()
+
+
+def test_default_processes_follow_the_usable_cores():
+    cores = len(os.sched_getaffinity(0))
+    assert default_processes(1) == 1
+    assert default_processes(16) == min(16, cores)
+    assert default_processes(2) == min(2, cores)
+
+
+def test_ctrl_c_with_helpers_saves_and_leaves_no_process(tmp_path, small_names):
+    """SIGINT to the whole process group (what a terminal sends) while 2 processes share batches
+    of 600: exit 130 with the resume hint, and no helper left running."""
+    out = tmp_path / "run-with-helpers"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "npmlp", "train", "--data", str(small_names), "--out", str(out),
+                             "--steps", "100000", "--batch-size", "600", "--n-hidden", "16", "--processes", "2",
+                             "--quiet", "--no-plots"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(children(proc.pid)) < 1:
+            time.sleep(0.1)
+        helpers = children(proc.pid)
+        assert helpers, "no helper process started"
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "resume with: npmlp train --resume" in err and "Traceback" not in err
+    assert (out / "model.npz").is_file()
+    time.sleep(0.5)
+    assert not [p for p in helpers if os.path.exists(f"/proc/{p}")], "a helper outlived the run"
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        return []
