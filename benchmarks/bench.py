@@ -221,6 +221,10 @@ def bench_eval(X, Y, V, H, peers, repeats):
 
 
 def worker(cfg_path):
+    import warnings
+    # JAX warns at every fork that forking a multithreaded process may deadlock; npmlp's helper
+    # processes (parallel.py) run NumPy only and never touch JAX's threads or locks
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     a = argparse.Namespace(**json.loads(Path(cfg_path).read_text()))
     from .opprofile import profile_step
     from .peers import available

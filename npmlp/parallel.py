@@ -79,13 +79,14 @@ class ChunkPool:
         self.Yg = shared_array((group, batch_size), np.intp)
         cuts = [n * p // processes for p in range(processes + 1)]     # contiguous runs of chunks
         self.mine = range(cuts[0], cuts[1])
-        self.conns, self.procs, self._blas = [], [], None
+        self.conns, self.procs = [], []
+        # One BLAS thread per process while training (forked helpers inherit the setting). The
+        # step's matmuls (<= 128 rows) are too small for a second thread: B=32 took 81 us a step
+        # with OpenBLAS's two threads vs 73 with one; and with helpers, OpenBLAS's idle threads
+        # spin: two processes x two threads on two cores took 60 ms a step instead of 1.
+        self._blas = threadpool_limits(1, user_api="blas")
         if processes == 1:
             return
-        # One BLAS thread per process while helpers run (the forked helpers inherit the setting):
-        # OpenBLAS's idle threads spin, and with two processes x two threads on two cores a step
-        # took 60 ms instead of 1.
-        self._blas = threadpool_limits(1, user_api="blas")
         ctx = multiprocessing.get_context("fork")
         try:
             for p in range(1, processes):

@@ -136,10 +136,8 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
             loss += float(parts[k]) * chunks[k][2]                    # the batch mean, chunk by chunk
         if not math.isfinite(loss):
             raise Diverged(step, float(lossi[step - 1]) if step else float("nan"))
-        if n > 1:
-            np.copyto(update, grads[0])
-            for gk in grads[1:]:                                      # in chunk order, whoever ran it
-                update += gk
+        if n > 1:                                                     # row by row, in chunk order,
+            np.add.reduce(pool.grads, axis=0, out=update)             #   whoever ran the chunk
         model.flat += update                                          # p.data += -lr * p.grad, all five
         lossi[step] = loss
         if on_step is not None and on_step(step, loss):
