@@ -116,12 +116,16 @@ class MLP:
         for k in PARAM_NAMES:
             self.params[k][...] = arrays[k]
 
-    def _views_of(self, flat):
+    def _views_of(self, flat, keep=True):
         """Views of a flat vector laid out like self.flat: (dict name -> view shaped like that
-        param, W1|b1 (T*E+1, H), W2|b2 (H+1, V)). The views of the last vector asked are kept."""
-        last = getattr(self, "_last_views", None)
-        if last is not None and last[0] is flat:
-            return last[1]
+        param, W1|b1 (T*E+1, H), W2|b2 (H+1, V)). Made once per vector (training passes the same
+        few gradient vectors every step); the cache holds the vector, so its id stays its own."""
+        cache = self.__dict__.setdefault("_views_cache", {})
+        hit = cache.get(id(flat))
+        if hit is not None and hit[0] is flat:
+            return hit[1]
+        if len(cache) >= 64:
+            cache.clear()
         shapes = param_shapes(self.vocab_size, self.block_size, self.n_embd, self.n_hidden)
         views, start, i = {}, {}, 0
         for k in PARAM_NAMES:
@@ -131,7 +135,8 @@ class MLP:
         TE, H, V = self.block_size * self.n_embd, self.n_hidden, self.vocab_size
         W1b = flat[start["W1"]:start["b1"] + H].reshape(TE + 1, H)     # W1 rows, then b1
         W2b = flat[start["W2"]:start["b2"] + V].reshape(H + 1, V)      # W2 rows, then b2
-        self._last_views = (flat, (views, W1b, W2b))
+        if keep:
+            cache[id(flat)] = (flat, (views, W1b, W2b))
         return views, W1b, W2b
 
     @classmethod
@@ -222,8 +227,9 @@ class MLP:
         intermediates keyed by ACT_NAMES (dacts["logits"] is stored transposed, as (V, B), like
         counts). dloss scales everything: these are the gradients of dloss * loss; training passes
         dloss = -lr, see train.sgd."""
-        gflat = np.zeros_like(self.flat) if gflat is None else gflat
-        g, dW1b, dW2b = self._views_of(gflat)
+        fresh = gflat is None
+        gflat = np.zeros_like(self.flat) if fresh else gflat
+        g, dW1b, dW2b = self._views_of(gflat, keep=not fresh)     # a fresh vector is not cached
         B = cache.h.shape[0]
         buf = ws.bundle(("bwd", B, self.dtype), self._backward_buffers)
         dlogits = cross_entropy_backward(cache.ce_c, out=buf.dlogits, dloss=dloss)       # (B, V)

@@ -71,7 +71,7 @@ class ChunkPool:
 
     def __init__(self, model, chunks, batch_size: int, group: int, processes: int):
         n, P = len(chunks), model.flat.size
-        processes = max(1, min(processes, n))
+        processes = max(1, min(processes, n)) if sys.platform.startswith("linux") else 1
         self.params = shared_array((P,), model.dtype)
         self.grads = shared_array((n, P), model.dtype)
         self.parts = shared_array((n,), np.float64)

@@ -171,7 +171,7 @@ def run_sgd(data, B, H, dtype, steps, chunk=None, monkeypatch=None, **kw):
 
 @pytest.mark.parametrize("dtype,B,steps,tol", [(np.float64, 600, 30, 1e-10), (np.float32, 1024, 8, 1e-4)])
 def test_chunked_steps_match_torch(data, monkeypatch, dtype, B, steps, tol):
-    """Batches over CHUNK=256 rows (600: three chunks of 200; 1024: four of 256) against the
+    """Batches over CHUNK rows (set to 256 here; 600: three chunks of 200; 1024: four of 256) against the
     lecture's torch loop: the same losses and parameters."""
     vocab, X, Y = data
     model, init, losses, _, cfg = run_sgd(data, B, 24 if dtype == np.float64 else 32, dtype, steps,

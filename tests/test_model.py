@@ -280,3 +280,20 @@ def test_mlp_rejects_bad_params():
     m = MLP(good)
     good["W1"][0, 0] += 1
     assert m.params["W1"][0, 0] != good["W1"][0, 0]
+
+
+def test_gradient_views_are_cached_only_for_vectors_the_caller_keeps():
+    """backward() makes views of the gradient vector it writes; a vector the caller passes every
+    step gets them once, a fresh one per call (loss_and_grads) is not kept alive by the model."""
+    rng = np.random.default_rng(11)
+    model = MLP(random_params(rng, 27, 3, 4, 16, np.float64))
+    X, Y = random_batch(rng, 27, 3, 8)
+    _, cache = model.forward(X, Y)
+    gflat = model.new_grads()[0]
+    g1, _ = model.backward(cache, gflat)
+    g2, _ = model.backward(cache, gflat)
+    assert g1 is g2 and np.shares_memory(g1["W1"], gflat)
+    before = len(model._views_cache)
+    for _ in range(100):
+        model.loss_and_grads(X, Y)
+    assert len(model._views_cache) == before

@@ -26,6 +26,8 @@ BAD = [
     (["--dtype", "float16"], ["--dtype", "'float16'", "float32", "float64"]),
     (["--init", "xavier"], ["--init", "'xavier'"]),
     (["--seed", "-1"], ["--seed", "got -1"]),
+    (["--processes", "0"], ["--processes", "got 0"]),
+    (["--processes", "two"], ["--processes", "'two'"]),
     (["--no-such-option"], ["--no-such-option"]),
 ]
 

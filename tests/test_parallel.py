@@ -50,6 +50,20 @@ def test_any_number_of_processes_gives_the_same_bits(data, dtype, B, processes):
     assert np.isfinite(lossi1).all() and lossi1[-1] < lossi1[0]
 
 
+def test_resume_with_another_number_of_processes_is_bit_identical(data):
+    """Interrupted with 2 processes, resumed with 1 (another machine): the uninterrupted 3-process
+    run's params and losses, bit for bit."""
+    vocab, X, Y = data
+    cfg = TrainConfig(steps=20, batch_size=700, lr=0.2, seed=4)
+    ref = MLP.init(vocab.size, 3, 10, 20, seed=4)
+    lossi_ref, _ = sgd(ref, X, Y, cfg, processes=3)
+    model = MLP.init(vocab.size, 3, 10, 20, seed=4)
+    lossi, nxt = sgd(model, X, Y, cfg, processes=2, on_step=lambda step, loss: step == 8)
+    assert nxt == 9
+    sgd(model, X, Y, cfg, lossi=lossi, start=nxt, processes=1)
+    assert np.array_equal(model.flat, ref.flat) and np.array_equal(lossi, lossi_ref)
+
+
 def test_helpers_run_their_chunks_and_exit(data):
     vocab, X, Y = data
     B = 1024
