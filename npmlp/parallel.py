@@ -118,7 +118,7 @@ class ChunkPool:
                 np.copyto(model.flat, self.params)
                 run_chunks(model, ks, chunks, self.Xg[g], self.Yg[g], lr, ws, grads, self.parts)
                 conn.send_bytes(b"")
-        except BaseException as e:                     # report it, don't print a traceback
+        except BaseException as e:  # noqa: BLE001  (any failure: report it, no traceback)
             try:
                 conn.send_bytes(f"{type(e).__name__}: {e}".encode() or b"error")
             except OSError:

@@ -104,8 +104,8 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
     B = cfg.batch_size
     chunks, G = batch_chunks(B), gather_group(B)
     if pool is None:
-        with make_pool(model, B, processes) as pool:
-            return sgd(model, X, Y, cfg, lossi, start, stop, on_step, pool=pool)
+        with make_pool(model, B, processes) as own:
+            return sgd(model, X, Y, cfg, lossi, start, stop, on_step, pool=own)
     if pool.grads.shape != (len(chunks), model.flat.size) or pool.Xg.shape[:2] != (G, B):
         raise ValueError("this ChunkPool was made for another batch size or model")
     N, n = len(X), len(chunks)

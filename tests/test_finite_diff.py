@@ -95,7 +95,6 @@ def test_intermediate_grads_vs_central_differences():
     function of that intermediate, composing the rest of the forward from the layer pairs."""
     V, T, E, H, B = 7, 3, 4, 10, 6
     model, rng = make_model(V, T, E, H, 4)
-    P = model.params
     X = rng.integers(0, V, size=(B, T)).astype(np.uint8)
     Y = rng.integers(0, V, size=B).astype(np.uint8)
     _, cache = model.forward(X, Y)

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from conftest import REPO, small_dataset
 
-import npmlp.train as train
 from npmlp.errors import NpmlpError
 from npmlp.model import MLP
 from npmlp.parallel import ChunkPool, default_processes
@@ -93,7 +92,7 @@ def test_a_pool_for_another_batch_size_is_refused(data):
 def test_helper_failure_is_reported_not_hung(data):
     """A helper that raises (here: an index outside the vocabulary in its rows only) answers with
     the error, and the parent raises one NpmlpError naming it."""
-    vocab, X, Y = data
+    vocab = data[0]
     B = 600
     model = MLP.init(vocab.size, 3, 10, 16, seed=1)
     chunks = batch_chunks(B)
@@ -108,7 +107,7 @@ def test_helper_failure_is_reported_not_hung(data):
 
 
 def test_helper_killed_is_reported(data):
-    vocab, X, Y = data
+    vocab = data[0]
     model = MLP.init(vocab.size, 3, 10, 16, seed=1)
     with ChunkPool(model, batch_chunks(600), 600, group=1, processes=2) as pool:
         os.kill(pool.procs[0].pid, signal.SIGKILL)
