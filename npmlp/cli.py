@@ -17,7 +17,8 @@ from .data import Vocab, build_dataset, data_source, load_words, split_words, wo
 from .errors import NpmlpError, UsageError
 from .fileio import atomic_write_json
 from .model import MLP
-from .train import CHUNK, Diverged, TrainConfig, evaluate, sample, sgd
+from .parallel import HelperFailed
+from .train import ARITHMETIC, CHUNK, Diverged, TrainConfig, evaluate, sample, sgd
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -144,10 +145,13 @@ def check_memory(cfg, vocab_size, args):
         return
     T, E, H, V = args.block_size, args.n_embd, args.n_hidden, vocab_size
     n_params = V * E + T * E * H + H + H * V + V
-    rows = min(cfg.batch_size, CHUNK)
+    B = cfg.batch_size
+    rows, chunks = min(B, CHUNK), -(-B // CHUNK)
     need = (n_params * 8 * 4                                   # float64 draws, params, grads, snapshots
+            + chunks * n_params * 8                            # each chunk's update (parallel.ChunkPool)
             + cfg.steps * 4                                    # lossi
-            + rows * (T * E + 4 * H + 4 * V + T * V) * 8)      # one chunk's workspace
+            + 1000 * B * 8 + 32768 * (T + 1) * 8               # batch_block's indices, the gathered rows
+            + rows * (T * E + 4 * H + 4 * V + T * V) * 8 * 2)  # one chunk's workspace, in two processes
     if need > 0.8 * total:
         raise UsageError(f"--n-embd {E} --n-hidden {H} --steps {cfg.steps:,} need about {need / 2**30:.1f} GiB, "
                          f"more than this machine's {total / 2**30:.1f} GiB; use smaller values")
@@ -246,6 +250,11 @@ def cmd_train(args):
             run["data"] = str(Path(args.data).resolve())
         lossi = np.concatenate([lossi, np.zeros(cfg.steps - start, np.float32)])
         log(args, f"npmlp: resuming {out} at step {start:,} of {cfg.steps:,}")
+        if run.get("arithmetic", 1) != ARITHMETIC:     # runs before the key existed are version 1
+            print(f"npmlp: note: {out} was trained by an older npmlp whose steps round differently; it "
+                  f"continues correctly, but not bit-identically to an uninterrupted run of that version",
+                  file=sys.stderr)
+            run["arithmetic"] = ARITHMETIC
     else:
         if ckpt.exists():
             raise UsageError(f"{out} already holds a run; choose another --out, or continue it with --resume {out}")
@@ -254,7 +263,7 @@ def cmd_train(args):
                           decay_at=args.decay_at, seed=args.seed)
         data = Splits(args.data, args.split_seed, args.block_size, None, args)
         run = {"data": str(data.source.resolve()) if data.source else None, "split_seed": args.split_seed,
-               "init": args.init, "data_sha256": data.digest}
+               "init": args.init, "data_sha256": data.digest, "arithmetic": ARITHMETIC}
         vocab = data.vocab
         check_memory(cfg, vocab.size, args)
         try:
@@ -288,8 +297,10 @@ def cmd_train(args):
     with np.errstate(over="ignore", invalid="ignore"), StopFlag() as flag, \
             Progress(cfg.steps, start, quiet=args.quiet) as bar:
         snapshots = [(start, model.flat.copy())]       # for divergence: replay to the last good step
+        finished = [start]                             # steps done (for a helper process's failure)
 
         def on_step(step, loss):
+            finished[0] = step + 1
             if abs(loss) > f32max:                     # finite in float64 but inf in the float32 lossi
                 raise Diverged(step, float(lossi[step - 1]) if step else float("nan"))
             if (step + 1) % 250 == 0:                  # the per-step path stays a few comparisons
@@ -303,6 +314,11 @@ def cmd_train(args):
             bar.finish(step)
             if not np.isfinite(model.flat).all():      # the last update overflowed: never save it
                 raise Diverged(step, float(lossi[step - 1]))
+        except HelperFailed as e:                      # the failed step was not applied: save the rest
+            bar.close()
+            save(finished[0], False)
+            raise NpmlpError(f"{e} after step {finished[0]:,}; saved {ckpt}; resume with: npmlp train "
+                             f"--resume {shlex.quote(str(out))} (add --processes 1 if it happens again)") from None
         except Diverged as d:
             bar.close()
             good = [(k, f) for k, f in snapshots if k < d.step]

@@ -111,6 +111,7 @@ class MLP:
         if bad:
             raise ValueError(f"param shapes {bad} do not fit {want}")
         self.vocab_size, self.block_size, self.n_embd, self.n_hidden = V, TE // E, E, H
+        self.shape = (V, TE // E, E, H)                  # tells workspaces of different models apart
         self.flat = np.zeros(sum(math.prod(s) for s in want.values()), dtype)
         self.params, self.W1b, self.W2b = self._views_of(self.flat)
         for k in PARAM_NAMES:
@@ -180,11 +181,11 @@ class MLP:
     def _forward_buffers(self, ws, key):
         """The forward's arrays for one batch size. The inputs of the two linear layers are made
         with a last column for the bias trick's ones: emb and h are written into the others."""
-        B, dt = key[1:]
+        B, dt = key[1:3]
         T, E, H, V = self.block_size, self.n_embd, self.n_hidden, self.vocab_size
-        # one buffer per batch size for these two, so their ones columns are written only once
-        embcat1 = ws.get(("embcat1", B), (B, T * E + 1), dt)             # (B, T*E+1) [embcat, 1]
-        h1 = ws.get(("h1", B), (B, H + 1), dt)                           # (B, H+1) [h, 1]
+        # one buffer per batch size and width for these two, so their ones columns are written once
+        embcat1 = ws.get(("embcat1", B, T * E), (B, T * E + 1), dt)      # (B, T*E+1) [embcat, 1]
+        h1 = ws.get(("h1", B, H), (B, H + 1), dt)                        # (B, H+1) [h, 1]
         embcat1[:, -1] = 1
         h1[:, -1] = 1
         return SimpleNamespace(
@@ -194,7 +195,7 @@ class MLP:
             counts=ws.get("counts", (V, B), dt).T)   # (B, V) stored as (V, B): see cross_entropy_forward
 
     def _backward_buffers(self, ws, key):
-        B, dt = key[1:]
+        B, dt = key[1:3]
         T, E, H, V = self.block_size, self.n_embd, self.n_hidden, self.vocab_size
         return SimpleNamespace(
             dlogits=ws.get("dlogits", (V, B), dt).T, dh=ws.get("dh", (B, H), dt),  # dlogits like counts
@@ -208,7 +209,7 @@ class MLP:
         B, T = X.shape
         if T != self.block_size:
             raise ValueError(f"X has {T} context columns, the model takes block_size={self.block_size}")
-        buf = ws.bundle(("fwd", B, self.dtype), self._forward_buffers)
+        buf = ws.bundle(("fwd", B, self.dtype, self.shape), self._forward_buffers)
         emb, emb_c = embedding_forward(self.params["C"], X, out=buf.emb)                  # (B, T, E) C[X]
         # embcat = emb.view(B, T*E) is embcat1[:, :-1]; embcat1's last column is ones (the bias trick)
         hpreact, lin1_c = linear_forward(buf.embcat1, self.W1b, out=buf.hpreact)         # (B, H) embcat @ W1 + b1
@@ -231,7 +232,7 @@ class MLP:
         gflat = np.zeros_like(self.flat) if fresh else gflat
         g, dW1b, dW2b = self._views_of(gflat, keep=not fresh)     # a fresh vector is not cached
         B = cache.h.shape[0]
-        buf = ws.bundle(("bwd", B, self.dtype), self._backward_buffers)
+        buf = ws.bundle(("bwd", B, self.dtype, self.shape), self._backward_buffers)
         dlogits = cross_entropy_backward(cache.ce_c, out=buf.dlogits, dloss=dloss)       # (B, V)
         dh, _ = linear_backward(dlogits, cache.lin2_c, buf.dh, dW2b)                     # (B, H), [dW2; db2]
         dhpreact = tanh_backward(dh, cache.tanh_c, out=buf.dhpreact)                     # (B, H)

@@ -29,8 +29,16 @@ from .errors import NpmlpError
 from .model import Workspace
 
 
+_PARENT_ENDS: set = set()   # the pipe ends of every open pool: a new helper must close its copies
+
+
+class HelperFailed(NpmlpError):
+    """A helper process raised or died; the parameters are those of the last finished step."""
+
+
 def usable_cores() -> int:
-    """CPU cores this process may run on (taskset and container limits count)."""
+    """CPU cores this process may run on (its affinity, as taskset sets it; a container's CPU
+    quota is not seen)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:               # not Linux
@@ -79,7 +87,8 @@ class ChunkPool:
         self.Yg = shared_array((group, batch_size), np.intp)
         cuts = [n * p // processes for p in range(processes + 1)]     # contiguous runs of chunks
         self.mine = range(cuts[0], cuts[1])
-        self.conns, self.procs = [], []
+        self.grad_rows = list(self.grads)                              # the same row views every call
+        self.conns, self.procs, self._owed, self.closed = [], [], [], False
         # One BLAS thread per process while training (forked helpers inherit the setting). The
         # step's matmuls (<= 128 rows) are too small for a second thread: B=32 took 81 us a step
         # with OpenBLAS's two threads vs 73 with one; and with helpers, OpenBLAS's idle threads
@@ -92,11 +101,12 @@ class ChunkPool:
             for p in range(1, processes):
                 parent_end, child_end = ctx.Pipe()
                 proc = ctx.Process(target=self._helper, daemon=True, name=f"npmlp-helper-{p}",
-                                   args=(child_end, [*self.conns, parent_end], model,
+                                   args=(child_end, [*_PARENT_ENDS, parent_end], model,
                                          range(cuts[p], cuts[p + 1]), chunks))
                 proc.start()
                 child_end.close()
                 self.conns.append(parent_end)
+                _PARENT_ENDS.add(parent_end)
                 self.procs.append(proc)
         except BaseException:
             self.close()
@@ -106,9 +116,12 @@ class ChunkPool:
         """The loop a helper runs: wait for "go" (group index, lr), do chunks ks, answer."""
         for c in parent_ends:    # the fork copied the parent's pipe ends: while they are open here,
             c.close()            # the parent closing its own would not end our recv with EOF
-        signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole process group
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        ws, grads = Workspace(), list(self.grads)      # the same row views every step
+        # Ctrl-C and `timeout`/`kill -- -PGID` signal the whole process group: the parent finishes
+        # its step and saves; a helper must not die under it. It exits when the parent closes the
+        # pipe, or dies (EOF).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ws, grads = Workspace(), self.grad_rows
         try:
             while True:
                 try:
@@ -126,14 +139,18 @@ class ChunkPool:
 
     def start(self, g: int, lr: float, flat):
         """Hand the current params and "go on the rows Xg[g]" to every helper."""
-        if self.conns:
-            np.copyto(self.params, flat)
-            msg = struct.pack("<id", g, lr)
-            for c, proc in zip(self.conns, self.procs):
-                try:
-                    c.send_bytes(msg)
-                except OSError:                        # its end of the pipe is gone: it died
-                    self._failed(proc, None)
+        if self.closed:
+            raise ValueError("this ChunkPool is closed")
+        if self._owed:           # a step interrupted between start and wait (an exception in the
+            self._drain()        # parent): its late answers must not be read as this step's
+        np.copyto(self.params, flat)
+        msg = struct.pack("<id", g, lr)
+        for c, proc in zip(self.conns, self.procs):
+            try:
+                c.send_bytes(msg)
+            except OSError:                            # its end of the pipe is gone: it died
+                self._failed(proc, None)
+            self._owed.append(c)
 
     def wait(self):
         """Until every helper has written its chunks."""
@@ -142,25 +159,35 @@ class ChunkPool:
                 msg = c.recv_bytes()
             except (EOFError, OSError):
                 self._failed(proc, None)
+            self._owed.remove(c)
             if msg:
                 self._failed(proc, msg.decode())
+
+    def _drain(self):
+        for c in list(self._owed):
+            try:
+                c.recv_bytes()
+            except (EOFError, OSError):
+                pass
+            self._owed.remove(c)
 
     @staticmethod
     def _failed(proc, why):
         if why is None:
             proc.join(timeout=1)
             why = f"it exited with code {proc.exitcode}"
-        raise NpmlpError(f"a helper process of the training step failed ({why}); train with --processes 1")
+        raise HelperFailed(f"a helper process of the training step failed ({why})")
 
     def close(self):
         for c in self.conns:
             c.close()                                  # the helper's recv ends with EOFError
+            _PARENT_ENDS.discard(c)
         for proc in self.procs:
             proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
+            if proc.is_alive():                        # it ignores SIGTERM
+                proc.kill()
                 proc.join()
-        self.conns, self.procs = [], []
+        self.conns, self.procs, self._owed, self.closed = [], [], [], True
         if self._blas is not None:
             self._blas.restore_original_limits()
             self._blas = None

@@ -13,6 +13,8 @@ from .errors import UsageError
 from .model import MLP, Workspace
 from .parallel import ChunkPool, default_processes, run_chunks
 
+ARITHMETIC = 2  # changes when a step's rounding changes (2: the bias trick, 128-row chunks); runs record
+                # it, so --resume can say when a run will not continue bit-identically
 BLOCK = 1000   # minibatch indices are drawn BLOCK steps at a time (one RNG call instead of 1000)
 GATHER = 32768  # the rows of several steps' minibatches are gathered at once, up to GATHER rows
 CHUNK = 128    # a batch larger than CHUNK rows runs forward/backward in chunks of <= CHUNK rows whose
@@ -108,11 +110,13 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
             return sgd(model, X, Y, cfg, lossi, start, stop, on_step, pool=own)
     if pool.grads.shape != (len(chunks), model.flat.size) or pool.Xg.shape[:2] != (G, B):
         raise ValueError("this ChunkPool was made for another batch size or model")
+    if pool.closed:
+        raise ValueError("this ChunkPool is closed")
     N, n = len(X), len(chunks)
     stop = cfg.steps if stop is None else stop
     lossi = np.zeros(cfg.steps, np.float32) if lossi is None else lossi
     ws = Workspace()
-    grads, parts = list(pool.grads), pool.parts                # chunk k's update and loss
+    grads, parts = pool.grad_rows, pool.parts                  # chunk k's update and loss
     update = grads[0] if n == 1 else np.empty_like(model.flat)  # the chunks' summed update
     helpers = bool(pool.conns)
     decay = int(cfg.decay_at * cfg.steps)                     # cfg.lr_at(step), without a call a step

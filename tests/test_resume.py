@@ -235,3 +235,19 @@ def test_resume_after_a_stop_during_evaluation_writes_the_metrics(tmp_path, refe
     assert np.isfinite(metrics["dev_loss"]) and metrics["steps"] == STEPS
     after = arrays(run)
     assert all(np.array_equal(before[k], after[k]) for k in ARRAYS), "no step may run again"
+
+
+def test_resume_of_a_run_from_an_older_npmlp_says_it_is_not_bit_identical(stopped, capsys):
+    """Runs record train.ARITHMETIC; one written before the key existed (or by another rounding)
+    resumes, with a note that it does not continue bit-identically."""
+    from npmlp.checkpoint import save_checkpoint
+    model, vocab, meta, lossi = load_checkpoint(stopped / "model.npz")
+    assert meta["run"]["arithmetic"] == cli.ARITHMETIC
+    del meta["run"]["arithmetic"]
+    save_checkpoint(stopped / "model.npz", model, vocab, meta, lossi)
+    capsys.readouterr()
+    # (the fixture's StopFlag still stops after 50 more steps: 130, saved with the new version)
+    assert cli.main(["train", "--resume", str(stopped), "--quiet", "--no-plots"]) == 130
+    err = capsys.readouterr().err
+    assert "trained by an older npmlp" in err and "not bit-identically" in err
+    assert load_checkpoint(stopped / "model.npz")[2]["run"]["arithmetic"] == cli.ARITHMETIC
