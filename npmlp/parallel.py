@@ -28,7 +28,6 @@ from threadpoolctl import threadpool_limits
 from .errors import NpmlpError
 from .model import Workspace
 
-
 _PARENT_ENDS: set = set()   # the pipe ends of every open pool: a new helper must close its copies
 
 

@@ -139,7 +139,7 @@ def test_two_pools_open_at_once_close_promptly(data):
     b = make_pool(model, 600, processes=2)
     t = time.perf_counter()
     a.close()
-    assert time.perf_counter() - t < 2 and a.procs == [] 
+    assert time.perf_counter() - t < 2 and a.procs == []
     b.close()
 
 
