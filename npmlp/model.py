@@ -113,6 +113,7 @@ class MLP:
         self.vocab_size, self.block_size, self.n_embd, self.n_hidden = V, TE // E, E, H
         self.shape = (V, TE // E, E, H)                  # tells workspaces of different models apart
         self.flat = np.zeros(sum(math.prod(s) for s in want.values()), dtype)
+        self._views_cache = {}                           # id(vector) -> (vector, its views)
         self.params, self.W1b, self.W2b = self._views_of(self.flat)
         for k in PARAM_NAMES:
             self.params[k][...] = arrays[k]
@@ -121,7 +122,7 @@ class MLP:
         """Views of a flat vector laid out like self.flat: (dict name -> view shaped like that
         param, W1|b1 (T*E+1, H), W2|b2 (H+1, V)). Made once per vector (training passes the same
         few gradient vectors every step); the cache holds the vector, so its id stays its own."""
-        cache = self.__dict__.setdefault("_views_cache", {})
+        cache = self._views_cache
         hit = cache.get(id(flat))
         if hit is not None and hit[0] is flat:
             return hit[1]
