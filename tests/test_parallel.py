@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, small_dataset
+from conftest import REPO, run_cli, small_dataset
 
 from npmlp.errors import NpmlpError
 from npmlp.model import MLP
@@ -224,3 +224,12 @@ def children(pid: int) -> list[int]:
             return [int(c) for c in f.read().split()]
     except FileNotFoundError:
         return []
+
+
+def test_lr_find_with_helpers(tmp_path, small_names):
+    """lr-find runs one sgd step per rate on one pool of helpers for the whole sweep."""
+    out = tmp_path / "lrf"
+    r = run_cli("lr-find", "--data", small_names, "--steps", 30, "--batch-size", 600, "--n-hidden", 16,
+                "--processes", 2, "--out", out, "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (out / "lr_find.png").stat().st_size > 10_000
