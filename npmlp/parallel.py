@@ -85,7 +85,7 @@ class ChunkPool:
         self.Xg = shared_array((group, batch_size, model.block_size), np.intp)
         self.Yg = shared_array((group, batch_size), np.intp)
         cuts = [n * p // processes for p in range(processes + 1)]     # contiguous runs of chunks
-        self.mine = range(cuts[0], cuts[1])
+        self.chunks, self.mine = chunks, range(cuts[0], cuts[1])
         self.grad_rows = list(self.grads)                              # the same row views every call
         self.conns, self.procs, self._owed, self.closed = [], [], [], False
         # One BLAS thread per process while training (forked helpers inherit the setting). The

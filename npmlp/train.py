@@ -104,11 +104,11 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
     ChunkPool to reuse across calls (same model shape and batch size), instead of a new one.
     """
     B = cfg.batch_size
-    chunks, G = batch_chunks(B), gather_group(B)
     if pool is None:
         with make_pool(model, B, processes) as own:
             return sgd(model, X, Y, cfg, lossi, start, stop, on_step, pool=own)
-    if pool.grads.shape != (len(chunks), model.flat.size) or pool.Xg.shape[:2] != (G, B):
+    chunks, G = pool.chunks, len(pool.Xg)                     # what make_pool cut for B
+    if pool.Xg.shape[1] != B or pool.grads.shape[1] != model.flat.size:
         raise ValueError("this ChunkPool was made for another batch size or model")
     if pool.closed:
         raise ValueError("this ChunkPool is closed")
