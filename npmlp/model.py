@@ -141,6 +141,12 @@ class MLP:
             cache[id(flat)] = (flat, (views, W1b, W2b))
         return views, W1b, W2b
 
+    def forget_views(self, flat):
+        """Drop the cached views of a vector no longer used (e.g. a closed ChunkPool's rows)."""
+        hit = self._views_cache.get(id(flat))
+        if hit is not None and hit[0] is flat:
+            del self._views_cache[id(flat)]
+
     @classmethod
     def init(cls, vocab_size, block_size=3, n_embd=10, n_hidden=200, seed=2147483647,
              dtype=np.float32, scheme="lecture"):

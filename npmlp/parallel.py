@@ -21,6 +21,8 @@ import os
 import signal
 import struct
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -29,19 +31,65 @@ from .errors import NpmlpError
 from .model import Workspace
 
 _PARENT_ENDS: set = set()   # the pipe ends of every open pool: a new helper must close its copies
+_BLAS = {"pools": 0, "limit": None}   # one BLAS-thread limit shared by every open pool
 
 
 class HelperFailed(NpmlpError):
     """A helper process raised or died; the parameters are those of the last finished step."""
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity, as taskset sets it; a container's CPU
-    quota is not seen)."""
+def cpu_quota(root="/sys/fs/cgroup", self_cgroup="/proc/self/cgroup") -> float | None:
+    """The CPU time this process's cgroup (a container, a systemd slice) may use, in cores:
+    cgroup v2 `cpu.max` or v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`, the smallest along the
+    path up to the root. None when there is no limit or no cgroup file to read."""
     try:
-        return len(os.sched_getaffinity(0))
+        lines = Path(self_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    quotas = []
+    for line in lines:                                   # "0::/path" (v2), "4:cpu,cpuacct:/path" (v1)
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            bases = [Path(root), Path(root) / "unified"]
+        elif "cpu" in controllers.split(","):
+            bases = [Path(root) / controllers, Path(root) / "cpu"]
+        else:
+            continue
+        for base in bases:
+            d = base / path.lstrip("/")
+            while True:
+                quotas.append(_read_quota(d))
+                if d == base or base not in d.parents:
+                    break
+                d = d.parent
+    quotas = [q for q in quotas if q is not None]
+    return min(quotas) if quotas else None
+
+
+def _read_quota(d: Path) -> float | None:
+    try:
+        if (d / "cpu.max").exists():                     # v2: "max 100000" or "150000 100000"
+            quota, period = (d / "cpu.max").read_text().split()[:2]
+        else:                                            # v1: quota -1 means none
+            quota = (d / "cpu.cfs_quota_us").read_text().strip()
+            period = (d / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1") or int(period) <= 0:
+            return None
+        return int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on: its affinity (as taskset sets it), cut to a container's
+    CPU quota (a 1-CPU container on a 2-core host sees 2 cores but would run two busy processes
+    by turns, each step waiting for the slower)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:               # not Linux
         return 1
+    quota = cpu_quota()
+    return cores if quota is None else max(1, min(cores, int(quota)))
 
 
 def default_processes(n_chunks: int) -> int:
@@ -54,6 +102,40 @@ def shared_array(shape, dtype) -> np.ndarray:
     count = math.prod(shape)
     buf = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize))
     return np.frombuffer(buf, dtype, count=count).reshape(shape)
+
+
+SPIN = 0.0005   # seconds a process polls its pipe before sleeping in recv (see Receiver)
+BACKOFF = 64    # at most this many waits sleep at once after polls that ran out
+
+
+class Receiver:
+    """Waits for the next message on a pipe: first polls it for up to SPIN seconds, then sleeps.
+
+    Waking a process that sleeps in recv takes 20-60 us on this VM, once per step each way, and
+    the processes usually finish within microseconds of each other: polling first made a
+    two-process step at B=256 take 230 instead of 330 us (B=1024: 820 vs 930). But when another
+    program holds a core, polling takes CPU time that another process of ours needs (B=256: 1.1 ms
+    a step vs 0.6). There the polls keep running out, so after k polls in a row ran out the next
+    2**k - 1 waits (at most BACKOFF) sleep at once; one that ran out after a rare long pause (the
+    parent gathering rows) costs a single sleep."""
+
+    def __init__(self):
+        self.sleep_next = 0     # waits left that go straight to sleep
+        self.missed = 0         # polls in a row that ran out
+
+    def __call__(self, conn) -> bytes:
+        if self.sleep_next:
+            self.sleep_next -= 1
+        else:
+            end = time.perf_counter() + SPIN
+            while not conn.poll(0):
+                if time.perf_counter() > end:
+                    self.missed += 1
+                    self.sleep_next = min(BACKOFF, 2 ** self.missed - 1)
+                    break
+            else:
+                self.missed = 0
+        return conn.recv_bytes()
 
 
 def run_chunks(model, ks, chunks, xb, yb, lr, ws, grads, parts):
@@ -88,11 +170,16 @@ class ChunkPool:
         self.chunks, self.mine = chunks, range(cuts[0], cuts[1])
         self.grad_rows = list(self.grads)                              # the same row views every call
         self.conns, self.procs, self._owed, self.closed = [], [], [], False
+        self._recv = []                                                # one Receiver per helper
         # One BLAS thread per process while training (forked helpers inherit the setting). The
         # step's matmuls (<= 128 rows) are too small for a second thread: B=32 took 81 us a step
         # with OpenBLAS's two threads vs 73 with one; and with helpers, OpenBLAS's idle threads
         # spin: two processes x two threads on two cores took 60 ms a step instead of 1.
-        self._blas = threadpool_limits(1, user_api="blas")
+        # Open pools share one limit: the first sets it, the last to close restores the threads.
+        if _BLAS["pools"] == 0:
+            _BLAS["limit"] = threadpool_limits(1, user_api="blas")
+        _BLAS["pools"] += 1
+        self._blas, self._model = True, model
         if processes == 1:
             return
         ctx = multiprocessing.get_context("fork")
@@ -105,6 +192,7 @@ class ChunkPool:
                 proc.start()
                 child_end.close()
                 self.conns.append(parent_end)
+                self._recv.append(Receiver())
                 _PARENT_ENDS.add(parent_end)
                 self.procs.append(proc)
         except BaseException:
@@ -120,11 +208,11 @@ class ChunkPool:
         # pipe, or dies (EOF).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        ws, grads = Workspace(), self.grad_rows
+        ws, grads, recv = Workspace(), self.grad_rows, Receiver()
         try:
             while True:
                 try:
-                    g, lr = struct.unpack("<id", conn.recv_bytes())
+                    g, lr = struct.unpack("<id", recv(conn))
                 except EOFError:                       # the parent closed the pipe (or died)
                     return
                 np.copyto(model.flat, self.params)
@@ -153,9 +241,9 @@ class ChunkPool:
 
     def wait(self):
         """Until every helper has written its chunks."""
-        for c, proc in zip(self.conns, self.procs):
+        for c, proc, recv in zip(self.conns, self.procs, self._recv):
             try:
-                msg = c.recv_bytes()
+                msg = recv(c)
             except (EOFError, OSError):
                 self._failed(proc, None)
             self._owed.remove(c)
@@ -186,10 +274,14 @@ class ChunkPool:
             if proc.is_alive():                        # it ignores SIGTERM
                 proc.kill()
                 proc.join()
-        self.conns, self.procs, self._owed, self.closed = [], [], [], True
-        if self._blas is not None:
-            self._blas.restore_original_limits()
-            self._blas = None
+        self.conns, self.procs, self._recv, self._owed, self.closed = [], [], [], [], True
+        if self._blas:
+            self._blas = False
+            _BLAS["pools"] -= 1
+            if _BLAS["pools"] == 0:
+                _BLAS["limit"].restore_original_limits()
+        for row in self.grad_rows:     # the model's views of our shared rows would keep them mapped
+            self._model.forget_views(row)
 
     def __enter__(self):
         return self

@@ -6,19 +6,23 @@ Legend: B batch, H n_hidden, P number of parameters.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
 from conftest import REPO, run_cli, small_dataset
 
 from npmlp.errors import NpmlpError
 from npmlp.model import MLP
-from npmlp.parallel import ChunkPool, default_processes
+from npmlp import parallel
+from npmlp.parallel import ChunkPool, Receiver, cpu_quota, default_processes, usable_cores
 from npmlp.train import TrainConfig, batch_chunks, make_pool, sgd
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="helpers fork: Linux only")
@@ -154,11 +158,89 @@ def test_helper_killed_is_reported(data):
             pool.wait()
 
 
-def test_default_processes_follow_the_usable_cores():
-    cores = len(os.sched_getaffinity(0))
+def test_default_processes_follow_the_usable_cores(monkeypatch):
+    cores = usable_cores()
+    assert 1 <= cores <= len(os.sched_getaffinity(0))
     assert default_processes(1) == 1
     assert default_processes(16) == min(16, cores)
     assert default_processes(2) == min(2, cores)
+    monkeypatch.setattr(parallel, "cpu_quota", lambda: 1.5)   # a container allowed 1.5 CPUs
+    assert usable_cores() == 1 and default_processes(16) == 1
+    monkeypatch.setattr(parallel, "cpu_quota", lambda: 0.2)
+    assert usable_cores() == 1
+
+
+def fake_cgroup(tmp_path, self_cgroup, files):
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    (tmp_path / "self").write_text(self_cgroup)
+    return dict(root=str(tmp_path), self_cgroup=str(tmp_path / "self"))
+
+
+def test_cpu_quota_reads_cgroup_v2_and_v1(tmp_path):
+    v2 = fake_cgroup(tmp_path / "v2", "0::/box/job\n", {
+        "cpu.max": "max 100000\n", "box/cpu.max": "150000 100000\n", "box/job/cpu.max": "max 100000\n"})
+    assert cpu_quota(**v2) == 1.5                  # the parent's limit holds for the child
+    v1 = fake_cgroup(tmp_path / "v1", "5:memory:/m\n4:cpu,cpuacct:/docker/abc\n", {
+        "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "100000\n",
+        "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n"})
+    assert cpu_quota(**v1) == 1.0
+    none = fake_cgroup(tmp_path / "none", "4:cpu,cpuacct:/\n", {
+        "cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
+    assert cpu_quota(**none) is None
+    assert cpu_quota(root=str(tmp_path), self_cgroup=str(tmp_path / "missing")) is None
+
+
+def test_receiver_polls_then_backs_off_when_polls_run_out(monkeypatch):
+    """A poll that runs out makes the next 2**k - 1 waits sleep at once (k polls in a row ran
+    out); a poll that catches its message starts over. Every message arrives either way."""
+    monkeypatch.setattr(parallel, "SPIN", 0.002)
+    recv, (a, b) = Receiver(), multiprocessing.Pipe()
+    late = lambda: threading.Timer(0.05, b.send_bytes, [b"late"]).start()  # noqa: E731
+    late()
+    assert recv(a) == b"late" and (recv.missed, recv.sleep_next) == (1, 1)
+    late()
+    assert recv(a) == b"late" and (recv.missed, recv.sleep_next) == (1, 0)   # slept at once
+    late()
+    assert recv(a) == b"late" and (recv.missed, recv.sleep_next) == (2, 3)
+    recv.sleep_next = 0
+    b.send_bytes(b"now")
+    assert recv(a) == b"now" and (recv.missed, recv.sleep_next) == (0, 0)  # caught: polls again
+    recv.missed = 10
+    late()
+    recv(a)
+    assert recv.sleep_next == parallel.BACKOFF
+
+
+def blas_threads():
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_blas_threads_come_back_when_the_last_open_pool_closes(data):
+    """Pools closed in any order: BLAS runs one thread while any pool is open, and the threads
+    it had before once none is."""
+    model = MLP.init(data[0].size, 3, 10, 16, seed=1)
+    with threadpool_limits(2, user_api="blas"):
+        assert set(blas_threads()) == {2}
+        a = make_pool(model, 600, processes=1)
+        b = make_pool(model, 600, processes=1)
+        assert set(blas_threads()) == {1}
+        a.close()
+        assert set(blas_threads()) == {1}
+        b.close()
+        assert set(blas_threads()) == {2}
+
+
+def test_a_closed_pool_leaves_no_views_of_its_rows_in_the_model(data):
+    vocab, X, Y = data
+    model = MLP.init(vocab.size, 3, 10, 16, seed=1)
+    pool = make_pool(model, 600, processes=1)
+    sgd(model, X, Y, TrainConfig(steps=2, batch_size=600), pool=pool)
+    rows = [id(r) for r in pool.grad_rows]
+    assert any(i in model._views_cache for i in rows)       # training cached them ...
+    pool.close()
+    assert not any(i in model._views_cache for i in rows)   # ... closing dropped them
 
 
 def start_training_with_a_helper(out, names):
