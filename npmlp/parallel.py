@@ -179,7 +179,7 @@ class ChunkPool:
         if _BLAS["pools"] == 0:
             _BLAS["limit"] = threadpool_limits(1, user_api="blas")
         _BLAS["pools"] += 1
-        self._blas, self._model = True, model
+        self._limits_blas, self._model = True, model
         if processes == 1:
             return
         ctx = multiprocessing.get_context("fork")
@@ -275,8 +275,8 @@ class ChunkPool:
                 proc.kill()
                 proc.join()
         self.conns, self.procs, self._recv, self._owed, self.closed = [], [], [], [], True
-        if self._blas:
-            self._blas = False
+        if self._limits_blas:
+            self._limits_blas = False
             _BLAS["pools"] -= 1
             if _BLAS["pools"] == 0:
                 _BLAS["limit"].restore_original_limits()
