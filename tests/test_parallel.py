@@ -197,7 +197,7 @@ def test_receiver_polls_then_backs_off_when_polls_run_out(monkeypatch):
     out); a poll that catches its message starts over. Every message arrives either way."""
     monkeypatch.setattr(parallel, "SPIN", 0.002)
     recv, (a, b) = Receiver(), multiprocessing.Pipe()
-    late = lambda: threading.Timer(0.05, b.send_bytes, [b"late"]).start()  # noqa: E731
+    late = lambda: threading.Timer(0.2, b.send_bytes, [b"late"]).start()  # noqa: E731  (after the poll)
     late()
     assert recv(a) == b"late" and (recv.missed, recv.sleep_next) == (1, 1)
     late()
