@@ -19,9 +19,9 @@ import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 from conftest import REPO, run_cli, small_dataset
 
+from npmlp import parallel
 from npmlp.errors import NpmlpError
 from npmlp.model import MLP
-from npmlp import parallel
 from npmlp.parallel import ChunkPool, Receiver, cpu_quota, default_processes, usable_cores
 from npmlp.train import TrainConfig, batch_chunks, make_pool, sgd
 
@@ -197,7 +197,10 @@ def test_receiver_polls_then_backs_off_when_polls_run_out(monkeypatch):
     out); a poll that catches its message starts over. Every message arrives either way."""
     monkeypatch.setattr(parallel, "SPIN", 0.002)
     recv, (a, b) = Receiver(), multiprocessing.Pipe()
-    late = lambda: threading.Timer(0.2, b.send_bytes, [b"late"]).start()  # noqa: E731  (after the poll)
+
+    def late():  # a message 0.2 s from now: long after the poll has run out
+        threading.Timer(0.2, b.send_bytes, [b"late"]).start()
+
     late()
     assert recv(a) == b"late" and (recv.missed, recv.sleep_next) == (1, 1)
     late()
