@@ -55,7 +55,7 @@ def cpu_quota(root="/sys/fs/cgroup", self_cgroup="/proc/self/cgroup") -> float |
             bases = [Path(root) / controllers, Path(root) / "cpu"]
         else:
             continue
-        for base in bases:
+        for base in dict.fromkeys(bases):               # "cpu" alone would be read twice
             d = base / path.lstrip("/")
             while True:
                 quotas.append(_read_quota(d))
