@@ -179,7 +179,7 @@ class ChunkPool:
         if _BLAS["pools"] == 0:
             _BLAS["limit"] = threadpool_limits(1, user_api="blas")
         _BLAS["pools"] += 1
-        self._limits_blas, self._model = True, model
+        self._model = model
         if processes == 1:
             return
         ctx = multiprocessing.get_context("fork")
@@ -266,6 +266,8 @@ class ChunkPool:
         raise HelperFailed(f"a helper process of the training step failed ({why})")
 
     def close(self):
+        if self.closed:
+            return
         for c in self.conns:
             c.close()                                  # the helper's recv ends with EOFError
             _PARENT_ENDS.discard(c)
@@ -275,11 +277,9 @@ class ChunkPool:
                 proc.kill()
                 proc.join()
         self.conns, self.procs, self._recv, self._owed, self.closed = [], [], [], [], True
-        if self._limits_blas:
-            self._limits_blas = False
-            _BLAS["pools"] -= 1
-            if _BLAS["pools"] == 0:
-                _BLAS["limit"].restore_original_limits()
+        _BLAS["pools"] -= 1
+        if _BLAS["pools"] == 0:
+            _BLAS["limit"].restore_original_limits()
         for row in self.grad_rows:     # the model's views of our shared rows would keep them mapped
             self._model.forget_views(row)
 

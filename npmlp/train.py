@@ -119,7 +119,6 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
     grads, parts = pool.grad_rows, pool.parts                  # chunk k's update and loss
     update = grads[0] if n == 1 else np.empty_like(model.flat)  # the chunks' summed update
     helpers = bool(pool.conns)
-    decay = int(cfg.decay_at * cfg.steps)                     # cfg.lr_at(step), without a call a step
     for step in range(start, stop):
         i = step % BLOCK
         if step == start or i == 0:
@@ -129,7 +128,7 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
             np.copyto(pool.Xg[:len(ix)], X.take(ix, axis=0))          # (G, B, T) minibatches (take:
             np.copyto(pool.Yg[:len(ix)], Y.take(ix))                  #   5x faster than X[ix]), (G, B)
         g = i % G
-        lr = cfg.lr if step < decay else cfg.lr_decayed
+        lr = cfg.lr_at(step)
         if helpers:
             pool.start(g, lr, model.flat)                             # helpers run their chunks ...
         run_chunks(model, pool.mine, chunks, pool.Xg[g], pool.Yg[g], lr, ws, grads, parts)
