@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import unicodedata
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -124,6 +125,23 @@ def download(dest: Path, url: str | None = None, timeout: float | None = None) -
     return data
 
 
+# Python's unicodedata has no names for control characters; these are the ones a text file may hold
+CONTROL_NAMES = {"\t": "TAB", "\x0b": "LINE TABULATION", "\x0c": "FORM FEED", "\x1b": "ESCAPE",
+                 "\x7f": "DELETE", "\x85": "NEXT LINE"}
+
+
+def invisible(c: str) -> bool:
+    """A character that prints as nothing (or moves the cursor) in a sample: control (Cc), format
+    (Cf: zero-width joiner, soft hyphen...), and separators (Zs, Zl, Zp) other than the ASCII space,
+    which is visible enough in a name ('mary ann') to get its own note."""
+    return c != " " and unicodedata.category(c) in ("Cc", "Cf", "Zs", "Zl", "Zp")
+
+
+def char_name(c: str) -> str:
+    """'U+200D ZERO WIDTH JOINER', the way a note names a character that cannot be shown."""
+    return f"U+{ord(c):04X} {unicodedata.name(c, None) or CONTROL_NAMES.get(c, 'control character')}"
+
+
 def parse_words(data: bytes, name: str = "<data>", notes: list[str] | None = None) -> list[str]:
     """Bytes of a names file -> list of names. Refuses what cannot be names; notes what it cleaned."""
     notes = [] if notes is None else notes
@@ -137,6 +155,8 @@ def parse_words(data: bytes, name: str = "<data>", notes: list[str] | None = Non
         raise NpmlpError(f"{name} is not UTF-8 text (bad byte at offset {e.start}); re-save it as UTF-8") from None
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     words, blank, stripped, upper = [], 0, 0, 0
+    spaced: list[tuple[int, str]] = []      # (line, name) of names with a space inside
+    hidden: list[tuple[int, str]] = []      # ... with invisible or control characters
     for lineno, line in enumerate(lines, 1):
         word = line.strip()
         if not word:
@@ -147,6 +167,10 @@ def parse_words(data: bytes, name: str = "<data>", notes: list[str] | None = Non
                              f"start/end token; remove or replace it")
         stripped += word != line
         upper += word != word.lower()
+        if " " in word:
+            spaced.append((lineno, word))
+        if not word.isprintable() and any(invisible(c) for c in word):  # isprintable: a fast superset
+            hidden.append((lineno, word))
         words.append(word)
     if not words:
         raise NpmlpError(f"{name} holds no names; give a text file with one name per line")
@@ -157,6 +181,21 @@ def parse_words(data: bytes, name: str = "<data>", notes: list[str] | None = Non
     if upper:
         notes.append(f"{upper} name{'s' * (upper > 1)} contain{'s' * (upper == 1)} upper-case letters, "
                      f"kept as distinct characters (lower-case the file to merge them)")
+    if spaced:
+        n, (lineno, word) = len(spaced), spaced[0]
+        where = f"line {lineno}: {word!r}" if n == 1 else f"first at line {lineno}: {word!r}"
+        space = "a space" if n == 1 and word.count(" ") == 1 else "spaces"
+        notes.append(f"{n} name{'s' * (n > 1)} contain{'s' * (n == 1)} {space} inside ({where}), "
+                     f"the space kept as a character")
+    if hidden:
+        n, (lineno, word) = len(hidden), hidden[0]
+        # the names are shown with repr(), which spells these characters as escapes (\u200d, \t)
+        chars = sorted({c for _, w in hidden for c in w if invisible(c)})
+        listed = ", ".join(char_name(c) for c in chars[:4]) + (f" and {len(chars) - 4} more" if len(chars) > 4 else "")
+        where = f"line {lineno}: {word!r}" if n == 1 else f"first at line {lineno}: {word!r}"
+        notes.append(f"{n} name{'s' * (n > 1)} contain{'s' * (n == 1)} invisible or control characters "
+                     f"({listed}; {where}), kept as characters; remove them if they are not meant to be "
+                     f"part of names")
     return words
 
 
@@ -168,7 +207,7 @@ class Vocab:
     itos: tuple[str, ...]
 
     @classmethod
-    def from_words(cls, words) -> "Vocab":
+    def from_words(cls, words) -> Vocab:
         chars = sorted(set("".join(words)))
         if DOT in chars:
             raise NpmlpError("a name contains '.', which npmlp reserves as the start/end token; remove it")

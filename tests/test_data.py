@@ -19,7 +19,7 @@ from npmlp.errors import NpmlpError
 
 def lecture_build_dataset(words, block_size):
     """The lecture's loop, verbatim apart from the vocab (built here the lecture's way too)."""
-    chars = sorted(list(set("".join(words))))
+    chars = sorted(list(set("".join(words))))  # noqa: C414 (the lecture's line)
     stoi = {s: i + 1 for i, s in enumerate(chars)}
     stoi["."] = 0
     X, Y = [], []
@@ -162,7 +162,7 @@ def test_index_dtype_by_vocab_size(n_chars, dtype):
     words = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))) for _ in range(400)] + alphabet
     vocab = Vocab.from_words(words)
     assert vocab.size == n_chars + 1 and vocab.index_dtype() == dtype
-    X, Y = assert_rows_equal(words, 3, vocab)
+    _, Y = assert_rows_equal(words, 3, vocab)
     assert int(Y.max()) == n_chars  # the last character's index survives the dtype
 
 
@@ -180,6 +180,30 @@ def test_parse_words_normalises():
     assert len(notes) == 3 and any("blank" in n for n in notes)
     with pytest.raises(NpmlpError, match="'.'"):
         parse_words(b"a.b\n")
+
+
+@pytest.mark.parametrize("c, hidden, name", [
+    ("\u200d", True, "U+200D ZERO WIDTH JOINER"),
+    ("\u00ad", True, "U+00AD SOFT HYPHEN"),
+    ("\t", True, "U+0009 TAB"),
+    ("\x1f", True, "U+001F control character"),
+    ("\u00a0", True, "U+00A0 NO-BREAK SPACE"),
+    ("\u3000", True, "U+3000 IDEOGRAPHIC SPACE"),
+    ("\u2029", True, "U+2029 PARAGRAPH SEPARATOR"),
+    ("\u202e", True, "U+202E RIGHT-TO-LEFT OVERRIDE"),
+    (" ", False, "U+0020 SPACE"),         # visible enough in 'mary ann': a note of its own
+    ("\u0303", False, "U+0303 COMBINING TILDE"),
+    ("北", False, "U+5317 CJK UNIFIED IDEOGRAPH-5317"),
+])
+def test_invisible_characters_by_unicode_category(c, hidden, name):
+    assert data.invisible(c) is hidden
+    assert data.char_name(c) == name
+
+
+def test_real_file_reads_without_notes(names_path):
+    notes = []
+    load_words(names_path, notes)
+    assert notes == []
 
 
 # ----------------------------------------------------------------------------- where load_words looks

@@ -96,11 +96,63 @@ def test_untidy_file_trains_with_notes_and_keeps_case(tmp_path):
     r = train(data, out, quiet=False)
     assert r.returncode == 0, r.stderr
     assert notes(r) == ["2 blank lines skipped", "6 names had leading/trailing spaces removed",
-                        "1 name contains upper-case letters, kept as distinct characters "
-                        "(lower-case the file to merge them)"]
+                        ("1 name contains upper-case letters, kept as distinct characters "
+                         "(lower-case the file to merge them)")]
     _, vocab, _, _ = load_checkpoint(out / "model.npz")
     assert "A" in vocab.itos and "a" in vocab.itos and " " not in vocab.itos
     assert notes(train(data, tmp_path / "quiet")) == [], "--quiet silences the notes"
+
+
+# ----------------------------------------------------------------------------- spaces and invisible characters
+
+ZWJ_NOTE = ("1 name contains invisible or control characters (U+200D ZERO WIDTH JOINER; line 2: 'jo\\u200dhn'), "
+            "kept as characters; remove them if they are not meant to be part of names")
+
+
+@pytest.mark.parametrize("text, note", [
+    ("emma\nmary ann\nava\n", "1 name contains a space inside (line 2: 'mary ann'), the space kept as a character"),
+    ("emma\nava\nanna  lee\nmary ann\n",
+     "2 names contain spaces inside (first at line 3: 'anna  lee'), the space kept as a character"),
+    ("emma\njo\u200dhn\n", ZWJ_NOTE),
+    ("emma\nli\u00adsa\nx\ty\nzo\u00a0e\nab\u2028c\nd\x01e\nf\u200bg\n",
+     ("6 names contain invisible or control characters (U+0001 control character, U+0009 TAB, "
+      "U+00A0 NO-BREAK SPACE, U+00AD SOFT HYPHEN and 2 more; first at line 2: 'li\\xadsa'), kept as characters; "
+      "remove them if they are not meant to be part of names")),
+])
+def test_spaces_and_invisible_characters_are_kept_with_a_note(text, note):
+    got: list[str] = []
+    words = parse_words(text.encode(), "f", got)
+    assert words == [line for line in text.split("\n") if line]
+    assert got == [note]
+    assert set("".join(words)) - set(Vocab.from_words(words).itos) == set(), "kept as characters"
+
+
+def test_spaces_edges_and_visible_unicode_are_silent():
+    got: list[str] = []
+    # leading/trailing spaces and tabs are stripped (their own note); letters with marks, CJK and
+    # emoji are visible characters: no note about invisible ones
+    assert parse_words(" emma\t\nzoë\n北京\n\U0001F600\nn\u0303\n".encode(), "f", got) == \
+        ["emma", "zoë", "北京", "\U0001F600", "n\u0303"]
+    assert got == ["1 name had leading/trailing spaces removed"]
+
+
+def test_spaces_and_invisible_characters_are_noted_by_train(tmp_path):
+    names = make_names(40, seed=5)
+    names[13], names[6], names[20] = "mary ann", "jo\u200dhn", "ann lee"
+    data = tmp_path / "names.txt"
+    data.write_text("\n".join(names) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    r = run_cli("train", "--data", data, "--steps", 5, "--n-hidden", 8, "--n-embd", 2, "--no-plots", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "Warning" not in r.stderr, r.stderr
+    assert notes(r) == ["2 names contain spaces inside (first at line 14: 'mary ann'), the space kept as a character",
+                        ("1 name contains invisible or control characters (U+200D ZERO WIDTH JOINER; "
+                         "line 7: 'jo\\u200dhn'), kept as characters; remove them if they are not meant to be "
+                         "part of names")]
+    _, vocab, _, _ = load_checkpoint(out / "model.npz")
+    assert " " in vocab.itos and "\u200d" in vocab.itos
+    quiet = run_cli("train", "--data", data, "--steps", 5, *TINY, "--no-plots", "--out", tmp_path / "q")
+    assert quiet.returncode == 0 and notes(quiet) == [], "--quiet silences the notes"
 
 
 # ----------------------------------------------------------------------------- outside the vocabulary
