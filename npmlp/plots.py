@@ -8,28 +8,45 @@ This module is imported only when a figure is drawn: `import npmlp` stays free o
 """
 from __future__ import annotations
 
+import re
 import warnings
+from functools import cache
 from pathlib import Path
 
 import numpy as np
+from matplotlib import cbook, font_manager
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.ft2font import FT2Font
+from matplotlib.text import Text
+from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from .fileio import atomic_open
 from .model import PARAM_NAMES
 
 DPI = 100
 BAND_BINS = 3000   # loss curves longer than 2x this draw the per-step losses as a min..max band
+GLYPH_WARNING = re.compile(r"Glyph (\d+) .*missing from")
 
 
-def save(fig: Figure, path) -> Path:
-    """Write `fig` as a PNG, atomically."""
+def save(fig: Figure, path, notes: list[str] | None = None) -> Path:
+    """Write `fig` as a PNG, atomically. Characters the font lacks are drawn as boxes; the figure
+    says so in a line of its own (note_missing_glyphs), and `notes` gets one sentence about it
+    naming the file, for the CLI to print as `npmlp: note: ...`."""
     path = Path(path)
-    with atomic_open(path, "wb") as f, warnings.catch_warnings():
-        # characters the default font lacks (CJK names...) are drawn as boxes; one warning per
-        # glyph per figure would flood stderr
-        warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
+    missing = note_missing_glyphs(fig)
+    with atomic_open(path, "wb") as f, warnings.catch_warnings(record=True) as caught:
+        # one warning per glyph per figure would flood stderr: the note says it once
+        warnings.filterwarnings("always", message="Glyph .* missing from", category=UserWarning)
         fig.savefig(f, format="png", dpi=DPI)
+    for w in caught:
+        m = GLYPH_WARNING.match(str(w.message))
+        if m is None:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)   # not ours to hide
+        elif chr(int(m.group(1))) not in missing:
+            missing.append(chr(int(m.group(1))))   # a text the check did not see (mathtext...)
+    if missing and notes is not None:
+        notes.append(f"{path.name}: {glyph_sentence(missing, with_chars=True)}")
     return path
 
 
@@ -38,44 +55,138 @@ def smoothing_window(n: int) -> int:
     return 1000 if n >= 20_000 else max(1, n // 20)
 
 
+def plural(n: int, word: str) -> str:
+    """'1 step', '2 steps', '1,000 steps'."""
+    return f"{n:,} {word}{'s' * (n != 1)}"
+
+
+# ----------------------------------------------------------------------------- fonts
+
+@cache
+def _charmap(path: str) -> tuple[str, frozenset[int]]:
+    font = FT2Font(path)
+    return font.family_name, frozenset(font.get_charmap())
+
+
+def _fonts(prop) -> list[str]:
+    """The font files matplotlib draws `prop` with: since matplotlib 3.6 a glyph missing from the
+    first family is looked up in the next ones of the family list (font.sans-serif...)."""
+    find_all = getattr(font_manager.fontManager, "_find_fonts_by_props", None)
+    if find_all is not None:
+        return [str(f) for f in find_all(prop)]
+    return [font_manager.findfont(prop)]
+
+
+def missing_glyphs(text: str, fontproperties=None) -> list[str]:
+    """The characters of `text` that none of the fonts drawing it has (matplotlib draws each as an
+    empty box), in order of first appearance. `fontproperties`: a FontProperties, default the
+    rcParams font (the one every figure here uses)."""
+    prop = font_manager.FontProperties() if fontproperties is None else fontproperties
+    maps = [_charmap(f)[1] for f in _fonts(prop)]
+    chars = dict.fromkeys(c for c in text if c not in "\n\r")     # distinct, in order
+    return [c for c in chars if not any(ord(c) in m for m in maps)]
+
+
+def font_name(fontproperties=None) -> str:
+    prop = font_manager.FontProperties() if fontproperties is None else fontproperties
+    return _charmap(_fonts(prop)[0])[0]
+
+
+def glyph_sentence(chars, with_chars: bool = False) -> str:
+    """'2 characters (U+5317, U+4EAC) are not in the font DejaVu Sans and show as boxes'. The
+    figure's own note names them by code only: drawn, the characters would be boxes too."""
+    listed = [f"U+{ord(c):04X}" + (f" {c!r}" if with_chars else "") for c in chars[:6]]
+    more = f" and {len(chars) - 6} more" if len(chars) > 6 else ""
+    one = len(chars) == 1
+    sentence = (f"{'character' if one else f'{len(chars)} characters'} ({', '.join(listed)}{more}) "
+                f"{'is' if one else 'are'} not in the font {font_name()} and show{'s' * one} as boxes")
+    if with_chars:   # the figure has no room for the remedy; the terminal has
+        sentence += "; add a font that has them to matplotlib's font.sans-serif to draw them"
+    return sentence
+
+
+def note_missing_glyphs(fig: Figure) -> list[str]:
+    """Check every text of `fig` against its font; if characters are missing, write one line about
+    it at the bottom of the figure (once). -> the missing characters."""
+    if hasattr(fig, "npmlp_missing_glyphs"):
+        return list(fig.npmlp_missing_glyphs)
+    missing: dict[str, None] = {}
+    for t in fig.findobj(Text):
+        text = t.get_text()
+        if text and not cbook.is_math_text(text) and not t.get_usetex():
+            missing.update(dict.fromkeys(missing_glyphs(text, t.get_fontproperties())))
+    fig.npmlp_missing_glyphs = tuple(missing)
+    if missing:
+        # supxlabel: constrained layout makes room for it below everything else
+        fig.supxlabel(f"note: {glyph_sentence(list(missing))}", x=0.01, ha="left", fontsize=9, color="0.35")
+    return list(missing)
+
+
 # ----------------------------------------------------------------------------- loss curve
 
 def loss_figure(lossi, decay_step: int | None = None, lr: float | None = None,
                 lr_decayed: float | None = None, batch_size: int | None = None) -> Figure:
-    """log10 of each step's minibatch loss (the lecture's `plt.plot(lossi)`), its block mean,
-    and a dashed line where the learning rate drops."""
-    lossi = np.asarray(lossi, np.float64)
+    """Each step's minibatch loss on a log axis (the lecture plots log10 of lossi), the arithmetic
+    mean of each block of steps, and a dashed line where the learning rate drops."""
+    lossi = np.asarray(lossi, np.float64)                    # (n,)
     n = len(lossi)
     steps = np.arange(n)
     w = smoothing_window(n)
-    m = n // w * w                                           # whole blocks only
-    blocks = np.log10(lossi[:m]).reshape(-1, w).mean(axis=1)  # (n // w,)
+    blocks = lossi[:n // w * w].reshape(-1, w).mean(axis=1)  # (n // w,) whole blocks only
+    # float32 losses of a confident model round to exactly 0 (seen with --batch-size 1); a log axis
+    # has no 0, so they are drawn at a floor below the smallest loss and marked
+    zero = lossi <= 0                                        # (n,)
+    pos = lossi[~zero]
+    floor = pos.min() / 2 if pos.size else 1e-8
+    shown = np.where(zero, floor, lossi)                     # (n,)
 
     fig = Figure(figsize=(9, 5), layout="constrained")
     ax = fig.add_subplot()
-    logl = np.log10(lossi)
+    ax.set_yscale("log")
     if n <= 2 * BAND_BINS:
-        ax.plot(steps, logl, lw=0.4, alpha=0.35, color="tab:blue", label="each step's minibatch")
+        short = n <= 100   # a short run, or a single step, shows its points
+        ax.plot(steps, shown, lw=1 if short else 0.4, alpha=0.8 if short else 0.35, color="tab:blue",
+                marker="o" if short else None, ms=3, label="each step's minibatch loss")
+        zx = steps[zero]
     else:
         # 200k steps are ~200 per pixel column: a line through all of them looks like the band of
         # each bin's min..max, and takes twice as long to draw (0.22 s vs 0.11 s for the lecture run)
         k = -(-n // BAND_BINS)                                                 # steps per bin
-        pad = np.pad(logl, (0, -n % k), mode="edge").reshape(-1, k)           # (bins, k)
-        x = np.minimum(np.arange(len(pad)) * k + (k - 1) / 2, n - 1)
+        pad = np.pad(shown, (0, -n % k), mode="edge").reshape(-1, k)          # (bins, k)
+        x = np.minimum(np.arange(len(pad)) * k + (k - 1) / 2, n - 1)           # (bins,)
         ax.fill_between(x, pad.min(axis=1), pad.max(axis=1), step="mid", lw=0, alpha=0.35, color="tab:blue",
-                        label="each step's minibatch")
-    ax.plot(np.arange(len(blocks)) * w + (w - 1) / 2, blocks, lw=2.2, color="tab:orange",
-            label=f"mean over {w:,}-step blocks")
+                        label="each step's minibatch loss (min..max)")
+        zx = x[np.unique(steps[zero] // k)]                                    # one mark per bin with a 0
+    if zero.any():
+        ax.plot(zx, np.full(len(zx), floor), ls="none", marker="v", ms=5, color="tab:red",
+                label=f"{plural(int(zero.sum()), 'step')} with loss exactly 0 (float32), drawn at {floor:.2g}")
+    if w > 1:
+        ax.plot(np.arange(len(blocks)) * w + (w - 1) / 2, np.maximum(blocks, floor), lw=2.2,
+                color="tab:orange", marker="o" if len(blocks) == 1 else None,
+                label=f"mean over {w:,}-step blocks")
     if decay_step is not None and 0 < decay_step < n:
         ax.axvline(decay_step, color="k", ls="--", lw=1)
         text = "learning rate drops" if lr is None else f"lr {lr:g} \u2192 {lr_decayed:g}"
-        ax.annotate(text, (decay_step, 0.97), xycoords=("data", "axes fraction"), xytext=(6, 0),
-                    textcoords="offset points", va="top", fontsize=11)
+        # left of the line: the legend holds the top right corner
+        ax.annotate(text, (decay_step, 0.97), xycoords=("data", "axes fraction"), xytext=(-6, 0),
+                    textcoords="offset points", ha="right", va="top", fontsize=11)
     batch = f" (batch {batch_size})" if batch_size else ""
-    final = f"; last block mean loss {10 ** blocks[-1]:.3f}" if len(blocks) else ""
-    ax.set(title=f"Training loss per step{batch}{final}", xlabel="step", ylabel="log10(loss)")
-    ax.legend(loc="upper right")
-    ax.grid(alpha=0.3)
+    if n == 0:
+        final = ""
+    elif w == 1:
+        final = f": loss of the last step {lossi[-1]:.3f}"
+    else:
+        final = f": mean loss of the last {w:,} steps {lossi[-w:].mean():.3f}"
+    ax.set(title=f"Training loss, {plural(n, 'step')}{batch}{final}", xlabel="step", ylabel="loss (log scale)")
+    # plain numbers (2, 3, 10) on the log axis, minor ticks labelled when the curve spans few decades
+    ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if 0 < n <= 100:
+        ax.set_xlim(-0.5, max(n - 0.5, 0.5))
+    if n:
+        ax.legend(loc="upper right")
+    ax.grid(alpha=0.3, which="both")
     return fig
 
 
@@ -111,6 +222,7 @@ def embedding_figure(C, itos, pca: bool = False) -> Figure:
     ax.set(title=f"Character embeddings C: {how}", xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.margins(0.08)
+    note_missing_glyphs(fig)   # CJK or other characters the font lacks: say so in the figure
     return fig
 
 
@@ -156,6 +268,7 @@ def gradient_figure(model, X, Y, itos) -> Figure:
     a.tick_params(labelsize=8)
     a.grid(alpha=0.3, axis="x")
     fig.suptitle("Gradients of one minibatch: dlogits, and a histogram of each parameter's gradient (count)", fontsize=14)
+    note_missing_glyphs(fig)
     return fig
 
 
@@ -181,16 +294,18 @@ def lr_find_figure(lre, losses, smoothed, best: float, suggested: float) -> Figu
 
 # ----------------------------------------------------------------------------- a run's figures
 
-def write_run_figures(out, model, vocab, lossi=None, cfg=None, pca: bool = False, batch=None):
+def write_run_figures(out, model, vocab, lossi=None, cfg=None, pca: bool = False, batch=None,
+                      notes: list[str] | None = None):
     """loss.png (if lossi has steps), embedding.png, and gradients.png if batch = (X, Y) is
-    given, into the run directory `out`. -> the paths written."""
+    given, into the run directory `out`. -> the paths written. A figure drawing characters the
+    font lacks appends one sentence to `notes` (see save)."""
     out = Path(out)
     written = []
     if lossi is not None and len(lossi):
         decay = int(cfg.decay_at * cfg.steps) if cfg is not None and cfg.lr_decayed != cfg.lr else None
         written.append(save(loss_figure(lossi, decay, getattr(cfg, "lr", None), getattr(cfg, "lr_decayed", None),
-                                        getattr(cfg, "batch_size", None)), out / "loss.png"))
-    written.append(save(embedding_figure(model.params["C"], vocab.itos, pca), out / "embedding.png"))
+                                        getattr(cfg, "batch_size", None)), out / "loss.png", notes))
+    written.append(save(embedding_figure(model.params["C"], vocab.itos, pca), out / "embedding.png", notes))
     if batch is not None:
-        written.append(save(gradient_figure(model, *batch, vocab.itos), out / "gradients.png"))
+        written.append(save(gradient_figure(model, *batch, vocab.itos), out / "gradients.png", notes))
     return written
