@@ -1,5 +1,8 @@
 """Checkpoints: one .npz of plain arrays, written atomically, read with allow_pickle=False
-(so loading a file can never run code), and validated before anything is used."""
+(so loading a file can never run code), and validated before anything is used.
+
+Format 2 names its model (`meta["model"]`, `meta["sizes"]`) and holds the model's params and
+buffers (running statistics) by name. Format 1 (npmlp 0.1, the lecture's MLP only) still loads."""
 from __future__ import annotations
 
 import json
@@ -9,18 +12,22 @@ import numpy as np
 from .data import Vocab
 from .errors import NpmlpError
 from .fileio import atomic_open
-from .model import MLP, PARAM_NAMES, param_shapes
+from .models import MODELS, buffers
 
-FORMAT = "npmlp-checkpoint-1"
+PREFIX = "npmlp-checkpoint-"
+VERSION = 2
+FORMAT = f"{PREFIX}{VERSION}"
+RESERVED = {"meta", "lossi"}   # array names that are not the model's
 
 
-def save_checkpoint(path, model: MLP, vocab: Vocab, meta: dict, lossi=None) -> None:
-    """params C, W1, b1, W2, b2; `meta` (JSON: vocab, sizes, config, step...); optional lossi."""
-    if not np.isfinite(model.flat).all():
+def save_checkpoint(path, model, vocab: Vocab, meta: dict, lossi=None) -> None:
+    """The model's params and buffers; `meta` (JSON: config, step...) with the model's kind,
+    sizes, vocabulary and dtype added; optional lossi."""
+    arrays = {**model.params, **buffers(model)}
+    if not all(np.isfinite(a).all() for a in arrays.values()):
         raise NpmlpError("refusing to save a checkpoint with NaN/inf parameters")
-    meta = dict(meta, format=FORMAT, itos=list(vocab.itos), dtype=str(model.dtype),
-                block_size=model.block_size, n_embd=model.n_embd, n_hidden=model.n_hidden)
-    arrays = {k: model.params[k] for k in PARAM_NAMES}
+    meta = dict(meta, format=FORMAT, model=model.kind, sizes=model.sizes, itos=list(vocab.itos),
+                dtype=str(model.dtype))
     if lossi is not None:
         arrays["lossi"] = np.asarray(lossi, np.float32)
     meta["arrays"] = sorted([*arrays, "meta"])           # so a member lost from the zip is noticed
@@ -58,41 +65,64 @@ def _read_arrays(path, name: str) -> dict:
         raise NpmlpError(corrupt) from None
 
 
+def _model_meta(meta) -> tuple[type, dict]:
+    """(model class, sizes) from the metadata of either format; raises on anything malformed."""
+    if meta["format"] == FORMAT:
+        return MODELS[meta["model"]], {k: int(v) for k, v in meta["sizes"].items()}
+    if meta["format"] != f"{PREFIX}1":
+        raise ValueError(meta["format"])
+    # format 1: the lecture's MLP, its sizes at the top level, trained by today's fast engine
+    meta["model"], meta["run"] = "mlp", dict(meta.get("run") or {})
+    meta["sizes"] = {k: int(meta[k]) for k in ("block_size", "n_embd", "n_hidden")}
+    meta["run"].setdefault("engine", "fast")
+    return MODELS["mlp"], meta["sizes"]
+
+
 def load_checkpoint(path):
-    """-> (model, vocab, meta, lossi or None). Raises NpmlpError naming what is wrong."""
+    """-> (model, vocab, meta, lossi or None). Raises NpmlpError naming what is wrong; a model is
+    built only from a file that passed every check."""
     name = str(path)
     files = _read_arrays(path, name)
-    missing = [k for k in (*PARAM_NAMES, "meta") if k not in files]
-    if missing:
-        raise NpmlpError(f"checkpoint {name} lacks {', '.join(missing)}; it was not written by npmlp")
-    extra = sorted(set(files) - {*PARAM_NAMES, "meta", "lossi"})
-    if extra:  # e.g. a damaged member name: refuse rather than load part of the file
-        raise NpmlpError(f"checkpoint {name} holds unexpected arrays {', '.join(extra)}; it is damaged or "
-                         f"was not written by npmlp")
+    if "meta" not in files:
+        raise NpmlpError(f"checkpoint {name} lacks meta; it was not written by npmlp")
     try:
         meta = json.loads(str(files["meta"]))
+        fmt = meta["format"]
+    except Exception:  # not JSON, not a dict, no format
+        fmt = meta = None
+    if isinstance(fmt, str) and fmt.startswith(PREFIX) and fmt not in (FORMAT, f"{PREFIX}1"):
+        raise NpmlpError(f"checkpoint {name} has format {fmt!r}, newer than this npmlp reads ({FORMAT!r}); "
+                         f"upgrade npmlp")
+    try:
+        cls, sizes = _model_meta(meta)
         itos = meta["itos"]
-        T, E, H = int(meta["block_size"]), int(meta["n_embd"]), int(meta["n_hidden"])
         dtype = np.dtype(meta["dtype"])
-        ok = (meta.get("format") == FORMAT and isinstance(itos, list) and itos[:1] == ["."]
-              and all(isinstance(c, str) and len(c) == 1 for c in itos) and len(set(itos)) == len(itos)
-              and min(T, E, H) >= 1 and dtype in (np.float32, np.float64))
-    except Exception:  # not JSON, not a dict, a key missing, a value of the wrong type...
+        ok = (isinstance(itos, list) and itos[:1] == ["."] and len(set(itos)) == len(itos)
+              and all(isinstance(c, str) and len(c) == 1 for c in itos)
+              and min(sizes.values()) >= 1 and dtype in (np.float32, np.float64))
+        want = cls.shapes(len(itos), **sizes)
+    except Exception:  # a key missing, a value of the wrong type, an unknown model or size...
         ok = False
     if not ok:
         raise NpmlpError(f"checkpoint {name} has missing or malformed metadata; it was not written by "
                          f"this version of npmlp")
+    missing = [k for k in want if k not in files]
+    if missing:
+        raise NpmlpError(f"checkpoint {name} lacks {', '.join(missing)}; it was not written by npmlp")
+    extra = sorted(set(files) - set(want) - RESERVED)
+    if extra:  # e.g. a damaged member name: refuse rather than load part of the file
+        raise NpmlpError(f"checkpoint {name} holds unexpected arrays {', '.join(extra)}; it is damaged or "
+                         f"was not written by npmlp")
     listed = meta.get("arrays")
     if listed is not None and sorted(files) != listed:  # zip members are CRC-checked, their list is not
         raise NpmlpError(f"checkpoint {name} holds arrays {', '.join(sorted(files))} but was written with "
                          f"{', '.join(map(str, listed))}; the file is damaged")
     vocab = Vocab(tuple(itos))
-    want = param_shapes(vocab.size, T, E, H)
-    for k in PARAM_NAMES:
+    for k, shape in want.items():
         a = files[k]
-        if a.shape != want[k]:
-            raise NpmlpError(f"checkpoint {name}: {k} has shape {a.shape}, expected {want[k]} "
-                             f"for vocab {vocab.size}, block_size {T}, n_embd {E}, n_hidden {H}")
+        if a.shape != shape:
+            raise NpmlpError(f"checkpoint {name}: {k} has shape {a.shape}, expected {shape} "
+                             f"for vocab {vocab.size}, {', '.join(f'{s} {v}' for s, v in sizes.items())}")
         if a.dtype != dtype:
             raise NpmlpError(f"checkpoint {name}: {k} has dtype {a.dtype}, expected {dtype}")
         if not np.isfinite(a).all():
@@ -101,4 +131,7 @@ def load_checkpoint(path):
     if lossi is not None and (lossi.ndim != 1 or lossi.dtype != np.float32 or not np.isfinite(lossi).all()):
         raise NpmlpError(f"checkpoint {name}: the loss history lossi is not a finite float32 vector "
                          f"(shape {lossi.shape}, dtype {lossi.dtype}); the file is damaged")
-    return MLP({k: files[k] for k in PARAM_NAMES}), vocab, meta, lossi
+    model = cls({k: files[k] for k in cls.param_names})
+    for k, a in buffers(model).items():
+        a[...] = files[k]
+    return model, vocab, meta, lossi

@@ -1,36 +1,35 @@
 """The lecture's learning-rate sweep: from a fresh model, one SGD step per rate, the rate growing
 exponentially (lre = linspace(-3, 0, 1000), lr = 10**lre), and the loss of each step recorded.
 
-The loss falls while the rate is useful and climbs once steps overshoot. Each step is
-train.sgd run for exactly one step, so the update and the minibatches are those of training.
+The loss falls while the rate is useful and climbs once steps overshoot. Each step is a training
+step of the chosen engine (runs.engine_steps), so the update and the minibatches are training's.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .model import MLP
-from .train import Diverged, TrainConfig, make_pool, sgd
+from .model import SEED
+from .train import Diverged, TrainConfig
 
 MARGIN = 0.2  # suggested exponent = exponent of the smoothed minimum minus this (rate / 1.6)
 
 
-def sweep(model: MLP, X, Y, lre, batch_size: int = 32, seed: int = 2147483647, on_step=None,
-          processes: int | None = None):
-    """Train `model` in place, step i at rate 10**lre[i]; -> losses (len(lre),), NaN after a
-    divergence (the sweep stops there: the model is ruined). on_step(i, loss, lr) is optional."""
+def sweep(steps, X, Y, lre, batch_size: int = 32, seed: int = SEED, on_step=None):
+    """Train a model in place with `steps` (runs.engine_steps of it), step i at rate 10**lre[i];
+    -> losses (len(lre),), NaN from a divergence on (the sweep stops there: the model is ruined).
+    on_step(i, loss, lr) is optional."""
     n = len(lre)
     losses = np.full(n, np.nan, np.float32)     # the lecture's `lossi` against `lri`
-    with make_pool(model, batch_size, processes) as pool:   # one set of helper processes for the whole sweep
-        for i, e in enumerate(lre):
-            lr = float(10.0 ** e)
-            cfg = TrainConfig(steps=n, batch_size=batch_size, lr=lr, lr_decayed=lr, seed=seed)
-            try:
-                sgd(model, X, Y, cfg, losses, start=i, stop=i + 1, pool=pool)
-            except Diverged:
-                losses[i] = np.nan
-                break
-            if on_step is not None:
-                on_step(i, float(losses[i]), lr)
+    for i, e in enumerate(lre):
+        lr = float(10.0 ** e)
+        cfg = TrainConfig(steps=n, batch_size=batch_size, lr=lr, lr_decayed=lr, seed=seed)
+        try:
+            steps(X, Y, cfg, losses, i, i + 1, None)
+        except Diverged:
+            losses[i] = np.nan
+            break
+        if on_step is not None:
+            on_step(i, float(losses[i]), lr)
     return losses
 
 

@@ -1,13 +1,13 @@
-"""Helper processes that run some of a large batch's chunks on the other CPU cores.
+"""Helper processes that run some of a large batch's chunks on the other CPU cores (fast tier).
 
 NumPy runs element-wise work on one core, and two Python threads serialise on the GIL (measured:
-no gain), so a batch of several chunks (train.CHUNK rows each) is shared with forked processes:
+no gain), so a batch of several chunks (fast.CHUNK rows each) is shared with forked processes:
 
     parent:  gather the rows -> copy params to shared memory -> "go" -> its chunks -> wait -> sum, update
     helper:                                         "go" -> copy params -> its chunks -> "done"
 
-Each helper runs the same model.forward/backward on its chunks (a copy of the model made by the
-fork) and writes each chunk's gradient and loss into shared memory. The parent adds the chunk
+Each helper runs the same fast.run_chunks on its chunks (with a copy of the engine made by the
+fork) and writes each chunk's update and loss into shared memory. The parent adds the chunk
 gradients in chunk order, exactly as a one-process run does, so the result is the same bits.
 Linux only (fork); helpers ignore Ctrl-C (the parent handles it) and exit when the parent closes
 their pipe or dies.
@@ -25,13 +25,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from .errors import NpmlpError
-from .model import Workspace
+from .fast import Chunks, batch_chunks, run_chunks
 
 _PARENT_ENDS: set = set()   # the pipe ends of every open pool: a new helper must close its copies
-_BLAS = {"pools": 0, "limit": None}   # one BLAS-thread limit shared by every open pool
 
 
 class HelperFailed(NpmlpError):
@@ -138,48 +136,22 @@ class Receiver:
         return conn.recv_bytes()
 
 
-def run_chunks(model, ks, chunks, xb, yb, lr, ws, grads, parts):
-    """Forward and backward of the chunks ks of one batch: chunk k's share of the SGD update into
-    grads[k] (a flat vector like model.flat), its loss into parts[k]. A chunk whose loss is not
-    finite gets no backward: the caller refuses the step."""
-    for k in ks:
-        a, b, share = chunks[k]
-        part, cache = model.forward(xb[a:b], yb[a:b], ws)
-        parts[k] = part
-        if math.isfinite(part):
-            # backprop from dloss = -lr (times the chunk's share of the batch mean) instead of 1:
-            # every gradient comes out multiplied by -lr, so grads[k] IS that chunk's -lr * p.grad
-            model.backward(cache, grads[k], ws, dloss=-lr * share)
+class ChunkPool(Chunks):
+    """fast.Chunks with `processes - 1` forked helpers that run some of the chunks: the arrays a
+    step shares (the params (P,), each chunk's update (n, P) and loss (n,), the gathered rows Xg,
+    Yg) live in shared memory. The parent runs the chunks `self.mine`. Use as a context manager:
+    close() stops the helpers."""
 
+    array = staticmethod(shared_array)
 
-class ChunkPool:
-    """`processes - 1` forked helpers for batches of `batch_size` rows cut into `chunks`
-    [(first row, end, share of the batch)], with the shared arrays a step needs: params (P,),
-    grads (n, P), parts (n,), Xg (G, B, T) and Yg (G, B) the gathered rows of G steps.
-    The parent runs chunks `self.mine`; use as a context manager (close() stops the helpers)."""
-
-    def __init__(self, model, chunks, batch_size: int, group: int, processes: int):
-        n, P = len(chunks), model.flat.size
+    def __init__(self, model, batch_size: int, processes: int):
+        super().__init__(model, batch_size)
+        n = len(self.chunks)
         processes = max(1, min(processes, n)) if sys.platform.startswith("linux") else 1
-        self.params = shared_array((P,), model.dtype)
-        self.grads = shared_array((n, P), model.dtype)
-        self.parts = shared_array((n,), np.float64)
-        self.Xg = shared_array((group, batch_size, model.block_size), np.intp)
-        self.Yg = shared_array((group, batch_size), np.intp)
+        self.params = shared_array(self.engine.flat.shape, model.dtype)
         cuts = [n * p // processes for p in range(processes + 1)]     # contiguous runs of chunks
-        self.chunks, self.mine = chunks, range(cuts[0], cuts[1])
-        self.grad_rows = list(self.grads)                              # the same row views every call
-        self.conns, self.procs, self._owed, self.closed = [], [], [], False
-        self._recv = []                                                # one Receiver per helper
-        # One BLAS thread per process while training (forked helpers inherit the setting). The
-        # step's matmuls (<= 128 rows) are too small for a second thread: B=32 took 81 us a step
-        # with OpenBLAS's two threads vs 73 with one; and with helpers, OpenBLAS's idle threads
-        # spin: two processes x two threads on two cores took 60 ms a step instead of 1.
-        # Open pools share one limit: the first sets it, the last to close restores the threads.
-        if _BLAS["pools"] == 0:
-            _BLAS["limit"] = threadpool_limits(1, user_api="blas")
-        _BLAS["pools"] += 1
-        self._model = model
+        self.mine = range(cuts[0], cuts[1])
+        self.conns, self.procs, self._owed, self._recv = [], [], [], []   # one Receiver per helper
         if processes == 1:
             return
         ctx = multiprocessing.get_context("fork")
@@ -187,8 +159,7 @@ class ChunkPool:
             for p in range(1, processes):
                 parent_end, child_end = ctx.Pipe()
                 proc = ctx.Process(target=self._helper, daemon=True, name=f"npmlp-helper-{p}",
-                                   args=(child_end, [*_PARENT_ENDS, parent_end], model,
-                                         range(cuts[p], cuts[p + 1]), chunks))
+                                   args=(child_end, [*_PARENT_ENDS, parent_end], range(cuts[p], cuts[p + 1])))
                 proc.start()
                 child_end.close()
                 self.conns.append(parent_end)
@@ -199,7 +170,7 @@ class ChunkPool:
             self.close()
             raise
 
-    def _helper(self, conn, parent_ends, model, ks, chunks):
+    def _helper(self, conn, parent_ends, ks):
         """The loop a helper runs: wait for "go" (group index, lr), do chunks ks, answer."""
         for c in parent_ends:    # the fork copied the parent's pipe ends: while they are open here,
             c.close()            # the parent closing its own would not end our recv with EOF
@@ -208,15 +179,15 @@ class ChunkPool:
         # pipe, or dies (EOF).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        ws, grads, recv = Workspace(), self.grad_rows, Receiver()
+        eng, recv = self.engine, Receiver()
         try:
             while True:
                 try:
                     g, lr = struct.unpack("<id", recv(conn))
                 except EOFError:                       # the parent closed the pipe (or died)
                     return
-                np.copyto(model.flat, self.params)
-                run_chunks(model, ks, chunks, self.Xg[g], self.Yg[g], lr, ws, grads, self.parts)
+                np.copyto(eng.flat, self.params)
+                run_chunks(eng, ks, self.chunks, self.Xg[g], self.Yg[g], lr, self.grad_views, self.parts)
                 conn.send_bytes(b"")
         except BaseException as e:  # noqa: BLE001  (any failure: report it, no traceback)
             try:
@@ -227,7 +198,9 @@ class ChunkPool:
     def start(self, g: int, lr: float, flat):
         """Hand the current params and "go on the rows Xg[g]" to every helper."""
         if self.closed:
-            raise ValueError("this ChunkPool is closed")
+            raise ValueError("this pool is closed")
+        if not self.conns:
+            return
         if self._owed:           # a step interrupted between start and wait (an exception in the
             self._drain()        # parent): its late answers must not be read as this step's
         np.copyto(self.params, flat)
@@ -276,15 +249,16 @@ class ChunkPool:
             if proc.is_alive():                        # it ignores SIGTERM
                 proc.kill()
                 proc.join()
-        self.conns, self.procs, self._recv, self._owed, self.closed = [], [], [], [], True
-        _BLAS["pools"] -= 1
-        if _BLAS["pools"] == 0:
-            _BLAS["limit"].restore_original_limits()
-        for row in self.grad_rows:     # the model's views of our shared rows would keep them mapped
-            self._model.forget_views(row)
+        self.conns, self.procs, self._recv, self._owed = [], [], [], []
+        super().close()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
+def make_pool(model, batch_size: int, processes: int | None = None) -> Chunks:
+    """What fast.sgd runs batches of batch_size rows with: a ChunkPool with one process per chunk
+    up to the usable cores (or `processes`), or a plain fast.Chunks when that is one process.
+    Forking costs ~20 ms: make one per run, not per step, and before any thread starts (a fork
+    beside a running thread can deadlock the child; Python 3.12+ warns)."""
+    n = len(batch_chunks(batch_size))
+    procs = default_processes(n) if processes is None else min(processes, n)
+    return ChunkPool(model, batch_size, procs) if procs > 1 and sys.platform.startswith("linux") \
+        else Chunks(model, batch_size)

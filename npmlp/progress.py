@@ -12,6 +12,9 @@ class Progress:
         self.every, self.quiet, self.bar = every, quiet, None
         if not quiet:
             from tqdm import tqdm
+            # no monitor thread: the bar is updated often anyway, and a process that forks (the fast
+            # engine's helpers, another library's workers) must have no other thread running
+            tqdm.monitor_interval = 0
             self.bar = tqdm(total=total, initial=start, desc=desc, unit="step", file=sys.stderr,
                             dynamic_ncols=True, mininterval=0.25, smoothing=0.05)
         self._last = start

@@ -1,12 +1,10 @@
-"""A torch autograd mirror of the model, for tests, benchmarks and `npmlp gradcheck` only.
+"""torch autograd mirrors of npmlp's models, for tests, benchmarks and `npmlp gradcheck` only.
 
 torch is imported inside the functions: `import npmlp` never needs it.
 """
 from __future__ import annotations
 
 import numpy as np
-
-from .model import ACT_NAMES, PARAM_NAMES
 
 
 def torch_available() -> bool:
@@ -32,31 +30,38 @@ def torch_forward(P, X, Y):
     return loss, {"logits": logits, "h": h, "hpreact": hpreact, "embcat": embcat, "emb": emb}
 
 
-def torch_loss_and_grads(params, X, Y):
-    """params: dict of NumPy arrays (dtype kept). -> (loss, grads, act_grads), all NumPy."""
-    import torch
+FORWARDS = {"mlp": torch_forward}
 
-    P = {k: torch.tensor(np.asarray(params[k]), requires_grad=True) for k in PARAM_NAMES}
-    loss, acts = torch_forward(P, torch.as_tensor(np.asarray(X, np.int64)), torch.as_tensor(np.asarray(Y, np.int64)))
+
+def _tensors(params, X, Y):
+    import torch
+    P = {k: torch.tensor(np.asarray(v), requires_grad=True) for k, v in params.items()}
+    return P, torch.as_tensor(np.asarray(X, np.int64)), torch.as_tensor(np.asarray(Y, np.int64))
+
+
+def torch_loss_and_grads(model, X, Y):
+    """The same model in torch, from the same params (dtype kept), on X (B, T), Y (B,).
+    -> (loss, grads, act_grads), all NumPy."""
+    P, Xt, Yt = _tensors(model.params, X, Y)
+    loss, acts = FORWARDS[model.kind](P, Xt, Yt)
     for a in acts.values():
         a.retain_grad()
     loss.backward()
-    grads = {k: P[k].grad.numpy() for k in PARAM_NAMES}
-    dacts = {k: acts[k].grad.numpy() for k in ACT_NAMES}
+    grads = {k: p.grad.numpy() for k, p in P.items()}
+    dacts = {k: a.grad.numpy() for k, a in acts.items()}
     return loss.item(), grads, dacts
 
 
-def torch_sgd(params, X, Y, batches, lrs):
-    """The lecture's training loop in torch: for each row-index batch, forward, backward,
-    p.data += -lr * p.grad. Returns (losses, final params as NumPy)."""
+def torch_sgd(model, X, Y, batches, lrs):
+    """The lecture's training loop in torch from the model's params: for each row-index batch,
+    forward, backward, p.data += -lr * p.grad. Returns (losses, final params as NumPy)."""
     import torch
 
-    P = {k: torch.tensor(np.asarray(params[k]), requires_grad=True) for k in PARAM_NAMES}
-    Xt, Yt = torch.as_tensor(np.asarray(X, np.int64)), torch.as_tensor(np.asarray(Y, np.int64))
+    P, Xt, Yt = _tensors(model.params, X, Y)
     losses = []
     for ix, lr in zip(batches, lrs):
         ix = torch.as_tensor(np.asarray(ix, np.int64))
-        loss, _ = torch_forward(P, Xt[ix], Yt[ix])
+        loss, _ = FORWARDS[model.kind](P, Xt[ix], Yt[ix])
         for p in P.values():
             p.grad = None
         loss.backward()
