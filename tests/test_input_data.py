@@ -8,9 +8,9 @@ from conftest import make_names, run_cli
 from errcheck import TINY, assert_user_error, notes, snapshot
 
 from npmlp.checkpoint import load_checkpoint
-from npmlp.runs import Splits
 from npmlp.data import Vocab, build_dataset, load_words, parse_words
 from npmlp.errors import NpmlpError
+from npmlp.runs import Splits
 
 NAMES = make_names(60, seed=3)
 
