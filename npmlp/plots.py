@@ -146,7 +146,7 @@ def loss_figure(lossi, decay_step: int | None = None, lr: float | None = None,
     if n <= 2 * BAND_BINS:
         short = n <= 100   # a short run, or a single step, shows its points
         ax.plot(steps, shown, lw=1 if short else 0.4, alpha=0.8 if short else 0.35, color="tab:blue",
-                marker="o" if short else None, ms=3, label="each step's minibatch loss")
+                marker="o" if short else None, ms=5 if n <= 10 else 3, label="each step's minibatch loss")
         zx = steps[zero]
     else:
         # 200k steps are ~200 per pixel column: a line through all of them looks like the band of
@@ -167,9 +167,8 @@ def loss_figure(lossi, decay_step: int | None = None, lr: float | None = None,
     if decay_step is not None and 0 < decay_step < n:
         ax.axvline(decay_step, color="k", ls="--", lw=1)
         text = "learning rate drops" if lr is None else f"lr {lr:g} \u2192 {lr_decayed:g}"
-        # left of the line: the legend holds the top right corner
-        ax.annotate(text, (decay_step, 0.97), xycoords=("data", "axes fraction"), xytext=(-6, 0),
-                    textcoords="offset points", ha="right", va="top", fontsize=11)
+        ax.annotate(text, (decay_step, 0.97), xycoords=("data", "axes fraction"), xytext=(6, 0),
+                    textcoords="offset points", va="top", fontsize=11)
     batch = f" (batch {batch_size})" if batch_size else ""
     if n == 0:
         final = ""
@@ -183,9 +182,11 @@ def loss_figure(lossi, decay_step: int | None = None, lr: float | None = None,
     ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if 0 < n <= 100:
-        ax.set_xlim(-0.5, max(n - 0.5, 0.5))
-    if n:
-        ax.legend(loc="upper right")
+        ax.set_xlim(-0.5, n - 0.5)
+    if 0 < n <= 10:
+        ax.set_xticks(steps)   # MaxNLocator would show -0.4 .. 0.4 around a single step
+    if n:   # below the axes: noisy runs (batch 1) fill the whole plot, up to its top corners
+        fig.legend(loc="outside lower center", ncols=2 if zero.any() else 3, fontsize=9, frameon=False)
     ax.grid(alpha=0.3, which="both")
     return fig
 

@@ -75,7 +75,7 @@ def test_losses_of_exactly_zero_are_drawn_at_the_floor_and_said(tmp_path):
     assert np.array_equal(zeros[0].get_xdata(), np.flatnonzero(lossi == 0))
     blocks = lines[f"mean over {w}-step blocks"].get_ydata()
     np.testing.assert_allclose(blocks, lossi.astype(np.float64).reshape(-1, w).mean(axis=1), rtol=1e-12)
-    assert label in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert label in [t.get_text() for t in fig.legends[0].get_texts()]
     saved(fig, tmp_path / "loss.png")
 
 
