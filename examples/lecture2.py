@@ -160,11 +160,11 @@ def _(MLP, TrainConfig, Xtr, Ytr, block_size, lr, mo, n_embd, n_hidden, np, plot
 
     def _redraw(step, loss):
         if (step + 1) % _every == 0:
-            mo.output.replace(plots.loss_figure(lossi[:step + 1], int(cfg.decay_at * cfg.steps),
+            mo.output.replace(plots.loss_figure(lossi[:step + 1], cfg.decay_step,
                                                 cfg.lr, cfg.lr_decayed, cfg.batch_size))
 
     sgd(model, Xtr, Ytr, cfg, lossi, on_step=_redraw)
-    plots.loss_figure(lossi, int(cfg.decay_at * cfg.steps), cfg.lr, cfg.lr_decayed, cfg.batch_size)
+    plots.loss_figure(lossi, cfg.decay_step, cfg.lr, cfg.lr_decayed, cfg.batch_size)
     return lossi, model
 
 

@@ -232,7 +232,10 @@ def write_run_figures(args, run):
     if args.no_plots:
         return []
     from . import plots  # matplotlib only when a figure is drawn
-    return plots.write_run_figures(run.out, run.model, run.vocab, run.lossi, run.cfg)
+    missing: list[str] = []
+    written = plots.write_run_figures(run.out, run.model, run.vocab, run.lossi, run.cfg, notes=missing)
+    notes(args, missing)
+    return written
 
 
 # ----------------------------------------------------------------------------- reading tools
@@ -351,7 +354,9 @@ def cmd_plot(args):
     data = run_splits(args, meta, model, vocab)
     batch = gradcheck.minibatch(*data.train, cfg.batch_size, args.seed)
     out = runs.make_out_dir(Path(args.out)) if args.out else ckpt.parent
-    written = plots.write_run_figures(out, model, vocab, lossi, cfg, pca=args.pca, batch=batch)
+    missing: list[str] = []
+    written = plots.write_run_figures(out, model, vocab, lossi, cfg, pca=args.pca, batch=batch, notes=missing)
+    notes(args, missing)
     print("wrote:", *written, sep="\n  ")
 
 

@@ -177,11 +177,11 @@ def parse_table(text: str) -> dict:
     """A printed table -> {row name without 'd': {column header: cell}} (for tests and tools)."""
     lines = text.splitlines()
     i = next(k for k, line in enumerate(lines) if line.split()[:1] == ["tensor"])
-    head = lines[i].split()                       # no header holds a space
     spans, at = [], 0
     for dashes in lines[i + 1].split("  "):       # the rule under the header: one run per column
         spans.append((at, at + len(dashes)))
         at += len(dashes) + 2
+    head = [lines[i][a:b].strip() for a, b in spans]
     out = {}
     for line in lines[i + 2:]:
         if line.startswith("-"):

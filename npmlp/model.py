@@ -85,8 +85,7 @@ class MLP:
         """scheme 'lecture': standard normal, as in makemore part 2. 'kaiming': part 3's fix for a
         confidently wrong softmax and a saturated tanh: W1 * (5/3)/sqrt(T*E) (tanh's gain over
         the fan-in), b1 * 0.01, W2 * 0.01, b2 = 0. Sizes left None are the lecture's."""
-        d = cls.DEFAULTS
-        T, E, H = block_size or d["block_size"], n_embd or d["n_embd"], n_hidden or d["n_hidden"]
+        T, E, H = (d if v is None else v for v, d in zip((block_size, n_embd, n_hidden), cls.DEFAULTS.values()))
         check_sizes(vocab_size=vocab_size, block_size=T, n_embd=E, n_hidden=H)
         rng = np.random.default_rng(seed)
         p = {k: rng.standard_normal(s) for k, s in param_shapes(vocab_size, T, E, H).items()}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from npmlp.gradcheck import central_difference
-from npmlp.layers import cross_entropy_forward, linear_forward, tanh_forward, with_ones
+from npmlp.layers import cross_entropy_forward, linear_forward, tanh_forward
 from npmlp.model import MLP, PARAM_NAMES, param_shapes
 
 EPS = 1e-5
@@ -76,17 +76,22 @@ def test_random_direction_derivative():
     X = rng.integers(0, 27, size=(64, 3)).astype(np.uint8)
     Y = rng.integers(0, 27, size=64).astype(np.uint8)
     _, grads = model.loss_and_grads(X, Y)
-    g = np.concatenate([grads[k].ravel() for k in PARAM_NAMES])  # same order as model.flat
-    p0 = model.flat.copy()
+    p0 = {k: p.copy() for k, p in model.params.items()}
+
+    def move(u, t):
+        for k, p in model.params.items():
+            p[...] = p0[k] + t * u[k]
+
     for _ in range(3):
-        u = rng.standard_normal(p0.size)
-        u /= np.linalg.norm(u)
-        model.flat[:] = p0 + EPS * u
+        u = {k: rng.standard_normal(p.shape) for k, p in p0.items()}
+        norm = np.sqrt(sum((v ** 2).sum() for v in u.values()))
+        u = {k: v / norm for k, v in u.items()}
+        move(u, EPS)
         fp = model.loss(X, Y)
-        model.flat[:] = p0 - EPS * u
+        move(u, -EPS)
         fm = model.loss(X, Y)
-        model.flat[:] = p0
-        num, ana = (fp - fm) / (2 * EPS), float(g @ u)
+        move(u, 0)
+        num, ana = (fp - fm) / (2 * EPS), float(sum((grads[k] * u[k]).sum() for k in PARAM_NAMES))
         assert abs(num - ana) / max(abs(num) + abs(ana), 1e-300) < REL, (num, ana)
 
 
@@ -103,14 +108,16 @@ def test_intermediate_grads_vs_central_differences():
     def from_logits(logits):
         return float(cross_entropy_forward(logits, Y)[0])
 
+    P = model.params
+
     def from_h(h):
-        return from_logits(linear_forward(with_ones(h), model.W2b)[0])
+        return from_logits(linear_forward(h, P["W2"], P["b2"])[0])
 
     def from_hpreact(hpreact):
         return from_h(tanh_forward(hpreact)[0])
 
     def from_emb(emb):
-        return from_hpreact(linear_forward(with_ones(emb.reshape(B, T * E)), model.W1b)[0])
+        return from_hpreact(linear_forward(emb.reshape(B, T * E), P["W1"], P["b1"])[0])
 
     for name, fn in [("logits", from_logits), ("h", from_h), ("hpreact", from_hpreact), ("emb", from_emb)]:
         x = np.array(getattr(cache, name), copy=True)

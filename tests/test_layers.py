@@ -1,5 +1,5 @@
 """Every layer pair of npmlp/layers.py, forward and backward, against a torch autograd mirror of
-that one layer (the mirrors live here, not in the library), plus the `out=` buffer variants.
+that one layer (the mirrors live here, not in the library).
 
 Legend: B batch, T block_size, E n_embd, I/O a linear layer's in/out width, H hidden, V vocab.
 Tolerances (relative to the largest |reference| value of the array, see `check`):
@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import check
-import torch
-import torch.nn.functional as F
+from helpers import check
 
 from npmlp.layers import (cross_entropy_backward, cross_entropy_forward, embedding_backward,
                           embedding_forward, linear_backward, linear_forward, tanh_backward,
-                          tanh_forward, with_ones)
-from npmlp.model import Workspace
+                          tanh_forward)
 
+torch = pytest.importorskip("torch", reason="torch is not installed: these tests compare each layer with it")
+F = torch.nn.functional
 RTOL = {np.float64: 1e-10, np.float32: 2e-5}
 DTYPES = [np.float64, np.float32]
-
-
-pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
 
 
 def t(a, grad=False):
@@ -81,25 +76,25 @@ def test_embedding_backward_every_index_the_same(dtype, B, T):
 # ----------------------------------------------------------------------------- linear
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("B,I,O", [(1, 1, 1), (1, 30, 200), (32, 30, 200), (7, 3, 27), (256, 80, 300)])
-def test_linear_vs_torch(dtype, B, I, O):
+def test_linear_vs_torch(dtype, bias, B, I, O):
     rng = np.random.default_rng(B + I + O)
     x, W, b = randn(rng, (B, I), dtype), randn(rng, (I, O), dtype), randn(rng, (O,), dtype)  # nonzero b
     dout = randn(rng, (B, O), dtype)
     x0, W0, b0 = x.copy(), W.copy(), b.copy()
 
-    x1, Wb = with_ones(x), np.vstack([W, b])                       # (B, I+1) [x, 1], (I+1, O) [W; b]
-    assert np.array_equal(x1[:, :I], x) and np.all(x1[:, I] == 1)
-    out, cache = linear_forward(x1, Wb)
-    dx, dWb = linear_backward(dout, cache)
-    dW, db = dWb[:-1], dWb[-1]                                      # the bias trick: db is dWb's last row
+    out, cache = linear_forward(x, W, b if bias else None)
+    dx, dW, db = linear_backward(dout, cache)
 
     xt, Wt, bt = t(x, True), t(W, True), t(b, True)
-    outt = xt @ Wt + bt
+    outt = xt @ Wt + bt if bias else xt @ Wt
     outt.backward(t(dout))
-    for name, mine, ref in [("out", out, outt), ("dx", dx, xt.grad), ("dW", dW, Wt.grad), ("db", db, bt.grad)]:
-        assert mine.dtype == dtype, name
+    pairs = [("out", out, outt), ("dx", dx, xt.grad), ("dW", dW, Wt.grad)] + [("db", db, bt.grad)] * bias
+    for name, mine, ref in pairs:
+        assert mine.dtype == dtype and mine.shape == tuple(ref.shape), name
         check(name, mine, ref.detach().numpy(), RTOL[dtype])
+    assert bias or db is None, "a layer without b has no db"
     assert np.array_equal(x, x0) and np.array_equal(W, W0) and np.array_equal(b, b0)
 
 
@@ -129,8 +124,8 @@ def _ce_pair(logits, Y):
     """npmlp and torch (loss, dlogits) for the same logits (B, V), Y (B,)."""
     logits0 = logits.copy()
     loss, cache = cross_entropy_forward(logits, Y)
-    dlogits = cross_entropy_backward(cache)
-    assert np.array_equal(logits, logits0), "cross_entropy_forward(out=None) must not touch logits"
+    dlogits = cross_entropy_backward(1.0, cache)
+    assert np.array_equal(logits, logits0), "cross_entropy_forward must not touch logits"
     lt = t(logits, True)
     losst = F.cross_entropy(lt, torch.as_tensor(Y.astype(np.int64)))
     losst.backward()
@@ -175,83 +170,13 @@ def test_cross_entropy_huge_logits(dtype, kind):
     check("dlogits (huge logits)", dlogits, dlt, RTOL[dtype])
 
 
-# ----------------------------------------------------------------------------- out= buffers
-
-def _all_layers(rng, dtype, B, T, E, H, V, ws=None):
-    """Run every pair once; with `ws`, every output goes into a workspace buffer prefilled with NaN
-    (so a result that read stale buffer content would show). Returns {name: array (a copy)}."""
-    given = {}
-
-    def buf(name, shape):
-        if ws is None:
-            return None
-        b = given[name] = ws.get(name, shape, dtype)
-        b.fill(np.nan)
-        return b
-
-    C, W, b = randn(rng, (V, E), dtype), randn(rng, (T * E, H), dtype), randn(rng, (H,), dtype)
-    X = rng.integers(0, V, size=(B, T)).astype(np.uint8)
-    Y = rng.integers(0, V, size=B).astype(np.uint8)
-    W2 = randn(rng, (H, V), dtype)
-    r = {}
-    emb, emb_c = embedding_forward(C, X, out=buf("emb", (B, T, E)))
-    hpre, lin_c = linear_forward(with_ones(emb.reshape(B, T * E)), np.vstack([W, b]), out=buf("hpre", (B, H)))
-    h, tanh_c = tanh_forward(hpre, out=buf("h", (B, H)))
-    logits = np.asarray(h @ W2)                                        # (B, V)
-    loss, ce_c = cross_entropy_forward(logits, Y, out=buf("counts", (B, V)))
-    dlogits = cross_entropy_backward(ce_c, out=buf("dlogits", (B, V)))
-    dh = dlogits @ W2.T
-    dhpre = tanh_backward(dh, tanh_c, out=buf("dhpre", (B, H)))
-    dx, dWb = linear_backward(dhpre, lin_c, buf("dx", (B, T * E)), buf("dWb", (T * E + 1, H)))
-    dW, db = dWb[:-1], dWb[-1]
-    dC = embedding_backward(dx.reshape(B, T, E), emb_c, out=buf("dC", (V, E)), onehot=buf("onehot", (B * T, V)))
-    if ws is not None:  # the results ARE the buffers: nothing large was allocated
-        for name, arr in [("emb", emb), ("hpre", hpre), ("h", h), ("counts", ce_c.counts), ("dlogits", dlogits),
-                          ("dhpre", dhpre), ("dx", dx), ("dWb", dWb), ("dC", dC)]:
-            assert np.shares_memory(arr, given[name]), f"{name} was not written into its buffer"
-    for k, v in dict(emb=emb, hpre=hpre, h=h, loss=loss, dlogits=dlogits, dhpre=dhpre, dx=dx, dW=dW, db=db,
-                     dC=dC).items():
-        r[k] = np.array(v, copy=True)
-    return r
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_out_buffers_equal_allocating(dtype):
-    """The same buffers reused for batch 512, then 7 (smaller: stale data beyond the view),
-    then 64 (larger than 7): each time bit-identical to the allocating call."""
-    ws = Workspace()
-    T, E, H, V = 3, 10, 50, 27
-    for B in (512, 7, 64, 1):
-        fresh = _all_layers(np.random.default_rng(B), dtype, B, T, E, H, V)
-        buffered = _all_layers(np.random.default_rng(B), dtype, B, T, E, H, V, ws=ws)
-        for k in fresh:
-            assert np.array_equal(fresh[k], buffered[k]), f"B={B} {k}: out= differs from allocating"
-
-
-def test_embedding_backward_preallocated_onehot_with_garbage():
-    """A reused onehot buffer full of junk from a previous call must not leak into dC."""
-    rng = np.random.default_rng(11)
-    B, T, E, V = 40, 3, 5, 27
-    C = randn(rng, (V, E), np.float64)
-    X = rng.integers(0, V, size=(B, T)).astype(np.uint8)
-    demb = randn(rng, (B, T, E), np.float64)
-    _, cache = embedding_forward(C, X)
-    want = embedding_backward(demb, cache)
-    onehot = rng.standard_normal((B * T, V))
-    out = np.full((V, E), np.nan)
-    got = embedding_backward(demb, cache, out=out, onehot=onehot)
-    assert got is out or np.shares_memory(got, out)
-    assert np.array_equal(got, want)
-    # and the onehot it left behind really is one-hot of X
-    assert np.array_equal(onehot.argmax(1), X.reshape(-1)) and np.array_equal(onehot.sum(1), np.ones(B * T))
-
-
-def test_workspace_views_are_contiguous_and_regrow():
-    ws = Workspace()
-    a = ws.get("x", (512, 30), np.float32)
-    b = ws.get("x", (7, 30), np.float32)
-    assert np.shares_memory(a, b) and b.flags.c_contiguous and b.shape == (7, 30)
-    c = ws.get("x", (600, 30), np.float32)      # larger: a new buffer
-    assert c.shape == (600, 30) and c.flags.c_contiguous
-    d = ws.get("x", (7, 30), np.float64)        # other dtype: a new buffer of that dtype
-    assert d.dtype == np.float64 and not np.shares_memory(c, d)
+@pytest.mark.parametrize("dloss", [1.0, -0.1, 2.5])
+def test_cross_entropy_backward_scales_with_dloss(dloss):
+    """The pair's convention (doutput, cache): dlogits of dloss * loss is dloss times dlogits."""
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((16, 27))
+    Y = rng.integers(0, 27, 16)
+    loss, cache = cross_entropy_forward(logits, Y)
+    lt = t(logits, True)
+    (dloss * F.cross_entropy(lt, torch.as_tensor(Y))).backward()
+    check("dlogits * dloss", cross_entropy_backward(dloss, cache), lt.grad.numpy(), 1e-12)

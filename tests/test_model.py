@@ -1,9 +1,9 @@
 """The whole MLP: loss, all five parameter gradients and the intermediates' gradients against the
-torch autograd mirror (npmlp/reference.py) over many shapes; Workspace reuse; init; validation.
+torch autograd mirror (npmlp/reference.py) over many shapes; init; validation.
 
 Legend: B batch, T block_size, E n_embd, H n_hidden, V vocab size.
 Each gradient is compared as max|mine - torch| / (largest magnitude summed into it), see
-`magnitude_scales`: for an ordinary batch that is ~max|gradient|, but a saturated tanh or a
+`helpers.magnitude_scales`: for an ordinary batch that is ~max|gradient|, but a saturated tanh or a
 confident softmax can cancel a gradient down to ~1e-7 of its terms in BOTH libraries, and then
 its own size is no yardstick for round-off (relative to max|ref| such cases measured up to 1e-10
 in float64 and 0.2 in float32, from eps-sized absolute differences).
@@ -19,49 +19,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import check
+from helpers import check, magnitude_scales, needs_torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npmlp.errors import UsageError
-from npmlp.model import ACT_NAMES, MLP, PARAM_NAMES, Workspace, param_shapes
+from npmlp.model import ACT_NAMES, MLP, PARAM_NAMES, param_shapes
 from npmlp.reference import torch_loss_and_grads
 
 RTOL64 = 1e-10
 RTOL32 = 2e-5
 RTOL32_BIG = 1e-4
-
-
-pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-
-def magnitude_scales(model, cache, X, Y):
-    """{name: largest magnitude summed into that gradient}: the backward run on absolute values,
-    with tanh' taken as 1. Floating-point sums are accurate relative to the sum of |terms|, not to
-    a result that cancelled. Two cancellations are inherent, in torch as in npmlp: a saturated tanh
-    unit's 1 - h^2 keeps only ~eps/(1 - h^2) of relative accuracy, and a confident softmax's
-    p - 1 is accurate to eps/B in absolute terms. So a gradient flowing through either is compared
-    relative to these magnitudes (>= |gradient|), not to its own possibly tiny size."""
-    P = {k: np.abs(v.astype(np.float64)) for k, v in model.params.items()}
-    B, T = X.shape
-    logits = cache.logits.astype(np.float64)                                   # (B, V)
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)                                               # (B, V) softmax
-    s = {"logits": p.copy()}
-    s["logits"][np.arange(B), Y] += 1
-    s["logits"] /= B                                                           # (B, V) (p + onehot) / B
-    s["W2"] = np.abs(cache.h.astype(np.float64)).T @ s["logits"]               # (H, V)
-    s["b2"] = s["logits"].sum(0)                                               # (V,)
-    s["h"] = s["logits"] @ P["W2"].T                                           # (B, H)
-    s["hpreact"] = s["h"]                                                      # (B, H) tanh' <= 1
-    s["W1"] = np.abs(cache.embcat.astype(np.float64)).T @ s["hpreact"]         # (T*E, H)
-    s["b1"] = s["hpreact"].sum(0)                                              # (H,)
-    s["embcat"] = s["hpreact"] @ P["W1"].T                                     # (B, T*E)
-    s["emb"] = s["embcat"].reshape(B, T, -1)                                   # (B, T, E)
-    s["C"] = np.zeros(P["C"].shape)
-    np.add.at(s["C"], np.asarray(X, np.int64).ravel(), s["emb"].reshape(B * T, -1))  # (V, E)
-    return {k: float(v.max(initial=0.0)) for k, v in s.items()}
 
 
 def random_params(rng, V, T, E, H, dtype, w2_scale=1.0):
@@ -86,7 +54,7 @@ def compare_with_torch(V, T, E, H, B, dtype, seed=0, repeat=False, w2_scale=1.0,
     model = MLP(params)
     loss, cache = model.forward(X, Y)
     grads, dacts = model.backward(cache)
-    rloss, rgrads, rdacts = torch_loss_and_grads(params, X, Y)
+    rloss, rgrads, rdacts = torch_loss_and_grads(model, X, Y)
     rtol = rtol or (RTOL64 if dtype == np.float64 else RTOL32)
     scales = magnitude_scales(model, cache, X, Y)
     assert np.isfinite(loss)
@@ -119,6 +87,7 @@ GRID = [
 ]
 
 
+@needs_torch
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("V,T,E,H,B", GRID)
 def test_mlp_matches_torch_grid(V, T, E, H, B, dtype):
@@ -127,12 +96,14 @@ def test_mlp_matches_torch_grid(V, T, E, H, B, dtype):
     compare_with_torch(V, T, E, H, B, dtype, seed=V + T + E + H + B, rtol=rtol)
 
 
+@needs_torch
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("V,T,E,H,B", [(27, 3, 10, 200, 512), (300, 8, 4, 30, 200), (2, 1, 1, 1, 1)])
 def test_mlp_one_character_everywhere(V, T, E, H, B, dtype):
     compare_with_torch(V, T, E, H, B, dtype, seed=5, repeat=True, rtol=None if dtype == np.float64 else RTOL32_BIG)
 
 
+@needs_torch
 @pytest.mark.parametrize("w2_scale", [1e2, 1e3, 1e4])
 @pytest.mark.parametrize("V,T,E,H,B", [(27, 3, 10, 200, 32), (300, 2, 3, 50, 64)])
 def test_mlp_huge_logits_float64(V, T, E, H, B, w2_scale):
@@ -140,17 +111,20 @@ def test_mlp_huge_logits_float64(V, T, E, H, B, w2_scale):
     compare_with_torch(V, T, E, H, B, np.float64, seed=9, w2_scale=w2_scale)
 
 
+@needs_torch
 @pytest.mark.parametrize("w2_scale", [1e2, 1e4])
 def test_mlp_huge_logits_float32_finite(w2_scale):
     rng = np.random.default_rng(1)
     params = random_params(rng, 27, 3, 10, 200, np.float32, w2_scale)
     X, Y = random_batch(rng, 27, 3, 64)
-    loss, grads = MLP(params).loss_and_grads(X, Y)
+    model = MLP(params)
+    loss, grads = model.loss_and_grads(X, Y)
     assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads.values())
-    rloss, _, _ = torch_loss_and_grads(params, X, Y)
+    rloss, _, _ = torch_loss_and_grads(model, X, Y)
     check("loss (float32, huge logits)", loss, rloss, 1e-4)
 
 
+@needs_torch
 @settings(max_examples=25, deadline=None)
 @given(T=st.integers(1, 8), E=st.integers(1, 16), H=st.integers(1, 300), B=st.integers(1, 512),
        V=st.sampled_from([2, 3, 27, 53, 300]), seed=st.integers(0, 2**32 - 1), repeat=st.booleans())
@@ -158,6 +132,7 @@ def test_mlp_matches_torch_hypothesis_float64(T, E, H, B, V, seed, repeat):
     compare_with_torch(V, T, E, H, B, np.float64, seed=seed, repeat=repeat)
 
 
+@needs_torch
 @settings(max_examples=25, deadline=None)
 @given(T=st.integers(1, 8), E=st.integers(1, 16), H=st.integers(1, 300), B=st.integers(1, 512),
        V=st.sampled_from([2, 3, 27, 53, 300]), seed=st.integers(0, 2**32 - 1), repeat=st.booleans())
@@ -165,36 +140,7 @@ def test_mlp_matches_torch_hypothesis_float32(T, E, H, B, V, seed, repeat):
     compare_with_torch(V, T, E, H, B, np.float32, seed=seed, repeat=repeat, rtol=RTOL32_BIG)
 
 
-# ----------------------------------------------------------------------------- Workspace
-
-def _forward_backward(model, X, Y, ws=None, gflat=None):
-    """(loss, {name: copy of every intermediate and gradient})."""
-    kw = {} if ws is None else {"ws": ws}
-    loss, cache = model.forward(X, Y, **kw)
-    g, dacts = model.backward(cache, gflat, **kw)
-    out = {f"act_{k}": np.array(getattr(cache, k)) for k in ("emb", "embcat", "hpreact", "h", "logits")}
-    out.update({f"d{k}": np.array(v) for k, v in g.items()})
-    out.update({f"dact_{k}": np.array(v) for k, v in dacts.items()})
-    return loss, out
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_workspace_reuse_across_batch_sizes_equals_fresh(dtype):
-    rng = np.random.default_rng(4)
-    model = MLP(random_params(rng, 27, 3, 10, 200, dtype))
-    ws = Workspace()
-    gflat, grads = model.new_grads()
-    for B in (512, 7, 64, 512, 1):
-        X, Y = random_batch(rng, 27, 3, B)
-        loss0, fresh = _forward_backward(model, X, Y)
-        gflat.fill(np.nan)                       # the grads buffer must be overwritten, not added to
-        loss1, reused = _forward_backward(model, X, Y, ws=ws, gflat=gflat)
-        assert loss0 == loss1, f"B={B}: loss {loss1!r} with a workspace != {loss0!r} without"
-        for k in fresh:
-            assert np.array_equal(fresh[k], reused[k]), f"B={B}: {k} differs with a reused workspace"
-        # the grads dict handed in is the one filled (views of gflat)
-        assert np.array_equal(gflat, np.concatenate([grads[k].ravel() for k in PARAM_NAMES]))
-
+# ----------------------------------------------------------------------------- conveniences
 
 def test_logits_and_loss_agree_with_loss_and_grads():
     rng = np.random.default_rng(8)
@@ -225,30 +171,35 @@ def test_forward_rejects_wrong_block_size():
 
 # ----------------------------------------------------------------------------- init and validation
 
+def flat(model):
+    return np.concatenate([model.params[k].ravel() for k in PARAM_NAMES])
+
+
 def test_init_lecture_config_has_11897_params():
     model = MLP.init(27)  # block_size 3, n_embd 10, n_hidden 200
-    assert model.num_params == 11_897 == model.flat.size
+    assert model.num_params == 11_897 == flat(model).size
     assert model.dtype == np.float32 and all(p.dtype == np.float32 for p in model.params.values())
     assert {k: p.shape for k, p in model.params.items()} == {
         "C": (27, 10), "W1": (30, 200), "b1": (200,), "W2": (200, 27), "b2": (27,)}
     assert (model.vocab_size, model.block_size, model.n_embd, model.n_hidden) == (27, 3, 10, 200)
-    # the params are views into the flat vector: an update of .flat moves them
-    for k, p in model.params.items():
-        assert np.shares_memory(p, model.flat), k
+    assert model.sizes == {"block_size": 3, "n_embd": 10, "n_hidden": 200} == MLP.DEFAULTS
+    # five separate arrays, as the lecture's: an update of one leaves the others alone
+    params = list(model.params.values())
+    assert not any(np.shares_memory(a, b) for i, a in enumerate(params) for b in params[i + 1:])
     before = model.params["b2"].copy()
-    model.flat += 1
-    assert np.array_equal(model.params["b2"], before + 1)
+    model.params["W2"] -= 0.1
+    assert np.array_equal(model.params["b2"], before)
 
 
 def test_init_schemes():
     lec = MLP.init(27, seed=1, dtype=np.float64)
     kai = MLP.init(27, seed=1, dtype=np.float64, scheme="kaiming")
     lec2 = MLP.init(27, seed=1, dtype=np.float64)
-    assert np.array_equal(lec.flat, lec2.flat), "same seed must give the same init"
-    assert not np.array_equal(lec.flat, MLP.init(27, seed=2, dtype=np.float64).flat)
+    assert np.array_equal(flat(lec), flat(lec2)), "same seed must give the same init"
+    assert not np.array_equal(flat(lec), flat(MLP.init(27, seed=2, dtype=np.float64)))
     P, K = lec.params, kai.params
     # lecture: plain standard normal everywhere (11,897 draws: mean ~0, std ~1)
-    assert abs(lec.flat.mean()) < 0.05 and abs(lec.flat.std() - 1) < 0.05
+    assert abs(flat(lec).mean()) < 0.05 and abs(flat(lec).std() - 1) < 0.05
     # kaiming: the same draws, rescaled
     np.testing.assert_array_equal(K["C"], P["C"])
     np.testing.assert_allclose(K["W1"], P["W1"] * (5 / 3) / np.sqrt(30), rtol=1e-15)
@@ -256,7 +207,7 @@ def test_init_schemes():
     np.testing.assert_allclose(K["W2"], P["W2"] * 0.01, rtol=1e-15)
     assert not np.any(K["b2"])
     # float32 init is the float64 init rounded
-    np.testing.assert_array_equal(MLP.init(27, seed=1).flat, lec.flat.astype(np.float32))
+    np.testing.assert_array_equal(flat(MLP.init(27, seed=1)), flat(lec).astype(np.float32))
     with pytest.raises(UsageError, match="scheme"):
         MLP.init(27, scheme="xavier")
     for bad in (dict(block_size=0), dict(n_embd=0), dict(n_hidden=0)):
@@ -282,18 +233,11 @@ def test_mlp_rejects_bad_params():
     assert m.params["W1"][0, 0] != good["W1"][0, 0]
 
 
-def test_gradient_views_are_cached_only_for_vectors_the_caller_keeps():
-    """backward() makes views of the gradient vector it writes; a vector the caller passes every
-    step gets them once, a fresh one per call (loss_and_grads) is not kept alive by the model."""
-    rng = np.random.default_rng(11)
-    model = MLP(random_params(rng, 27, 3, 4, 16, np.float64))
-    X, Y = random_batch(rng, 27, 3, 8)
-    _, cache = model.forward(X, Y)
-    gflat = model.new_grads()[0]
-    g1, _ = model.backward(cache, gflat)
-    g2, _ = model.backward(cache, gflat)
-    assert g1 is g2 and np.shares_memory(g1["W1"], gflat)
-    before = len(model._views_cache)
-    for _ in range(100):
-        model.loss_and_grads(X, Y)
-    assert len(model._views_cache) == before
+def test_backward_lists_gradients_in_the_order_it_computes_them():
+    """The gradcheck table reads its rows from these dicts: intermediates from dlogits down, then
+    the parameters as the backward reaches them (W2, b2 first; dC last)."""
+    model = MLP.init(27, n_hidden=8, dtype=np.float64)
+    _, cache = model.forward(np.zeros((4, 3), np.uint8), np.ones(4, np.uint8))
+    grads, dacts = model.backward(cache)
+    assert list(dacts) == list(ACT_NAMES) == ["logits", "h", "hpreact", "embcat", "emb"]
+    assert list(grads) == ["W2", "b2", "W1", "b1", "C"] and set(grads) == set(PARAM_NAMES)

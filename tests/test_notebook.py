@@ -8,8 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, make_names
+from helpers import REPO, make_names
 
+pytest.importorskip("marimo", reason="marimo is not installed (pip install 'npmlp[notebook]')")
 NOTEBOOK = REPO / "examples" / "lecture2.py"
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from npmlp.data import Vocab, build_dataset
 from npmlp.model import MLP, PARAM_NAMES, param_shapes
-from test_model import magnitude_scales
+from helpers import magnitude_scales
 
 SETTINGS = settings(max_examples=40, deadline=None)
 

@@ -1,7 +1,6 @@
-"""The reading tools: `npmlp gradcheck`, the figures, `lr-find`, `sample`, `eval`, `plot`.
-
-Commands run in-process through cli.main on a few hundred generated names and a tiny model.
-"""
+"""The reading commands of the CLI: the figures `npmlp train` writes, `plot`, `sample`, `eval`,
+bad run directories, `--version`, and an import of the package that stays free of torch and
+matplotlib. Commands run in-process through cli.main on generated names and a tiny model."""
 from __future__ import annotations
 
 import json
@@ -11,13 +10,11 @@ from itertools import combinations
 
 import numpy as np
 import pytest
-from conftest import make_names
+from helpers import make_names
 
-import npmlp.model
-from npmlp import cli, gradcheck, lrfind
+from npmlp import __version__, cli
 from npmlp.checkpoint import load_checkpoint
 from npmlp.data import build_dataset
-from npmlp.model import ACT_NAMES, MLP
 from npmlp.train import evaluate, sample
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -42,16 +39,6 @@ def assert_png(path):
     assert h > 200 and w > 200, f"{path}: {w}x{h} px"
 
 
-def table_rows(out):
-    """gradcheck's table -> {row name without 'd': list of cells}."""
-    rows = {}
-    for line in out.splitlines():
-        cells = line.split()
-        if cells and cells[0][1:] in gradcheck.ROWS and cells[0].startswith("d"):
-            rows[cells[0][1:]] = cells
-    return rows
-
-
 @pytest.fixture(scope="module")
 def names(tmp_path_factory):
     p = tmp_path_factory.mktemp("data") / "names.txt"
@@ -66,80 +53,6 @@ def run_dir(names, tmp_path_factory):
     code = cli.main(["train", "--data", str(names), "--steps", "400", "--quiet", "--out", str(out), *TINY])
     assert code == 0
     return out
-
-
-# ----------------------------------------------------------------------------- gradcheck
-
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_gradcheck_lists_every_row_and_passes(capsys, names, dtype):
-    code, out, err = run(capsys, "gradcheck", "--data", names, "--dtype", dtype, "--quiet", *TINY)
-    assert code == 0, err
-    rows = table_rows(out)
-    assert list(rows) == list(gradcheck.ROWS)                # every row, in backward order
-    for name, cells in rows.items():
-        maxdiff, verdict = float(cells[2]), cells[3]
-        assert verdict in ("exact", "approx"), cells
-        assert maxdiff < (1e-12 if dtype == "float64" else 1e-5), cells
-        assert float(cells[4]) < (1e-6 if dtype == "float64" else 1e-4), cells   # fd rel err
-    assert "all 10 gradients pass" in out
-
-
-def test_gradcheck_fails_and_points_at_a_corrupted_backward(capsys, names, monkeypatch):
-    orig = npmlp.model.tanh_backward
-
-    def wrong_tanh_backward(dh, cache, out=None):   # 1% too large: a subtle bug
-        dx = orig(dh, cache, out)
-        dx *= 1.01
-        return dx
-
-    monkeypatch.setattr(npmlp.model, "tanh_backward", wrong_tanh_backward)
-    code, out, err = run(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
-    assert code == 1
-    assert err.startswith("npmlp: error:") and err.count("\n") == 1
-    assert "dhpreact (torch and fd)" in err
-    rows = table_rows(out)
-    # the gradients computed before tanh's backward are right, everything after it is wrong
-    for name in ("logits", "h", "W2", "b2"):
-        assert rows[name][3] != "FAIL" and rows[name][5] == "ok", rows[name]
-    for name in ("hpreact", "embcat", "emb", "W1", "b1", "C"):
-        assert rows[name][3] == "FAIL" and rows[name][5] == "FAIL", rows[name]
-
-
-def test_gradcheck_without_torch_still_checks_finite_differences(capsys, names, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch", None)           # `import torch` raises ImportError
-    code, out, err = run(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
-    assert code == 0, err
-    assert out.count("torch not installed") == len(gradcheck.ROWS)
-    assert all(cells[-3] == "ok" for cells in table_rows(out).values())   # ... ok (20) norm
-
-    orig = npmlp.model.linear_backward                         # now break a backward: fd alone catches it
-
-    def wrong_linear_backward(dout, cache, dx=None, dWb=None):
-        dx, dWb = orig(dout, cache, dx, dWb)
-        dWb[-1] *= 0.5                                         # db is the last row: half of it
-        return dx, dWb
-
-    monkeypatch.setattr(npmlp.model, "linear_backward", wrong_linear_backward)
-    code, out, err = run(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
-    assert code == 1
-    assert "db1 (fd)" in err and "db2 (fd)" in err
-
-
-def test_loss_from_each_intermediate_is_the_forward_loss():
-    rng = np.random.default_rng(0)
-    model = MLP.init(27, 3, 4, 16, dtype=np.float64)
-    X, Y = rng.integers(0, 27, (8, 3)), rng.integers(0, 27, 8)
-    loss, cache = model.forward(X, Y)
-    for name in ACT_NAMES:
-        assert gradcheck.loss_from(model, name, getattr(cache, name), Y) == pytest.approx(loss, rel=1e-14)
-
-
-def test_gradcheck_of_a_trained_run(capsys, run_dir):
-    code, out, err = run(capsys, "gradcheck", "--run", run_dir, "--quiet")
-    assert code == 0, err
-    assert str(run_dir / "model.npz") in out and list(table_rows(out)) == list(gradcheck.ROWS)
-    code, _, err = run(capsys, "gradcheck", "--run", run_dir, "--n-hidden", "8")
-    assert code == 2 and "--n-hidden" in err
 
 
 # ----------------------------------------------------------------------------- figures
@@ -176,39 +89,6 @@ def test_pca_projection_keeps_the_most_variance():
     assert pts.var(0).sum() >= max(Z[:, [i, j]].var(0).sum() for i, j in combinations(range(6), 2))
     assert "PC 1" in xlabel
     assert np.array_equal(embedding_2d(C)[0], C[:, :2])
-
-
-# ----------------------------------------------------------------------------- lr-find
-
-def test_lr_find_writes_the_sweep_and_suggests_a_rate(capsys, names, tmp_path):
-    code, out, err = run(capsys, "lr-find", "--data", names, "--steps", "300", "--out", tmp_path, "--quiet", *TINY)
-    assert code == 0, err
-    assert_png(tmp_path / "lr_find.png")
-    line = next(l for l in out.splitlines() if l.startswith("suggested learning rate:"))
-    lr = float(line.split(":")[1].split()[0])
-    assert 1e-3 <= lr <= 1
-    assert out.rstrip().endswith(str(tmp_path / "lr_find.png"))
-
-
-def test_suggest_steps_back_from_the_smoothed_minimum():
-    lre = np.linspace(-3, 0, 1000)
-    noisy = (lre + 0.8) ** 2 + np.random.default_rng(0).normal(0, 0.05, 1000)
-    suggested, best, smoothed = lrfind.suggest(lre, noisy)
-    assert best == pytest.approx(-0.8, abs=0.05)
-    assert suggested == pytest.approx(best - lrfind.MARGIN)
-    assert smoothed.shape == lre.shape and np.std(np.diff(smoothed)) < np.std(np.diff(noisy))
-
-
-def test_sweep_uses_one_training_step_per_rate():
-    """The sweep's first step equals train.sgd's first step at that rate."""
-    from npmlp.train import TrainConfig, sgd
-
-    rng = np.random.default_rng(1)
-    X, Y = rng.integers(0, 10, (200, 3)), rng.integers(0, 10, 200)
-    a, b = MLP.init(10, 3, 4, 8, seed=5), MLP.init(10, 3, 4, 8, seed=5)
-    lossa = lrfind.sweep(a, X, Y, [-1.0], batch_size=16, seed=9)
-    lossb, _ = sgd(b, X, Y, TrainConfig(steps=1, batch_size=16, lr=0.1, lr_decayed=0.1, seed=9))
-    assert np.array_equal(lossa, lossb) and np.array_equal(a.flat, b.flat)
 
 
 # ----------------------------------------------------------------------------- sample, eval
@@ -271,9 +151,15 @@ def test_bad_run_dirs_are_one_line_errors(capsys, tmp_path, command):
     assert code == 1 and err.startswith("npmlp: error:") and err.count("\n") == 1
 
 
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"npmlp {__version__}"
+
+
 def test_import_npmlp_stays_light():
     """Neither torch nor matplotlib is imported by the package, the CLI or the reading tools."""
-    code = ("import sys, npmlp, npmlp.cli, npmlp.gradcheck, npmlp.lrfind; "
+    code = ("import sys, npmlp, npmlp.cli, npmlp.gradcheck, npmlp.lrfind, npmlp.runs, npmlp.fast; "
             "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -1,0 +1,90 @@
+"""`npmlp lr-find` and npmlp/lrfind.py: the lecture's learning-rate sweep, its suggestion rule,
+and one training step per rate with either engine."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import make_names
+
+from npmlp import cli, lrfind, runs
+from npmlp.model import MLP
+from npmlp.train import TrainConfig, sgd
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TINY = ["--n-embd", "4", "--n-hidden", "16"]
+
+
+def run(capsys, *argv):
+    """cli.main in-process -> (exit code, stdout, stderr)."""
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_png(path):
+    """A real PNG of a sensible size that matplotlib can read back."""
+    from matplotlib.image import imread
+
+    data = path.read_bytes()
+    assert data[:8] == PNG, f"{path} is not a PNG"
+    assert 5_000 < len(data) < 400_000, f"{path}: {len(data)} bytes"
+    h, w = imread(path).shape[:2]
+    assert h > 200 and w > 200, f"{path}: {w}x{h} px"
+
+
+@pytest.fixture(scope="module")
+def names(tmp_path_factory):
+    p = tmp_path_factory.mktemp("data") / "names.txt"
+    p.write_text("\n".join(make_names(300, seed=3)) + "\n")
+    return p
+
+
+# ----------------------------------------------------------------------------- lr-find
+
+def test_lr_find_writes_the_sweep_and_suggests_a_rate(capsys, names, tmp_path):
+    code, out, err = run(capsys, "lr-find", "--data", names, "--steps", "300", "--out", tmp_path, "--quiet", *TINY)
+    assert code == 0, err
+    assert_png(tmp_path / "lr_find.png")
+    line = next(l for l in out.splitlines() if l.startswith("suggested learning rate:"))
+    lr = float(line.split(":")[1].split()[0])
+    assert 1e-3 <= lr <= 1
+    assert out.rstrip().endswith(str(tmp_path / "lr_find.png"))
+
+
+def test_suggest_steps_back_from_the_smoothed_minimum():
+    lre = np.linspace(-3, 0, 1000)
+    noisy = (lre + 0.8) ** 2 + np.random.default_rng(0).normal(0, 0.05, 1000)
+    suggested, best, smoothed = lrfind.suggest(lre, noisy)
+    assert best == pytest.approx(-0.8, abs=0.05)
+    assert suggested == pytest.approx(best - lrfind.MARGIN)
+    assert smoothed.shape == lre.shape and np.std(np.diff(smoothed)) < np.std(np.diff(noisy))
+
+
+@pytest.mark.parametrize("engine", runs.ENGINES)
+def test_sweep_uses_one_training_step_per_rate(engine):
+    """Each sweep step is the reference loop's step at that rate (bit for bit with the reference
+    engine, to round-off with the fast one)."""
+    rng = np.random.default_rng(1)
+    X, Y = rng.integers(0, 10, (200, 3)), rng.integers(0, 10, 200)
+    a, b = MLP.init(10, 3, 4, 8, seed=5, dtype=np.float64), MLP.init(10, 3, 4, 8, seed=5, dtype=np.float64)
+    with runs.engine_steps(engine, a, 16) as steps:
+        lossa = lrfind.sweep(steps, X, Y, [-1.0, -0.5], batch_size=16, seed=9)
+    lossb = np.zeros(2, np.float32)
+    for i, lr in enumerate([0.1, 10 ** -0.5]):
+        sgd(b, X, Y, TrainConfig(steps=2, batch_size=16, lr=lr, lr_decayed=lr, seed=9), lossb, i, i + 1)
+    assert np.array_equal(lossa, lossb) if engine == "reference" else np.allclose(lossa, lossb, rtol=1e-6)
+    for k in a.params:
+        np.testing.assert_allclose(a.params[k], b.params[k], rtol=0 if engine == "reference" else 1e-12,
+                                   atol=0 if engine == "reference" else 1e-12)
+
+
+def test_lr_find_with_the_reference_engine_and_a_usage_error(capsys, names, tmp_path):
+    code, out, err = run(capsys, "lr-find", "--data", names, "--steps", "30", "--out", tmp_path, "--quiet",
+                         "--engine", "reference", *TINY)
+    assert code == 0, err
+    assert (tmp_path / "lr_find.png").read_bytes()[:8] == PNG
+    code, out, err = run(capsys, "lr-find", "--data", names, "--steps", "30", "--out", tmp_path, "--quiet",
+                         "--engine", "reference", "--processes", "2", *TINY)
+    assert code == 2 and "--processes" in err and err.count("\n") == 1
+
+
