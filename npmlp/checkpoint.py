@@ -12,7 +12,7 @@ import numpy as np
 from .data import Vocab
 from .errors import NpmlpError
 from .fileio import atomic_open
-from .models import MODELS, buffers
+from .models import MODELS, buffer_shapes, buffers
 
 PREFIX = "npmlp-checkpoint-"
 VERSION = 2
@@ -100,7 +100,8 @@ def load_checkpoint(path):
         ok = (isinstance(itos, list) and itos[:1] == ["."] and len(set(itos)) == len(itos)
               and all(isinstance(c, str) and len(c) == 1 for c in itos)
               and min(sizes.values()) >= 1 and dtype in (np.float32, np.float64))
-        want = cls.shapes(len(itos), **sizes)
+        pshapes = cls.shapes(len(itos), **sizes)
+        want = {**pshapes, **buffer_shapes(cls, len(itos), sizes)}
     except Exception:  # a key missing, a value of the wrong type, an unknown model or size...
         ok = False
     if not ok:
@@ -131,7 +132,7 @@ def load_checkpoint(path):
     if lossi is not None and (lossi.ndim != 1 or lossi.dtype != np.float32 or not np.isfinite(lossi).all()):
         raise NpmlpError(f"checkpoint {name}: the loss history lossi is not a finite float32 vector "
                          f"(shape {lossi.shape}, dtype {lossi.dtype}); the file is damaged")
-    model = cls({k: files[k] for k in cls.param_names})
+    model = cls({k: files[k] for k in pshapes})
     for k, a in buffers(model).items():
         a[...] = files[k]
     return model, vocab, meta, lossi

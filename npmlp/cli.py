@@ -15,7 +15,7 @@ from . import __version__, runs
 from .checkpoint import load_checkpoint
 from .errors import NpmlpError, UsageError
 from .model import SEED
-from .models import MODELS, model_class
+from .models import MODELS, model_class, train_default
 from .train import TrainConfig, evaluate, sample
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -94,6 +94,9 @@ def add_model_args(p, dtype: str = "float32"):
     p.add_argument("--block-size", type=positive_int, help="context length T (default 3)")
     p.add_argument("--n-embd", type=positive_int, help="embedding size E (default 10)")
     p.add_argument("--n-hidden", type=positive_int, help="hidden units H (default 200; deep: 100)")
+    p.add_argument("--n-layers", type=positive_int, help="deep only: hidden layers (default 5)")
+    p.add_argument("--no-batchnorm", dest="batchnorm", action="store_const", const=0,
+                   help="deep only: part 3's plain stack, Linear (with b) -> Tanh, no BatchNorm1d")
     p.add_argument("--dtype", choices=DTYPES, default=dtype, help=f"float32 or float64 (default {dtype})")
     p.add_argument("--init", choices=("lecture", "kaiming"), help="mlp only. lecture: plain standard "
                    "normal (default); kaiming: scaled for tanh (part 3)")
@@ -114,10 +117,12 @@ def model_options(args, argv) -> tuple[str, dict, str | None]:
     that the chosen model does not have."""
     cls = model_class(args.model)
     typed = typed_options(argv)
-    for opt in ("init",):
-        if opt in typed and args.model != "mlp":
-            raise UsageError(f"--{opt} sets the init of the mlp model; the {args.model!r} model has its "
-                             f"lecture's own: drop --{opt}")
+    if "init" in typed and args.model != "mlp":
+        raise UsageError(f"--init sets the init of the mlp model; the {args.model!r} model has its lecture's "
+                         f"own: drop --init")
+    for key, flag in (("n_layers", "--n-layers"), ("batchnorm", "--no-batchnorm")):
+        if getattr(args, key, None) is not None and key not in cls.DEFAULTS:
+            raise UsageError(f"{flag} applies to the deep model only; drop it, or add --model deep")
     sizes = {k: getattr(args, k, None) for k in cls.DEFAULTS}
     return args.model, {k: d if sizes[k] is None else sizes[k] for k, d in cls.DEFAULTS.items()}, \
         (args.init or "lecture") if args.model == "mlp" else None
@@ -126,7 +131,8 @@ def model_options(args, argv) -> tuple[str, dict, str | None]:
 def typed_options(argv) -> set[str]:
     """Destinations of the options spelled out on the command line (`--lr 0.1`, `--lr=0.1`), so
     --resume can refuse a typed value even when it equals the default."""
-    return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    names = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    return {"batchnorm" if n == "no_batchnorm" else n for n in names}
 
 
 def log(args, *msg):
@@ -162,9 +168,11 @@ class StopFlag:
 def new_run(args, out) -> runs.Run:
     kind, sizes, init = model_options(args, args.argv)
     engine = runs.check_engine(kind, args.engine, args.processes)
+    decay_at = train_default(kind, "decay_at", 0.5) if args.decay_at is None else args.decay_at
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      lr_decayed=args.lr_decayed or args.lr / 10, decay_at=args.decay_at)
-    return runs.Run.new(out, kind, sizes, cfg, args.data, args.split_seed, DTYPES[args.dtype], engine, init)
+                      lr_decayed=args.lr_decayed or args.lr / 10, decay_at=decay_at)
+    return runs.Run.new(out, kind, sizes, cfg, args.data, args.split_seed, DTYPES[args.dtype], engine, init,
+                        args.diagnose)
 
 
 def cmd_train(args):
@@ -176,7 +184,7 @@ def cmd_train(args):
         claimed: list[str] = []
         with runs.claim(out, claimed):
             typed = {k: getattr(args, k) for k in typed_options(args.argv) & RESUME_CHECKS}
-            return train_and_finish(args, runs.Run.resume(out, typed, args.data), claimed)
+            return train_and_finish(args, runs.Run.resume(out, typed, args.data, args.diagnose), claimed)
     out = Path(args.out or time.strftime("runs/%Y%m%d-%H%M%S"))
     run = new_run(args, out)                      # every check that needs no files: before any is made
     claimed = []
@@ -185,8 +193,8 @@ def cmd_train(args):
         return train_and_finish(args, run, claimed)
 
 
-RESUME_CHECKS = {"model", "block_size", "n_embd", "n_hidden", "dtype", "init", "seed", "split_seed", "engine",
-                 "steps", "batch_size", "lr", "lr_decayed", "decay_at"}   # a resume keeps the run's own
+RESUME_CHECKS = {"model", "block_size", "n_embd", "n_hidden", "n_layers", "batchnorm", "dtype", "init", "seed",
+                 "split_seed", "engine", "steps", "batch_size", "lr", "lr_decayed", "decay_at"}   # a resume keeps the run's own
 
 
 def train_and_finish(args, run: runs.Run, claimed) -> int:
@@ -234,6 +242,10 @@ def write_run_figures(args, run):
     from . import plots  # matplotlib only when a figure is drawn
     missing: list[str] = []
     written = plots.write_run_figures(run.out, run.model, run.vocab, run.lossi, run.cfg, notes=missing)
+    if run.ratios is not None:                  # --diagnose: part 3's figures too
+        from . import diagnose, gradcheck
+        readings = diagnose.read(run.model, *gradcheck.minibatch(*run.data.train, run.cfg.batch_size, 0))
+        written += diagnose.write_figures(run.out, readings, run.ratios, run.model.params, missing)
     notes(args, missing)
     return written
 
@@ -270,7 +282,7 @@ def cmd_gradcheck(args):
     dtype = DTYPES[args.dtype]
     if args.run:
         typed = [f"--{k.replace('_', '-')}" for k in typed_options(args.argv)
-                 if k in ("model", "block_size", "n_embd", "n_hidden", "init")]
+                 if k in ("model", "block_size", "n_embd", "n_hidden", "n_layers", "batchnorm", "init")]
         if typed:
             raise UsageError(f"{typed[0]} sets a fresh model; drop it when checking --run {args.run}")
         model, vocab, meta, _, ckpt = load_run(args.run)
@@ -360,6 +372,26 @@ def cmd_plot(args):
     print("wrote:", *written, sep="\n  ")
 
 
+def cmd_diagnose(args):
+    from . import diagnose, gradcheck
+    model, vocab, meta, _, ckpt = load_run(args.run_dir)
+    cfg = run_config(meta, ckpt)
+    data = run_splits(args, meta, model, vocab)
+    readings = diagnose.read(model, *gradcheck.minibatch(*data.train, max(cfg.batch_size, 2), args.seed))
+    ratios = diagnose.UpdateRatios.load(ckpt.parent / diagnose.RATIOS)
+    print(f"{model.kind} model in {ckpt}, step {meta['step']:,} of {cfg.steps:,}; one minibatch of "
+          f"{max(cfg.batch_size, 2)} training rows (seed {args.seed})\n")
+    print(diagnose.tables(readings))
+    print("\n" + (diagnose.ratio_summary(ratios, model.params) if ratios is not None and ratios.steps else
+                  "update:data: not recorded; train with `npmlp train --diagnose` to sample it every "
+                  f"{diagnose.EVERY} steps"))
+    out = runs.make_out_dir(Path(args.out)) if args.out else ckpt.parent
+    missing: list[str] = []
+    written = diagnose.write_figures(out, readings, ratios, model.params, missing)
+    notes(args, missing)
+    print("wrote:", *written, sep="\n  ")
+
+
 # ----------------------------------------------------------------------------- main
 
 def build_parser():
@@ -375,12 +407,14 @@ def build_parser():
     p.add_argument("--batch-size", type=positive_int, default=32, help="minibatch size (default 32)")
     p.add_argument("--lr", type=positive_float, default=0.1, help="learning rate (default 0.1)")
     p.add_argument("--lr-decayed", type=positive_float, help="rate after the decay (default lr/10)")
-    p.add_argument("--decay-at", type=fraction, default=0.5, help="fraction of steps where the rate "
-                   "drops (default 0.5)")
+    p.add_argument("--decay-at", type=fraction, help="fraction of steps where the rate drops (default 0.5; "
+                   "deep: 0.75, part 3's 150,000 of 200,000)")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run, bit-identically")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no notes about the data")
     p.add_argument("--no-plots", action="store_true", help="don't write loss.png and embedding.png")
+    p.add_argument("--diagnose", action="store_true", help="sample the update:data ratios every 100 steps "
+                   "and draw part 3's diagnostic figures at the end (see `npmlp diagnose`)")
     add_engine_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -429,6 +463,15 @@ def build_parser():
     p.add_argument("--out", metavar="DIR", help="where the PNGs go (default: the run directory)")
     p.add_argument("--quiet", action="store_true", help="no notes about the data")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("diagnose", help="part 3's health readings: tanh saturation, gradients, grad:data and "
+                       "update:data ratios, as tables and figures")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `npmlp train`")
+    p.add_argument("--data", metavar="FILE", help="the run's names file, if it has moved")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the minibatch read (default 0)")
+    p.add_argument("--out", metavar="DIR", help="where the PNGs go (default: the run directory)")
+    p.add_argument("--quiet", action="store_true", help="no notes about the data")
+    p.set_defaults(func=cmd_diagnose)
     return parser
 
 

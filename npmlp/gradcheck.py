@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .layers import cross_entropy_forward, linear_forward, tanh_forward
+from .models import intermediate
 
 EPS = 1e-4                                         # central-difference step, in float64 (measured best of 1e-3..1e-5)
 # (rtol against torch and the fast engine, finite-difference tolerance) by dtype. torch: float64 agrees
@@ -89,20 +90,62 @@ def central_difference(f, x, coords, eps=EPS):
     return out
 
 
-def verdict(mine, ref, rtol):
+FLOOR = 1e-2   # a tensor is judged against its own largest gradient, or FLOOR x the table's largest if
+               # that is larger: a gradient that is zero up to round-off (b1 before a BatchNorm) has no
+               # size of its own to be relative to
+
+
+def verdict(mine, ref, rtol, floor=0.0):
     """The backprop-ninja `cmp`: exact if bitwise equal, approx if allclose, else FAIL.
-    atol scales with the tensor so tiny entries (saturated tanh) are judged against its size."""
+    atol scales with the tensor (or `floor`, if larger) so tiny entries (a saturated tanh) are
+    judged against its size."""
     mine, ref = np.asarray(mine), np.asarray(ref)
     if np.array_equal(mine, ref):
         return "exact"
-    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    scale = max(float(np.abs(ref).max()) if ref.size else 0.0, floor)
     return "approx" if np.allclose(mine, ref, rtol=rtol, atol=rtol * scale) else "FAIL"
+
+
+def largest(grads) -> float:
+    return max((float(np.abs(g).max()) for g in grads.values() if np.size(g)), default=0.0)
+
+
+def check_rows(mine: dict, ref: dict | None, fast: dict, fd_of, dtype, coords: int = 20, seed: int = 0):
+    """[Row] for each gradient in `mine` (name -> array): against `ref` (torch's, or None), `fast`
+    (the fast engine's, where it has one) and central differences: fd_of(name, flat indices)."""
+    rtol, fd_tol = TOL[np.dtype(dtype)]
+    rng = np.random.default_rng(seed)
+    floor, ref_floor = FLOOR * largest(mine), FLOOR * largest(ref or {})
+    rows = []
+    for name, g in mine.items():
+        g = np.asarray(g, np.float64)
+        idx = np.arange(g.size) if g.size <= coords else np.sort(rng.choice(g.size, coords, replace=False))
+        fd = fd_of(name, idx)
+        # relative to the whole tensor's largest gradient: entries near zero (a peaked softmax, a
+        # saturated tanh) would otherwise turn the differences' round-off into a large ratio
+        scale = max(np.abs(g).max(), np.abs(fd).max(), floor)
+        relerr = float(np.abs(g.reshape(-1)[idx] - fd).max() / scale) if scale > 0 else 0.0
+        if ref is not None:
+            maxdiff, tv = float(np.abs(g - ref[name]).max()), verdict(mine[name], ref[name], rtol, ref_floor)
+        else:
+            maxdiff, tv = None, NOT_CHECKED
+        fv = verdict(fast[name], mine[name], rtol, floor) if name in fast else NOT_CHECKED
+        rows.append(Row(name, tuple(g.shape), maxdiff, tv, relerr, len(idx), relerr <= fd_tol, fv,
+                        float(np.linalg.norm(g))))
+    return rows
 
 
 def fast_gradients(model, X, Y) -> dict:
     """The fast engine's parameter gradients, {} for a model it does not train."""
     from . import fast
     return fast.gradients(model, X, Y) if model.kind in fast.MODELS else {}
+
+
+def loss_at(model, name: str, value, X, Y) -> float:
+    """The training loss with the intermediate `name` replaced by `value`: the rest of the forward."""
+    if model.kind == "mlp":
+        return loss_from(model, name, value, Y)
+    return model.forward(X, Y, at={name: value})[0]
 
 
 def report(model, X, Y, coords: int = 20, seed: int = 0, use_torch: bool = True) -> Report:
@@ -112,65 +155,105 @@ def report(model, X, Y, coords: int = 20, seed: int = 0, use_torch: bool = True)
     loss, cache = model.forward(X, Y)
     grads, dacts = model.backward(cache)
     mine = {**dacts, **grads}        # the rows, in the order the backward computes them
-    rtol, fd_tol = TOL[model.dtype]
     torch_loss, ref = None, None
     if use_torch and torch_available():
         torch_loss, tgrads, tdacts = torch_loss_and_grads(model, X, Y)
         ref = {**tdacts, **tgrads}
-    fastg = fast_gradients(model, X, Y)
 
     # finite differences always in float64, on a copy (the model itself is never touched)
     m64 = type(model)({k: v.astype(np.float64) for k, v in model.params.items()})
     _, c64 = m64.forward(X, Y)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for name in mine:
-        g = np.asarray(mine[name], np.float64)
-        idx = np.arange(g.size) if g.size <= coords else np.sort(rng.choice(g.size, coords, replace=False))
+
+    def fd_of(name, idx):
         if name in m64.params:
-            fd = central_difference(lambda: m64.forward(X, Y)[0], m64.params[name], idx)
-        else:
-            a = getattr(c64, name).copy()
-            fd = central_difference(lambda: loss_from(m64, name, a, Y), a, idx)
-        # relative to the whole tensor's largest gradient: entries near zero (a peaked softmax, a
-        # saturated tanh) would otherwise turn the differences' round-off into a large ratio
-        scale = max(np.abs(g).max(), np.abs(fd).max())
-        relerr = float(np.abs(g.reshape(-1)[idx] - fd).max() / scale) if scale > 0 else 0.0
-        if ref is not None:
-            maxdiff, tv = float(np.abs(g - ref[name]).max()), verdict(mine[name], ref[name], rtol)
-        else:
-            maxdiff, tv = None, NOT_CHECKED
-        fv = verdict(fastg[name], mine[name], rtol) if name in fastg else NOT_CHECKED
-        rows.append(Row(name, tuple(g.shape), maxdiff, tv, relerr, len(idx), relerr <= fd_tol, fv,
-                        float(np.linalg.norm(g))))
+            return central_difference(lambda: m64.forward(X, Y)[0], m64.params[name], idx)
+        a = np.array(intermediate(c64, name))
+        return central_difference(lambda: loss_at(m64, name, a, X, Y), a, idx)
+
+    rows = check_rows(mine, ref, fast_gradients(model, X, Y), fd_of, model.dtype, coords, seed)
     return Report(loss, torch_loss, rows)
+
+
+# ----------------------------------------------------------------------------- anyone's pair
+
+class PairCheck(NamedTuple):
+    rows: list       # [Row], one per floating-point input, in the forward's order
+    ok: bool
+    text: str        # the rows as the gradcheck table
+
+
+def check_pair(forward, backward, *inputs, torch_forward=None, seed: int = 0, coords: int = 20) -> PairCheck:
+    """Check a forward/backward pair written in npmlp's convention: forward(*inputs) -> (out, cache),
+    backward(dout, cache) -> the gradients of the floating-point inputs, in their order.
+
+    Everything runs in float64. Integer inputs (indices, targets) and None pass through unchecked.
+    The upstream gradient dout is a seeded random array for an array output (1.0 for a scalar),
+    so the checked function is L = sum(out * dout); each input's gradient is held against central
+    differences of L and, given `torch_forward` (the same forward in torch ops), against autograd."""
+    import inspect
+
+    try:
+        names = list(inspect.signature(forward).parameters)[:len(inputs)]
+    except (TypeError, ValueError):            # a builtin, or a callable with no signature
+        names = []
+    names += [f"input{i}" for i in range(len(names), len(inputs))]
+    checked = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray) and x.dtype.kind == "f"]
+    args = [np.array(x, np.float64) if i in checked else x for i, x in enumerate(inputs)]
+    out, cache = forward(*args)
+    rng = np.random.default_rng(seed)
+    dout = rng.standard_normal(np.shape(out)) if np.ndim(out) else 1.0
+    got = backward(dout, cache)
+    got = [g for g in (got if isinstance(got, tuple) else (got,)) if g is not None]
+    if len(got) != len(checked):
+        raise ValueError(f"backward returned {len(got)} gradients for the {len(checked)} floating-point "
+                         f"inputs {[names[i] for i in checked]}")
+    mine = {names[i]: g for i, g in zip(checked, got)}
+
+    def fd_of(name, idx):
+        x = args[names.index(name)]
+        return central_difference(lambda: float(np.sum(forward(*args)[0] * dout)), x, idx)
+
+    ref = None
+    if torch_forward is not None:
+        import torch
+        targs = [torch.tensor(x, requires_grad=True) if i in checked else
+                 torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x for i, x in enumerate(args)]
+        (torch_forward(*targs) * torch.as_tensor(dout)).sum().backward()
+        ref = {names[i]: targs[i].grad.numpy() for i in checked}
+    rows = check_rows(mine, ref, {}, fd_of, np.float64, coords, seed)
+    return PairCheck(rows, all(r.ok for r in rows), format_table(rows, np.float64, fast=False))
 
 
 HEAD = ("tensor", "shape", "max|mine-torch|", "torch", "fd rel err", "fd", "fast", "grad norm")
 
 
-def format_table(rows, dtype) -> str:
-    """The report as a fixed-width text table, with a legend of its verdicts."""
+def format_table(rows, dtype, fast: bool = True) -> str:
+    """The report as a fixed-width text table, with a legend of its verdicts (fast=False: without
+    the fast engine's column)."""
     rtol, fd_tol = TOL[np.dtype(dtype)]
+    head = HEAD if fast else HEAD[:6] + HEAD[7:]
     lines = []
     for r in rows:
         diff = NOT_CHECKED if r.torch_maxdiff is None else f"{r.torch_maxdiff:.2e}"
         fd = f"ok ({r.fd_coords})" if r.fd_ok else f"FAIL ({r.fd_coords})"
-        lines.append((f"d{r.name}", "x".join(map(str, r.shape)), diff, r.torch_verdict,
-                      f"{r.fd_relerr:.2e}", fd, r.fast_verdict, f"{r.norm:.4e}"))
-    widths = [max(len(x[i]) for x in [HEAD, *lines]) for i in range(len(HEAD))]
-    left = {0, 1, 3, 5, 6}
-    fmt = lambda cells: "  ".join(c.ljust(w) if i in left else c.rjust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        cells = (f"d{r.name}", "x".join(map(str, r.shape)), diff, r.torch_verdict, f"{r.fd_relerr:.2e}", fd,
+                 r.fast_verdict, f"{r.norm:.4e}")
+        lines.append(cells if fast else cells[:6] + cells[7:])
+    widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
+    left = {"tensor", "shape", "torch", "fd", "fast"}
+    fmt = lambda cells: "  ".join(c.ljust(w) if h in left else c.rjust(w)  # noqa: E731
+                                  for h, c, w in zip(head, cells, widths)).rstrip()
     rule = "  ".join("-" * w for w in widths)
     no_torch = all(r.torch_maxdiff is None for r in rows)
-    return "\n".join([
-        fmt(HEAD), rule, *map(fmt, lines), rule,
+    legend = [
         "torch: not installed (pip install torch==2.13.0 adds this column)" if no_torch else
         f"torch: exact = bitwise equal; approx = allclose(rtol={rtol:g}, atol={rtol:g} * max|torch|)",
         f"fd:    float64 central differences (eps {EPS:g}) at (n) random coordinates;",
         f"       rel err = max|mine - fd| / (largest |mine| in the tensor, or |fd| if larger); ok if <= {fd_tol:g}",
-        "fast:  the fast engine's gradient (its update / -lr), same verdicts as torch; - where it has none"])
+        f"       (max|torch| and largest |mine|: at least {FLOOR:g} x the table's largest, for gradients that are 0)"]
+    if fast:
+        legend.append("fast:  the fast engine's gradient (its update / -lr), same verdicts as torch; - where it has none")
+    return "\n".join([fmt(head), rule, *map(fmt, lines), rule, *legend])
 
 
 def parse_table(text: str) -> dict:

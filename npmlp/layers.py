@@ -111,3 +111,46 @@ def cross_entropy_backward(dloss, cache):
     dlogits = probs.copy()                            # (B, V)
     dlogits[np.arange(B), Y] -= 1                     # (B, V) softmax - onehot(Y)
     return dlogits * (dloss / B)                      # (B, V)
+
+
+# ----------------------------------------------------------------------------- batch normalisation
+
+class BatchNormCache(NamedTuple):
+    xhat: np.ndarray       # (B, H) the input normalised to zero mean and unit variance per column
+    var_inv: np.ndarray    # (H,) 1 / sqrt(var + eps)
+    gamma: np.ndarray      # (H,)
+    unbiased: bool
+
+
+def batchnorm_forward(x, gamma, beta, eps=1e-5, unbiased=False):
+    """x (B, H), gamma (H,), beta (H,) -> out (B, H): each column normalised with the batch's own
+    mean and variance, then scaled by gamma and shifted by beta (training mode). unbiased=False
+    divides the variance by B, as torch.nn.functional.batch_norm does in training; True by B - 1
+    (Bessel's correction), as makemore part 4 does."""
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("batch norm in training mode needs at least 2 rows: one row has no variance")
+    mean = x.mean(0)                                  # (H,)
+    xmu = x - mean                                    # (B, H)
+    var = (xmu ** 2).sum(0) / (n - 1 if unbiased else n)  # (H,)
+    var_inv = 1 / np.sqrt(var + eps)                  # (H,)
+    xhat = xmu * var_inv                              # (B, H)
+    out = gamma * xhat + beta                         # (B, H)
+    return out, BatchNormCache(xhat, var_inv, gamma, unbiased)
+
+
+def batchnorm_backward(dout, cache):
+    """dout (B, H) -> dx (B, H), dgamma (H,), dbeta (H,), fused (makemore part 4's exercise 3).
+
+    With s = var_inv and m = B - 1 (unbiased) or B, xhat_i = (x_i - mean) * s. x_i reaches the loss
+    three ways: through its own xhat_i, through the mean (every xhat_j moves by -s/B) and through
+    the variance (dvar/dx_i = 2 (x_i - mean) / m, ds/dvar = -s^3 / 2). Summing the three with
+    g = gamma * dout: dx_i = s * (g_i - sum_j g_j / B - xhat_i * sum_j g_j xhat_j / m), which is
+    the line below with gamma and 1/B taken out."""
+    xhat, var_inv, gamma, unbiased = cache
+    n = dout.shape[0]
+    dbeta = dout.sum(0)                               # (H,) beta was broadcast over the batch
+    dgamma = (xhat * dout).sum(0)                     # (H,)
+    bessel = n / (n - 1) if unbiased else 1.0         # B / m
+    dx = gamma * var_inv / n * (n * dout - dbeta - bessel * xhat * dgamma)  # (B, H)
+    return dx, dgamma, dbeta

@@ -22,7 +22,6 @@ from matplotlib.text import Text
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from .fileio import atomic_open
-from .model import PARAM_NAMES
 
 DPI = 100
 BAND_BINS = 3000   # loss curves longer than 2x this draw the per-step losses as a min..max band
@@ -238,9 +237,12 @@ def gradient_figure(model, X, Y, itos) -> Figure:
     grads, dacts = model.backward(cache)
     dlogits = dacts["logits"]                                # (B, V)
     B, V = dlogits.shape
+    # every parameter of the lecture's models; of a deeper one, its weight matrices
+    names = [k for k in model.params if len(model.params) <= 7 or model.params[k].ndim == 2]
+    cols = -(-(len(names) + 1) // 2)                         # two rows: the histograms, then the ratios
 
-    fig = Figure(figsize=(15, 8), layout="constrained")
-    gs = fig.add_gridspec(2, 5, width_ratios=(1.1, 1.1, 1, 1, 1), wspace=0.08)
+    fig = Figure(figsize=(9 + 3 * cols, 8), layout="constrained")
+    gs = fig.add_gridspec(2, 2 + cols, width_ratios=(1.1, 1.1) + (1,) * cols, wspace=0.08)
     ax = fig.add_subplot(gs[:, :2])
     lim = float(np.abs(dlogits).max()) or 1.0
     im = ax.imshow(dlogits, cmap="RdBu", norm=TwoSlopeNorm(0, -lim, lim), aspect="auto",
@@ -251,20 +253,20 @@ def gradient_figure(model, X, Y, itos) -> Figure:
     fig.colorbar(im, ax=ax, shrink=0.8, label="dloss / dlogits")
 
     ratios = {}
-    for i, k in enumerate(PARAM_NAMES):
+    for i, k in enumerate(names):
         g, p = grads[k].ravel(), model.params[k].ravel()
         ratios[k] = float(g.std() / p.std()) if p.std() > 0 else float("nan")
-        a = fig.add_subplot(gs[i // 3, 2 + i % 3])
+        a = fig.add_subplot(gs[i // cols, 2 + i % cols])
         a.hist(g, bins=60, color="tab:blue", log=g.size > 1000)   # log counts: see the tails
         a.set_title(f"d{k} {tuple(grads[k].shape)}\ngrad:data {ratios[k]:.2e}", fontsize=11)
         a.set_xlabel("gradient value")
         a.tick_params(labelsize=8)
-    a = fig.add_subplot(gs[1, 4])
+    a = fig.add_subplot(gs[1, 1 + cols])
     names = list(ratios)[::-1]
     a.barh(names, [ratios[k] for k in names], color="tab:orange")
     for i, k in enumerate(names):
         a.text(ratios[k], i, f" {ratios[k]:.1e}", va="center", fontsize=9)
-    a.set_xlim(0, max(ratios.values()) * 1.45)
+    a.set_xlim(0, np.nanmax(list(ratios.values()) + [1e-12]) * 1.45)
     a.set_title("grad:data ratio\nstd(grad) / std(param)", fontsize=11)
     a.tick_params(labelsize=8)
     a.grid(alpha=0.3, axis="x")
@@ -303,7 +305,7 @@ def write_run_figures(out, model, vocab, lossi=None, cfg=None, pca: bool = False
     out = Path(out)
     written = []
     if lossi is not None and len(lossi):
-        decay = int(cfg.decay_at * cfg.steps) if cfg is not None and cfg.lr_decayed != cfg.lr else None
+        decay = cfg.decay_step if cfg is not None and cfg.lr_decayed != cfg.lr else None
         written.append(save(loss_figure(lossi, decay, getattr(cfg, "lr", None), getattr(cfg, "lr_decayed", None),
                                         getattr(cfg, "batch_size", None)), out / "loss.png", notes))
     written.append(save(embedding_figure(model.params["C"], vocab.itos, pca), out / "embedding.png", notes))

@@ -15,7 +15,7 @@ def torch_available() -> bool:
     return True
 
 
-def torch_forward(P, X, Y):
+def torch_forward(P, X, Y, buffers=None):
     """The lecture's forward in torch. P: dict of leaf tensors. Returns (loss, acts dict)."""
     import torch
     import torch.nn.functional as F
@@ -30,7 +30,56 @@ def torch_forward(P, X, Y):
     return loss, {"logits": logits, "h": h, "hpreact": hpreact, "embcat": embcat, "emb": emb}
 
 
-FORWARDS = {"mlp": torch_forward}
+def bn_forward(P, X, Y, buffers=None):
+    """makemore part 4's forward, one atom per line as the lecture writes it (every atom gets a
+    gradient of its own). Returns (loss, acts dict)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = X.shape[0]
+    emb = P["C"][X]                                            # (B, T, E)
+    embcat = emb.view(n, -1)                                   # (B, T*E)
+    hprebn = embcat @ P["W1"] + P["b1"]                        # (B, H)
+    bnmeani = 1 / n * hprebn.sum(0, keepdim=True)              # (1, H)
+    bndiff = hprebn - bnmeani                                  # (B, H)
+    bndiff2 = bndiff ** 2                                      # (B, H)
+    bnvar = 1 / (n - 1) * bndiff2.sum(0, keepdim=True)         # (1, H) Bessel's correction
+    bnvar_inv = (bnvar + 1e-5) ** -0.5                         # (1, H)
+    bnraw = bndiff * bnvar_inv                                 # (B, H)
+    hpreact = P["bngain"] * bnraw + P["bnbias"]                # (B, H)
+    h = torch.tanh(hpreact)                                    # (B, H)
+    logits = h @ P["W2"] + P["b2"]                             # (B, V)
+    loss = F.cross_entropy(logits, Y)
+    return loss, {"logits": logits, "h": h, "hpreact": hpreact, "bnraw": bnraw, "bnvar_inv": bnvar_inv,
+                  "bnvar": bnvar, "bndiff2": bndiff2, "bndiff": bndiff, "bnmeani": bnmeani, "hprebn": hprebn,
+                  "embcat": embcat, "emb": emb}
+
+
+def deep_forward(P, X, Y, buffers=None):
+    """makemore part 3's stack in torch: Linear, F.batch_norm in training mode (biased variance to
+    normalise; with `buffers`, running_meanI / running_varI updated in place, momentum 0.1 and the
+    unbiased variance, as torch.nn.BatchNorm1d), tanh. Returns (loss, acts dict named as deep.py's)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = sum(1 for k in P if k[0] == "W" and k[1:].isdigit())
+    bn = "gamma1" in P
+    emb = P["C"][X]                                            # (B, T, E)
+    x = embcat = emb.view(X.shape[0], -1)                      # (B, T*E)
+    acts = {"emb": emb, "embcat": embcat}
+    for i in range(1, n + 1):
+        x = x @ P[f"W{i}"] + (0 if bn else P[f"b{i}"])
+        acts["logits" if i == n and not bn else f"linear{i}"] = x
+        if bn:
+            mean, var = (None, None) if buffers is None else (buffers[f"running_mean{i}"], buffers[f"running_var{i}"])
+            x = F.batch_norm(x, mean, var, P[f"gamma{i}"], P[f"beta{i}"], training=True, momentum=0.1, eps=1e-5)
+            acts["logits" if i == n else f"batchnorm{i}"] = x
+        if i < n:
+            x = acts[f"tanh{i}"] = torch.tanh(x)
+    return F.cross_entropy(x, Y), acts
+
+
+FORWARDS = {"mlp": torch_forward, "bn": bn_forward, "deep": deep_forward}
 
 
 def _tensors(params, X, Y):
@@ -52,16 +101,18 @@ def torch_loss_and_grads(model, X, Y):
     return loss.item(), grads, dacts
 
 
-def torch_sgd(model, X, Y, batches, lrs):
-    """The lecture's training loop in torch from the model's params: for each row-index batch,
-    forward, backward, p.data += -lr * p.grad. Returns (losses, final params as NumPy)."""
+def torch_sgd(model, X, Y, batches, lrs, return_buffers=False):
+    """The lecture's training loop in torch from the model's params (and running statistics): for
+    each row-index batch, forward, backward, p.data += -lr * p.grad.
+    Returns (losses, final params as NumPy[, final buffers as NumPy])."""
     import torch
 
     P, Xt, Yt = _tensors(model.params, X, Y)
+    buffers = {k: torch.tensor(np.array(v)) for k, v in getattr(model, "buffers", {}).items()}
     losses = []
     for ix, lr in zip(batches, lrs):
-        ix = torch.as_tensor(np.asarray(ix, np.int64))
-        loss, _ = FORWARDS[model.kind](P, Xt[ix], Yt[ix])
+        ix = torch.as_tensor(np.array(ix, np.int64))
+        loss, _ = FORWARDS[model.kind](P, Xt[ix], Yt[ix], buffers)
         for p in P.values():
             p.grad = None
         loss.backward()
@@ -69,4 +120,7 @@ def torch_sgd(model, X, Y, batches, lrs):
             for p in P.values():
                 p += -lr * p.grad
         losses.append(loss.item())
-    return np.array(losses), {k: v.detach().numpy() for k, v in P.items()}
+    params = {k: v.detach().numpy() for k, v in P.items()}
+    if return_buffers:
+        return np.array(losses), params, {k: v.numpy() for k, v in buffers.items()}
+    return np.array(losses), params

@@ -225,7 +225,8 @@ class Run:
     config, `info` (what else the run records: data file and SHA-256, split seed, init, engine
     and its arithmetic, training seconds so far), the loss history and the next step."""
 
-    def __init__(self, out: Path, model, vocab, cfg: TrainConfig, info: dict, lossi, start: int, data: Splits):
+    def __init__(self, out: Path, model, vocab, cfg: TrainConfig, info: dict, lossi, start: int, data: Splits,
+                 diagnose: bool = False):
         self.out, self.ckpt = out, out / "model.npz"
         self.model, self.vocab, self.cfg, self.info, self.data = model, vocab, cfg, info, data
         self.lossi, self.start, self.step = lossi, start, start
@@ -234,14 +235,24 @@ class Run:
         if cfg.batch_size > n:
             raise UsageError(f"--batch-size {cfg.batch_size} is larger than the training split ({n:,} rows); "
                              f"use at most {n:,}")
+        low = getattr(model, "min_batch", 1)
+        if cfg.batch_size < low:
+            raise UsageError(f"--batch-size {cfg.batch_size}: the {model.kind} model's BatchNorm normalises with "
+                             f"a batch's own statistics; use at least {low}")
         self.stopped = False                       # on_step asked to stop
         self.seconds = info.get("seconds", 0.0)    # training time of the earlier parts ...
         self.parts = info.get("parts", 1 if start else 0) + 1   # ... and this one
         self._t0 = self._t1 = None                 # when this part's training began and ended
+        self.ratios = None                         # diagnose.UpdateRatios, sampled while training
+        if diagnose or info.get("diagnose"):
+            from .diagnose import RATIOS, UpdateRatios
+            info["diagnose"] = True
+            kept = UpdateRatios.load(out / RATIOS) if start else None
+            self.ratios = kept.until(start) if kept is not None else UpdateRatios(model.params)
 
     @classmethod
     def new(cls, out: Path, kind: str, sizes: dict, cfg: TrainConfig, data=None, split_seed=42,
-            dtype=np.float32, engine=None, init=None):
+            dtype=np.float32, engine=None, init=None, diagnose=False):
         """A fresh run of model `kind` in `out` (which must not hold one). init: the MLP's init
         scheme ('lecture' or 'kaiming'); the other models have their lecture's own."""
         refuse_existing(out)
@@ -258,10 +269,10 @@ class Run:
         info = {"data": str(splits.source.resolve()) if splits.source else None, "split_seed": split_seed,
                 "init": init, "data_sha256": splits.digest, "engine": engine,
                 "arithmetic": ARITHMETIC[engine], "seconds": 0.0, "parts": 0}
-        return cls(out, model, splits.vocab, cfg, info, np.zeros(cfg.steps, np.float32), 0, splits)
+        return cls(out, model, splits.vocab, cfg, info, np.zeros(cfg.steps, np.float32), 0, splits, diagnose)
 
     @classmethod
-    def resume(cls, out: Path, typed: dict, data=None):
+    def resume(cls, out: Path, typed: dict, data=None, diagnose=False):
         """The run in `out`, ready to continue. typed: the options given on the command line
         (name -> value); one that differs from the run's own is refused."""
         model, vocab, meta, lossi = _load_resumable(out)
@@ -273,7 +284,7 @@ class Run:
         if data:                                    # the same names from a new place: remember it
             info["data"] = str(Path(data).resolve())
         run = cls(out, model, vocab, cfg, info, np.concatenate(
-            [lossi, np.zeros(cfg.steps - meta["step"], np.float32)]), meta["step"], splits)
+            [lossi, np.zeros(cfg.steps - meta["step"], np.float32)]), meta["step"], splits, diagnose)
         if info.get("arithmetic", 1) != ARITHMETIC[info["engine"]]:   # runs before the key were 1
             run.notes.append(f"{out} was trained by an older npmlp whose steps round differently; it continues "
                              f"correctly, but not bit-identically to an uninterrupted run of that version")
@@ -303,6 +314,9 @@ class Run:
             self.model.calibrate(self.data.train[0])
         try:
             save_checkpoint(self.ckpt, self.model, self.vocab, meta, self.lossi[:step])
+            if self.ratios is not None:
+                from .diagnose import RATIOS
+                self.ratios.until(step).save(self.out / RATIOS)
         except OSError as e:  # the write is atomic: an older model.npz, if any, is still intact
             raise NpmlpError(f"cannot write {self.ckpt}: {e.strerror}; free space or fix permissions, "
                              f"then resume from the last saved checkpoint") from None
@@ -321,10 +335,18 @@ class Run:
             self.stopped = on_step is not None and bool(on_step(step, loss))
             return self.stopped
 
+        # the steps run in segments: between two, the model holds the current params (the fast
+        # engine works on its own copy), a snapshot is taken, and with --diagnose the update:data
+        # ratios are sampled
+        every = SNAPSHOT
+        if self.ratios is not None:
+            from .diagnose import EVERY as every
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # a NaN/inf loss is caught as divergence
                 while not self.finished and not self.stopped:
-                    stop = min(self.cfg.steps, (self.step // SNAPSHOT + 1) * SNAPSHOT)
+                    if self.ratios is not None and self.step % every == 0:
+                        self.ratios.record(self.model, X, Y, self.cfg, self.step)
+                    stop = min(self.cfg.steps, (self.step // every + 1) * every)
                     steps(X, Y, self.cfg, self.lossi, self.step, stop, each)
                     snaps = [snaps[-1], self._snapshot()]
         except HelperFailed as e:                  # the failed step was not applied: keep the rest

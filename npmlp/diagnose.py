@@ -1,0 +1,235 @@
+"""makemore part 3's readings of a network's health, as numbers and figures:
+
+  - each tanh layer's outputs: mean, std, and the share saturated (|h| > 0.97, where tanh's
+    gradient 1 - h^2 is below 0.06 and the unit barely learns);
+  - the gradients reaching those outputs: mean and std per layer (do they shrink or grow with depth?);
+  - each weight matrix's gradient: std(grad) / std(weight), the grad:data ratio;
+  - over training, log10(std(lr * grad) / std(param)) per parameter, the update:data ratio:
+    about -3 is healthy (an update changes a weight by a thousandth of its spread).
+
+Legend: B batch. All readings come from the reference tier's forward and backward of one minibatch
+(training mode), with any running statistics left as they were.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from .fileio import atomic_open
+from .models import buffers, intermediate
+from .train import batch_rows
+
+SATURATED = 0.97
+EVERY = 100                  # `npmlp train --diagnose`: steps between update:data samples
+RATIOS = "update_ratio.npz"  # ... kept in the run directory
+GUIDE = -3.0
+
+
+@contextlib.contextmanager
+def frozen(model):
+    """Run the training forward without moving running statistics (deep.BatchNorm1d updates them)."""
+    saved = {k: a.copy() for k, a in buffers(model).items()}
+    try:
+        yield model
+    finally:
+        for k, a in buffers(model).items():
+            a[...] = saved[k]
+
+
+def tanh_names(model) -> tuple:
+    return getattr(model, "tanh_names", ("h",))
+
+
+class Layer(NamedTuple):
+    name: str
+    values: np.ndarray     # flattened
+    mean: float
+    std: float
+    saturated: float       # share with |value| > SATURATED (activations only)
+
+
+class Weight(NamedTuple):
+    name: str
+    shape: tuple
+    grad: np.ndarray       # flattened
+    mean: float
+    std: float
+    ratio: float           # std(grad) / std(weight)
+
+
+class Readings(NamedTuple):
+    loss: float
+    activations: list      # [Layer], each tanh layer's output
+    gradients: list        # [Layer], the gradient reaching each tanh layer's output
+    weights: list          # [Weight], each weight matrix (the parameters with 2 dimensions)
+
+
+def _layer(name, a, saturated=True):
+    a = np.asarray(a, np.float64).ravel()
+    return Layer(name, a, float(a.mean()), float(a.std()),
+                 float((np.abs(a) > SATURATED).mean()) if saturated else float("nan"))
+
+
+def read(model, X, Y) -> Readings:
+    """The readings of one minibatch X (B, T), Y (B,)."""
+    with frozen(model):
+        loss, cache = model.forward(X, Y)
+        grads, dacts = model.backward(cache)
+    names = tanh_names(model)
+    acts = [_layer(n, intermediate(cache, n)) for n in names]
+    grads_in = [_layer(n, dacts[n], saturated=False) for n in names]
+    weights = []
+    for k, p in model.params.items():
+        if p.ndim == 2:
+            g = np.asarray(grads[k], np.float64).ravel()
+            weights.append(Weight(k, p.shape, g, float(g.mean()), float(g.std()), float(g.std() / p.std())))
+    return Readings(loss, acts, grads_in, weights)
+
+
+def tables(r: Readings) -> str:
+    """The readings as the lecture prints them."""
+    lines = [f"loss of the minibatch {r.loss:.4f}", "", "activations (tanh outputs)"]
+    lines += [f"  {a.name:8s}  mean {a.mean:+.2f}  std {a.std:.2f}  saturated (|h| > {SATURATED}) "
+              f"{100 * a.saturated:5.2f}%" for a in r.activations]
+    lines += ["", "gradients reaching them"]
+    lines += [f"  {g.name:8s}  mean {g.mean:+.6f}  std {g.std:.6e}" for g in r.gradients]
+    lines += ["", "weights"]
+    lines += [f"  {w.name:8s}  {str(w.shape):11s}  grad mean {w.mean:+.6f}  std {w.std:.6e}  grad:data {w.ratio:.3e}"
+              for w in r.weights]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- update:data over training
+
+class UpdateRatios:
+    """log10(std(lr * grad) / std(param)) of every parameter at the steps it was sampled: the grad
+    of that step's minibatch at the params that step starts from, i.e. the update about to be made."""
+
+    def __init__(self, names, steps=(), ratios=None):
+        self.names = list(names)
+        self.steps = list(steps)
+        self.ratios = [] if ratios is None else [np.asarray(r, np.float64) for r in ratios]
+
+    def record(self, model, X, Y, cfg, step: int):
+        rows = batch_rows(cfg, step, len(X))
+        with frozen(model):
+            _, grads = model.loss_and_grads(X[rows], Y[rows])
+        lr = cfg.lr_at(step)
+        with np.errstate(divide="ignore", invalid="ignore"):   # a zero spread gives no ratio: NaN
+            r = [np.log10(np.std(lr * grads[k], dtype=np.float64) / np.std(model.params[k], dtype=np.float64))
+                 for k in self.names]
+        self.steps.append(step)
+        self.ratios.append(np.where(np.isfinite(r), r, np.nan))
+
+    def until(self, step: int) -> UpdateRatios:
+        keep = [i for i, s in enumerate(self.steps) if s < step]
+        return UpdateRatios(self.names, [self.steps[i] for i in keep], [self.ratios[i] for i in keep])
+
+    def save(self, path):
+        with atomic_open(path, "wb") as f:
+            np.savez(f, names=np.array(self.names), steps=np.array(self.steps, np.int64),
+                     ratios=np.array(self.ratios, np.float64).reshape(len(self.steps), len(self.names)))
+
+    @classmethod
+    def load(cls, path):
+        """The ratios saved in `path`, or None if there are none or the file is unreadable."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls([str(n) for n in z["names"]], z["steps"].tolist(), list(z["ratios"]))
+        except (OSError, KeyError, ValueError):
+            return None
+
+
+# ----------------------------------------------------------------------------- figures
+
+def _hist(ax, values, label):
+    hy, hx = np.histogram(values, bins=100, density=True)
+    ax.plot((hx[:-1] + hx[1:]) / 2, hy, lw=1.4, label=label)
+
+
+def activations_figure(r: Readings):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for a in r.activations:
+        _hist(ax, a.values, f"{a.name}: mean {a.mean:+.2f}, std {a.std:.2f}, saturated {100 * a.saturated:.2f}%")
+    ax.axvspan(SATURATED, 1, color="tab:red", alpha=0.08)
+    ax.axvspan(-1, -SATURATED, color="tab:red", alpha=0.08, label=f"saturated: |h| > {SATURATED}")
+    ax.set(title="activation distribution (forward): each tanh layer's outputs", xlabel="tanh output",
+           ylabel="density", xlim=(-1.05, 1.05))
+    ax.legend(fontsize=9)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def activation_grads_figure(r: Readings):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for g in r.gradients:
+        _hist(ax, g.values, f"{g.name}: mean {g.mean:+.2e}, std {g.std:.2e}")
+    ax.set(title="gradient distribution (backward): the gradient reaching each tanh layer's output",
+           xlabel="gradient", ylabel="density")
+    ax.legend(fontsize=9)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def weight_grads_figure(r: Readings):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for w in r.weights:
+        _hist(ax, w.grad, f"{w.name} {w.shape}: std {w.std:.2e}, grad:data {w.ratio:.2e}")
+    ax.set(title="weights gradient distribution, with each matrix's grad:data ratio std(grad) / std(weight)",
+           xlabel="gradient", ylabel="density")
+    ax.legend(fontsize=9)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def update_ratio_figure(u: UpdateRatios, params: dict):
+    """log10 update:data of each weight matrix over training (the other parameters faint), with
+    the -3 guide line."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ratios = np.array(u.ratios).reshape(len(u.steps), len(u.names))
+    for j, k in enumerate(u.names):
+        matrix = np.ndim(params.get(k)) == 2
+        ax.plot(u.steps, ratios[:, j], lw=1.3 if matrix else 0.6, alpha=1 if matrix else 0.35,
+                label=k if matrix else None)
+    ax.axhline(GUIDE, color="k", lw=1.2, label="-3: updates of a thousandth")
+    ax.set(title=f"update:data ratio, log10(std(lr * grad) / std(param)), every {EVERY} steps "
+                 f"(weight matrices bold, other parameters faint)", xlabel="step", ylabel="log10 ratio")
+    ax.legend(fontsize=9, ncol=2)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def write_figures(out, readings: Readings, ratios: UpdateRatios | None, params: dict, notes=None) -> list[Path]:
+    """activations.png, activation_grads.png, weight_grads.png and (if recorded) update_ratio.png
+    (params: the model's, by name: which are weight matrices)."""
+    from .plots import save
+    out = Path(out)
+    written = [save(activations_figure(readings), out / "activations.png", notes),
+               save(activation_grads_figure(readings), out / "activation_grads.png", notes),
+               save(weight_grads_figure(readings), out / "weight_grads.png", notes)]
+    if ratios is not None and ratios.steps:
+        written.append(save(update_ratio_figure(ratios, params), out / "update_ratio.png", notes))
+    return written
+
+
+def ratio_summary(u: UpdateRatios, params: dict, last: int = 10) -> str:
+    """Each weight matrix's update:data ratio: the mean of its last `last` samples."""
+    if not u.steps:
+        return ""
+    ratios = np.array(u.ratios).reshape(len(u.steps), len(u.names))[-last:]
+    lines = [f"update:data, log10, mean of the last {len(ratios)} samples (every {EVERY} steps, to step "
+             f"{u.steps[-1]:,}); healthy near {GUIDE:g}"]
+    lines += [f"  {k:8s}  {np.nanmean(ratios[:, j]):+.2f}" for j, k in enumerate(u.names)
+              if np.ndim(params.get(k)) == 2]
+    return "\n".join(lines)
