@@ -1,6 +1,7 @@
-"""CPU benchmark: npmlp's training step against torch eager, torch with a hand-written backward,
-torch.compile and JAX jit, plus full-split evaluation, a per-op profile, and the end-to-end
-`npmlp train` run.
+"""CPU benchmark: npmlp's training step (the fast engine, and the readable reference loop) against
+torch eager, torch with a hand-written backward, torch.compile and JAX jit, plus full-split
+evaluation, a per-op profile of the fast step, and whole-process runs of `npmlp train` and of the
+lecture's torch loop (benchmarks/torch_lecture.py).
 
     python -m benchmarks.bench                      # the full sweep, results in benchmarks/results/
     python -m benchmarks.bench --help               # smaller sweeps, other peers, other output
@@ -12,13 +13,16 @@ How it measures (see benchmarks/README.md):
     NumPy / torch / JAX load: "1 core" = pinned to one CPU with one thread in every library,
     "N cores" = every CPU of the machine with N threads in every library;
   - every peer starts from the same parameters and trains on the same minibatch indices (those
-    npmlp.train.sgd draws); the first 3 steps' losses must agree with npmlp's before any timing;
+    npmlp's engines draw); the first 3 steps' losses must agree with npmlp's before any timing;
   - after a warm-up, each peer runs REPEATS timed blocks of steps, peers alternating (the order
     rotates every repeat), so a busy moment on this shared machine hits every peer alike;
   - a step is what `npmlp train` does per step: gather the minibatch rows, forward, backward,
     SGD update, and the loss as a Python float (the lecture's lossi);
-  - reported: median us/step with min-max over repeats, the ratio to torch eager, the step's
-    matmul GFLOP/s (6*B*H*(T*E + V) FLOPs per step) and its fraction of a measured sgemm peak.
+  - reported: median us/step with min-max over repeats, the ratio to torch eager (and, for npmlp,
+    to its reference loop), the step's matmul GFLOP/s (6*B*H*(T*E + V) FLOPs per step) and its
+    fraction of a measured sgemm peak;
+  - torch is imported only when a torch peer is asked for (`--peers npmlp npmlp_reference` runs
+    without it).
 """
 from __future__ import annotations
 
@@ -66,8 +70,8 @@ def log(*msg):
     print(*msg, flush=True)
 
 
-def thread_report(threads):
-    """What every library says about its threads, after the settings."""
+def thread_report(threads, with_torch=True):
+    """What every library says about its threads, after the settings (torch's only if with_torch)."""
     import numpy as np
     rep = {"affinity": sorted(os.sched_getaffinity(0)),
            "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS")}}
@@ -79,12 +83,13 @@ def thread_report(threads):
         cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         rep["numpy_blas"] = [{"internal_api": cfg.get("name"), "version": cfg.get("version"),
                               "num_threads": os.environ.get("OPENBLAS_NUM_THREADS")}]
-    try:
-        import torch
-        torch.set_num_threads(threads)
-        rep["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        pass
+    if with_torch:
+        try:
+            import torch
+            torch.set_num_threads(threads)
+            rep["torch_threads"] = torch.get_num_threads()
+        except ImportError:
+            pass
     return rep
 
 
@@ -166,6 +171,8 @@ def bench_config(peers, X, Y, V, B, H, a):
         med = statistics.median(us)
         res[p].update(median_us=med, min_us=min(us), max_us=max(us), gflops=fl / med / 1e3,
                       peak_frac=fl / med / 1e3 / a.peak, ratio_vs_torch_eager=(base / med) if base else None)
+    if "npmlp_reference" in res:                   # what the fast engine's tricks buy
+        res["npmlp"]["speedup_vs_reference"] = res["npmlp_reference"]["median_us"] / res["npmlp"]["median_us"]
     for run in runs.values():
         getattr(run, "close", lambda: None)()      # npmlp's helper processes
     del runs
@@ -176,6 +183,7 @@ def bench_eval(X, Y, V, H, peers, repeats):
     """Forward-only loss over the whole training split (N rows), each library its natural way:
     npmlp.train.evaluate (chunked), torch eager under no_grad on all rows at once, jitted JAX."""
     import numpy as np
+
     from npmlp.model import MLP
     from npmlp.train import evaluate
 
@@ -194,7 +202,8 @@ def bench_eval(X, Y, V, H, peers, repeats):
             with torch.no_grad():
                 h = torch.tanh(Pt["C"][Xt].view(len(Xt), -1) @ Pt["W1"] + Pt["b1"])
                 return F.cross_entropy(h @ Pt["W2"] + Pt["b2"], Yt).item()
-        fns["torch_eager"] = lambda f=flush_denormals(torch_eval): f(None, None)
+        flushed = flush_denormals(torch_eval)
+        fns["torch_eager"] = lambda: flushed(None, None)
     if "jax" in peers:
         import jax
         import jax.numpy as jnp
@@ -227,10 +236,11 @@ def worker(cfg_path):
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     a = argparse.Namespace(**json.loads(Path(cfg_path).read_text()))
     from .opprofile import profile_step
-    from .peers import available
+    from .peers import TORCH_PEERS, available
 
+    with_torch = any(p in TORCH_PEERS for p in a.peers)
     rep = {"threads": a.threads, "label": a.label, "load_before": os.getloadavg()}
-    rep["thread_report"] = thread_report(a.threads)
+    rep["thread_report"] = thread_report(a.threads, with_torch)
     a.peak = measure_sgemm_peak()
     rep["sgemm_peak_gflops"] = a.peak
     log(f"[{a.label}] threads: {json.dumps(rep['thread_report'])}")
@@ -266,9 +276,9 @@ def worker(cfg_path):
     rep["profiles"] = []
     for B in a.profile_batch_sizes:
         steps = max(20, int(a.profile_time * 1e6 / (60 + 1.2 * B)))
-        p = profile_step(X, Y, V, B, 200, steps, a.peak, mkl_reference=a.threads == 1)
+        p = profile_step(X, Y, V, B, 200, steps, a.peak, mkl_reference=a.threads == 1 and with_torch)
         rep["profiles"].append(p)
-        log(f"[{a.label}] profile B={B} H=200: plain step {p['plain_step_us']:.1f} us")
+        log(f"[{a.label}] profile of the fast step, B={B} H=200: plain step {p['plain_step_us']:.1f} us")
     rep["load_after"] = os.getloadavg()
     Path(a.result).write_text(json.dumps(rep))
 
@@ -334,14 +344,16 @@ def machine_description():
 
 
 def parse_args(argv=None):
+    from .peers import PEERS
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256, 1024, 4096])
     p.add_argument("--hidden", type=int, nargs="+", default=[200, 1000], help="n_hidden values (default 200 1000)")
     p.add_argument("--threads", type=int, nargs="+", default=None,
                    help="thread settings: 1 = one core, pinned; N = N threads unpinned (default: 1 and all CPUs)")
-    p.add_argument("--peers", nargs="+", default=["npmlp", "torch_eager", "torch_manual", "torch_compile", "jax"],
-                   help="which peers (default all); npmlp always runs first")
+    p.add_argument("--peers", nargs="+", default=list(PEERS),
+                   help=f"which peers, of {', '.join(PEERS)} (default all); npmlp always runs first; "
+                   "torch is imported only for a torch peer")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per peer and configuration (default 5)")
     p.add_argument("--min-time", type=float, default=0.25, help="seconds per timed repeat (default 0.25)")
     p.add_argument("--lr", type=float, default=0.1)
@@ -350,9 +362,12 @@ def parse_args(argv=None):
     p.add_argument("--profile-batch-sizes", type=int, nargs="*", default=[32, 4096],
                    help="batch sizes of the per-op profile (H=200), none to skip")
     p.add_argument("--profile-time", type=float, default=1.0, help="seconds of steps per profile")
-    p.add_argument("--e2e-repeats", type=int, default=1, help="`npmlp train` runs per thread setting (0: none)")
-    p.add_argument("--e2e-steps", type=int, default=200_000, help="steps of the `npmlp train` run (default: "
+    p.add_argument("--e2e-repeats", type=int, default=1,
+                   help="whole-process runs per thread setting of `npmlp train` and, with torch_eager among "
+                   "the peers, of benchmarks/torch_lecture.py, alternating (0: none)")
+    p.add_argument("--e2e-steps", type=int, default=200_000, help="steps of those runs (default: "
                    "the lecture's 200000)")
+    p.add_argument("--e2e-batch-size", type=int, default=32, help="batch size of those runs (default 32)")
     p.add_argument("--data", help="names file (default: $NPMLP_DATA, then npmlp's cache/download)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="output folder")
     p.add_argument("--name", default="bench", help="output file stem: NAME.json, NAME.md, NAME.png")
@@ -360,8 +375,7 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if a.threads is None:
         a.threads = sorted({1, os.cpu_count() or 1})
-    a.peers = ["npmlp"] + [x for x in a.peers if x != "npmlp"]
-    from .peers import PEERS
+    a.peers = ["npmlp"] + [x for x in dict.fromkeys(a.peers) if x != "npmlp"]
     bad = [x for x in a.peers if x not in PEERS]
     if bad:
         p.error(f"unknown peer(s) {bad}; choose from {', '.join(PEERS)}")
@@ -370,6 +384,48 @@ def parse_args(argv=None):
 
 def label_of(threads):
     return "1 core" if threads == 1 else f"{threads} cores"
+
+
+# ============================================================================= end to end
+
+def e2e_programs(a, data):
+    """The whole processes the end-to-end section runs: `npmlp train` (the fast engine, figures
+    included), and the lecture's torch loop as a program when torch_eager is among the peers."""
+    from .peers import available
+    size = ["--steps", str(a.e2e_steps), "--batch-size", str(a.e2e_batch_size)]
+    data_args = ["--data", data] if data else []
+    progs = [{"name": "npmlp train", "cmd": [sys.executable, "-m", "npmlp", "train", "--quiet", *size, *data_args],
+              "shown": "python -m npmlp train --quiet --out DIR " + " ".join(size)}]
+    if "torch_eager" in a.peers and available("torch_eager") is None:
+        script = REPO / "benchmarks" / "torch_lecture.py"
+        progs.append({"name": "torch lecture", "cmd": [sys.executable, str(script), *size, *data_args],
+                      "shown": "python benchmarks/torch_lecture.py --threads N " + " ".join(size)})
+    return progs
+
+
+def run_e2e(program, threads, a):
+    """One whole-process run of `program` in the `threads` setting -> its record."""
+    env = {**os.environ, **thread_env(threads)} if threads == 1 else dict(os.environ)
+    pin = _pin_one_cpu if threads == 1 else None
+    with tempfile.TemporaryDirectory(prefix="npmlp-bench-") as tmp:
+        cmd = list(program["cmd"])
+        if program["name"] == "npmlp train":
+            cmd += ["--out", str(Path(tmp) / "run")]
+        else:
+            cmd += ["--threads", str(threads)]
+        code, stdout, stderr, wall, rss = run_with_rss(cmd, env=env, cwd=REPO, preexec_fn=pin)
+        if code != 0:
+            raise SystemExit(f"bench: `{program['shown']}` failed (exit {code}):\n{stderr}")
+        if program["name"] == "npmlp train":
+            m = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
+            train_s, train_loss, dev_loss = m["seconds"], m["train_loss"], m["dev_loss"]
+        else:
+            m = dict(kv for kv in (line.split() for line in stdout.splitlines()) if len(kv) == 2)
+            train_s, train_loss, dev_loss = (float(m[k]) for k in ("train_seconds", "train_loss", "dev_loss"))
+    return {"program": program["name"], "label": label_of(threads), "threads": threads, "wall_s": wall,
+            "peak_rss_mb": rss, "command": program["shown"], "train_s": train_s,
+            "us_per_step": train_s / a.e2e_steps * 1e6, "train_loss": train_loss, "dev_loss": dev_loss,
+            "steps": a.e2e_steps, "batch_size": a.e2e_batch_size}
 
 
 def main(argv=None):
@@ -382,7 +438,7 @@ def main(argv=None):
     report = {"command": "python -m benchmarks.bench " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": machine_description(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "settings": {k: getattr(a, k) for k in ("batch_sizes", "hidden", "threads", "peers", "repeats",
-                                                      "min_time", "lr")},
+                                                      "min_time", "lr", "e2e_steps", "e2e_batch_size")},
               "runs": [], "e2e": []}
     log(f"bench: {report['machine']['cpu']}, {report['machine']['cpus']} CPUs; "
         f"{json.dumps(report['machine']['versions'])}")
@@ -394,31 +450,20 @@ def main(argv=None):
             Path(tmp, "cfg.json").write_text(json.dumps(cfg))
             env = {**os.environ, **thread_env(threads)}
             r = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--worker", str(Path(tmp, "cfg.json"))],
-                               env=env, cwd=REPO, preexec_fn=_pin_one_cpu if threads == 1 else None)
+                               env=env, cwd=REPO, preexec_fn=_pin_one_cpu if threads == 1 else None, check=False)
             if r.returncode != 0:
                 raise SystemExit(f"bench: the {label} worker failed (exit {r.returncode})")
             report["runs"].append(json.loads(Path(cfg["result"]).read_text()))
+    programs = e2e_programs(a, data)
     for threads in a.threads if a.e2e_repeats > 0 else []:
         for i in range(a.e2e_repeats):
-            with tempfile.TemporaryDirectory(prefix="npmlp-bench-") as tmp:
-                cmd = [sys.executable, "-m", "npmlp", "train", "--out", str(Path(tmp) / "run"), "--quiet",
-                       "--steps", str(a.e2e_steps)]
-                if data:
-                    cmd += ["--data", data]
-                env = {**os.environ, **thread_env(threads)} if threads == 1 else dict(os.environ)
-                code, stdout, stderr, wall, rss = run_with_rss(cmd, env=env, cwd=REPO,
-                                                               preexec_fn=_pin_one_cpu if threads == 1 else None)
-                if code != 0:
-                    raise SystemExit(f"bench: `npmlp train` failed (exit {code}):\n{stderr}")
-                m = json.loads((Path(tmp) / "run" / "metrics.json").read_text())
-            e = {"label": label_of(threads), "threads": threads, "wall_s": wall, "peak_rss_mb": rss,
-                 "command": "python -m npmlp train --quiet --out DIR" + (f" --steps {a.e2e_steps}"
-                                                                          if a.e2e_steps != 200_000 else ""),
-                 "train_s": m["seconds"], "us_per_step": m["seconds"] / m["steps"] * 1e6,
-                 "dev_loss": m["dev_loss"], "steps": m["steps"]}
-            report["e2e"].append(e)
-            log(f"bench: npmlp train ({e['label']}): {wall:.1f} s wall, {rss or float('nan'):.0f} MB peak RSS, "
-                f"training {m['seconds']:.1f} s ({e['us_per_step']:.1f} us/step), dev loss {m['dev_loss']:.4f}")
+            for program in programs:                  # alternating: a busy moment hits both
+                e = run_e2e(program, threads, a)
+                e["repeat"] = i
+                report["e2e"].append(e)
+                log(f"bench: {program['name']} ({e['label']}): {e['wall_s']:.1f} s wall, "
+                    f"{e['peak_rss_mb'] or float('nan'):.0f} MB peak RSS, training {e['train_s']:.1f} s "
+                    f"({e['us_per_step']:.1f} us/step), dev loss {e['dev_loss']:.4f}")
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     from npmlp.fileio import atomic_write_bytes, atomic_write_json
 

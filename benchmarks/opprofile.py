@@ -1,15 +1,21 @@
-"""Per-op profile of THE npmlp training step (npmlp.train.sgd), with a floor for every op.
+"""Per-op profile of npmlp's fast training step (npmlp.fast.sgd), with a floor for every op.
 
-Every layer function that npmlp/model.py calls is wrapped with a timer (the same monkeypatching the
-reading tests use), and the `np` that npmlp/layers.py sees is replaced by a proxy that times each
-NumPy call and notes its FLOPs and bytes. Then real sgd steps run. Operators (`out += b`,
-`counts[rows, Y]`) and `C.take` are not seen by the proxy: they show up as a layer's "rest".
+The `np` that npmlp/fast.py sees is replaced by a proxy that times each NumPy call and notes its
+FLOPs and bytes, and the engine's two methods, Engine.forward_loss and Engine.backward, are
+wrapped with a timer (they are the "layers" of the table: every chunk of a batch calls each once).
+Then real fast.sgd steps run in this one process, on a fresh fast.Chunks made while the proxy is
+in place (the engine keeps some NumPy functions in its buffers). Calls outside the two methods
+(the minibatch gather, the sum of the chunk updates) are listed under "sgd loop". Operators
+(`c -= maxes`, `dlogits[rows, Y] -= ...`, the update `flat += update`) and array methods (`X.take`,
+`onehot.fill`) are not seen by the proxy: they show up as a layer's "rest".
 
 The floor of a NumPy call is the largest of
   - the per-call cost of NumPy itself (a ufunc on a 1-element array, measured),
   - its matmul FLOPs at the measured sgemm peak,
   - the bytes it reads and writes at the measured copy bandwidth of a cache-sized array.
-Timers add ~0.1-0.3 us per call: the instrumented step is slower than the plain one (both shown).
+The timers add to every call: the instrumented step is slower than the plain one, and the plain
+step (no proxy, no wrappers) is timed too, in one process and, where `npmlp train` would use helper
+processes (parallel.make_pool), with them.
 """
 from __future__ import annotations
 
@@ -19,8 +25,8 @@ from collections import defaultdict
 import numpy as np
 
 MATMULS = ("np.matmul", "np.dot")
-LAYER_FUNCS = ("embedding_forward", "linear_forward", "tanh_forward", "cross_entropy_forward",
-               "cross_entropy_backward", "linear_backward", "tanh_backward", "embedding_backward")
+LAYER_FUNCS = ("forward_loss", "backward")      # the methods of npmlp.fast.Engine that are timed
+OUTSIDE = "sgd loop"                             # the label of the calls outside them
 
 
 def _nbytes(args, kwargs, result):
@@ -33,7 +39,7 @@ def _nbytes(args, kwargs, result):
 
 
 def _flops(name, args):
-    if name in ("np.matmul", "np.dot") and len(args) >= 2:
+    if name in MATMULS and len(args) >= 2:
         a, b = np.shape(args[0]), np.shape(args[1])
         if len(a) == 2 and len(b) == 2:
             return 2 * a[0] * a[1] * b[1]
@@ -42,16 +48,20 @@ def _flops(name, args):
 
 class _Sink:
     def __init__(self):
-        self.layer = "-"                       # the layer call we are inside
-        self.times = defaultdict(int)          # (layer, op) -> total ns
+        self.clear()
+
+    def clear(self):
+        self.layer = OUTSIDE                   # the layer call we are inside
+        self.times = defaultdict(int)          # (layer, op, shapes) -> total ns
         self.calls = defaultdict(int)
-        self.cost = {}                         # (layer, op) -> (FLOPs, bytes) of one call
+        self.cost = {}                         # (layer, op, shapes) -> (FLOPs, bytes) of one call
         self.layouts = {}                      # matmul key -> [(shape, transposed)] of a, b, out
 
 
 class _Timed:
-    """A NumPy function (or ufunc method) that records its time under the current layer. The FLOPs
-    and bytes of a call are noted once per (layer, op): they are the same every step."""
+    """A NumPy function (or ufunc method) that records its time under the current layer. Each
+    (layer, op, shapes of its array arguments) gets its own row; its FLOPs and bytes are noted once:
+    they are the same every step."""
 
     def __init__(self, fn, name, sink):
         self._fn, self._name, self._sink = fn, name, sink
@@ -61,14 +71,14 @@ class _Timed:
         r = self._fn(*args, **kwargs)
         dt = time.perf_counter_ns() - t
         s = self._sink
-        # each matmul of a layer gets its own row: (layer, op, operand shapes)
-        key = (s.layer, self._name, (args[0].shape, args[1].shape) if self._name in MATMULS else None)
+        key = (s.layer, self._name, tuple(a.shape for a in args if isinstance(a, np.ndarray)))
         s.times[key] += dt
         s.calls[key] += 1
         if key not in s.cost:
             s.cost[key] = (_flops(self._name, args), _nbytes(args, kwargs, r))
             if self._name in MATMULS:
-                s.layouts[key] = [(a.shape, not a.flags.c_contiguous) for a in (args[0], args[1], r)]
+                out = kwargs.get("out", r)
+                s.layouts[key] = [(a.shape, not a.flags.c_contiguous) for a in (args[0], args[1], out)]
         return r
 
     def __getattr__(self, attr):                 # np.add.reduce, np.maximum.reduce: cached on self
@@ -79,7 +89,7 @@ class _Timed:
 
 
 class _NumpyProxy:
-    """Stands in for `np` inside npmlp/layers.py. Attributes are cached on the instance, so after the
+    """Stands in for `np` inside npmlp/fast.py. Attributes are cached on the instance, so after the
     first step a lookup costs what np.<name> costs."""
 
     def __init__(self, sink):
@@ -93,27 +103,26 @@ class _NumpyProxy:
 
 
 def instrumentation_overhead_us(sink):
-    """What one timed call adds outside its own timed region (its frame, the bookkeeping)."""
-    noop = _Timed(lambda *a, **k: None, "noop", sink)
+    """What one timed call adds outside its own timed region (its frame, the key, the bookkeeping),
+    for a call with two array arguments and an `out`, like most of the engine's."""
+    a, b = np.ones(4, np.float32), np.empty(4, np.float32)
+    noop = _Timed(lambda *args, **kw: None, "noop", sink)
     plain = min(_best(lambda: None, 20000) for _ in range(5))
-    timed = min(_best(lambda: noop(1, out=None), 20000) for _ in range(5))
+    timed = min(_best(lambda: noop(a, b, out=b), 20000) for _ in range(5))
     for k in [k for k in sink.times if k[1] == "noop"]:
-        del sink.times[k], sink.calls[k]
+        del sink.times[k], sink.calls[k], sink.cost[k]
     return (timed - plain) * 1e6
 
 
-def _layer_timer(fn, name, sink, counter):
+def _layer_timer(fn, name, sink):
     def wrapped(*args, **kwargs):
-        counter[name] += 1
-        label = name + ("" if name not in ("linear_forward", "linear_backward")
-                        else (" 1" if counter[name] % 2 == (1 if name == "linear_forward" else 0) else " 2"))
-        outer, sink.layer = sink.layer, label
+        outer, sink.layer = sink.layer, name
         t = time.perf_counter_ns()
         try:
             return fn(*args, **kwargs)
         finally:
-            sink.times[(label, "total", None)] += time.perf_counter_ns() - t
-            sink.calls[(label, "total", None)] += 1
+            sink.times[(name, "total", None)] += time.perf_counter_ns() - t
+            sink.calls[(name, "total", None)] += 1
             sink.layer = outer
     return wrapped
 
@@ -141,11 +150,11 @@ def matmul_reference(layouts, fn=np.matmul, reps=7, with_torch=True):
     a, b, out = make(sa, ta), make(sb, tb), make(so, to)
     n = max(1, int(2e6 / max(1, 2 * sa[0] * sa[1] * sb[1])))
     np_us = min(_best(lambda: fn(a, b, out=out), n) for _ in range(reps)) * 1e6
+    if not with_torch:
+        return np_us, None
     try:
         import torch
     except ImportError:
-        return np_us, None
-    if not with_torch:
         return np_us, None
     at, bt = torch.from_numpy(a), torch.from_numpy(b)
     torch_us = min(_best(lambda: torch.matmul(at, bt), n) for _ in range(reps)) * 1e6
@@ -159,44 +168,74 @@ def _best(f, n):
     return (time.perf_counter() - t) / n
 
 
-def profile_step(X, Y, vocab_size, B, H, steps, peak_gflops, seed=2147483647, mkl_reference=True):
-    """-> dict with the plain and instrumented step times and one row per (layer, op).
-    mkl_reference: also time each matmul alone in torch (MKL); meant for one thread, where a busy
-    second core cannot stall torch's threads."""
-    import npmlp.layers as L
-    import npmlp.model as M
-    from npmlp.train import TrainConfig, sgd
+def _op_label(k):
+    """'np.matmul (32,31)@(31,200)', 'np.add.reduce (32,27)': the op and its arrays' shapes."""
+    shapes = [str(sh).replace(", ", ",").replace(",)", ")") for sh in k[2]]
+    if k[1] in MATMULS and len(shapes) >= 2:
+        return f"{k[1]} {shapes[0]}@{shapes[1]}"
+    return f"{k[1]} {' '.join(shapes)}".rstrip()
 
-    total = 2 * steps + 10
-    cfg = TrainConfig(steps=total, batch_size=B, lr=0.01, lr_decayed=0.01, seed=seed)
-    model = M.MLP.init(vocab_size, 3, 10, H, seed=seed)
-    lossi = np.zeros(total, np.float32)
-    sgd(model, X, Y, cfg, lossi, start=0, stop=5)                        # warm up
+
+def _steps_us(fn, steps):
     t = time.perf_counter()
-    sgd(model, X, Y, cfg, lossi, start=5, stop=5 + steps)
-    plain_us = (time.perf_counter() - t) / steps * 1e6
+    fn()
+    return (time.perf_counter() - t) / steps * 1e6
 
-    sink, counter = _Sink(), defaultdict(int)
-    saved = {name: getattr(M, name) for name in LAYER_FUNCS}
-    saved_np = L.np
+
+def profile_step(X, Y, vocab_size, B, H, steps, peak_gflops, seed=2147483647, mkl_reference=True):
+    """-> dict with the plain and instrumented step times of fast.sgd and one row per (layer, op).
+    mkl_reference: also time each matmul alone in torch (MKL); meant for one thread, where a busy
+    second core cannot stall torch's threads. False never imports torch."""
+    import npmlp.fast as F
+    from npmlp.model import MLP
+    from npmlp.parallel import make_pool
+    from npmlp.train import TrainConfig
+
+    total = 3 * steps + 20
+    cfg = TrainConfig(steps=total, batch_size=B, lr=0.01, lr_decayed=0.01, seed=seed)
+    model = MLP.init(vocab_size, 3, 10, H, seed=seed)
+    lossi = np.zeros(total, np.float32)
+    nxt = 0
+
+    def run(pool, n):
+        nonlocal nxt
+        F.sgd(model, X, Y, cfg, lossi, start=nxt, stop=nxt + n, pool=pool)
+        nxt += n
+
+    with F.Chunks(model, B) as pool:                                      # one process: what is instrumented
+        run(pool, 5)                                                      # warm up
+        plain_us = _steps_us(lambda: run(pool, steps), steps)
+    pool_us, processes = None, 1
+    with make_pool(model, B) as pool:                                     # as `npmlp train` runs it
+        processes = len(getattr(pool, "procs", ())) + 1
+        if processes > 1:
+            run(pool, 5)
+            pool_us = _steps_us(lambda: run(pool, steps), steps)
+
+    sink = _Sink()
+    saved = {name: getattr(F.Engine, name) for name in LAYER_FUNCS}
+    saved_np = F.np
     try:
         for name in LAYER_FUNCS:
-            setattr(M, name, _layer_timer(getattr(L, name), name, sink, counter))
-        L.np = _NumpyProxy(sink)
-        t = time.perf_counter()
-        sgd(model, X, Y, cfg, lossi, start=5 + steps, stop=5 + 2 * steps)
-        instr_us = (time.perf_counter() - t) / steps * 1e6
+            setattr(F.Engine, name, _layer_timer(saved[name], name, sink))
+        F.np = _NumpyProxy(sink)
+        with F.Chunks(model, B) as pool:                                  # its buffers hold the proxy's functions
+            run(pool, 5)
+            sink.clear()                                                  # the warm-up made the buffers
+            instr_us = _steps_us(lambda: run(pool, steps), steps)
     finally:
         for name, f in saved.items():
-            setattr(M, name, f)
-        L.np = saved_np
+            setattr(F.Engine, name, f)
+        F.np = saved_np
 
     call_us, bw = measure_floors()
     overhead = instrumentation_overhead_us(sink)
+    layers = [name for name in LAYER_FUNCS if (name, "total", None) in sink.times]
+    layer_total = sum(sink.times[(lay, "total", None)] for lay in layers) / steps / 1e3
+    outside_us = instr_us - layer_total
     rows = []
-    layers = [k[0] for k in sink.times if k[1] == "total"]
-    for layer in layers:
-        layer_us = sink.times[(layer, "total", None)] / steps / 1e3
+    for layer in [*layers, OUTSIDE]:
+        layer_us = outside_us if layer == OUTSIDE else sink.times[(layer, "total", None)] / steps / 1e3
         ops = [k for k in sink.times if k[0] == layer and k[1] != "total"]
         op_sum = 0.0
         for k in sorted(ops, key=lambda k: -sink.times[k]):
@@ -206,8 +245,7 @@ def profile_step(X, Y, vocab_size, B, H, steps, peak_gflops, seed=2147483647, mk
             flops, byts = (c * calls for c in sink.cost[k])
             floors = {"call": calls * call_us, "flops": flops / (peak_gflops * 1e3), "bytes": byts / (bw * 1e3)}
             bound = max(floors, key=floors.get)
-            op = k[1] if k[2] is None else f"{k[1]} {k[2][0]}@{k[2][1]}".replace(", ", ",")
-            row = {"layer": layer, "op": op, "calls": calls, "us": us, "floor_us": floors[bound],
+            row = {"layer": layer, "op": _op_label(k), "calls": calls, "us": us, "floor_us": floors[bound],
                    "bound": bound, "mflop": flops / 1e6, "kbytes": byts / 1e3}
             if k in sink.layouts:
                 np_us, torch_us = matmul_reference(sink.layouts[k], np.dot if k[1] == "np.dot" else np.matmul,
@@ -216,50 +254,66 @@ def profile_step(X, Y, vocab_size, B, H, steps, peak_gflops, seed=2147483647, mk
                 row["alone_torch_us"] = None if torch_us is None else torch_us * calls
             rows.append(row)
         n_calls = sum(sink.calls[k] for k in ops) / steps
-        rows.append({"layer": layer, "op": "rest (operators, C.take, Python)", "calls": None,
+        if layer == OUTSIDE:                                              # the layer timers run out here
+            n_calls += sum(sink.calls[(lay, "total", None)] for lay in layers) / steps
+        rows.append({"layer": layer, "op": "rest (operators, array methods, Python)", "calls": None,
                      "us": layer_us - op_sum - n_calls * overhead, "floor_us": None, "bound": None,
                      "mflop": 0, "kbytes": 0})
-    layer_total = sum(sink.times[(lay, "total", None)] for lay in layers) / steps / 1e3
-    return {"B": B, "H": H, "steps": steps, "plain_step_us": plain_us, "instrumented_step_us": instr_us,
-            "layers_us": layer_total, "outside_layers_us": instr_us - layer_total,
-            "timer_overhead_us_per_call": overhead,
+    return {"B": B, "H": H, "steps": steps, "engine": "fast", "plain_step_us": plain_us,
+            "pool_step_us": pool_us, "pool_processes": processes, "instrumented_step_us": instr_us,
+            "layers_us": layer_total, "outside_layers_us": outside_us, "chunks": len(F.batch_chunks(B)),
+            "timer_overhead_us_per_call": overhead, "ops_seen": len(sink.cost),
             "call_overhead_us": call_us, "copy_bandwidth_gbs": bw, "peak_gflops": peak_gflops, "rows": rows}
+
+
+def _calls(c):
+    return "" if c is None else f"{c:.0f}" if abs(c - round(c)) < 1e-9 else f"{c:.2f}"
 
 
 def profile_markdown(p):
     """A Markdown table of one profile."""
-    lines = [f"**B={p['B']}, H={p['H']}**: plain step {p['plain_step_us']:.1f} us, instrumented "
-             f"{p['instrumented_step_us']:.1f} us (layer calls {p['layers_us']:.1f} us, outside the layers "
-             f"-- batch gather, SGD update, loop -- {p['outside_layers_us']:.1f} us). Floors: "
-             f"{p['call_overhead_us']:.2f} us per NumPy call, {p['peak_gflops']:.0f} GFLOP/s sgemm peak, "
-             f"{p['copy_bandwidth_gbs']:.0f} GB/s copy bandwidth (1 MiB). Each layer's \"rest\" has the timers' "
-             f"own cost ({p['timer_overhead_us_per_call']:.2f} us per timed call) taken out.", "",
-             "| layer | op | calls/step | us/step | floor us | bound by | MFLOP | kB moved "
-             "| alone: NumPy / torch (MKL) us |",
+    pool = "" if not p.get("pool_step_us") else (
+        f", {p['pool_step_us']:.1f} us with {p['pool_processes']} processes as `npmlp train` runs it")
+    head = (f"**B={p['B']}, H={p['H']}** ({p['chunks']} chunk{'s' * (p['chunks'] != 1)} of at most "
+            f"{-(-p['B'] // p['chunks'])} rows): plain step {p['plain_step_us']:.1f} us in one process{pool}; "
+            f"instrumented {p['instrumented_step_us']:.1f} us (Engine.forward_loss and backward "
+            f"{p['layers_us']:.1f} us, outside them -- minibatch gather, run_chunks, sum of the chunk "
+            f"updates, SGD update, loop -- {p['outside_layers_us']:.1f} us). Floors: "
+            f"{p['call_overhead_us']:.2f} us per NumPy call, {p['peak_gflops']:.0f} GFLOP/s sgemm peak, "
+            f"{p['copy_bandwidth_gbs']:.0f} GB/s copy bandwidth (1 MiB). Each layer's \"rest\" has the timers' "
+            f"own cost ({p['timer_overhead_us_per_call']:.2f} us per timed call) taken out.")
+    if not p.get("ops_seen", 1):
+        head += (" **No NumPy call was seen**: npmlp/fast.py no longer reaches NumPy through its "
+                 "module's `np`, so this profile shows only the layers' totals.")
+    lines = [head, "",
+             "| layer | op | calls/step | us/step | floor us | bound by | MFLOP | kB moved | alone: NumPy / torch (MKL) us |",
              "|---|---|---:|---:|---:|---|---:|---:|---:|"]
     for r in p["rows"]:
-        calls = "" if r["calls"] is None else f"{r['calls']:.0f}"
         floor = "" if r["floor_us"] is None else f"{r['floor_us']:.2f}"
         alone = ""
         if r.get("alone_numpy_us") is not None:
             mkl = r["alone_torch_us"]
             alone = f"{r['alone_numpy_us']:.1f} / " + ("–" if mkl is None else f"{mkl:.1f}")
-        lines.append(f"| {r['layer']} | {r['op']} | {calls} | {r['us']:.2f} | {floor} | {r['bound'] or ''} | "
-                     f"{r['mflop']:.2f} | {r['kbytes']:.0f} | {alone} |")
+        lines.append(f"| {r['layer']} | {r['op']} | {_calls(r['calls'])} | {r['us']:.2f} | {floor} | "
+                     f"{r['bound'] or ''} | {r['mflop']:.2f} | {r['kbytes']:.0f} | {alone} |")
     lines += ["", summary_markdown(p)]
     return "\n".join(lines)
 
 
 def summary(p):
-    """Where the step's time goes, in four parts, each with its floor."""
-    rows = p["rows"]
-    mm = [r for r in rows if r["op"].split()[0] in MATMULS]
-    other = [r for r in rows if r["op"].startswith("np.") and r["op"].split()[0] not in MATMULS]
-    rest = [r for r in rows if r["calls"] is None]
+    """Where the step's time goes: inside the engine's forward/backward (matmuls, other NumPy
+    calls, operators and Python) and outside them, each with its floor."""
+    inside = [r for r in p["rows"] if r["layer"] != OUTSIDE]
+    outside = [r for r in p["rows"] if r["layer"] == OUTSIDE]
+    mm = [r for r in inside if r["op"].split()[0] in MATMULS]
+    other = [r for r in inside if r["calls"] is not None and r["op"].split()[0] not in MATMULS]
     out = {"matmul_us": sum(r["us"] for r in mm), "matmul_floor_us": sum(r["floor_us"] for r in mm),
            "matmul_alone_numpy_us": sum(r.get("alone_numpy_us") or 0 for r in mm),
            "other_numpy_us": sum(r["us"] for r in other), "other_numpy_floor_us": sum(r["floor_us"] for r in other),
-           "operators_python_us": sum(r["us"] for r in rest), "outside_layers_us": p["outside_layers_us"]}
+           "operators_python_us": sum(r["us"] for r in inside if r["calls"] is None),
+           "outside_numpy_us": sum(r["us"] for r in outside if r["calls"] is not None),
+           "outside_numpy_floor_us": sum(r["floor_us"] for r in outside if r["calls"] is not None),
+           "outside_layers_us": p["outside_layers_us"]}
     torch_mm = [r.get("alone_torch_us") for r in mm]
     out["matmul_alone_torch_us"] = None if None in torch_mm else sum(torch_mm)
     return out
@@ -270,7 +324,8 @@ def summary_markdown(p):
     mkl = "" if s["matmul_alone_torch_us"] is None else (
         f"; the same products alone take {s['matmul_alone_numpy_us']:.0f} µs in NumPy (OpenBLAS) and "
         f"{s['matmul_alone_torch_us']:.0f} µs in torch (MKL)")
-    return (f"Summary (instrumented step): matmuls {s['matmul_us']:.0f} µs (floor at the sgemm peak "
-            f"{s['matmul_floor_us']:.0f} µs{mkl}); other NumPy calls {s['other_numpy_us']:.0f} µs (floor "
-            f"{s['other_numpy_floor_us']:.0f} µs); operators and Python inside the layers "
-            f"{s['operators_python_us']:.0f} µs; outside the layers {s['outside_layers_us']:.0f} µs.")
+    return (f"Summary (instrumented step): in Engine.forward_loss/backward, matmuls {s['matmul_us']:.0f} µs "
+            f"(floor at the sgemm peak {s['matmul_floor_us']:.0f} µs{mkl}), other NumPy calls "
+            f"{s['other_numpy_us']:.0f} µs (floor {s['other_numpy_floor_us']:.0f} µs), operators and Python "
+            f"{s['operators_python_us']:.0f} µs; outside them {s['outside_layers_us']:.0f} µs, of which NumPy "
+            f"calls {s['outside_numpy_us']:.0f} µs (floor {s['outside_numpy_floor_us']:.0f} µs).")

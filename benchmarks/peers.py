@@ -4,22 +4,25 @@ float (the lecture's `lossi`), so every peer does the same work as `npmlp train`
 
 Legend: B batch, T block_size, E n_embd, H n_hidden, V vocab size, N training rows.
 
-A peer is built by `make_<peer>(init, X, Y, batches, lr)` and returns `run(start, n) -> losses`:
+A peer is built by `make_<peer>(init, X, Y, batches, lr, total_steps)` and returns `run(start, n) -> losses`:
 run steps start .. start+n-1, step k using the rows `batches(k)` (B,). `init` is a dict of float32
 NumPy arrays; X (N, T) and Y (N,) are the uint8 training split.
 
-  npmlp         npmlp.train.sgd itself: THE NumPy step (hand-written backward)
-  torch_eager   the lecture's loop: forward, F.cross_entropy, loss.backward(), p.data += -lr * p.grad
-  torch_manual  the same hand-written backward as npmlp, in torch ops under no_grad
-  torch_compile torch.compile (inductor) of torch_manual's whole step: gather, forward, backward, update
-  jax           jax.jit of the whole step (gather, value_and_grad, update)
+  npmlp            the fast engine as `npmlp train` runs it: npmlp.fast.sgd with parallel.make_pool's pool
+  npmlp_reference  npmlp.train.sgd: the readable lecture loop (layers.py pairs, model.MLP); what the
+                   fast engine's tricks buy is the ratio of these two
+  torch_eager      the lecture's loop: forward, F.cross_entropy, loss.backward(), p.data += -lr * p.grad
+  torch_manual     the same hand-written backward as npmlp, in torch ops under no_grad
+  torch_compile    torch.compile (inductor) of torch_manual's whole step: gather, forward, backward, update
+  jax              jax.jit of the whole step (gather, value_and_grad, update)
 """
 from __future__ import annotations
 
 import numpy as np
 
-PEERS = ("npmlp", "torch_eager", "torch_manual", "torch_compile", "jax")
-LABELS = {"npmlp": "npmlp (NumPy, hand-written backward)",
+PEERS = ("npmlp", "npmlp_reference", "torch_eager", "torch_manual", "torch_compile", "jax")
+LABELS = {"npmlp": "npmlp fast engine (NumPy, hand-written backward)",
+          "npmlp_reference": "npmlp reference loop (the lecture in NumPy)",
           "torch_eager": "torch eager + autograd (the lecture's loop)",
           "torch_manual": "torch, hand-written backward under no_grad",
           "torch_compile": "torch.compile (inductor) of the whole manual step",
@@ -28,27 +31,40 @@ LABELS = {"npmlp": "npmlp (NumPy, hand-written backward)",
 
 # ----------------------------------------------------------------------------- npmlp
 
-def make_npmlp(init, X, Y, batches, lr, total_steps):
-    """npmlp.train.sgd on its own minibatches: sgd draws step k's rows from batch_block(seed, k // BLOCK),
-    exactly what `batches(k)` returns, so no index is handed over."""
+def _npmlp_peer(engine, init, X, Y, batches, lr, total_steps):
+    """`engine`'s steps as `npmlp train` runs them (runs.engine_steps): they draw step k's rows from
+    batch_block(seed, k // BLOCK), exactly what `batches(k)` returns, so no index is handed over."""
+    import contextlib
+
     from npmlp.model import MLP
-    from npmlp.train import TrainConfig, make_pool, sgd
+    from npmlp.runs import engine_steps
+    from npmlp.train import TrainConfig
 
     model = MLP(init)
     cfg = TrainConfig(steps=total_steps, batch_size=batches.B, lr=lr, lr_decayed=lr, seed=batches.seed)
     lossi = np.zeros(total_steps, np.float32)
-    # what `npmlp train` does: helper processes for batches of several chunks, one per usable core
-    # (none when pinned to one core); made once, not per timed call (forking costs ~20 ms)
-    pool = make_pool(model, batches.B)
+    # the fast engine's helper processes (one per usable core for a batch of several chunks, none
+    # when pinned to one core) are made once here, not per timed call: forking costs milliseconds
+    stack = contextlib.ExitStack()
+    steps = stack.enter_context(engine_steps(engine, model, batches.B))
 
     def run(start, n):
         losses = []
-        sgd(model, X, Y, cfg, lossi, start=start, stop=start + n, on_step=lambda step, loss: losses.append(loss),
-            pool=pool)
+        steps(X, Y, cfg, lossi, start, start + n, lambda step, loss: losses.append(loss))
         return losses
 
-    run.model, run.close = model, pool.close
+    run.model, run.close = model, stack.close
     return run
+
+
+def make_npmlp(init, X, Y, batches, lr, total_steps):
+    """The fast engine (npmlp/fast.py, helpers from npmlp/parallel.py): what `npmlp train` runs."""
+    return _npmlp_peer("fast", init, X, Y, batches, lr, total_steps)
+
+
+def make_npmlp_reference(init, X, Y, batches, lr, total_steps):
+    """npmlp.train.sgd: the lecture's loop over the layers.py pairs (`npmlp train --engine reference`)."""
+    return _npmlp_peer("reference", init, X, Y, batches, lr, total_steps)
 
 
 # ----------------------------------------------------------------------------- torch
@@ -62,8 +78,9 @@ def _torch_setup(init, X, Y, requires_grad):
 def flush_denormals(run):
     """Run a torch peer with torch.set_flush_denormal(True), off again afterwards (it sets the CPU's
     flush-to-zero mode, which would also speed up NumPy code in the same thread). The lecture's init
-    makes ~3% of the softmax entries denormal at H=1000; without flushing, torch is 2-4x slower
-    there. JAX flushes by default; npmlp floors its shifted logits instead (npmlp/layers.py)."""
+    makes some softmax entries denormal at H=1000, and torch is several times slower there without
+    flushing. JAX flushes by default; npmlp's fast engine floors its shifted logits instead
+    (EXP_FLOOR in npmlp/fast.py); its reference loop does neither."""
     import torch
 
     def wrapped(start, n):
@@ -218,14 +235,17 @@ def make_jax(init, X, Y, batches, lr, total_steps):
     return run
 
 
-MAKERS = {"npmlp": make_npmlp, "torch_eager": make_torch_eager, "torch_manual": make_torch_manual,
-          "torch_compile": make_torch_compile, "jax": make_jax}
+MAKERS = {"npmlp": make_npmlp, "npmlp_reference": make_npmlp_reference, "torch_eager": make_torch_eager,
+          "torch_manual": make_torch_manual, "torch_compile": make_torch_compile, "jax": make_jax}
+
+
+TORCH_PEERS = ("torch_eager", "torch_manual", "torch_compile")
 
 
 def available(peer):
     """None if the peer can run here, else one line saying why not."""
     import importlib.util
-    need = {"torch_eager": "torch", "torch_manual": "torch", "torch_compile": "torch", "jax": "jax"}.get(peer)
+    need = "torch" if peer in TORCH_PEERS else "jax" if peer == "jax" else None
     if need and importlib.util.find_spec(need) is None:
         extra = "jax" if need == "jax" else "bench"
         return f"{need} is not installed (pip install -e '.[{extra}]')"
@@ -233,9 +253,9 @@ def available(peer):
 
 
 class Batches:
-    """Step k's minibatch rows, exactly as npmlp.train.sgd draws them: batch_block(seed, k // BLOCK)
+    """Step k's minibatch rows, exactly as npmlp's engines draw them: batch_block(seed, k // BLOCK)
     row k % BLOCK. Blocks are cached (the index draw is not part of any peer's timing except npmlp's,
-    which draws its own: a disadvantage of ~0.1 us/step, kept)."""
+    whose engines draw their own: a disadvantage of a fraction of a microsecond a step, kept)."""
 
     def __init__(self, seed, N, B):
         from npmlp.train import BLOCK, batch_block
@@ -254,7 +274,8 @@ class Batches:
         b = k // self.BLOCK
         if b not in self._torch:
             import torch
-            self._torch[b] = torch.from_numpy(self.block(b))
+            # a copy: batch_block's arrays are read-only, and torch warns on a tensor it may not write
+            self._torch[b] = torch.from_numpy(self.block(b).copy())
         return self._torch[b][k % self.BLOCK]
 
     def jax_block(self, k):

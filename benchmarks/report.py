@@ -1,10 +1,12 @@
 """The benchmark's Markdown tables and its plot, from the JSON report bench.py writes."""
 from __future__ import annotations
 
+import statistics
+
 from .opprofile import profile_markdown
 from .peers import PEERS
 
-SHORT = {"npmlp": "npmlp", "torch_eager": "torch eager", "torch_manual": "torch manual",
+SHORT = {"npmlp": "npmlp", "npmlp_reference": "npmlp reference", "torch_eager": "torch eager", "torch_manual": "torch manual",
          "torch_compile": "torch.compile", "jax": "JAX jit"}
 
 
@@ -24,20 +26,30 @@ def peers_in(report):
 
 
 def losses(report):
-    """[(setting, H, B, npmlp us, best peer, its us)] where another peer's median beats npmlp's."""
+    """[(setting, H, B, npmlp us, best peer, its us)] where another library's median beats npmlp's
+    (npmlp's own reference loop is not another library: see tricks())."""
     out = []
     for run in report["runs"]:
         for c in run["configs"]:
             P = c["peers"]
-            best = min((p for p in P if p != "npmlp"), key=lambda p: P[p]["median_us"], default=None)
+            best = min((p for p in P if p not in ("npmlp", "npmlp_reference")), key=lambda p: P[p]["median_us"],
+                       default=None)
             if best and P[best]["median_us"] < P["npmlp"]["median_us"]:
                 out.append((run["label"], c["H"], c["B"], P["npmlp"]["median_us"], best, P[best]["median_us"]))
     return out
 
 
+def tricks(report):
+    """[(setting, H, B, reference us / fast us)] for every cell where both npmlp engines ran."""
+    return [(run["label"], c["H"], c["B"], c["peers"]["npmlp"]["speedup_vs_reference"])
+            for run in report["runs"] for c in run["configs"] if "speedup_vs_reference" in c["peers"]["npmlp"]]
+
+
 def step_table(run, peers):
-    head = "| H | B | " + " | ".join(SHORT[p] for p in peers) + " | npmlp GFLOP/s (of peak) |"
-    lines = [head, "|---:|---:|" + "---:|" * len(peers) + "---:|"]
+    ref = "npmlp_reference" in peers
+    head = ("| H | B | " + " | ".join(SHORT[p] for p in peers) + (" | fast vs reference" if ref else "")
+            + " | npmlp GFLOP/s (of peak) |")
+    lines = [head, "|---:|---:|" + "---:|" * (len(peers) + ref) + "---:|"]
     for c in run["configs"]:
         cells = []
         for p in peers:
@@ -52,6 +64,8 @@ def step_table(run, peers):
                 txt += f" ×{ratio:.2f}"
             cells.append(f"**{txt}**" if best else txt)
         n = c["peers"]["npmlp"]
+        if ref:
+            cells.append(f"×{n['speedup_vs_reference']:.2f}" if "speedup_vs_reference" in n else "–")
         lines.append(f"| {c['H']} | {c['B']} | " + " | ".join(cells) +
                      f" | {n['gflops']:.1f} ({100 * n['peak_frac']:.0f} %) |")
     return "\n".join(lines)
@@ -62,26 +76,29 @@ def markdown(report, png_name="bench.png"):
     v = m["versions"]
     peers = peers_in(report)
     L = ["# npmlp CPU benchmark", "",
-         f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['mem_gb']} GB RAM, {m['os']}; Python {v['python']}, "
-         f"NumPy {v['numpy']}, torch {v['torch']}, JAX {v.get('jax')} (jaxlib {v.get('jaxlib')}). "
-         f"Run {report['started']} – {report['finished']}.", "",
+         (f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['mem_gb']} GB RAM, {m['os']}; Python {v['python']}, "
+          f"NumPy {v['numpy']}, torch {v['torch']}, JAX {v.get('jax')} (jaxlib {v.get('jaxlib')}). "
+          f"Run {report['started']} – {report['finished']}."), "",
          f"Command: `{report['command']}`", "",
-         "Each cell: median time per training step (gather the minibatch, forward, backward, SGD update, "
-         "loss to a Python float) over the timed repeats, [min–max], and ×: speed-up over torch eager "
-         "(the lecture's loop). Bold: the fastest peer of the row. Every peer started from the same "
-         "parameters, trained on the same minibatch indices, and matched npmlp's first "
-         "three losses (float32, rtol 1e-4) before timing. GFLOP/s counts the step's matmul FLOPs, "
-         "6·B·H·(T·E + V) = 342·B·H here, against the measured sgemm peak of the same setting.", ""]
+         ("Each cell: median time per training step (gather the minibatch, forward, backward, SGD update, "
+          "loss to a Python float) over the timed repeats, [min–max], and ×: speed-up over torch eager "
+          "(the lecture's loop). npmlp is the fast engine as `npmlp train` runs it (npmlp/fast.py, with "
+          "helper processes where it would use them); npmlp reference is the readable lecture loop "
+          "(`npmlp train --engine reference`), and \"fast vs reference\" is what the fast engine's tricks buy. "
+          "Bold: the fastest peer of the row. Every peer started from the same "
+          "parameters, trained on the same minibatch indices, and matched npmlp's first "
+          "three losses (float32, rtol 1e-4) before timing. GFLOP/s counts the step's matmul FLOPs, "
+          "6·B·H·(T·E + V) = 342·B·H here, against the measured sgemm peak of the same setting."), ""]
     for run in report["runs"]:
         tr = run["thread_report"]
         blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} {b.get('num_threads')} thread(s)"
                          + (f" ({b['architecture']})" if b.get("architecture") else "") for b in tr["numpy_blas"])
         L += [f"## Training step, {run['label']}", "",
-              f"CPUs {tr['affinity']}; NumPy BLAS: {blas}; torch threads: {tr.get('torch_threads', '–')}; "
-              f"OMP_NUM_THREADS={tr['env'].get('OMP_NUM_THREADS')}, "
-              f"XLA_FLAGS={tr['env'].get('XLA_FLAGS') or '(default)'}. "
-              f"sgemm peak {run['sgemm_peak_gflops']:.0f} GFLOP/s. Load average before/after "
-              f"{run['load_before'][0]:.2f}/{run['load_after'][0]:.2f} (the machine is shared).", ""]
+              (f"CPUs {tr['affinity']}; NumPy BLAS: {blas}; torch threads: {tr.get('torch_threads', '–')}; "
+               f"OMP_NUM_THREADS={tr['env'].get('OMP_NUM_THREADS')}, "
+               f"XLA_FLAGS={tr['env'].get('XLA_FLAGS') or '(default)'}. "
+               f"sgemm peak {run['sgemm_peak_gflops']:.0f} GFLOP/s. Load average before/after "
+               f"{run['load_before'][0]:.2f}/{run['load_after'][0]:.2f} (the machine is shared)."), ""]
         for p, why in run.get("skipped", {}).items():
             L.append(f"- {SHORT[p]}: skipped: {why}")
         L += [step_table(run, peers), ""]
@@ -99,30 +116,62 @@ def markdown(report, png_name="bench.png"):
             L.append("")
     lost = losses(report)
     cells = sum(len(r["configs"]) for r in report["runs"])
+    others = [p for p in peers if p not in ("npmlp", "npmlp_reference")]
     L += ["## Where npmlp loses", ""]
-    if lost:
-        L.append(f"npmlp has the fastest median in {cells - len(lost)} of {cells} cells. It loses at:")
+    if not others:
+        L.append("No other library ran: nothing to lose against.")
+    elif lost:
+        L.append(f"npmlp has the fastest median of the libraries in {cells - len(lost)} of {cells} cells. "
+                 f"It loses at:")
         L += [f"- {s}, H={h}, B={b}: npmlp {_us(n)}, {SHORT[p]} {_us(t)} ({n / t:.2f}× slower)"
               for s, h, b, n, p, t in lost]
     else:
-        L.append(f"Nowhere in this run: npmlp has the fastest median in all {cells} cells.")
+        L.append(f"Nowhere in this run: npmlp has the fastest median of the libraries in all {cells} cells.")
     L.append("")
+    sped = tricks(report)
+    if sped:
+        slower = [f"{s}, H={h}, B={b} (×{x:.2f})" for s, h, b, x in sped if x < 1]
+        L += ["## What the fast engine's tricks buy", "",
+              f"The fast engine's step against the reference loop's, median over median: ×{min(x for *_, x in sped):.2f}"
+              f"–×{max(x for *_, x in sped):.2f} over {len(sped)} cells"
+              + (f"; the reference loop is faster at {', '.join(slower)}." if slower else "."), ""]
     if report.get("e2e"):
-        steps = report["e2e"][0]["steps"]
-        L += [f"## End to end: `npmlp train` ({steps:,} steps; data loading, evaluation, sampling and "
-              "figures included)", "",
-              "| setting | wall | training loop | µs/step | peak RSS | dev loss |", "|---|---:|---:|---:|---:|---:|"]
-        L += [f"| {e['label']} | {e['wall_s']:.1f} s | {e['train_s']:.1f} s | {e['us_per_step']:.1f} | "
-              + (f"{e['peak_rss_mb']:.0f} MB" if e.get("peak_rss_mb") else "n/a (no GNU time)")
-              + f" | {e['dev_loss']:.4f} |" for e in report["e2e"]]
-        L.append("")
+        L += e2e_markdown(report["e2e"])
     profs = [(run["label"], p) for run in report["runs"] for p in run.get("profiles", [])]
     if profs:
-        L += ["## Per-op profile of the npmlp step", ""]
+        L += ["## Per-op profile of the npmlp fast step", ""]
         for label, p in profs:
             L += [f"### {label}", "", profile_markdown(p), ""]
     L += [f"![us per step against batch size]({png_name})", ""]
     return "\n".join(L)
+
+
+def e2e_markdown(e2e):
+    """The whole-process section: one row per run, and the per-pair ratio of the two programs."""
+    first = e2e[0]
+    L = [f"## End to end: whole processes ({first['steps']:,} steps at B={first.get('batch_size', 32)})", "",
+         ("`npmlp train` (the fast engine) loads the data, trains, evaluates the three splits, samples 20 "
+          "names and writes its checkpoint and figures; the lecture's torch loop as a program "
+          "(benchmarks/torch_lecture.py: same split, init and minibatches) loads the data, trains and "
+          "evaluates the train and dev splits. Wall: the whole process, start-up included; training "
+          "loop: each program's own timer around its steps. The programs alternate."), "",
+         "| program | setting | wall | training loop | µs/step | peak RSS | dev loss |",
+         "|---|---|---:|---:|---:|---:|---:|"]
+    L += [f"| {e.get('program', 'npmlp train')} | {e['label']} | {e['wall_s']:.1f} s | {e['train_s']:.1f} s | "
+          f"{e['us_per_step']:.1f} | "
+          + (f"{e['peak_rss_mb']:.0f} MB" if e.get("peak_rss_mb") else "n/a (no GNU time)")
+          + f" | {e['dev_loss']:.4f} |" for e in e2e]
+    pairs = {}
+    for e in e2e:
+        pairs.setdefault((e["label"], e.get("repeat", 0)), {})[e.get("program", "npmlp train")] = e
+    for label in dict.fromkeys(e["label"] for e in e2e):
+        ratios = [p["torch lecture"]["wall_s"] / p["npmlp train"]["wall_s"] for (lab, _), p in pairs.items()
+                  if lab == label and len(p) == 2]
+        if ratios:
+            L += ["", (f"{label}: the torch loop's wall time over `npmlp train`'s, pair by pair: median "
+                       f"×{statistics.median(ratios):.2f} (×{min(ratios):.2f}–×{max(ratios):.2f}, "
+                       f"{len(ratios)} pairs).")]
+    return [*L, ""]
 
 
 def plot(report, path):
@@ -137,9 +186,9 @@ def plot(report, path):
     Hs = sorted({c["H"] for r in runs for c in r["configs"]})
     fig, axes = plt.subplots(len(Hs), len(runs), figsize=(5.2 * len(runs), 4.0 * len(Hs)), squeeze=False,
                              sharex=True)
-    styles = {"npmlp": ("k", "o", 2.2), "torch_eager": ("tab:red", "s", 1.2),
-              "torch_manual": ("tab:orange", "^", 1.2), "torch_compile": ("tab:purple", "v", 1.2),
-              "jax": ("tab:blue", "D", 1.2)}
+    styles = {"npmlp": ("k", "o", 2.2, "-"), "npmlp_reference": ("0.5", "o", 1.2, "--"),
+              "torch_eager": ("tab:red", "s", 1.2, "-"), "torch_manual": ("tab:orange", "^", 1.2, "-"),
+              "torch_compile": ("tab:purple", "v", 1.2, "-"), "jax": ("tab:blue", "D", 1.2, "-")}
     for j, run in enumerate(runs):
         for i, H in enumerate(Hs):
             ax = axes[i][j]
@@ -148,13 +197,16 @@ def plot(report, path):
                 pts = [(c["B"], c["peers"][p]) for c in cs if p in c["peers"]]
                 if not pts:
                     continue
-                color, marker, lw = styles[p]
+                color, marker, lw, ls = styles[p]
                 B = [b for b, _ in pts]
                 med = [r["median_us"] for _, r in pts]
                 err = [[r["median_us"] - r["min_us"] for _, r in pts], [r["max_us"] - r["median_us"] for _, r in pts]]
-                ax.errorbar(B, med, yerr=err, color=color, marker=marker, lw=lw, ms=4, capsize=2, label=SHORT[p])
+                ax.errorbar(B, med, yerr=err, color=color, marker=marker, lw=lw, ls=ls, ms=4, capsize=2,
+                            label=SHORT[p])
             ax.set_xscale("log")
             ax.set_yscale("log")
+            if len({c["B"] for c in cs}) == 1:         # one batch size: a log axis needs a width
+                ax.set_xlim(cs[0]["B"] / 2, cs[0]["B"] * 2)
             ax.set_title(f"{run['label']}, H={H}")
             ax.grid(True, which="both", alpha=0.3)
             if i == len(Hs) - 1:

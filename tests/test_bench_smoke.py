@@ -1,9 +1,12 @@
 """The benchmark command on a tiny sweep, so it never rots: it runs, every peer agrees with npmlp
-before it is timed, and the JSON, Markdown and PNG it writes exist and parse.
+before it is timed, and the JSON, Markdown and PNG it writes exist and parse; the lecture's torch
+loop as a program (benchmarks/torch_lecture.py) trains exactly what npmlp's reference loop trains.
 
-torch.compile is left out (its compile alone takes ~10 s a configuration; set
-NPMLP_BENCH_SMOKE_COMPILE=1 to include it); JAX runs if installed, else the report says it was
-skipped and why. No assertion is about speed.
+The sweep runs npmlp (the fast engine) and npmlp_reference always, torch_eager and torch_manual when
+torch is installed, and asks for JAX (which runs if installed, else the report says it was skipped
+and why). torch.compile is left out (its compile alone takes seconds a configuration; set
+NPMLP_BENCH_SMOKE_COMPILE=1 to include it). A second, smaller run hides torch behind a module that
+fails on import, to show that the npmlp-only benchmark never imports it. No assertion is about speed.
 """
 from __future__ import annotations
 
@@ -14,14 +17,16 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, make_names
+from helpers import HAVE_TORCH, REPO, make_names
 
 from npmlp.data import Vocab
 
 sys.path.insert(0, str(REPO))                    # `benchmarks` lives beside `npmlp`, not installed
-from benchmarks.bench import flops_per_step  # noqa: E402
+from benchmarks.bench import flops_per_step
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
+TORCH_PEERS = ["torch_eager", "torch_manual"] if HAVE_TORCH else []
+TINY = ["--hidden", "8", "--threads", "1", "--min-time", "0.01", "--eval-hidden", "8", "--eval-repeats", "1"]
 
 
 def test_flops_formula_is_the_lectures_342_B_H():
@@ -30,32 +35,42 @@ def test_flops_formula_is_the_lectures_342_B_H():
 
 
 @pytest.fixture(scope="module")
-def bench_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bench")
-    names = tmp / "names.txt"
+def names(tmp_path_factory):
+    path = tmp_path_factory.mktemp("names") / "names.txt"
     words = make_names(300, seed=2)
-    names.write_text("\n".join(words) + "\n")
-    peers = ["npmlp", "torch_eager", "torch_manual", "jax"]
-    if os.environ.get("NPMLP_BENCH_SMOKE_COMPILE"):
-        peers.append("torch_compile")
-    out = tmp / "results"
-    cmd = [sys.executable, "-m", "benchmarks.bench", "--data", str(names), "--out", str(out), "--name", "smoke",
-           "--batch-sizes", "1", "8", "--hidden", "8", "--threads", "1", "--peers", *peers,
-           "--repeats", "2", "--min-time", "0.01", "--eval-hidden", "8", "--eval-repeats", "1",
-           "--profile-batch-sizes", "8", "--profile-time", "0.05", "--e2e-repeats", "1", "--e2e-steps", "30"]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    path.write_text("\n".join(words) + "\n")
+    return path, Vocab.from_words(words).size
+
+
+def run_bench(*args, env=None, timeout=240):
+    r = subprocess.run([sys.executable, "-m", "benchmarks.bench", *map(str, args)], cwd=REPO, capture_output=True,
+                       text=True, timeout=timeout, env=env, check=False)
     assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    return r, out, peers, Vocab.from_words(words).size
+    return r
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory, names):
+    path, V = names
+    peers = ["npmlp", "npmlp_reference", *TORCH_PEERS, "jax"]
+    if os.environ.get("NPMLP_BENCH_SMOKE_COMPILE") and HAVE_TORCH:
+        peers.append("torch_compile")
+    out = tmp_path_factory.mktemp("bench") / "results"
+    r = run_bench("--data", path, "--out", out, "--name", "smoke", "--batch-sizes", "1", "8", *TINY,
+                  "--peers", *peers, "--repeats", "2", "--profile-batch-sizes", "8", "--profile-time", "0.05",
+                  "--e2e-repeats", "1", "--e2e-steps", "30")
+    return r, out, peers, V
 
 
 def test_writes_json_with_every_number(bench_run):
-    r, out, peers, V = bench_run
+    _, out, peers, V = bench_run
     rep = json.loads((out / "smoke.json").read_text())
     assert rep["machine"]["cpus"] >= 1 and rep["machine"]["versions"]["numpy"]
     (run,) = rep["runs"]
     assert run["label"] == "1 core" and run["thread_report"]["affinity"] and run["sgemm_peak_gflops"] > 0
     assert run["thread_report"]["env"]["OPENBLAS_NUM_THREADS"] == "1"
     ran = [p for p in peers if p not in run["skipped"]]
+    assert {"npmlp", "npmlp_reference", *TORCH_PEERS} <= set(ran)
     assert [(c["H"], c["B"]) for c in run["configs"]] == [(8, 1), (8, 8)]
     for c in run["configs"]:
         assert c["flops"] == flops_per_step(c["B"], 8, V) == 6 * c["B"] * 8 * (3 * 10 + V)
@@ -65,13 +80,30 @@ def test_writes_json_with_every_number(bench_run):
             assert res["min_us"] <= res["median_us"] <= res["max_us"]
             assert res["agree_max_rel"] <= 1e-4, (p, res["agree_losses"])
             assert len(res["agree_losses"]) == 3
-        assert c["peers"]["torch_eager"]["ratio_vs_torch_eager"] == pytest.approx(1.0)
+        npmlp = c["peers"]["npmlp"]
+        assert npmlp["speedup_vs_reference"] == pytest.approx(
+            c["peers"]["npmlp_reference"]["median_us"] / npmlp["median_us"])
     (ev,) = run["eval"]
     assert ev["max_rel_diff"] <= 1e-5 and ev["ms"]["npmlp"]["median"] > 0
     (prof,) = run["profiles"]
-    assert prof["plain_step_us"] > 0 and any(row["op"].startswith("np.matmul") for row in prof["rows"])
-    (e2e,) = rep["e2e"]
-    assert e2e["steps"] == 30 and e2e["wall_s"] > 0 and e2e["dev_loss"] > 0
+    assert prof["plain_step_us"] > 0 and prof["instrumented_step_us"] > 0
+    ops = {(row["layer"], row["op"].split()[0]) for row in prof["rows"]}
+    assert {("forward_loss", "np.matmul"), ("forward_loss", "np.tanh"), ("backward", "np.matmul")} <= ops
+    e2e = {e["program"]: e for e in rep["e2e"]}
+    assert sorted(e2e) == sorted(["npmlp train", *(["torch lecture"] if HAVE_TORCH else [])])
+    for e in e2e.values():
+        assert e["steps"] == 30 and e["batch_size"] == 32 and e["wall_s"] > 0 and e["dev_loss"] > 0
+
+
+def test_torch_peers_match_npmlp_and_set_the_ratio(bench_run):
+    pytest.importorskip("torch")
+    _, out, _, _ = bench_run
+    rep = json.loads((out / "smoke.json").read_text())
+    for c in rep["runs"][0]["configs"]:
+        assert c["peers"]["torch_eager"]["ratio_vs_torch_eager"] == pytest.approx(1.0)
+        assert c["peers"]["npmlp"]["ratio_vs_torch_eager"] > 0
+    a, b = (e for e in rep["e2e"])                   # the same run in two programs: the same dev loss
+    assert a["dev_loss"] == pytest.approx(b["dev_loss"], rel=1e-4)
 
 
 def test_missing_jax_is_skipped_with_one_clear_line(bench_run):
@@ -88,8 +120,11 @@ def test_missing_jax_is_skipped_with_one_clear_line(bench_run):
 def test_writes_markdown_and_png(bench_run):
     _, out, _, _ = bench_run
     md = (out / "smoke.md").read_text()
-    assert "| H | B | npmlp |" in md and "## Where npmlp loses" in md and "smoke.png" in md
-    assert "## Per-op profile" in md and "## End to end" in md
+    assert "| H | B | npmlp | npmlp reference |" in md and "fast vs reference" in md
+    assert "## Where npmlp loses" in md and "## What the fast engine's tricks buy" in md and "smoke.png" in md
+    assert "## Per-op profile" in md and "## End to end" in md and "| npmlp train | 1 core |" in md
+    if HAVE_TORCH:
+        assert "| torch lecture | 1 core |" in md and "pair by pair" in md
     png = (out / "smoke.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib
@@ -99,7 +134,56 @@ def test_writes_markdown_and_png(bench_run):
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
 
 
+def test_npmlp_peers_alone_never_import_torch(tmp_path, names):
+    """A `torch` that fails on import comes first on the path: the benchmark of npmlp's two engines
+    (steps, evaluation, profile, the end-to-end `npmlp train`) must not touch it."""
+    path, _ = names
+    fake = tmp_path / "fake" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise RuntimeError('the benchmark imported torch, asked for no torch peer')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "results"
+    r = run_bench("--data", path, "--out", out, "--name", "np", "--batch-sizes", "8", *TINY,
+                  "--peers", "npmlp", "npmlp_reference", "--repeats", "1", "--profile-batch-sizes", "8",
+                  "--profile-time", "0.01", "--e2e-repeats", "1", "--e2e-steps", "5", env=env)
+    rep = json.loads((out / "np.json").read_text())
+    (run,) = rep["runs"]
+    assert "torch_threads" not in run["thread_report"]
+    assert sorted(run["configs"][0]["peers"]) == ["npmlp", "npmlp_reference"]
+    assert [e["program"] for e in rep["e2e"]] == ["npmlp train"]
+    md = (out / "np.md").read_text()
+    assert "No other library ran" in md and "torch lecture" not in md, r.stdout
+
+
+def test_torch_lecture_trains_what_npmlp_reference_trains(tmp_path, names):
+    """benchmarks/torch_lecture.py and `npmlp train --engine reference`: the same names, split, init
+    and minibatches, so after 20 steps (the rate drops after 10) the same train and dev loss, up to
+    float32 rounding."""
+    pytest.importorskip("torch")
+    path, _ = names
+    r = subprocess.run([sys.executable, "benchmarks/torch_lecture.py", "--data", str(path), "--steps", "20",
+                        "--threads", "1"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr, r.stderr              # e.g. torch on a read-only array
+    theirs = {k: float(v) for k, v in (line.split() for line in r.stdout.splitlines())}
+    env = {k: v for k, v in os.environ.items() if k != "NPMLP_DATA"}
+    n = subprocess.run([sys.executable, "-m", "npmlp", "train", "--data", str(path), "--steps", "20", "--engine",
+                        "reference", "--quiet", "--no-plots", "--out", str(tmp_path / "run")], cwd=REPO,
+                       capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert n.returncode == 0, n.stderr
+    mine = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for k in ("train_loss", "dev_loss"):
+        assert theirs[k] == pytest.approx(mine[k], rel=1e-4), (k, theirs[k], mine[k])
+    assert theirs["train_seconds"] > 0
+
+
+def test_torch_lecture_refuses_a_bad_option():
+    r = subprocess.run([sys.executable, "benchmarks/torch_lecture.py", "--steps", "0"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and "--steps must be >= 1" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_unknown_peer_is_a_usage_error():
     r = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--peers", "tensorflow"], cwd=REPO,
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and "unknown peer" in r.stderr and "Traceback" not in r.stderr
