@@ -1,6 +1,7 @@
 """Helper processes sharing a large batch's chunks (npmlp/parallel.py): the same bits as one
-process for any number of processes, helpers that really run and really exit, and a helper's
-failure reported as one clear error instead of a hang.
+process for any number of processes (and the reference's numbers), helpers that really run and
+really exit, a helper's failure reported as one clear error instead of a hang, and the command
+line forking its helpers before any thread exists.
 
 Legend: B batch, H n_hidden, P number of parameters.
 """
@@ -16,14 +17,14 @@ import time
 
 import numpy as np
 import pytest
+from helpers import REPO, TINY, assert_user_error, check, run_cli, small_dataset
 from threadpoolctl import threadpool_info, threadpool_limits
-from conftest import REPO, run_cli, small_dataset
 
-from npmlp import parallel
-from npmlp.errors import NpmlpError
-from npmlp.model import MLP
-from npmlp.parallel import ChunkPool, Receiver, cpu_quota, default_processes, usable_cores
-from npmlp.train import TrainConfig, batch_chunks, make_pool, sgd
+from npmlp import fast, parallel, train
+from npmlp.fast import batch_chunks
+from npmlp.model import MLP, PARAM_NAMES
+from npmlp.parallel import ChunkPool, HelperFailed, Receiver, make_pool
+from npmlp.train import TrainConfig
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="helpers fork: Linux only")
 
@@ -33,141 +34,186 @@ def data():
     return small_dataset(600, seed=8)
 
 
+def same_params(a, b) -> bool:
+    return all(np.array_equal(a.params[k], b.params[k]) for k in PARAM_NAMES)
+
+
+def init(data, H=16, seed=1, dtype=np.float32, scheme="lecture"):
+    return MLP.init(data[0].size, 3, 10, H, seed=seed, dtype=dtype, scheme=scheme)
+
+
 def train_run(data, B, dtype, processes, steps=25, H=24):
-    vocab, X, Y = data
+    """fast.sgd with `processes` processes sharing each batch -> (model, lossi)."""
+    _, X, Y = data
     cfg = TrainConfig(steps=steps, batch_size=B, lr=0.2, lr_decayed=0.05, seed=21)
-    model = MLP.init(vocab.size, 3, 10, H, seed=cfg.seed, dtype=dtype, scheme="kaiming")
-    lossi, _ = sgd(model, X, Y, cfg, processes=processes)
-    return model.flat, lossi
+    model = init(data, H, seed=cfg.seed, dtype=dtype, scheme="kaiming")
+    with make_pool(model, B, processes) as pool:
+        assert len(getattr(pool, "procs", [])) == min(processes, len(batch_chunks(B))) - 1
+        lossi, _ = fast.sgd(model, X, Y, cfg, pool=pool)
+    return model, lossi
+
+
+@pytest.fixture(scope="module")
+def one_process_runs(data):
+    """(B, dtype) -> the one-process run and the reference run (train.sgd) of train_run's setup."""
+    cache = {}
+
+    def get(B, dtype):
+        if (B, dtype) not in cache:
+            _, X, Y = data
+            ref = init(data, 24, seed=21, dtype=dtype, scheme="kaiming")
+            train.sgd(ref, X, Y, TrainConfig(steps=25, batch_size=B, lr=0.2, lr_decayed=0.05, seed=21))
+            cache[B, dtype] = train_run(data, B, dtype, processes=1), ref
+        return cache[B, dtype]
+    return get
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B,processes", [(600, 2), (600, 3), (1100, 2), (1100, 5), (257, 2)])
-def test_any_number_of_processes_gives_the_same_bits(data, dtype, B, processes):
-    """600 rows: 3 chunks of 200; 1100: 5 chunks of 220; 257: 2 chunks of 128/129. Split between
-    2..5 processes, the params and every loss equal the one-process run's exactly."""
-    flat1, lossi1 = train_run(data, B, dtype, processes=1)
-    flatn, lossin = train_run(data, B, dtype, processes=processes)
-    assert np.array_equal(lossin, lossi1)
-    assert np.array_equal(flatn, flat1)
+def test_any_number_of_processes_gives_the_same_bits(data, one_process_runs, dtype, B, processes):
+    """600 rows: 3 chunks of 200; 1100: 9 chunks of 122-123; 257: 128 + 129. Split between 2..5
+    processes, the params and every loss equal the one-process run's exactly, and the reference's
+    (train.sgd) to round-off: float64 1e-12, float32 2e-5."""
+    (model1, lossi1), ref = one_process_runs(B, dtype)
+    model, lossi = train_run(data, B, dtype, processes=processes)
+    assert np.array_equal(lossi, lossi1)
+    assert same_params(model, model1)
     assert np.isfinite(lossi1).all() and lossi1[-1] < lossi1[0]
+    for k in PARAM_NAMES:
+        check(k, model.params[k], ref.params[k], 1e-12 if dtype == np.float64 else 2e-5)
 
 
 def test_resume_with_another_number_of_processes_is_bit_identical(data):
     """Interrupted with 2 processes, resumed with 1 (another machine): the uninterrupted 3-process
-    run's params and losses, bit for bit."""
-    vocab, X, Y = data
+    run's params and losses, bit for bit; and the reference's to round-off."""
+    _, X, Y = data
     cfg = TrainConfig(steps=20, batch_size=700, lr=0.2, seed=4)
-    ref = MLP.init(vocab.size, 3, 10, 20, seed=4)
-    lossi_ref, _ = sgd(ref, X, Y, cfg, processes=3)
-    model = MLP.init(vocab.size, 3, 10, 20, seed=4)
-    lossi, nxt = sgd(model, X, Y, cfg, processes=2, on_step=lambda step, loss: step == 8)
+    whole = init(data, 20, seed=4, dtype=np.float64)
+    ref = MLP(whole.params)
+    with make_pool(whole, 700, processes=3) as pool:
+        lossi_whole, _ = fast.sgd(whole, X, Y, cfg, pool=pool)
+    model = init(data, 20, seed=4, dtype=np.float64)
+    with make_pool(model, 700, processes=2) as pool:
+        lossi, nxt = fast.sgd(model, X, Y, cfg, pool=pool, on_step=lambda step, loss: step == 8)
     assert nxt == 9
-    sgd(model, X, Y, cfg, lossi=lossi, start=nxt, processes=1)
-    assert np.array_equal(model.flat, ref.flat) and np.array_equal(lossi, lossi_ref)
+    with make_pool(model, 700, processes=1) as pool:
+        fast.sgd(model, X, Y, cfg, lossi=lossi, start=nxt, pool=pool)
+    assert same_params(model, whole) and np.array_equal(lossi, lossi_whole)
+    train.sgd(ref, X, Y, cfg)
+    for k in PARAM_NAMES:
+        check(k, model.params[k], ref.params[k], 1e-12)
 
 
 def test_helpers_run_their_chunks_and_exit(data):
-    vocab, X, Y = data
+    _, X, Y = data
     B = 1024
-    model = MLP.init(vocab.size, 3, 10, 16, seed=1)
+    model = init(data)
     with make_pool(model, B, processes=2) as pool:
-        assert len(pool.procs) == 1 and pool.procs[0].is_alive()
+        assert isinstance(pool, ChunkPool) and len(pool.procs) == 1 and pool.procs[0].is_alive()
         n = len(batch_chunks(B))
         assert list(pool.mine) == list(range(n // 2))       # the parent keeps the first half
         pool.grads.fill(np.nan)
         pool.parts.fill(np.nan)
         cfg = TrainConfig(steps=3, batch_size=B, seed=2)
-        sgd(model, X, Y, cfg, pool=pool)
+        fast.sgd(model, X, Y, cfg, pool=pool, stop=1)
         # the helper's chunks were written by the helper: finite, like the parent's
         assert np.isfinite(pool.parts).all() and np.isfinite(pool.grads).all()
-        sgd(model, X, Y, cfg, start=1, pool=pool)            # a pool serves several calls
+        fast.sgd(model, X, Y, cfg, start=1, pool=pool)     # a pool serves several calls
         proc = pool.procs[0]
     assert not proc.is_alive() and proc.exitcode == 0
 
 
-def test_a_pool_for_another_batch_size_is_refused(data):
-    vocab, X, Y = data
-    model = MLP.init(vocab.size, 3, 10, 16, seed=1)
-    with make_pool(model, 512, processes=1) as pool, pytest.raises(ValueError, match="another batch size"):
-        sgd(model, X, Y, TrainConfig(steps=2, batch_size=1024), pool=pool)
+def test_make_pool_without_helpers_is_a_plain_chunks(data):
+    model = init(data)
+    for B, processes in ((1024, 1), (128, 4), (100, None)):   # one process asked for, or one chunk
+        with make_pool(model, B, processes) as pool:
+            assert type(pool) is fast.Chunks and pool.batch_size == B
+
+
+def test_a_pool_for_another_batch_size_or_model_is_refused(data):
+    _, X, Y = data
+    model = init(data)
+    with make_pool(model, 512, processes=2) as pool, pytest.raises(ValueError, match="another batch size"):
+        fast.sgd(model, X, Y, TrainConfig(steps=2, batch_size=1024), pool=pool)
+    with make_pool(init(data, H=17), 512, processes=2) as pool, pytest.raises(ValueError, match="another"):
+        fast.sgd(model, X, Y, TrainConfig(steps=2, batch_size=512), pool=pool)
 
 
 def test_helper_failure_is_reported_not_hung(data):
     """A helper that raises (here: an index outside the vocabulary in its rows only) answers with
-    the error, and the parent raises one NpmlpError naming it."""
-    vocab = data[0]
+    the error, and the parent raises one HelperFailed (an NpmlpError) naming it."""
     B = 600
-    model = MLP.init(vocab.size, 3, 10, 16, seed=1)
-    chunks = batch_chunks(B)
-    with ChunkPool(model, chunks, B, group=1, processes=2) as pool:
+    model = init(data)
+    with ChunkPool(model, B, processes=2) as pool:
         pool.Xg[0] = 1
         pool.Yg[0] = 1
-        first_helper_row = chunks[pool.mine.stop][0]
+        first_helper_row = pool.chunks[pool.mine.stop][0]
         pool.Xg[0, first_helper_row:] = 10 ** 6                # only the helper's rows are bad
-        pool.start(0, 0.1, model.flat)
-        with pytest.raises(NpmlpError, match="helper process.*IndexError"):
+        pool.start(0, 0.1, pool.engine.flat)
+        with pytest.raises(HelperFailed, match="helper process.*IndexError"):
             pool.wait()
 
 
 def test_a_step_interrupted_between_go_and_wait_does_not_leak_into_the_next(data):
     """An exception in the parent after the helpers got "go" (Ctrl-C in a notebook) leaves their
-    answers unread; the next sgd call on the same pool must not take them for its own."""
-    vocab, X, Y = data
+    answers unread; the next fast.sgd call on the same pool must not take them for its own."""
+    _, X, Y = data
     B = 600
     cfg = TrainConfig(steps=6, batch_size=B, lr=0.2, seed=9)
-    ref = MLP.init(vocab.size, 3, 10, 16, seed=9)
-    sgd(ref, X, Y, cfg, processes=1)
-    model = MLP.init(vocab.size, 3, 10, 16, seed=9)
+    ref = init(data, seed=9, dtype=np.float64)
+    model = MLP(ref.params)
+    train.sgd(ref, X, Y, cfg)
     with make_pool(model, B, processes=2) as pool:
-        pool.start(0, 0.5, model.flat)                       # "go", never waited for
-        sgd(model, X, Y, cfg, pool=pool)
-    assert np.array_equal(model.flat, ref.flat)
+        pool.start(0, 0.5, pool.engine.flat)                 # "go", never waited for
+        fast.sgd(model, X, Y, cfg, pool=pool)
+    for k in PARAM_NAMES:
+        check(k, model.params[k], ref.params[k], 1e-12)
 
 
 def test_a_closed_pool_is_refused(data):
-    vocab, X, Y = data
-    model = MLP.init(vocab.size, 3, 10, 16, seed=1)
+    _, X, Y = data
+    model = init(data)
     pool = make_pool(model, 600, processes=2)
     pool.close()
+    assert pool.procs == []
     with pytest.raises(ValueError, match="closed"):
-        sgd(model, X, Y, TrainConfig(steps=2, batch_size=600), pool=pool)
+        fast.sgd(model, X, Y, TrainConfig(steps=2, batch_size=600), pool=pool)
 
 
-def test_two_pools_open_at_once_close_promptly(data):
-    """The second pool's helper must not hold the first pool's pipe open (closing would wait 5 s
-    and then kill)."""
-    vocab = data[0]
-    model = MLP.init(vocab.size, 3, 10, 16, seed=1)
+def test_two_pools_open_at_once_close_cleanly(data):
+    """The second pool's helper must not hold the first pool's pipe open: then closing the first
+    would wait for its helper in vain and kill it (exit code -9) instead of letting it end (0)."""
+    model = init(data)
     a = make_pool(model, 600, processes=2)
     b = make_pool(model, 600, processes=2)
-    t = time.perf_counter()
+    helpers_a = list(a.procs)
     a.close()
-    assert time.perf_counter() - t < 2 and a.procs == []
+    assert a.procs == [] and [p.exitcode for p in helpers_a] == [0]
+    helpers_b = list(b.procs)
     b.close()
+    assert [p.exitcode for p in helpers_b] == [0]
 
 
 def test_helper_killed_is_reported(data):
-    vocab = data[0]
-    model = MLP.init(vocab.size, 3, 10, 16, seed=1)
-    with ChunkPool(model, batch_chunks(600), 600, group=1, processes=2) as pool:
+    model = init(data)
+    with ChunkPool(model, 600, processes=2) as pool:
         os.kill(pool.procs[0].pid, signal.SIGKILL)
         pool.procs[0].join()
-        with pytest.raises(NpmlpError, match="exited with code -9"):
-            pool.start(0, 0.1, model.flat)
+        with pytest.raises(HelperFailed, match="exited with code -9"):
+            pool.start(0, 0.1, pool.engine.flat)
             pool.wait()
 
 
 def test_default_processes_follow_the_usable_cores(monkeypatch):
-    cores = usable_cores()
+    cores = parallel.usable_cores()
     assert 1 <= cores <= len(os.sched_getaffinity(0))
-    assert default_processes(1) == 1
-    assert default_processes(16) == min(16, cores)
-    assert default_processes(2) == min(2, cores)
+    assert parallel.default_processes(1) == 1
+    assert parallel.default_processes(16) == min(16, cores)
+    assert parallel.default_processes(2) == min(2, cores)
     monkeypatch.setattr(parallel, "cpu_quota", lambda: 1.5)   # a container allowed 1.5 CPUs
-    assert usable_cores() == 1 and default_processes(16) == 1
+    assert parallel.usable_cores() == 1 and parallel.default_processes(16) == 1
     monkeypatch.setattr(parallel, "cpu_quota", lambda: 0.2)
-    assert usable_cores() == 1
+    assert parallel.usable_cores() == 1
 
 
 def fake_cgroup(tmp_path, self_cgroup, files):
@@ -175,21 +221,21 @@ def fake_cgroup(tmp_path, self_cgroup, files):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     (tmp_path / "self").write_text(self_cgroup)
-    return dict(root=str(tmp_path), self_cgroup=str(tmp_path / "self"))
+    return {"root": str(tmp_path), "self_cgroup": str(tmp_path / "self")}
 
 
 def test_cpu_quota_reads_cgroup_v2_and_v1(tmp_path):
     v2 = fake_cgroup(tmp_path / "v2", "0::/box/job\n", {
         "cpu.max": "max 100000\n", "box/cpu.max": "150000 100000\n", "box/job/cpu.max": "max 100000\n"})
-    assert cpu_quota(**v2) == 1.5                  # the parent's limit holds for the child
+    assert parallel.cpu_quota(**v2) == 1.5                  # the parent's limit holds for the child
     v1 = fake_cgroup(tmp_path / "v1", "5:memory:/m\n4:cpu,cpuacct:/docker/abc\n", {
         "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "100000\n",
         "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n"})
-    assert cpu_quota(**v1) == 1.0
+    assert parallel.cpu_quota(**v1) == 1.0
     none = fake_cgroup(tmp_path / "none", "4:cpu,cpuacct:/\n", {
         "cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
-    assert cpu_quota(**none) is None
-    assert cpu_quota(root=str(tmp_path), self_cgroup=str(tmp_path / "missing")) is None
+    assert parallel.cpu_quota(**none) is None
+    assert parallel.cpu_quota(root=str(tmp_path), self_cgroup=str(tmp_path / "missing")) is None
 
 
 def test_receiver_polls_then_backs_off_when_polls_run_out(monkeypatch):
@@ -223,7 +269,7 @@ def blas_threads():
 def test_blas_threads_come_back_when_the_last_open_pool_closes(data):
     """Pools closed in any order: BLAS runs one thread while any pool is open, and the threads
     it had before once none is."""
-    model = MLP.init(data[0].size, 3, 10, 16, seed=1)
+    model = init(data)
     with threadpool_limits(2, user_api="blas"):
         assert set(blas_threads()) == {2}
         a = make_pool(model, 600, processes=1)
@@ -233,17 +279,6 @@ def test_blas_threads_come_back_when_the_last_open_pool_closes(data):
         assert set(blas_threads()) == {1}
         b.close()
         assert set(blas_threads()) == {2}
-
-
-def test_a_closed_pool_leaves_no_views_of_its_rows_in_the_model(data):
-    vocab, X, Y = data
-    model = MLP.init(vocab.size, 3, 10, 16, seed=1)
-    pool = make_pool(model, 600, processes=1)
-    sgd(model, X, Y, TrainConfig(steps=2, batch_size=600), pool=pool)
-    rows = [id(r) for r in pool.grad_rows]
-    assert any(i in model._views_cache for i in rows)       # training cached them ...
-    pool.close()
-    assert not any(i in model._views_cache for i in rows)   # ... closing dropped them
 
 
 def start_training_with_a_helper(out, names):
@@ -285,7 +320,7 @@ def test_signal_to_the_process_group_with_helpers_saves_and_leaves_no_process(tm
 
 def test_a_helper_killed_mid_run_saves_the_finished_steps(tmp_path, small_names):
     """The OOM killer takes a helper: the parent saves the steps finished so far (the broken one
-    was never applied), says so in one line with the resume command, exits 1; resuming works."""
+    was never applied) and says so in one line with the resume command; exit 1."""
     out = tmp_path / "run-helper-killed"
     proc, helpers = start_training_with_a_helper(out, small_names)
     try:
@@ -318,3 +353,79 @@ def test_lr_find_with_helpers(tmp_path, small_names):
                 "--processes", 2, "--out", out, "--quiet")
     assert r.returncode == 0, r.stderr
     assert (out / "lr_find.png").stat().st_size > 10_000
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def test_processes_with_the_reference_engine_is_a_usage_error(tmp_path, small_names):
+    """Only the fast engine shares a batch between processes: --processes with --engine reference
+    is refused in one line, exit 2, before any training (train writes no run directory)."""
+    for cmd in (("train", "--steps", 5, "--no-plots"), ("lr-find", "--steps", 10)):
+        out = tmp_path / cmd[0]
+        r = run_cli(*cmd, "--data", small_names, "--out", out, "--engine", "reference", "--processes", 2, *TINY)
+        assert_user_error(r, 2, "--processes", "fast engine")
+        assert not (out / "model.npz").exists() and not (out / "lr_find.png").exists()
+    r = run_cli("train", "--data", small_names, "--out", tmp_path / "ok", "--engine", "reference",
+                "--steps", 5, "--no-plots", *TINY)
+    assert r.returncode == 0, r.stderr                          # the same run without --processes
+
+
+FORK_COMMANDS = [("train", "--steps", 30, "--no-plots"), ("lr-find", "--steps", 20)]
+
+
+@pytest.mark.parametrize("cmd", FORK_COMMANDS, ids=["train", "lr-find"])
+def test_the_cli_forks_its_helpers_with_no_other_thread(tmp_path, small_names, cmd):
+    """`python -W error::DeprecationWarning -m npmlp ...` without --quiet (so the tqdm bar is drawn),
+    two processes sharing batches of 300: Python 3.12+ warns with a DeprecationWarning (here made
+    an error) when fork() runs while another thread is alive. Exit 0 and no such warning. (On
+    Python 3.11 there is no warning to catch: the in-process test below observes the order.)"""
+    env = {k: v for k, v in os.environ.items() if k != "NPMLP_DATA"}
+    env["PYTHONPATH"] = str(REPO)
+    r = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-m", "npmlp", *map(str, cmd),
+                        "--data", str(small_names), "--out", str(tmp_path / "out"), "--batch-size", "300",
+                        "--processes", "2", "--n-hidden", "8", "--n-embd", "2"],
+                       capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "multi-threaded" not in r.stderr and "fork()" not in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "Warning" not in r.stderr, r.stderr
+    steps = cmd[2]
+    assert f"{steps}/{steps}" in r.stderr, f"no progress bar drawn:\n{r.stderr}"
+
+
+@pytest.mark.parametrize("cmd", FORK_COMMANDS, ids=["train", "lr-find"])
+def test_the_cli_opens_the_engine_before_the_progress_bar(tmp_path, small_names, monkeypatch, capsys, cmd):
+    """cli.main in this process, watched: every fork of a helper (multiprocessing's Process.start)
+    happens before the progress bar is made and before any thread is started, with no thread
+    alive but those that were before cli.main (normally none but this one)."""
+    from npmlp import cli, progress
+    for t in threading.enumerate():                           # e.g. the Receiver test's timers
+        if t is not threading.current_thread():
+            t.join(timeout=2)
+    before = threading.active_count()                         # 1 unless another test left a thread
+    events = []
+    thread_start, process_start = threading.Thread.start, multiprocessing.process.BaseProcess.start
+    progress_init = progress.Progress.__init__
+
+    def watch_thread(self, *a, **k):
+        events.append(("thread", self.name))
+        return thread_start(self, *a, **k)
+
+    def watch_fork(self, *a, **k):
+        events.append(("fork", threading.active_count()))
+        return process_start(self, *a, **k)
+
+    def watch_progress(self, *a, **k):
+        events.append(("progress", None))
+        return progress_init(self, *a, **k)
+
+    monkeypatch.setattr(threading.Thread, "start", watch_thread)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", watch_fork)
+    monkeypatch.setattr(progress.Progress, "__init__", watch_progress)
+    code = cli.main([*cmd, "--data", small_names, "--out", tmp_path / "out", "--batch-size", 300,
+                     "--processes", 2, "--n-hidden", 8, "--n-embd", 2])
+    assert code == 0, capsys.readouterr().err
+    kinds = [kind for kind, _ in events]
+    assert "fork" in kinds and "progress" in kinds, events
+    assert kinds.index("fork") < kinds.index("progress"), f"the progress bar came before the fork: {events}"
+    assert all(n == before for kind, n in events if kind == "fork"), f"a fork beside a thread: {events}"
+    assert "thread" not in kinds[:kinds.index("fork")], f"a thread started before the fork: {events}"
