@@ -99,7 +99,8 @@ def load_checkpoint(path):
         dtype = np.dtype(meta["dtype"])
         ok = (isinstance(itos, list) and itos[:1] == ["."] and len(set(itos)) == len(itos)
               and all(isinstance(c, str) and len(c) == 1 for c in itos)
-              and min(sizes.values()) >= 1 and dtype in (np.float32, np.float64))
+              and min(sizes.values()) >= 0 and min(sizes[k] for k in ("block_size", "n_embd", "n_hidden")) >= 1
+              and dtype in (np.float32, np.float64))
         pshapes = cls.shapes(len(itos), **sizes)
         want = {**pshapes, **buffer_shapes(cls, len(itos), sizes)}
     except Exception:  # a key missing, a value of the wrong type, an unknown model or size...

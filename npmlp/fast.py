@@ -182,13 +182,8 @@ class Chunks:
     Use as a context manager, or close() it."""
 
     def __init__(self, model: MLP, batch_size: int):
-        # One BLAS thread while open (forked helpers inherit it): a chunk's products are too small
-        # for two (B=32: 81 us a step with OpenBLAS's two threads vs 73), and beside helper
-        # processes OpenBLAS's idle threads spin on the cores the helpers need. Open Chunks share
-        # one limit: the first sets it, the last to close restores the library's threads.
-        if _BLAS["open"] == 0:
-            _BLAS["limit"] = threadpool_limits(1, user_api="blas")
-        _BLAS["open"] += 1
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.engine = Engine(model)
         self.batch_size = batch_size
         self.chunks = batch_chunks(batch_size)
@@ -200,6 +195,13 @@ class Chunks:
         self.grad_views = [self.engine.views(row) for row in self.grads]
         self.mine = range(n)          # the chunks this process runs
         self.closed = False
+        # One BLAS thread while open (forked helpers inherit it): a chunk's products are too small
+        # for two, and beside helper processes OpenBLAS's idle threads spin on the cores the
+        # helpers need. Open Chunks share one limit: the first sets it, the last to close
+        # restores the library's threads. Taken last: a Chunks that failed to build holds none.
+        if _BLAS["open"] == 0:
+            _BLAS["limit"] = threadpool_limits(1, user_api="blas")
+        _BLAS["open"] += 1
 
     @staticmethod
     def array(shape, dtype):
@@ -208,9 +210,9 @@ class Chunks:
     def fits(self, model: MLP, batch_size: int) -> None:
         if self.closed:
             raise ValueError("this pool is closed")
-        if batch_size != self.batch_size or self.engine.shapes != param_shapes(
+        if batch_size != self.batch_size or self.engine.dtype != model.dtype or self.engine.shapes != param_shapes(
                 model.vocab_size, model.block_size, model.n_embd, model.n_hidden):
-            raise ValueError("this pool was made for another batch size or model")
+            raise ValueError("this pool was made for another batch size, dtype or model")
 
     def start(self, g: int, lr: float, flat):
         """Helpers (parallel.ChunkPool) start on the rows Xg[g]; here nothing to do."""
@@ -281,12 +283,15 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
 
 def gradients(model: MLP, X, Y, lr: float = 0.1) -> dict:
     """The fast engine's gradient of the mean loss over rows X (B, T), Y (B,) for each parameter:
-    the update it computes at rate lr, divided by -lr (for `npmlp gradcheck`'s fast column)."""
+    the update it computes at rate lr, divided by -lr (for `npmlp gradcheck`'s fast column).
+    NaN everywhere when the loss is not finite (training never runs that backward)."""
     with Chunks(model, len(X)) as pool:
         eng = pool.engine
         eng.load(model)
         run_chunks(eng, pool.mine, pool.chunks, np.asarray(X, np.intp), np.asarray(Y, np.intp), lr,
                    pool.grad_views, pool.parts)
     total = np.add.reduce(pool.grads, axis=0) / -lr
+    if not np.isfinite(pool.parts).all():
+        total.fill(np.nan)
     v = eng.views(total)
     return {k: getattr(v, k) for k in PARAM_NAMES}

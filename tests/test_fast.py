@@ -302,7 +302,7 @@ def test_a_pool_for_another_batch_size_or_shape_is_refused(data):
     with fast.Chunks(model, 64) as pool, pytest.raises(ValueError, match="another batch size"):
         fast.sgd(model, X, Y, cfg, pool=pool)
     for other in others:
-        with fast.Chunks(other, 32) as pool, pytest.raises(ValueError, match="another batch size or model"):
+        with fast.Chunks(other, 32) as pool, pytest.raises(ValueError, match="another batch size, dtype or model"):
             fast.sgd(model, X, Y, cfg, pool=pool)
     pool = fast.Chunks(model, 32)
     pool.close()

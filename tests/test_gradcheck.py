@@ -151,3 +151,64 @@ def test_gradcheck_of_a_trained_run(capsys, run_dir):
     assert str(run_dir / "model.npz") in out and list(gradcheck.parse_table(out)) == ROWS
     code, _, err = run(capsys, "gradcheck", "--run", run_dir, "--n-hidden", "8")
     assert code == 2 and "--n-hidden" in err
+
+
+# ----------------------------------------------------------------------------- check_pair
+
+def test_check_pair_passes_the_library_pairs_and_skips_integer_inputs():
+    from npmlp.layers import (cross_entropy_backward, cross_entropy_forward, embedding_backward,
+                              embedding_forward, linear_backward, linear_forward)
+    rng = np.random.default_rng(0)
+    rep = gradcheck.check_pair(linear_forward, linear_backward, rng.standard_normal((5, 4)),
+                               rng.standard_normal((4, 3)), rng.standard_normal(3))
+    assert rep.ok and [r.name for r in rep.rows] == ["x", "W", "b"] and "dW" in rep.text
+    assert all(r.torch_verdict == "-" for r in rep.rows) and "fast" not in rep.text.splitlines()[0]
+    X = rng.integers(0, 7, (5, 3))
+    rep = gradcheck.check_pair(embedding_forward, embedding_backward, rng.standard_normal((7, 2)), X)
+    assert rep.ok and [r.name for r in rep.rows] == ["C"]                       # X passes through
+    rep = gradcheck.check_pair(cross_entropy_forward, cross_entropy_backward, rng.standard_normal((6, 9)),
+                               rng.integers(0, 9, 6))
+    assert rep.ok and [r.name for r in rep.rows] == ["logits"]                  # scalar output: dloss 1
+
+
+def test_check_pair_catches_a_broken_backward_and_names_the_input():
+    from npmlp.layers import linear_backward, linear_forward
+
+    def broken(dout, cache):                       # db forgets that b was broadcast over the batch
+        dx, dW, db = linear_backward(dout, cache)
+        return dx, dW, dout[0]
+
+    rng = np.random.default_rng(1)
+    rep = gradcheck.check_pair(linear_forward, broken, rng.standard_normal((5, 4)), rng.standard_normal((4, 3)),
+                               rng.standard_normal(3))
+    assert not rep.ok
+    assert [r.name for r in rep.rows if not r.ok] == ["b"]
+    assert gradcheck.parse_table(rep.text)["b"]["fd"].startswith("FAIL")
+
+
+@needs_torch
+def test_check_pair_with_a_torch_forward_and_a_user_pair():
+    """A student's own layer in the convention: a leaky ReLU, right and wrong."""
+    import torch
+
+    def leaky_forward(x, slope=0.1):
+        return np.where(x > 0, x, slope * x), x
+
+    def leaky_backward(dout, x):
+        return np.where(x > 0, dout, 0.1 * dout)
+
+    x = np.random.default_rng(2).standard_normal((4, 6)) + 0.05     # away from the kink at 0
+    rep = gradcheck.check_pair(leaky_forward, leaky_backward, x,
+                               torch_forward=lambda x: torch.nn.functional.leaky_relu(x, 0.1))
+    assert rep.ok and rep.rows[0].torch_verdict in ("exact", "approx")
+    rep = gradcheck.check_pair(leaky_forward, lambda dout, x: np.where(x > 0, dout, 0.0), x,
+                               torch_forward=lambda x: torch.nn.functional.leaky_relu(x, 0.1))
+    assert not rep.ok and rep.rows[0].failed == ["torch", "fd"]
+
+
+def test_check_pair_refuses_a_backward_with_the_wrong_number_of_gradients():
+    from npmlp.layers import linear_backward, linear_forward
+    rng = np.random.default_rng(3)
+    with pytest.raises(ValueError, match="2 gradients for the 3"):
+        gradcheck.check_pair(linear_forward, lambda d, c: linear_backward(d, c)[:2], rng.standard_normal((2, 2)),
+                             rng.standard_normal((2, 2)), rng.standard_normal(2))
