@@ -1,6 +1,8 @@
 """Checkpoints: written atomically, read with allow_pickle=False, validated before use.
 A pickled, truncated or tampered model.npz is refused with one line (`npmlp train --resume`
-is where a user meets it), and loading never runs code or half-loads a model."""
+is where a user meets it), and loading never runs code or half-loads a model.
+Format 2 names its model and sizes; a format-1 file (the previous npmlp's) still loads and
+resumes; a newer format is refused with a word to upgrade."""
 from __future__ import annotations
 
 import errno
@@ -11,15 +13,23 @@ import signal
 
 import numpy as np
 import pytest
-from conftest import make_names, run_cli
-from errcheck import TINY, StopAfter, assert_user_error, snapshot, temp_files
+from helpers import (
+    TINY,
+    StopAfter,
+    assert_user_error,
+    make_names,
+    notes,
+    run_cli,
+    snapshot,
+    temp_files,
+)
 
-from npmlp import cli
+from npmlp import cli, runs
 from npmlp.checkpoint import load_checkpoint, save_checkpoint
 from npmlp.errors import NpmlpError
 from npmlp.fileio import atomic_open
 from npmlp.model import MLP, PARAM_NAMES
-from npmlp.train import TrainConfig, sgd
+from npmlp.train import TrainConfig
 
 STEPS, STOP_AT = 300, 100
 
@@ -57,6 +67,10 @@ def resume(run):
     return run_cli("train", "--resume", run, "--quiet")
 
 
+def same_params(a, b) -> bool:
+    return a.params.keys() == b.params.keys() and all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+
+
 def test_untampered_checkpoint_resumes(tmp_path, interrupted):
     run = copy_run(interrupted, tmp_path / "run")
     r = resume(run)
@@ -76,6 +90,36 @@ def _meta(a, **changes):
 def _train(a, **changes):
     meta = json.loads(str(a["meta"]))
     meta["train"].update(changes)
+    a["meta"] = np.array(json.dumps(meta))
+
+
+def _sizes(a, **changes):
+    meta = json.loads(str(a["meta"]))
+    meta["sizes"].update(changes)
+    a["meta"] = np.array(json.dumps(meta))
+
+
+def _run(a, **changes):
+    meta = json.loads(str(a["meta"]))
+    meta["run"].update(changes)
+    meta["run"] = {k: v for k, v in meta["run"].items() if v is not ...}   # ...: delete the key
+    a["meta"] = np.array(json.dumps(meta))
+
+
+def _drop(a, key):
+    meta = json.loads(str(a["meta"]))
+    del meta[key]
+    a["meta"] = np.array(json.dumps(meta))
+
+
+def as_format_1(a):
+    """Rewrite the arrays' meta in the previous npmlp's layout: format 'npmlp-checkpoint-1', the sizes
+    at the top level, no 'model' or 'sizes', and a run record without engine, seconds or parts."""
+    meta = json.loads(str(a["meta"]))
+    sizes = meta.pop("sizes")
+    assert meta.pop("model") == "mlp"
+    meta.update(format="npmlp-checkpoint-1", **sizes)
+    meta["run"] = {k: meta["run"][k] for k in ("data", "split_seed", "init", "data_sha256", "arithmetic")}
     a["meta"] = np.array(json.dumps(meta))
 
 
@@ -100,12 +144,21 @@ TAMPERED = {
     "meta other format": (lambda a: _meta(a, format="something-else"), ["missing or malformed metadata"]),
     "meta dtype float16": (lambda a: _meta(a, dtype="float16"), ["missing or malformed metadata"]),
     "meta dtype garbage": (lambda a: _meta(a, dtype="no-such-type"), ["missing or malformed metadata"]),
-    "meta block_size 0": (lambda a: _meta(a, block_size=0), ["missing or malformed metadata"]),
+    "meta newer format": (lambda a: _meta(a, format="npmlp-checkpoint-3"),
+                          ["'npmlp-checkpoint-3'", "newer", "upgrade npmlp"]),
+    "meta unknown model": (lambda a: _meta(a, model="transformer"), ["missing or malformed metadata"]),
+    "meta model missing": (lambda a: _drop(a, "model"), ["missing or malformed metadata"]),
+    "meta sizes missing": (lambda a: _drop(a, "sizes"), ["missing or malformed metadata"]),
+    "meta sizes a list": (lambda a: _meta(a, sizes=[3, 2, 8]), ["missing or malformed metadata"]),
+    "meta block_size 0": (lambda a: _sizes(a, block_size=0), ["missing or malformed metadata"]),
     "meta vocab without '.'": (lambda a: _meta(a, itos=json.loads(str(a["meta"]))["itos"][1:] + ["?"]),
                                ["missing or malformed metadata"]),
     "meta vocab one longer": (lambda a: _meta(a, itos=json.loads(str(a["meta"]))["itos"] + ["!"]),
                               ["C has shape", "expected", "vocab"]),
-    "meta n_hidden wrong": (lambda a: _meta(a, n_hidden=9), ["W1 has shape (6, 8), expected (6, 9)"]),
+    "meta n_hidden wrong": (lambda a: _sizes(a, n_hidden=9), ["W1 has shape (6, 8), expected (6, 9)"]),
+    "format 1 n_hidden wrong": (lambda a: (as_format_1(a), _meta(a, n_hidden=9)),
+                                ["W1 has shape (6, 8), expected (6, 9)"]),
+    "format 1 without n_embd": (lambda a: (as_format_1(a), _drop(a, "n_embd")), ["missing or malformed metadata"]),
     "lossi with NaN": (lambda a: _nan(a, "lossi", 5, np.nan), ["lossi", "damaged"]),
     "lossi 2-D": (lambda a: a.update(lossi=a["lossi"].reshape(10, -1)), ["lossi", "shape (10, 10)"]),
     "lossi too short": (lambda a: a.update(lossi=a["lossi"][:-1]), ["holds 99 losses for 100 steps"]),
@@ -114,6 +167,8 @@ TAMPERED = {
     "config negative steps": (lambda a: _train(a, steps=-5), ["malformed training state"]),
     "config unknown field": (lambda a: _train(a, momentum=0.9), ["malformed training state"]),
     "run record missing": (lambda a: _meta(a, run=None), ["malformed training state"]),
+    "run engine unknown": (lambda a: _run(a, engine="turbo"), ["malformed training state"]),
+    "run engine missing": (lambda a: _run(a, engine=...), ["malformed training state"]),
 }
 
 
@@ -216,7 +271,7 @@ def test_every_truncation_and_byte_flip_is_refused_or_harmless(tmp_path, interru
         except NpmlpError:
             continue
         harmless += 1
-        assert np.array_equal(model.flat, ref_model.flat), f"flip at byte {i} changed the loaded parameters"
+        assert same_params(model, ref_model), f"flip at byte {i} changed the loaded parameters"
         assert vocab == ref_vocab and meta == ref_meta and np.array_equal(lossi, ref_lossi), i
     assert harmless < len(good) // 7 // 4, "most flips must be caught (zip CRC-32, npy header checks)"
 
@@ -236,7 +291,8 @@ def test_failed_save_keeps_the_old_checkpoint(tmp_path, interrupted, monkeypatch
     run = copy_run(interrupted, tmp_path / "run")
     model, vocab, meta, lossi = load_checkpoint(run / "model.npz")
     before = snapshot(run)
-    model.flat[...] += 1
+    for p in model.params.values():
+        p += 1
     monkeypatch.setattr(np, "savez", _broken_savez(exc))
     with pytest.raises(type(exc)):
         save_checkpoint(run / "model.npz", model, vocab, meta, lossi)
@@ -252,8 +308,8 @@ def test_failed_save_during_training_is_one_line_and_keeps_the_old_checkpoint(tm
     code = cli.main(["train", "--resume", str(run), "--quiet"])
     err = capsys.readouterr().err
     assert code == 1, err
-    assert err.splitlines() == [f"npmlp: error: cannot write {run / 'model.npz'}: No space left on device; "
-                                f"free space or fix permissions, then resume from the last saved checkpoint"]
+    assert err.splitlines() == [(f"npmlp: error: cannot write {run / 'model.npz'}: No space left on device; "
+                                 f"free space or fix permissions, then resume from the last saved checkpoint")]
     assert snapshot(run) == before and temp_files(run) == []
 
 
@@ -270,10 +326,9 @@ def test_non_finite_parameters_are_never_saved(tmp_path, interrupted):
 def test_atomic_open_replaces_only_on_success(tmp_path):
     target = tmp_path / "f.bin"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with atomic_open(target) as f:
-            f.write(b"new but unfinished")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), atomic_open(target) as f:
+        f.write(b"new but unfinished")
+        raise RuntimeError("crash mid-write")
     assert target.read_bytes() == b"old" and temp_files(tmp_path) == []
     with atomic_open(target) as f:
         f.write(b"new")
@@ -281,14 +336,101 @@ def test_atomic_open_replaces_only_on_success(tmp_path):
 
 
 def test_checkpoint_params_are_exactly_the_trained_ones(interrupted):
-    """What cmd_train saved on the interrupt equals a model trained in-process for exactly STOP_AT steps."""
+    """What cmd_train saved on the interrupt equals a model trained in-process by the engine the run
+    recorded for exactly STOP_AT steps; the metadata names the model, its sizes and the engine."""
     model, vocab, meta, lossi = load_checkpoint(interrupted / "model.npz")
     assert set(arrays_of(interrupted)) == {*PARAM_NAMES, "meta", "lossi"}
+    assert meta["format"] == "npmlp-checkpoint-2" and meta["model"] == "mlp"
+    assert meta["sizes"] == {"block_size": 3, "n_embd": 2, "n_hidden": 8}
+    assert meta["run"]["engine"] == "fast" and meta["run"]["arithmetic"] == runs.ARITHMETIC["fast"]
     cfg, run = TrainConfig(**meta["train"]), meta["run"]
-    data = cli.Splits(run["data"], run["split_seed"], model.block_size)
-    again = MLP.init(vocab.size, model.block_size, model.n_embd, model.n_hidden, seed=cfg.seed,
-                     dtype=model.dtype, scheme=run["init"])
-    ref_lossi, step = sgd(again, *data.train, cfg, stop=STOP_AT)
+    data = runs.Splits(run["data"], run["split_seed"], model.block_size)
+    again = MLP.init(vocab.size, **meta["sizes"], seed=cfg.seed, dtype=model.dtype, scheme=run["init"])
+    ref_lossi = np.zeros(cfg.steps, np.float32)
+    with runs.engine_steps(run["engine"], again, cfg.batch_size) as steps:
+        _, step = steps(*data.train, cfg, ref_lossi, 0, STOP_AT, None)
     assert step == meta["step"] == STOP_AT
-    assert np.array_equal(again.flat, model.flat)
+    assert same_params(again, model)
     assert np.array_equal(ref_lossi[:STOP_AT], lossi)
+
+
+# ----------------------------------------------------------------------------- formats
+
+@pytest.fixture(scope="module")
+def format_1(interrupted, tmp_path_factory):
+    """The interrupted run with its model.npz rewritten in format 1, as the previous npmlp wrote it."""
+    run = copy_run(interrupted, tmp_path_factory.mktemp("format1") / "run")
+    a = arrays_of(run)
+    as_format_1(a)
+    np.savez(run / "model.npz", **a)
+    return run
+
+
+def test_format_1_checkpoint_loads_as_the_same_model(interrupted, format_1):
+    model, vocab, meta, lossi = load_checkpoint(format_1 / "model.npz")
+    model2, vocab2, meta2, lossi2 = load_checkpoint(interrupted / "model.npz")
+    assert meta["format"] == "npmlp-checkpoint-1"
+    assert meta["model"] == "mlp" and meta["sizes"] == meta2["sizes"] and meta["run"]["engine"] == "fast"
+    assert type(model) is type(model2) and model.dtype == model2.dtype
+    assert same_params(model, model2) and vocab == vocab2 and np.array_equal(lossi, lossi2)
+
+
+@pytest.mark.parametrize("command", [["eval"], ["sample", "-n", "5"]])
+def test_format_1_checkpoint_evaluates_and_samples(interrupted, format_1, command):
+    """`npmlp eval` and `npmlp sample` of a format-1 run print what they print for the same run in format 2."""
+    old, new = (run_cli(*command, run) for run in (format_1, interrupted))
+    assert old.returncode == 0 and new.returncode == 0, old.stderr + new.stderr
+    assert old.stdout and old.stdout == new.stdout
+
+
+def test_format_1_checkpoint_plots(tmp_path, format_1):
+    r = run_cli("plot", format_1, "--out", tmp_path / "figures", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert {p.name for p in (tmp_path / "figures").iterdir()} >= {"loss.png", "embedding.png"}
+
+
+def test_format_1_checkpoint_resumes_with_the_fast_engine(tmp_path, interrupted, format_1):
+    """A format-1 run resumes (with the fast engine, which wrote it), bit-identically to the same run
+    in format 2, with no note about other arithmetic; it is saved in format 2 with its engine."""
+    old, new = copy_run(format_1, tmp_path / "old"), copy_run(interrupted, tmp_path / "new")
+    r = run_cli("train", "--resume", old, "--no-plots")
+    assert r.returncode == 0, r.stderr
+    assert notes(r) == [] and "fast engine; resuming at step 100 of 300" in r.stderr
+    assert resume(new).returncode == 0
+    assert arrays_of(old).keys() == arrays_of(new).keys()
+    for k, v in arrays_of(new).items():
+        if k != "meta":
+            assert np.array_equal(arrays_of(old)[k], v), k
+    _, _, meta, lossi = load_checkpoint(old / "model.npz")
+    assert meta["format"] == "npmlp-checkpoint-2" and meta["model"] == "mlp" and meta["complete"]
+    assert meta["run"]["engine"] == "fast" and meta["sizes"] == {"block_size": 3, "n_embd": 2, "n_hidden": 8}
+    assert len(lossi) == STEPS and (old / "metrics.json").is_file()
+
+
+def test_format_1_checkpoint_refuses_another_engine(tmp_path, format_1):
+    run = copy_run(format_1, tmp_path / "run")
+    before = snapshot(run)
+    r = run_cli("train", "--resume", run, "--engine", "reference", "--quiet")
+    assert_user_error(r, 2, "--engine reference differs from the run's fast")
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("change, needles", [
+    (lambda a: _meta(a, format="npmlp-checkpoint-3"), ["'npmlp-checkpoint-3'", "newer", "upgrade npmlp"]),
+    (lambda a: _meta(a, model="transformer"), ["missing or malformed metadata"]),
+], ids=["format 3", "unknown model"])
+@pytest.mark.parametrize("command", [["eval"], ["sample"], ["plot"], ["gradcheck", "--run"]])
+def test_reading_commands_refuse_a_checkpoint_they_cannot_read(tmp_path, interrupted, change, needles, command):
+    """Never half-loaded: eval, sample, plot and gradcheck print nothing but the one error line,
+    and the run directory is left exactly as it was."""
+    run = copy_run(interrupted, tmp_path / "run")
+    a = arrays_of(run)
+    change(a)
+    np.savez(run / "model.npz", **a)
+    with pytest.raises(NpmlpError) as e:
+        load_checkpoint(run / "model.npz")
+    assert all(n in str(e.value) for n in needles), str(e.value)
+    before = snapshot(run)
+    r = run_cli(*command, run, "--quiet") if command[0] != "sample" else run_cli(*command, run)
+    assert_user_error(r, 1, str(run / "model.npz"), *needles)
+    assert r.stdout == "" and snapshot(run) == before

@@ -1,19 +1,21 @@
 """A learning rate that blows up: `npmlp train` stops at the step whose loss is NaN/inf, names it and
 the last finite loss, saves exactly the parameters of the last good step, and exits 1.
-No NaN or inf ever reaches a saved file."""
+A loss that stays finite but explodes (`--lr 1e6`: a 1,000-step mean above 10x the first loss)
+stops the same way, naming the steps and the mean. No NaN or inf ever reaches a saved file."""
 from __future__ import annotations
 
+import math
 import re
+import shutil
 
 import numpy as np
 import pytest
-from conftest import make_names, run_cli
-from errcheck import TINY, assert_user_error, temp_files
+from helpers import TINY, assert_user_error, make_names, run_cli, temp_files
 
+from npmlp import runs
 from npmlp.checkpoint import load_checkpoint
-from npmlp.cli import Splits
 from npmlp.model import MLP
-from npmlp.train import TrainConfig, sgd
+from npmlp.train import EXPLODE, WINDOW, TrainConfig, batch_rows
 
 MESSAGE = re.compile(r"training diverged: the loss became NaN/inf at step ([\d,]+) \(last finite loss (\S+) "
                      r"at step ([\d,]+)\); saved the parameters that gave it in (\S+) \(for eval/plot\); train again "
@@ -27,15 +29,27 @@ def names(tmp_path_factory):
     return p
 
 
-def replay(meta, stop):
-    """Train the same model in-process, from its seed, for `stop` steps -> (model, lossi)."""
-    cfg, run = TrainConfig(**meta["train"]), meta["run"]
-    data = Splits(run["data"], run["split_seed"], meta["block_size"])
-    model = MLP.init(len(meta["itos"]), meta["block_size"], meta["n_embd"], meta["n_hidden"], seed=cfg.seed,
-                     dtype=np.dtype(meta["dtype"]), scheme=run["init"])
-    lossi, step = sgd(model, *data.train, cfg, stop=stop)
+def train_steps(model, meta, data, lossi, start, stop):
+    """Steps start..stop-1 of the run, by the engine it recorded (runs.engine_steps, as `npmlp train`)."""
+    cfg = TrainConfig(**meta["train"])
+    with runs.engine_steps(meta["run"]["engine"], model, cfg.batch_size) as steps:
+        _, step = steps(*data.train, cfg, lossi, start, stop, None)
     assert step == stop
+    return lossi
+
+
+def replay(meta, stop):
+    """Train the same model in-process, from its seed, for `stop` steps -> (model, lossi, data)."""
+    cfg, run = TrainConfig(**meta["train"]), meta["run"]
+    data = runs.Splits(run["data"], run["split_seed"], meta["sizes"]["block_size"])
+    model = MLP.init(len(meta["itos"]), **meta["sizes"], seed=cfg.seed, dtype=np.dtype(meta["dtype"]),
+                     scheme=run["init"])
+    lossi = train_steps(model, meta, data, np.zeros(cfg.steps, np.float32), 0, stop)
     return model, lossi, data
+
+
+def same_params(a, b) -> bool:
+    return a.params.keys() == b.params.keys() and all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
 
 
 def no_nan_anywhere(run):
@@ -65,22 +79,20 @@ def test_divergence_after_the_decay_keeps_the_last_good_step(tmp_path, names):
     assert m.group(5) == "--lr-decayed" and m.group(6) == "1e+38"
     assert bad == 1501, "the first update with lr 1e38 is step 1,500; the loss after it is NaN/inf"
 
-    model, vocab, meta, lossi = load_checkpoint(run / "model.npz")
+    model, _, meta, lossi = load_checkpoint(run / "model.npz")
     assert meta["step"] == bad - 1 and not meta["complete"] and len(lossi) == bad - 1
     ref, ref_lossi, data = replay(meta, bad - 1)
-    assert np.array_equal(model.flat, ref.flat), "saved params are not those of the last good step"
+    assert same_params(model, ref), "saved params are not those of the last good step"
     assert np.array_equal(lossi, ref_lossi[:bad - 1])
     # the "last finite loss" of the message is the loss these parameters give at the next step
-    cfg = TrainConfig(**meta["train"])
-    lossi_next, _ = sgd(ref, *data.train, cfg, ref_lossi, start=bad - 1, stop=bad)
+    lossi_next = train_steps(ref, meta, data, ref_lossi, bad - 1, bad)
     assert np.isfinite(lossi_next[bad - 1]) and float(f"{lossi_next[bad - 1]:.4g}") == last_loss
 
     # resuming it is deterministic: the same divergence, the same message, the same checkpoint
-    before = model.flat.copy()
     r = run_cli("train", "--resume", run, "--quiet")
     assert_user_error(r, 1, f"at step {bad:,}", f"last finite loss {last_loss:.4g} at step {bad - 1:,}")
     again, _, meta2, _ = load_checkpoint(run / "model.npz")
-    assert np.array_equal(again.flat, before) and meta2["step"] == bad - 1
+    assert same_params(again, model) and meta2["step"] == bad - 1
     no_nan_anywhere(run)
 
 
@@ -89,9 +101,77 @@ def test_divergence_at_the_first_update_saves_the_initial_params(tmp_path, names
     """float64 with lr 1e300 has a finite float64 loss too big for the float32 loss history: that counts
     as divergence too, so no inf is ever written."""
     run = tmp_path / "run"
-    bad, last_loss, m = diverge(run, names, "--lr", lr, "--dtype", dtype)
+    bad, _, m = diverge(run, names, "--lr", lr, "--dtype", dtype)
     assert bad == 1 and m.group(5) == "--lr"
     model, _, meta, lossi = load_checkpoint(run / "model.npz")
     assert meta["step"] == 0 and len(lossi) == 0 and model.dtype == np.dtype(dtype)
     init, _, _ = replay(meta, 0)
-    assert np.array_equal(model.flat, init.flat)
+    assert same_params(model, init)
+
+
+# ----------------------------------------------------------------------------- a finite loss that explodes
+
+EXPLODED = re.compile(r"training diverged: the mean loss of steps ([\d,]+)-([\d,]+) is (\S+), more than "
+                      r"(\d+)x the first step's loss or ln\(vocab\) \((\S+)\); saved the model after step "
+                      r"([\d,]+) in (\S+) \(for eval/plot\); train again with a lower (--lr\S*) \(was (\S+)\) "
+                      r"and a new --out")
+
+
+@pytest.fixture(scope="module")
+def exploded(names, tmp_path_factory):
+    """(run, error line, match) of `npmlp train --lr 1e6`: every loss finite, their mean huge."""
+    run = tmp_path_factory.mktemp("explode") / "run"
+    r = run_cli("train", "--data", names, "--steps", 2000, "--lr", "1e6", "--out", run, *TINY)
+    line = assert_user_error(r, 1, "training diverged", "--lr")
+    m = EXPLODED.search(line)
+    assert m, line
+    return run, line, m
+
+
+def test_a_finite_loss_that_explodes_stops_the_run(exploded):
+    """--lr 1e6: the mean loss of the first 1,000 steps is far above 10x the first step's loss; the run
+    stops at the window's last step (exit 1), names the steps and the mean, advises a lower --lr, and
+    saves the model it had (finite, loadable) with the losses so far; no metrics.json."""
+    run, _, m = exploded
+    first, last, mean, times, base = (int(m.group(1).replace(",", "")), int(m.group(2).replace(",", "")),
+                                      float(m.group(3)), int(m.group(4)), float(m.group(5)))
+    assert (first, last) == (0, WINDOW - 1) and times == EXPLODE
+    assert m.group(7) == str(run / "model.npz") and m.group(8) == "--lr" and m.group(9) == "1e+06"
+    model, vocab, meta, lossi = load_checkpoint(run / "model.npz")
+    saved = int(m.group(6).replace(",", ""))
+    assert saved == last and meta["step"] == saved and not meta["complete"] and len(lossi) == saved
+    assert np.isfinite(lossi).all(), "the loss never became NaN/inf: this is the finite-explosion path"
+    # the message's numbers: base = max(first step's loss, ln V), and the mean of the losses of steps
+    # 0..999, the last of them (not kept: its update was never applied) that of the saved model
+    assert float(f"{max(float(lossi[0]), math.log(vocab.size)):.4g}") == base
+    cfg, data = TrainConfig(**meta["train"]), runs.Splits(meta["run"]["data"], meta["run"]["split_seed"], 3)
+    X, Y = data.train
+    ix = batch_rows(cfg, last, len(X))
+    want = (float(np.sum(lossi, dtype=np.float64)) + float(model.loss(X[ix], Y[ix]))) / WINDOW
+    assert mean > EXPLODE * base and abs(want - mean) <= 5e-4 * want, (want, mean)   # mean printed .4g
+    assert not (run / "metrics.json").exists() and temp_files(run) == [] and not (run / runs.LOCK).exists()
+    no_nan_anywhere(run)
+    # the model saved is the one those steps trained
+    ref, ref_lossi, _ = replay(meta, saved)
+    assert same_params(model, ref) and np.array_equal(lossi, ref_lossi[:saved])
+
+
+@pytest.mark.parametrize("command", [["eval"], ["sample", "-n", "3"], ["plot", "--quiet"]])
+def test_an_exploded_run_can_be_evaluated_and_drawn(exploded, tmp_path, command):
+    run, _, _ = exploded
+    out = ["--out", tmp_path] if command[0] == "plot" else []
+    r = run_cli(*command, run, *out)
+    assert r.returncode == 0 and r.stdout, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_resuming_an_exploded_run_stops_again_the_same_way(exploded, tmp_path):
+    run, line, _ = exploded
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = load_checkpoint(copy / "model.npz")
+    r = run_cli("train", "--resume", copy, "--quiet")
+    assert assert_user_error(r, 1, "training diverged") == line.replace(str(run), str(copy))
+    after = load_checkpoint(copy / "model.npz")
+    assert same_params(after[0], before[0]) and after[2]["step"] == before[2]["step"]
+    assert np.array_equal(after[3], before[3])

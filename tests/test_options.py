@@ -1,10 +1,11 @@
 """Bad options to `npmlp train`: exit 2, one line naming the option and the offending value,
-and nothing written."""
+and nothing written. And `npmlp --version`."""
 from __future__ import annotations
 
 import pytest
-from conftest import run_cli
-from errcheck import TINY, assert_user_error
+from helpers import TINY, assert_user_error, run_cli
+
+import npmlp
 
 BAD = [
     # (options, what the message must name)
@@ -28,6 +29,9 @@ BAD = [
     (["--seed", "-1"], ["--seed", "got -1"]),
     (["--processes", "0"], ["--processes", "got 0"]),
     (["--processes", "two"], ["--processes", "'two'"]),
+    (["--engine", "turbo"], ["--engine", "'turbo'", "fast", "reference"]),
+    (["--split-seed", "-1"], ["--split-seed", "got -1"]),
+    (["--split-seed", "random"], ["--split-seed", "'random'"]),
     (["--no-such-option"], ["--no-such-option"]),
 ]
 
@@ -43,6 +47,22 @@ def test_bad_option_is_a_usage_error(tmp_path, small_names, opts, needles):
 
 def test_missing_command_is_a_usage_error():
     assert_user_error(run_cli(), 2, "required", "COMMAND")
+
+
+def test_version():
+    r = run_cli("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"npmlp {npmlp.__version__}\n" and r.stderr == ""
+
+
+def test_processes_with_the_reference_engine_is_refused_before_training(tmp_path, small_names):
+    """--processes shares the fast engine's chunks: with --engine reference it is a usage error,
+    before any file is made."""
+    out = tmp_path / "run"
+    r = run_cli("train", "--data", small_names, "--steps", 10, "--engine", "reference", "--processes", 2,
+                "--out", out, *TINY)
+    assert_user_error(r, 2, "--processes", "--engine reference")
+    assert not out.exists()
 
 
 def test_batch_larger_than_the_training_split(tmp_path, small_names):
