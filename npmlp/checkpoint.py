@@ -93,6 +93,10 @@ def load_checkpoint(path):
     if isinstance(fmt, str) and fmt.startswith(PREFIX) and fmt not in (FORMAT, f"{PREFIX}1"):
         raise NpmlpError(f"checkpoint {name} has format {fmt!r}, newer than this npmlp reads ({FORMAT!r}); "
                          f"upgrade npmlp")
+    kind = meta.get("model") if fmt == FORMAT else None
+    if isinstance(kind, str) and kind not in MODELS:
+        raise NpmlpError(f"checkpoint {name} holds a {kind!r} model, which this npmlp does not know (it knows "
+                         f"{', '.join(MODELS)}); upgrade npmlp")
     try:
         cls, sizes = _model_meta(meta)
         itos = meta["itos"]

@@ -201,7 +201,9 @@ def train_and_finish(args, run: runs.Run, claimed) -> int:
     """Train `run` (its directory claimed) to the end or a signal, then evaluate and draw."""
     where = shlex.quote(str(run.out))
     runs.check_engine(run.model.kind, run.info["engine"], args.processes)
-    notes(args, claimed + run.notes)
+    notes(args, run.data.notes)                   # what the data loader cleaned: --quiet hides these
+    for line in claimed + run.notes:              # ... not what concerns the run itself
+        print(f"npmlp: note: {line}", file=sys.stderr)
     log(args, f"npmlp: {run.summary()}")
     from .progress import Progress
     # the helper processes fork before the progress bar (or anything else) starts a thread

@@ -27,10 +27,9 @@ from types import SimpleNamespace
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .model import MLP, PARAM_NAMES, param_shapes
+from .bn import EPS as EPS_BN
+from .model import MLP
 from .train import BLOCK, TrainConfig, batch_block, check_loss
-
-MODELS = ("mlp",)   # the models (models.MODELS kinds) this engine trains
 
 ARITHMETIC = 2  # changes when the fast step's rounding changes; runs record it, so --resume can say
                 # when a run will not continue bit-identically
@@ -61,10 +60,12 @@ def gather_group(batch_size: int) -> int:
 class Engine:
     """The flat parameter vector of one MLP shape, views of it, and a chunk's forward/backward."""
 
+    chunked = True      # a batch may run as chunks: each row's gradient depends on that row alone
+
     def __init__(self, model: MLP):
         V, T, E, H = model.vocab_size, model.block_size, model.n_embd, model.n_hidden
         self.V, self.T, self.E, self.H = V, T, E, H
-        self.shapes = param_shapes(V, T, E, H)
+        self.shapes = {k: p.shape for k, p in model.params.items()}   # the model's order: each b after its W
         self.flat = np.zeros(sum(math.prod(s) for s in self.shapes.values()), model.dtype)  # (P,)
         self.w = self.views(self.flat)
         self._bufs = {}                               # chunk rows -> buffers
@@ -76,21 +77,20 @@ class Engine:
     def views(self, flat):
         """Views of a vector laid out like self.flat: each parameter by name, and W1b (T*E+1, H) =
         [W1; b1], W2b (H+1, V) = [W2; b2] (b directly follows its W in the vector)."""
-        v, i = {}, 0
-        for k in PARAM_NAMES:
-            n = math.prod(self.shapes[k])
-            v[k] = flat[i:i + n].reshape(self.shapes[k])
-            v[k + "_at"], i = i, i + n
-        W1b = flat[v["W1_at"]:v["W2_at"]].reshape(self.T * self.E + 1, self.H)
-        W2b = flat[v["W2_at"]:].reshape(self.H + 1, self.V)
-        return SimpleNamespace(**{k: v[k] for k in PARAM_NAMES}, W1b=W1b, W2b=W2b)
+        v, at, i = {}, {}, 0
+        for k, shape in self.shapes.items():
+            n = math.prod(shape)
+            v[k], at[k], i = flat[i:i + n].reshape(shape), i, i + n
+        W1b = flat[at["W1"]:at["b1"] + self.H].reshape(self.T * self.E + 1, self.H)
+        W2b = flat[at["W2"]:at["b2"] + self.V].reshape(self.H + 1, self.V)
+        return SimpleNamespace(**v, W1b=W1b, W2b=W2b)
 
     def load(self, model: MLP):
-        for k in PARAM_NAMES:
+        for k in self.shapes:
             getattr(self.w, k)[...] = model.params[k]
 
     def store(self, model: MLP):
-        for k in PARAM_NAMES:
+        for k in self.shapes:
             model.params[k][...] = getattr(self.w, k)
 
     def _buffers(self, n: int):
@@ -119,7 +119,7 @@ class Engine:
         """The forward of rows xb (n, T), yb (n,): (their mean loss, the buffers holding it all)."""
         b, w = self._buffers(len(xb)), self.w
         np.take(w.C, xb, axis=0, out=b.emb)                       # (n, T, E) C[X], into embcat1
-        np.matmul(b.embcat1, w.W1b, out=b.hpreact)                # (n, H) embcat @ W1 + b1
+        self.hidden(b)                                            # (n, H) hpreact
         np.tanh(b.hpreact, out=b.h)                               # (n, H) h, into h1
         np.matmul(b.h1, w.W2b, out=b.logits)                      # (n, V) h @ W2 + b2
         # cross-entropy on a (V, n)-laid-out copy: each reduction over V then adds whole
@@ -136,6 +136,9 @@ class Engine:
         nll -= picked                                             #   log(sum) - (logit[y] - max)
         return float(np.add.reduce(nll)) / len(xb), b
 
+    def hidden(self, b):
+        np.matmul(b.embcat1, self.w.W1b, out=b.hpreact)           # (n, H) embcat @ W1 + b1
+
     def backward(self, b, xb, yb, dloss: float, g) -> None:
         """After forward_loss(xb, yb) gave b: dloss * the gradient of the chunk's mean loss into g
         (views() of a gradient vector)."""
@@ -147,16 +150,72 @@ class Engine:
         np.square(b.h, out=b.dhpreact)                            # (n, H) h^2
         np.subtract(1, b.dhpreact, out=b.dhpreact)                # (n, H) 1 - h^2
         b.dhpreact *= b.dh                                        # (n, H)
-        np.matmul(b.dhpreact, w.W1b[:-1].T, out=b.dembcat)        # (n, T*E)
-        b.wmul(b.embcat1.T, b.dhpreact, out=g.W1b)                # (T*E+1, H) [dW1; db1]
+        dhprebn = self.hidden_backward(b, g)                      # (n, H)
+        np.matmul(dhprebn, w.W1b[:-1].T, out=b.dembcat)           # (n, T*E)
+        b.wmul(b.embcat1.T, dhprebn, out=g.W1b)                   # (T*E+1, H) [dW1; db1]
         # dC = onehot(X).T @ demb: the one-hot matmul adds the rows of repeated characters with
         # BLAS (np.add.at is correct but several times slower)
         b.onehot.fill(0)
         b.onehot[b.rows_t, xb.reshape(-1)] = 1                   # (n*T, V)
         np.matmul(b.onehot.T, b.dembcat.reshape(-1, self.E), out=g.C)  # (V, E)
 
+    def hidden_backward(self, b, g):
+        return b.dhpreact                                         # (n, H) no layer between
+
     def loss(self, xb, yb) -> float:
         return self.forward_loss(xb, yb)[0]
+
+
+class BNEngine(Engine):
+    """The bn model (bn.BNMLP): a BatchNorm with the batch's Bessel-corrected variance between
+    the first linear layer and tanh, forward and backward fused (layers.batchnorm_backward's
+    formula). Its statistics couple the rows of a batch, so a batch is never cut into chunks."""
+
+    chunked = False
+
+    def _buffers(self, n: int):
+        b = self._bufs.get(n)
+        if b is None:
+            b = super()._buffers(n)
+            dt, H = self.dtype, self.H
+            b.hprebn, b.xhat, b.tmp = (np.empty((n, H), dt) for _ in range(3))
+            b.stat, b.var_inv, b.scale = (np.empty(H, dt) for _ in range(3))
+        return b
+
+    def hidden(self, b):
+        n, w = len(b.hprebn), self.w
+        np.matmul(b.embcat1, w.W1b, out=b.hprebn)                # (n, H) embcat @ W1 + b1
+        np.add.reduce(b.hprebn, axis=0, out=b.stat)               # (H,)
+        b.stat *= 1 / n                                           # (H,) the batch mean
+        np.subtract(b.hprebn, b.stat, out=b.xhat)                 # (n, H) x - mean
+        np.square(b.xhat, out=b.tmp)
+        np.add.reduce(b.tmp, axis=0, out=b.var_inv)               # (H,) sum of squares
+        b.var_inv *= 1 / (n - 1)                                  # Bessel's correction, as bn.py
+        b.var_inv += EPS_BN
+        np.sqrt(b.var_inv, out=b.var_inv)
+        np.divide(1, b.var_inv, out=b.var_inv)                    # (H,) 1 / sqrt(var + eps)
+        b.xhat *= b.var_inv                                       # (n, H) bnraw
+        np.multiply(b.xhat, w.bngain, out=b.hpreact)
+        b.hpreact += w.bnbias                                     # (n, H)
+
+    def hidden_backward(self, b, g):
+        """dhpreact -> dhprebn = gain * var_inv * (dhpreact - dbnbias / n - xhat * dbngain / (n - 1))."""
+        n = len(b.hprebn)
+        np.add.reduce(b.dhpreact, axis=0, out=g.bnbias)           # (H,) dbnbias
+        np.multiply(b.xhat, b.dhpreact, out=b.tmp)
+        np.add.reduce(b.tmp, axis=0, out=g.bngain)                # (H,) dbngain
+        np.multiply(b.xhat, g.bngain, out=b.tmp)
+        b.tmp *= 1 / (n - 1)
+        np.multiply(g.bnbias, 1 / n, out=b.stat)
+        b.tmp += b.stat                                           # (n, H)
+        np.subtract(b.dhpreact, b.tmp, out=b.tmp)
+        np.multiply(self.w.bngain, b.var_inv, out=b.scale)
+        b.tmp *= b.scale                                          # (n, H) dhprebn
+        return b.tmp
+
+
+ENGINES = {"mlp": Engine, "bn": BNEngine}
+MODELS = tuple(ENGINES)    # the models (models.MODELS kinds) this engine trains
 
 
 def run_chunks(eng: Engine, ks, chunks, xb, yb, lr, views, parts):
@@ -184,9 +243,9 @@ class Chunks:
     def __init__(self, model: MLP, batch_size: int):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.engine = Engine(model)
+        self.engine = ENGINES[model.kind](model)
         self.batch_size = batch_size
-        self.chunks = batch_chunks(batch_size)
+        self.chunks = batch_chunks(batch_size) if self.engine.chunked else [(0, batch_size, 1.0)]
         n, P, G = len(self.chunks), self.engine.flat.size, gather_group(batch_size)
         self.grads = self.array((n, P), model.dtype)
         self.parts = self.array((n,), np.float64)
@@ -210,8 +269,8 @@ class Chunks:
     def fits(self, model: MLP, batch_size: int) -> None:
         if self.closed:
             raise ValueError("this pool is closed")
-        if batch_size != self.batch_size or self.engine.dtype != model.dtype or self.engine.shapes != param_shapes(
-                model.vocab_size, model.block_size, model.n_embd, model.n_hidden):
+        if batch_size != self.batch_size or self.engine.dtype != model.dtype or self.engine.shapes != {
+                k: p.shape for k, p in model.params.items()}:
             raise ValueError("this pool was made for another batch size, dtype or model")
 
     def start(self, g: int, lr: float, flat):
@@ -294,4 +353,4 @@ def gradients(model: MLP, X, Y, lr: float = 0.1) -> dict:
     if not np.isfinite(pool.parts).all():
         total.fill(np.nan)
     v = eng.views(total)
-    return {k: getattr(v, k) for k in PARAM_NAMES}
+    return {k: getattr(v, k) for k in eng.shapes}

@@ -137,7 +137,7 @@ def claim(out: Path, notes: list[str]):
         fd = _flock(path, out, notes)
     try:
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         with contextlib.suppress(OSError):
@@ -156,8 +156,8 @@ def _flock(path: Path, out: Path, notes: list[str]) -> int:
         except OSError:
             pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise UsageError(f"{out} is in use by another `npmlp train` (pid {pid}); wait for it to end, "
-                             f"or choose another --out") from None
+            raise UsageError(f"{out} is in use by another `npmlp train` (pid {pid}); wait for it to end"
+                             + ("" if (out / "model.npz").exists() else ", or choose another --out")) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -168,7 +168,7 @@ def _flock(path: Path, out: Path, notes: list[str]) -> int:
     left = os.read(fd, 32).decode(errors="replace").strip()
     if left:
         notes.append(f"{out} was still marked as in use by pid {left}, a run that was killed before it "
-                     f"could clean up; its last checkpoint is kept")
+                     f"could clean up; its last checkpoint, if it saved one, is kept")
     return fd
 
 
@@ -230,7 +230,7 @@ class Run:
         self.out, self.ckpt = out, out / "model.npz"
         self.model, self.vocab, self.cfg, self.info, self.data = model, vocab, cfg, info, data
         self.lossi, self.start, self.step = lossi, start, start
-        self.notes = list(data.notes)
+        self.notes: list[str] = []                # about the run itself (the data's are data.notes)
         n = len(data.train[0])
         if cfg.batch_size > n:
             raise UsageError(f"--batch-size {cfg.batch_size} is larger than the training split ({n:,} rows); "
@@ -371,7 +371,7 @@ class Run:
             self.save(d.step)
             return (f"training diverged: the mean loss of steps {d.first:,}-{d.step:,} is {d.mean:.4g}, more "
                     f"than {train.EXPLODE}x the first step's loss or ln(vocab) ({d.limit / train.EXPLODE:.4g}); "
-                    f"saved the model after step {d.step:,} in {self.ckpt} (for eval/plot); {advice}")
+                    f"saved the model after {d.step:,} steps in {self.ckpt} (for eval/plot); {advice}")
         good = [(k, s) for k, s in snaps if k <= d.step - 1]
         if not good:
             return (f"the loss is NaN/inf at step {d.step:,}, the first step of this run; check the data and "
@@ -400,7 +400,7 @@ class Run:
                               "dtype": str(self.model.dtype)},
                    "samples": names}
         for k in ("seconds", "parts"):
-            metrics["config"].pop(k)
+            metrics["config"].pop(k, None)
         atomic_write_json(self.out / "metrics.json", metrics)
         return metrics
 
@@ -417,7 +417,7 @@ def _load_resumable(out: Path):
               and isinstance(info.get("split_seed"), (int, type(None)))
               and isinstance(info.get("data"), (str, type(None))) and info.get("engine") in ENGINES
               and (model.kind != "mlp" or info.get("init") in ("lecture", "kaiming")))
-    except (KeyError, TypeError, ValueError, NpmlpError):  # a field missing, unknown or out of range
+    except (KeyError, TypeError, ValueError, AttributeError, NpmlpError):  # a field missing, of a wrong type...
         ok = False
     if not ok:
         raise NpmlpError(f"checkpoint {ckpt} has missing or malformed training state (config, step); "
@@ -437,8 +437,9 @@ def _check_typed(typed: dict, out: Path, model, cfg: TrainConfig, info: dict) ->
     """--resume continues a run with its own options: refuse a typed option that says otherwise."""
     theirs = {**cfg.to_dict(), **model.sizes, "model": model.kind, "dtype": str(model.dtype),
               "init": info.get("init"), "split_seed": info["split_seed"], "engine": info["engine"]}
+    shown = lambda v: "none" if v is None else v   # noqa: E731  (as the options spell it)
     for key, mine in typed.items():
         if key in theirs and mine != theirs[key]:
             flag = "--" + key.replace("_", "-")
-            raise UsageError(f"{flag} {mine} differs from the run's {theirs[key]}; --resume continues {out} "
-                             f"with its own options: drop {flag}, or start a new run with another --out")
+            raise UsageError(f"{flag} {shown(mine)} differs from the run's {shown(theirs[key])}; --resume continues "
+                             f"{out} with its own options: drop {flag}, or start a new run with another --out")

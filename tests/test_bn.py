@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import check, make_names, needs_torch
 
-from npmlp import gradcheck, train
+from npmlp import fast, gradcheck, train
 from npmlp.bn import BNMLP
 from npmlp.layers import batchnorm_backward, batchnorm_forward
 from npmlp.model import MLP
@@ -173,3 +173,38 @@ def test_calibrated_statistics_are_the_training_splits():
     # inference on the whole split = the training forward on the whole split with Bessel (B = N)
     logits = model.logits(X)
     np.testing.assert_allclose(logits, model.forward(X), rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- the fast engine's bn
+
+@pytest.mark.parametrize("B,H,dtype,rtol", [(4, 7, np.float64, 1e-12), (32, 200, np.float64, 1e-12),
+                                            (300, 50, np.float64, 1e-12), (32, 200, np.float32, 2e-5),
+                                            (1000, 30, np.float32, 2e-5)])
+def test_fast_bn_gradients_equal_the_atom_chain(B, H, dtype, rtol):
+    """The fast engine's fused BatchNorm, whole batch (never cut into chunks), against the
+    reference's atom-by-atom backward; float32 against the reference in float64."""
+    model, rng = random_bn(V=27, H=H, seed=B)
+    model = BNMLP({k: v.astype(dtype) for k, v in model.params.items()})
+    X, Y = rng.integers(0, 27, (B, 3)), rng.integers(0, 27, B)
+    ref64 = BNMLP({k: v.astype(np.float64) for k, v in model.params.items()})
+    _, c = ref64.forward(X, Y)
+    grads, dacts = ref64.backward(c)
+    got = fast.gradients(model, X, Y)
+    big = max(np.abs(g).max() for g in grads.values())
+    # db1 is 0 up to round-off: the sum of B terms of dhprebn, so its round-off scales with their sizes
+    sizes = {"b1": np.abs(dacts["hprebn"]).sum(0).max()}
+    for k in grads:
+        check("d" + k, got[k], grads[k], rtol, scale=max(np.abs(grads[k]).max(), 1e-2 * big, sizes.get(k, 0)))
+
+
+def test_fast_bn_trajectory_equals_the_reference():
+    vocab, X, Y = small_data()
+    ref, quick = (BNMLP.init(vocab.size, n_hidden=40, seed=2, dtype=np.float64) for _ in range(2))
+    cfg = train.TrainConfig(steps=1000, batch_size=300, lr=0.1, seed=3)
+    lossi_ref, _ = train.sgd(ref, X, Y, cfg)
+    lossi_fast, _ = fast.sgd(quick, X, Y, cfg)
+    check("lossi", lossi_fast, lossi_ref, 1e-6)                   # float32 history
+    for k in ref.params:
+        check(k, quick.params[k], ref.params[k], 1e-10, scale=max(np.abs(ref.params[k]).max(), 1e-3))
+    with fast.Chunks(quick, 300) as pool:
+        assert len(pool.chunks) == 1           # its statistics are the whole batch's

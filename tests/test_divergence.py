@@ -112,8 +112,8 @@ def test_divergence_at_the_first_update_saves_the_initial_params(tmp_path, names
 # ----------------------------------------------------------------------------- a finite loss that explodes
 
 EXPLODED = re.compile(r"training diverged: the mean loss of steps ([\d,]+)-([\d,]+) is (\S+), more than "
-                      r"(\d+)x the first step's loss or ln\(vocab\) \((\S+)\); saved the model after step "
-                      r"([\d,]+) in (\S+) \(for eval/plot\); train again with a lower (--lr\S*) \(was (\S+)\) "
+                      r"(\d+)x the first step's loss or ln\(vocab\) \((\S+)\); saved the model after "
+                      r"([\d,]+) steps in (\S+) \(for eval/plot\); train again with a lower (--lr\S*) \(was (\S+)\) "
                       r"and a new --out")
 
 
