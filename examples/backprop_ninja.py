@@ -105,8 +105,8 @@ def _(BNMLP, Xtr, Ytr, block_size, gradcheck, mo, np, vocab):
     ## The network and one minibatch
 
     `BNMLP.init` draws part 4's init: `W1` scaled by (5/3)/sqrt(T*E), `b1`, `W2`, `b2` and `bnbias`
-    by 0.1, and `bngain` = 1 + 0.1 * randn. None of them is a round 0 or 1 on purpose: a backward
-    that forgets a term can still pass a check when the parameter it multiplies is exactly 1 or 0.
+    by 0.1, and `bngain` = 1 + 0.1 * randn. On purpose, none of them is exactly 0 or 1: a backward
+    that forgets a term can still pass a check when the parameter it multiplies is 1 or 0.
     {model0.num_params:,} parameters: {_shapes}. A minibatch of n = {n} rows.
     """)
     return P, Xb, Yb, n
