@@ -14,9 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import UsageError
-from .layers import (cross_entropy_backward, cross_entropy_forward, embedding_backward,
-                     embedding_forward, linear_backward, linear_forward, tanh_backward,
-                     tanh_forward)
+from .layers import (cross_entropy_backward, cross_entropy_forward, embedding_backward, embedding_forward,
+                     linear_backward, linear_forward, tanh_backward, tanh_forward)
 from .model import MLP, SEED, check_sizes, float_params, param_shapes
 
 EPS = 1e-5

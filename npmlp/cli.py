@@ -481,8 +481,12 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(map(str, argv))
     args = build_parser().parse_args(argv)
     args.argv = argv
+    from threadpoolctl import threadpool_limits
     try:
-        return args.func(args) or 0
+        # every product npmlp makes is small: a second BLAS thread gains little on an idle machine
+        # and, on a busy one, waits for a core, making every product many times slower
+        with threadpool_limits(1, user_api="blas"):
+            return args.func(args) or 0
     except NpmlpError as e:
         print(f"npmlp: error: {e}", file=sys.stderr)
         return e.exit_code

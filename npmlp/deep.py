@@ -10,6 +10,8 @@ Without BatchNorm (`batchnorm=0`) it is part 3's plain stack: Linear (with b) ->
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from .errors import UsageError
@@ -109,7 +111,7 @@ class Deep:
         """The parameters' shapes, in the order the lecture lists them."""
         widths = [block_size * n_embd] + [n_hidden] * n_layers + [vocab_size]
         s = {"C": (vocab_size, n_embd)}
-        for i, (I, O) in enumerate(zip(widths, widths[1:]), 1):
+        for i, (I, O) in enumerate(itertools.pairwise(widths), 1):
             s[f"W{i}"] = (I, O)
             if batchnorm:
                 s[f"gamma{i}"] = s[f"beta{i}"] = (O,)
@@ -163,8 +165,8 @@ class Deep:
         one generator). With BatchNorm: b none, gamma 1 (the last one 0.1: a less confident
         softmax at the start), beta 0. Without: b 0, W * 5/3 (tanh's gain), the last W * 0.1."""
         d = dict(cls.DEFAULTS)
-        d.update({k: v for k, v in dict(block_size=block_size, n_embd=n_embd, n_hidden=n_hidden,
-                                        n_layers=n_layers, batchnorm=batchnorm).items() if v is not None})
+        d.update({k: v for k, v in {"block_size": block_size, "n_embd": n_embd, "n_hidden": n_hidden,
+                                        "n_layers": n_layers, "batchnorm": batchnorm}.items() if v is not None})
         check_sizes(vocab_size=vocab_size, **{k: v for k, v in d.items() if k != "batchnorm"})
         rng = np.random.default_rng(seed)
         p = {}

@@ -97,7 +97,7 @@ def tables(r: Readings) -> str:
     lines += ["", "gradients reaching them"]
     lines += [f"  {g.name:8s}  mean {g.mean:+.6f}  std {g.std:.6e}" for g in r.gradients]
     lines += ["", "weights"]
-    lines += [f"  {w.name:8s}  {str(w.shape):11s}  grad mean {w.mean:+.6f}  std {w.std:.6e}  grad:data {w.ratio:.3e}"
+    lines += [f"  {w.name:8s}  {w.shape!s:11s}  grad mean {w.mean:+.6f}  std {w.std:.6e}  grad:data {w.ratio:.3e}"
               for w in r.weights]
     return "\n".join(lines)
 
@@ -228,8 +228,8 @@ def ratio_summary(u: UpdateRatios, params: dict, last: int = 10) -> str:
     if not u.steps:
         return ""
     ratios = np.array(u.ratios).reshape(len(u.steps), len(u.names))[-last:]
-    lines = [f"update:data, log10, mean of the last {len(ratios)} samples (every {EVERY} steps, to step "
-             f"{u.steps[-1]:,}); healthy near {GUIDE:g}"]
+    lines = [(f"update:data, log10, mean of the last {len(ratios)} samples (every {EVERY} steps, to step "
+             f"{u.steps[-1]:,}); healthy near {GUIDE:g}")]
     lines += [f"  {k:8s}  {np.nanmean(ratios[:, j]):+.2f}" for j, k in enumerate(u.names)
               if np.ndim(params.get(k)) == 2]
     return "\n".join(lines)

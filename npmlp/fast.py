@@ -21,6 +21,7 @@ The tricks, each said once where it is used:
 """
 from __future__ import annotations
 
+import itertools
 import math
 from types import SimpleNamespace
 
@@ -49,7 +50,7 @@ def batch_chunks(batch_size: int):
     CHUNK rows, of equal size (+-1 row)."""
     n = -(-batch_size // CHUNK)
     edges = [batch_size * k // n for k in range(n + 1)]
-    return [(a, b, (b - a) / batch_size) for a, b in zip(edges, edges[1:])]
+    return [(a, b, (b - a) / batch_size) for a, b in itertools.pairwise(edges)]
 
 
 def gather_group(batch_size: int) -> int:

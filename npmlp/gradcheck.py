@@ -241,7 +241,7 @@ def format_table(rows, dtype, fast: bool = True) -> str:
         lines.append(cells if fast else cells[:6] + cells[7:])
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
     left = {"tensor", "shape", "torch", "fd", "fast"}
-    fmt = lambda cells: "  ".join(c.ljust(w) if h in left else c.rjust(w)  # noqa: E731
+    fmt = lambda cells: "  ".join(c.ljust(w) if h in left else c.rjust(w)
                                   for h, c, w in zip(head, cells, widths)).rstrip()
     rule = "  ".join("-" * w for w in widths)
     no_torch = all(r.torch_maxdiff is None for r in rows)

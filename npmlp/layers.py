@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-
 # ----------------------------------------------------------------------------- embedding: C[X]
 
 class EmbeddingCache(NamedTuple):

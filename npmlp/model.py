@@ -11,9 +11,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import UsageError
-from .layers import (cross_entropy_backward, cross_entropy_forward, embedding_backward,
-                     embedding_forward, linear_backward, linear_forward, tanh_backward,
-                     tanh_forward)
+from .layers import (cross_entropy_backward, cross_entropy_forward, embedding_backward, embedding_forward,
+                     linear_backward, linear_forward, tanh_backward, tanh_forward)
 
 SEED = 2147483647  # the lecture's torch.Generator().manual_seed(2147483647): init and minibatches
 PARAM_NAMES = ("C", "W1", "b1", "W2", "b2")

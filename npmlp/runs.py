@@ -20,7 +20,7 @@ import numpy as np
 
 from . import fast, train
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import Vocab, build_dataset, data_source, load_words, split_words, words_digest
+from .data import (Vocab, build_dataset, data_source, load_words, split_words, words_digest)
 from .errors import NpmlpError, UsageError
 from .fileio import atomic_write_json
 from .models import buffers, model_class
@@ -437,7 +437,7 @@ def _check_typed(typed: dict, out: Path, model, cfg: TrainConfig, info: dict) ->
     """--resume continues a run with its own options: refuse a typed option that says otherwise."""
     theirs = {**cfg.to_dict(), **model.sizes, "model": model.kind, "dtype": str(model.dtype),
               "init": info.get("init"), "split_seed": info["split_seed"], "engine": info["engine"]}
-    shown = lambda v: "none" if v is None else v   # noqa: E731  (as the options spell it)
+    shown = lambda v: "none" if v is None else v
     for key, mine in typed.items():
         if key in theirs and mine != theirs[key]:
             flag = "--" + key.replace("_", "-")

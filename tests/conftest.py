@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 from helpers import HAVE_TORCH, make_names, real_names_path
-from helpers import *  # noqa: F401,F403  (older test modules import helpers from here)
 
 
 @pytest.fixture(scope="session")

@@ -164,7 +164,7 @@ def small_data():
 def test_calibrated_statistics_are_the_training_splits():
     """bnmean/bnvar: mean and Bessel-corrected variance of hprebn over every row, however many
     chunks calibrate() cuts them into; inference normalises with them."""
-    vocab, X, Y = small_data()
+    vocab, X, _Y = small_data()
     model = BNMLP.init(vocab.size, n_hidden=16, seed=3, dtype=np.float64)
     model.calibrate(X, chunk=97)
     hprebn = (model.params["C"][X].reshape(len(X), -1) @ model.params["W1"] + model.params["b1"])

@@ -60,7 +60,7 @@ def run_dir(names, tmp_path_factory):
 def test_train_writes_loss_and_embedding_figures(capsys, run_dir, names, tmp_path):
     for name in ("loss.png", "embedding.png"):
         assert_png(run_dir / name)
-    code, out, err = run(capsys, "train", "--data", names, "--steps", "50", "--quiet", "--no-plots",
+    code, _out, err = run(capsys, "train", "--data", names, "--steps", "50", "--quiet", "--no-plots",
                          "--out", tmp_path / "r", *TINY)
     assert code == 0, err
     assert not list((tmp_path / "r").glob("*.png"))
@@ -94,7 +94,7 @@ def test_pca_projection_keeps_the_most_variance():
 # ----------------------------------------------------------------------------- sample, eval
 
 def test_sample_is_reproducible_and_well_formed(capsys, run_dir):
-    model, vocab, meta, _ = load_checkpoint(run_dir / "model.npz")
+    model, vocab, _meta, _ = load_checkpoint(run_dir / "model.npz")
     code, out, err = run(capsys, "sample", run_dir, "-n", "15", "--seed", "3")
     assert code == 0, err
     names = out.split()
@@ -147,7 +147,7 @@ def test_bad_run_dirs_are_one_line_errors(capsys, tmp_path, command):
     code, out, err = run(capsys, command, tmp_path)
     assert code == 2 and "holds no model.npz" in err and err.count("\n") == 1
     (tmp_path / "model.npz").write_bytes(b"not a checkpoint")
-    code, out, err = run(capsys, command, tmp_path)
+    code, _out, err = run(capsys, command, tmp_path)
     assert code == 1 and err.startswith("npmlp: error:") and err.count("\n") == 1
 
 

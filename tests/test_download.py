@@ -10,8 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import make_names, run_cli
-from errcheck import TINY, assert_user_error, notes, temp_files
+from helpers import TINY, assert_user_error, make_names, notes, run_cli, temp_files
 
 from npmlp.data import SHA256
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_names, run_cli
-from errcheck import TINY, assert_user_error, notes, snapshot
+from helpers import TINY, assert_user_error, make_names, notes, run_cli, snapshot
 
 from npmlp.checkpoint import load_checkpoint
 from npmlp.data import Vocab, build_dataset, load_words, parse_words

@@ -13,8 +13,7 @@ import pytest
 from helpers import check
 
 from npmlp.layers import (cross_entropy_backward, cross_entropy_forward, embedding_backward,
-                          embedding_forward, linear_backward, linear_forward, tanh_backward,
-                          tanh_forward)
+                          embedding_forward, linear_backward, linear_forward, tanh_backward, tanh_forward)
 
 torch = pytest.importorskip("torch", reason="torch is not installed: these tests compare each layer with it")
 F = torch.nn.functional
@@ -176,7 +175,7 @@ def test_cross_entropy_backward_scales_with_dloss(dloss):
     rng = np.random.default_rng(5)
     logits = rng.standard_normal((16, 27))
     Y = rng.integers(0, 27, 16)
-    loss, cache = cross_entropy_forward(logits, Y)
+    _loss, cache = cross_entropy_forward(logits, Y)
     lt = t(logits, True)
     (dloss * F.cross_entropy(lt, torch.as_tensor(Y))).backward()
     check("dlogits * dloss", cross_entropy_backward(dloss, cache), lt.grad.numpy(), 1e-12)

@@ -83,7 +83,7 @@ def test_lr_find_with_the_reference_engine_and_a_usage_error(capsys, names, tmp_
                          "--engine", "reference", *TINY)
     assert code == 0, err
     assert (tmp_path / "lr_find.png").read_bytes()[:8] == PNG
-    code, out, err = run(capsys, "lr-find", "--data", names, "--steps", "30", "--out", tmp_path, "--quiet",
+    code, _out, err = run(capsys, "lr-find", "--data", names, "--steps", "30", "--out", tmp_path, "--quiet",
                          "--engine", "reference", "--processes", "2", *TINY)
     assert code == 2 and "--processes" in err and err.count("\n") == 1
 

@@ -210,7 +210,7 @@ def test_init_schemes():
     np.testing.assert_array_equal(flat(MLP.init(27, seed=1)), flat(lec).astype(np.float32))
     with pytest.raises(UsageError, match="scheme"):
         MLP.init(27, scheme="xavier")
-    for bad in (dict(block_size=0), dict(n_embd=0), dict(n_hidden=0)):
+    for bad in ({"block_size": 0}, {"n_embd": 0}, {"n_hidden": 0}):
         with pytest.raises(UsageError):
             MLP.init(27, **bad)
 

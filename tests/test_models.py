@@ -56,7 +56,7 @@ def test_checkpoint_names_its_model_and_eval_reads_it(capsys, runs, names, kind)
     with np.load(runs[kind] / "model.npz") as z:
         assert set(z.files) == {*model.params, *getattr(model, "buffers", {}), "lossi", "meta"}
     if kind == "bn":     # calibrated over the training split when saved
-        words = split_words(open(names).read().split(), 42)[0]
+        words = split_words(names.read_text().split(), 42)[0]
         X, _ = build_dataset(words, vocab, 3)
         h = model.params["C"][X].reshape(len(X), -1) @ model.params["W1"] + model.params["b1"]
         np.testing.assert_allclose(model.buffers["bnmean"], h.mean(0, dtype=np.float64), rtol=1e-4, atol=1e-5)
@@ -66,7 +66,7 @@ def test_checkpoint_names_its_model_and_eval_reads_it(capsys, runs, names, kind)
     got = dict(zip(out.split()[::3], map(float, out.split()[2::3])))
     metrics = json.loads((runs[kind] / "metrics.json").read_text())
     assert got["train"] == pytest.approx(metrics["train_loss"], abs=1e-4)
-    parts = split_words(open(names).read().split(), 42)
+    parts = split_words(names.read_text().split(), 42)
     assert got["dev"] == pytest.approx(evaluate(model, *build_dataset(parts[1], vocab, 3)), abs=1e-4)
     assert got["dev"] < lossi[0]                 # it learned something
 
@@ -142,14 +142,14 @@ def test_lr_find_for_the_other_models(capsys, names, tmp_path):
     (["--model", "cnn"], ["--model", "'cnn'"]),
 ])
 def test_options_a_model_does_not_have_are_refused(capsys, names, tmp_path, argv, needles):
-    code, out, err = run(capsys, "train", "--data", names, "--steps", "5", "--quiet", "--out", tmp_path / "r", *argv)
+    code, _out, err = run(capsys, "train", "--data", names, "--steps", "5", "--quiet", "--out", tmp_path / "r", *argv)
     assert code == 2 and err.count("\n") == 1 and err.startswith("npmlp: error:"), err
     assert all(n in err for n in needles), err
     assert not (tmp_path / "r").exists()
 
 
 def test_deep_without_batchnorm_trains_with_a_batch_of_one(capsys, names, tmp_path):
-    code, out, err = run(capsys, "train", "--data", names, "--model", "deep", "--no-batchnorm", "--batch-size", "1",
+    code, _out, err = run(capsys, "train", "--data", names, "--model", "deep", "--no-batchnorm", "--batch-size", "1",
                          "--steps", "50", "--quiet", "--no-plots", "--out", tmp_path / "r", *SMALL["deep"])
     assert code == 0, err
     model, *_ = load_checkpoint(tmp_path / "r" / "model.npz")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import email
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -17,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, real_names_path
+from helpers import REPO, real_names_path
 
 pytest.importorskip("build")
 
@@ -43,7 +44,11 @@ def build(kind: str, src: Path, outdir: Path) -> Path:
 def dists(tmp_path_factory):
     """(sdist path, unpacked sdist folder, wheel path)."""
     tmp = tmp_path_factory.mktemp("dist")
-    sdist = build("sdist", REPO, tmp / "sdist")
+    # from a copy: building writes npmlp.egg-info beside the sources, and another test run (CI's
+    # second Python) may be building from this checkout at the same moment
+    src = shutil.copytree(REPO, tmp / "src", ignore=shutil.ignore_patterns(
+        ".git", ".venv*", ".ci-*", "*.egg-info", "__pycache__", ".hypothesis", ".pytest_cache", "build", "runs"))
+    sdist = build("sdist", src, tmp / "sdist")
     with tarfile.open(sdist) as tar:
         tar.extractall(tmp / "unpacked", filter="data")
     (unpacked,) = (tmp / "unpacked").iterdir()
@@ -106,7 +111,7 @@ def test_package_page_has_no_relative_images(dists):
 def test_sdist_carries_what_its_tests_need(dists):
     sdist, _, _ = dists
     names = sdist_names(sdist)
-    want = {"LICENSE", "README.md", "pyproject.toml", "tests/conftest.py", "tests/errcheck.py",
+    want = {"LICENSE", "README.md", "pyproject.toml", "tests/conftest.py", "tests/helpers.py",
             "examples/lecture2.py", *readme_images()}
     for folder in ("npmlp", "tests", "benchmarks"):
         want |= {str(p.relative_to(REPO)) for p in (REPO / folder).glob("*.py")}

@@ -6,12 +6,12 @@ Legend: N rows, B batch, T block_size, E n_embd, H n_hidden, V vocab size.
 from __future__ import annotations
 
 import numpy as np
+from helpers import magnitude_scales
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npmlp.data import Vocab, build_dataset
 from npmlp.model import MLP, PARAM_NAMES, param_shapes
-from helpers import magnitude_scales
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
