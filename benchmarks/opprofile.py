@@ -24,6 +24,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from npmlp.model import SEED
+
 MATMULS = ("np.matmul", "np.dot")
 LAYER_FUNCS = ("forward_loss", "backward")      # the methods of npmlp.fast.Engine that are timed
 OUTSIDE = "sgd loop"                             # the label of the calls outside them
@@ -182,7 +184,7 @@ def _steps_us(fn, steps):
     return (time.perf_counter() - t) / steps * 1e6
 
 
-def profile_step(X, Y, vocab_size, B, H, steps, peak_gflops, seed=2147483647, mkl_reference=True):
+def profile_step(X, Y, vocab_size, B, H, steps, peak_gflops, seed=SEED, mkl_reference=True):
     """-> dict with the plain and instrumented step times of fast.sgd and one row per (layer, op).
     mkl_reference: also time each matmul alone in torch (MKL); meant for one thread, where a busy
     second core cannot stall torch's threads. False never imports torch."""

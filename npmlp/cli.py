@@ -14,6 +14,7 @@ import numpy as np
 from . import __version__, runs
 from .checkpoint import load_checkpoint
 from .errors import NpmlpError, UsageError
+from .fast import CHUNK
 from .model import SEED
 from .models import MODELS, model_class, train_default
 from .train import TrainConfig, evaluate, sample
@@ -108,7 +109,7 @@ def add_engine_args(p):
     p.add_argument("--engine", choices=runs.ENGINES, help="fast: the tuned NumPy step (default where "
                    "the model has one); reference: the readable lecture loop (layers.py, model.py, train.py)")
     p.add_argument("--processes", type=positive_int, metavar="N", help="fast engine: processes sharing "
-                   "a batch of more than 128 rows (default: one per 128-row chunk, up to the usable cores; "
+                   f"a batch of more than {CHUNK} rows (default: one per {CHUNK}-row chunk, up to the usable cores; "
                    "the results are the same bits for any N)")
 
 
