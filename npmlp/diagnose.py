@@ -194,17 +194,20 @@ def weight_grads_figure(r: Readings):
 def update_ratio_figure(u: UpdateRatios, params: dict):
     """log10 update:data of each weight matrix over training (the other parameters faint), with
     the -3 guide line."""
+    import matplotlib
     from matplotlib.figure import Figure
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     ax = fig.add_subplot()
     ratios = np.array(u.ratios).reshape(len(u.steps), len(u.names))
+    colors = iter(matplotlib.colormaps["tab10"].colors * 3)
     for j, k in enumerate(u.names):
-        matrix = np.ndim(params.get(k)) == 2
-        ax.plot(u.steps, ratios[:, j], lw=1.3 if matrix else 0.6, alpha=1 if matrix else 0.35,
-                label=k if matrix else None)
+        if np.ndim(params.get(k)) == 2:
+            ax.plot(u.steps, ratios[:, j], lw=1.5, color=next(colors), label=k)
+        else:
+            ax.plot(u.steps, ratios[:, j], lw=0.6, color="0.6", alpha=0.5)
     ax.axhline(GUIDE, color="k", lw=1.2, label="-3: updates of a thousandth")
     ax.set(title=f"update:data ratio, log10(std(lr * grad) / std(param)), every {EVERY} steps "
-                 f"(weight matrices bold, other parameters faint)", xlabel="step", ylabel="log10 ratio")
+                 f"(weight matrices in colour, the other parameters grey)", xlabel="step", ylabel="log10 ratio")
     ax.legend(fontsize=9, ncol=2)
     ax.grid(alpha=0.3)
     return fig
