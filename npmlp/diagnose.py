@@ -145,49 +145,43 @@ class UpdateRatios:
 
 # ----------------------------------------------------------------------------- figures
 
-def _hist(ax, values, label):
-    hy, hx = np.histogram(values, bins=100, density=True)
-    ax.plot((hx[:-1] + hx[1:]) / 2, hy, lw=1.4, label=label)
-
-
-def activations_figure(r: Readings):
+def _histograms(title: str, xlabel: str, curves):
+    """One axes with a density curve (100 bins) per (values, label) of `curves`."""
     from matplotlib.figure import Figure
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    for a in r.activations:
-        _hist(ax, a.values, f"{a.name}: mean {a.mean:+.2f}, std {a.std:.2f}, saturated {100 * a.saturated:.2f}%")
+    for values, label in curves:
+        hy, hx = np.histogram(values, bins=100, density=True)
+        ax.plot((hx[:-1] + hx[1:]) / 2, hy, lw=1.4, label=label)
+    ax.set(title=title, xlabel=xlabel, ylabel="density")
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def activations_figure(r: Readings):
+    fig, ax = _histograms("activation distribution (forward): each tanh layer's outputs", "tanh output", [
+        (a.values, f"{a.name}: mean {a.mean:+.2f}, std {a.std:.2f}, saturated {100 * a.saturated:.2f}%")
+        for a in r.activations])
     ax.axvspan(SATURATED, 1, color="tab:red", alpha=0.08)
     ax.axvspan(-1, -SATURATED, color="tab:red", alpha=0.08, label=f"saturated: |h| > {SATURATED}")
-    ax.set(title="activation distribution (forward): each tanh layer's outputs", xlabel="tanh output",
-           ylabel="density", xlim=(-1.05, 1.05))
+    ax.set_xlim(-1.05, 1.05)
     ax.legend(fontsize=9)
-    ax.grid(alpha=0.3)
     return fig
 
 
 def activation_grads_figure(r: Readings):
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    for g in r.gradients:
-        _hist(ax, g.values, f"{g.name}: mean {g.mean:+.2e}, std {g.std:.2e}")
-    ax.set(title="gradient distribution (backward): the gradient reaching each tanh layer's output",
-           xlabel="gradient", ylabel="density")
+    fig, ax = _histograms("gradient distribution (backward): the gradient reaching each tanh layer's output",
+                          "gradient", [(g.values, f"{g.name}: mean {g.mean:+.2e}, std {g.std:.2e}")
+                                       for g in r.gradients])
     ax.legend(fontsize=9)
-    ax.grid(alpha=0.3)
     return fig
 
 
 def weight_grads_figure(r: Readings):
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    for w in r.weights:
-        _hist(ax, w.grad, f"{w.name} {w.shape}: std {w.std:.2e}, grad:data {w.ratio:.2e}")
-    ax.set(title="weights gradient distribution, with each matrix's grad:data ratio std(grad) / std(weight)",
-           xlabel="gradient", ylabel="density")
+    fig, ax = _histograms("weights gradient distribution, with each matrix's grad:data ratio std(grad) / std(weight)",
+                          "gradient", [(w.grad, f"{w.name} {w.shape}: std {w.std:.2e}, grad:data {w.ratio:.2e}")
+                                       for w in r.weights])
     ax.legend(fontsize=9)
-    ax.grid(alpha=0.3)
     return fig
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import HAVE_TORCH, make_names, real_names_path
+from helpers import HAVE_TORCH, make_names, names_file, real_names_path
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +17,22 @@ def small_names(tmp_path) -> Path:
     p = tmp_path / "names.txt"
     p.write_text("\n".join(make_names()) + "\n")
     return p
+
+
+@pytest.fixture(scope="session")
+def tiny_names(tmp_path_factory) -> Path:
+    """300 generated names, shared by the modules that read one small trained run."""
+    return names_file(tmp_path_factory.mktemp("data"), 300, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_names, tmp_path_factory) -> Path:
+    """A finished 400-step run of a small lecture-2 model on tiny_names (read it, don't change it)."""
+    from npmlp import cli
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert cli.main(["train", "--data", str(tiny_names), "--steps", "400", "--quiet", "--out", str(out),
+                     "--n-embd", "4", "--n-hidden", "16"]) == 0
+    return out
 
 
 @pytest.fixture(scope="session", autouse=HAVE_TORCH)

@@ -68,6 +68,39 @@ def run_cli(*args, env: dict | None = None, timeout: float = 300, cwd=None) -> s
                           env=full_env, timeout=timeout, cwd=cwd)
 
 
+def run_main(capsys, *argv):
+    """`npmlp ARGV` in-process through cli.main -> (exit code, stdout, stderr); argparse's own
+    errors (which exit) give their exit code too."""
+    from npmlp import cli
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def names_file(folder: Path, n: int = 300, seed: int = 0) -> Path:
+    """folder/names.txt holding make_names(n, seed)."""
+    p = Path(folder) / "names.txt"
+    p.write_text("\n".join(make_names(n, seed)) + "\n")
+    return p
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+    """A real PNG of a sensible size that matplotlib can read back."""
+    from matplotlib.image import imread
+
+    data = Path(path).read_bytes()
+    assert data[:8] == PNG, f"{path} is not a PNG"
+    assert 5_000 < len(data) < 400_000, f"{path}: {len(data)} bytes"
+    h, w = imread(path).shape[:2]
+    assert h > 200 and w > 200, f"{path}: {w}x{h} px"
+
+
 def assert_user_error(r, code: int, *needles: str) -> str:
     """Exit `code`, exactly one `npmlp: error: ...` line containing every needle, no traceback,
     and (runs use --quiet) nothing on stderr that is not an `npmlp:` line: no usage dump, no warnings."""

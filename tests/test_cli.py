@@ -10,49 +10,24 @@ from itertools import combinations
 
 import numpy as np
 import pytest
-from helpers import make_names
+from helpers import assert_png, run_main
 
 from npmlp import __version__, cli
 from npmlp.checkpoint import load_checkpoint
 from npmlp.data import build_dataset
 from npmlp.train import evaluate, sample
 
-PNG = b"\x89PNG\r\n\x1a\n"
 TINY = ["--n-embd", "4", "--n-hidden", "16"]
 
 
-def run(capsys, *argv):
-    """cli.main in-process -> (exit code, stdout, stderr)."""
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_png(path):
-    """A real PNG of a sensible size that matplotlib can read back."""
-    from matplotlib.image import imread
-
-    data = path.read_bytes()
-    assert data[:8] == PNG, f"{path} is not a PNG"
-    assert 5_000 < len(data) < 400_000, f"{path}: {len(data)} bytes"
-    h, w = imread(path).shape[:2]
-    assert h > 200 and w > 200, f"{path}: {w}x{h} px"
+@pytest.fixture(scope="module")
+def names(tiny_names):
+    return tiny_names
 
 
 @pytest.fixture(scope="module")
-def names(tmp_path_factory):
-    p = tmp_path_factory.mktemp("data") / "names.txt"
-    p.write_text("\n".join(make_names(300, seed=3)) + "\n")
-    return p
-
-
-@pytest.fixture(scope="module")
-def run_dir(names, tmp_path_factory):
-    """One small trained run shared by the sample/eval/plot tests."""
-    out = tmp_path_factory.mktemp("runs") / "run"
-    code = cli.main(["train", "--data", str(names), "--steps", "400", "--quiet", "--out", str(out), *TINY])
-    assert code == 0
-    return out
+def run_dir(tiny_run):
+    return tiny_run
 
 
 # ----------------------------------------------------------------------------- figures
@@ -60,20 +35,20 @@ def run_dir(names, tmp_path_factory):
 def test_train_writes_loss_and_embedding_figures(capsys, run_dir, names, tmp_path):
     for name in ("loss.png", "embedding.png"):
         assert_png(run_dir / name)
-    code, _out, err = run(capsys, "train", "--data", names, "--steps", "50", "--quiet", "--no-plots",
+    code, _out, err = run_main(capsys, "train", "--data", names, "--steps", "50", "--quiet", "--no-plots",
                          "--out", tmp_path / "r", *TINY)
     assert code == 0, err
     assert not list((tmp_path / "r").glob("*.png"))
 
 
 def test_plot_redraws_a_run(capsys, run_dir, tmp_path):
-    code, out, err = run(capsys, "plot", run_dir, "--out", tmp_path / "raw", "--quiet")
+    code, out, err = run_main(capsys, "plot", run_dir, "--out", tmp_path / "raw", "--quiet")
     assert code == 0, err
     written = out.split("wrote:")[1].split()
     assert [p.rsplit("/", 1)[1] for p in written] == ["loss.png", "embedding.png", "gradients.png"]
     for name in ("loss.png", "embedding.png", "gradients.png"):
         assert_png(tmp_path / "raw" / name)
-    code, out, err = run(capsys, "plot", run_dir, "--out", tmp_path / "pca", "--pca", "--quiet")
+    code, out, err = run_main(capsys, "plot", run_dir, "--out", tmp_path / "pca", "--pca", "--quiet")
     assert code == 0, err
     assert (tmp_path / "pca" / "embedding.png").read_bytes() != (tmp_path / "raw" / "embedding.png").read_bytes()
 
@@ -95,17 +70,17 @@ def test_pca_projection_keeps_the_most_variance():
 
 def test_sample_is_reproducible_and_well_formed(capsys, run_dir):
     model, vocab, _meta, _ = load_checkpoint(run_dir / "model.npz")
-    code, out, err = run(capsys, "sample", run_dir, "-n", "15", "--seed", "3")
+    code, out, err = run_main(capsys, "sample", run_dir, "-n", "15", "--seed", "3")
     assert code == 0, err
     names = out.split()
     assert names == sample(model, vocab, 15, seed=3)
-    assert run(capsys, "sample", run_dir, "-n", "15", "--seed", "3")[1].split() == names
-    assert run(capsys, "sample", run_dir, "-n", "15", "--seed", "4")[1].split() != names
+    assert run_main(capsys, "sample", run_dir, "-n", "15", "--seed", "3")[1].split() == names
+    assert run_main(capsys, "sample", run_dir, "-n", "15", "--seed", "4")[1].split() != names
     assert all(n.endswith(".") and set(n) <= set(vocab.itos) for n in names)
     # the default seed gives the names `npmlp train` printed
-    default = run(capsys, "sample", run_dir)[1].split()
+    default = run_main(capsys, "sample", run_dir)[1].split()
     assert default == json.loads((run_dir / "metrics.json").read_text())["samples"]
-    hot = run(capsys, "sample", run_dir, "-n", "15", "--seed", "3", "--temperature", "0.3")[1].split()
+    hot = run_main(capsys, "sample", run_dir, "-n", "15", "--seed", "3", "--temperature", "0.3")[1].split()
     assert hot != names and all(n.endswith(".") for n in hot)
 
 
@@ -127,7 +102,7 @@ def test_sample_first_k_names_do_not_depend_on_n_and_tiny_temperature_is_greedy(
 
 
 def test_eval_prints_the_three_losses(capsys, run_dir, names):
-    code, out, err = run(capsys, "eval", run_dir, "--quiet")
+    code, out, err = run_main(capsys, "eval", run_dir, "--quiet")
     assert code == 0, err
     cells = out.split()
     got = {cells[i]: float(cells[i + 2]) for i in range(0, len(cells), 3)}
@@ -142,12 +117,12 @@ def test_eval_prints_the_three_losses(capsys, run_dir, names):
 
 @pytest.mark.parametrize("command", ["sample", "eval", "plot"])
 def test_bad_run_dirs_are_one_line_errors(capsys, tmp_path, command):
-    code, out, err = run(capsys, command, tmp_path / "nope")
+    code, out, err = run_main(capsys, command, tmp_path / "nope")
     assert code == 2 and err.startswith("npmlp: error: run directory") and err.count("\n") == 1
-    code, out, err = run(capsys, command, tmp_path)
+    code, out, err = run_main(capsys, command, tmp_path)
     assert code == 2 and "holds no model.npz" in err and err.count("\n") == 1
     (tmp_path / "model.npz").write_bytes(b"not a checkpoint")
-    code, _out, err = run(capsys, command, tmp_path)
+    code, _out, err = run_main(capsys, command, tmp_path)
     assert code == 1 and err.startswith("npmlp: error:") and err.count("\n") == 1
 
 

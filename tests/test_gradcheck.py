@@ -7,11 +7,11 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import make_names, needs_torch
+from helpers import needs_torch, run_main
 
 import npmlp.fast
 import npmlp.model
-from npmlp import cli, gradcheck
+from npmlp import gradcheck
 from npmlp.model import ACT_NAMES, MLP
 
 TINY = ["--n-embd", "4", "--n-hidden", "16"]
@@ -19,31 +19,20 @@ ROWS = ["logits", "h", "hpreact", "embcat", "emb", "W2", "b2", "W1", "b1", "C"] 
 PARAMS = ROWS[len(ACT_NAMES):]
 
 
-def run(capsys, *argv):
-    """cli.main in-process -> (exit code, stdout, stderr)."""
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+@pytest.fixture(scope="module")
+def names(tiny_names):
+    return tiny_names
 
 
 @pytest.fixture(scope="module")
-def names(tmp_path_factory):
-    p = tmp_path_factory.mktemp("data") / "names.txt"
-    p.write_text("\n".join(make_names(300, seed=3)) + "\n")
-    return p
-
-
-@pytest.fixture(scope="module")
-def run_dir(names, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "run"
-    assert cli.main(["train", "--data", str(names), "--steps", "400", "--quiet", "--out", str(out), *TINY]) == 0
-    return out
+def run_dir(tiny_run):
+    return tiny_run
 
 
 @needs_torch
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_gradcheck_lists_every_row_and_passes(capsys, names, dtype):
-    code, out, err = run(capsys, "gradcheck", "--data", names, "--dtype", dtype, "--quiet", *TINY)
+    code, out, err = run_main(capsys, "gradcheck", "--data", names, "--dtype", dtype, "--quiet", *TINY)
     assert code == 0, err
     rows = gradcheck.parse_table(out)
     assert list(rows) == ROWS                                 # every row, in backward order
@@ -61,7 +50,7 @@ def test_gradcheck_lists_every_row_and_passes(capsys, names, dtype):
 def test_gradcheck_fails_and_points_at_a_corrupted_reference_backward(capsys, names, monkeypatch):
     orig = npmlp.model.tanh_backward
     monkeypatch.setattr(npmlp.model, "tanh_backward", lambda dh, cache: orig(dh, cache) * 1.01)  # 1% off
-    code, out, err = run(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
+    code, out, err = run_main(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
     assert code == 1
     assert err.startswith("npmlp: error:") and err.count("\n") == 1
     assert "dhpreact (torch and fd)" in err and "look first at dhpreact" in err
@@ -83,7 +72,7 @@ def test_gradcheck_fast_column_catches_a_broken_fast_engine(capsys, names, monke
         g.C *= 1.01
 
     monkeypatch.setattr(npmlp.fast.Engine, "backward", wrong)
-    code, out, err = run(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
+    code, out, err = run_main(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
     assert code == 1 and "dC (fast)" in err
     rows = gradcheck.parse_table(out)
     assert rows["C"]["fast"] == "FAIL" and rows["C"]["fd"].startswith("ok")
@@ -92,7 +81,7 @@ def test_gradcheck_fast_column_catches_a_broken_fast_engine(capsys, names, monke
 
 def test_gradcheck_without_torch_still_checks_finite_differences(capsys, names, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)           # `import torch` raises ImportError
-    code, out, err = run(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
+    code, out, err = run_main(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
     assert code == 0, err
     rows = gradcheck.parse_table(out)
     assert list(rows) == ROWS
@@ -106,7 +95,7 @@ def test_gradcheck_without_torch_still_checks_finite_differences(capsys, names, 
         return dx, dW, db * 0.5
 
     monkeypatch.setattr(npmlp.model, "linear_backward", wrong_linear_backward)
-    code, out, err = run(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
+    code, out, err = run_main(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
     assert code == 1
     assert "db1 (fd and fast)" in err and "db2 (fd and fast)" in err
 
@@ -146,10 +135,10 @@ def test_parse_table_reads_cells_by_header():
 
 @needs_torch
 def test_gradcheck_of_a_trained_run(capsys, run_dir):
-    code, out, err = run(capsys, "gradcheck", "--run", run_dir, "--quiet")
+    code, out, err = run_main(capsys, "gradcheck", "--run", run_dir, "--quiet")
     assert code == 0, err
     assert str(run_dir / "model.npz") in out and list(gradcheck.parse_table(out)) == ROWS
-    code, _, err = run(capsys, "gradcheck", "--run", run_dir, "--n-hidden", "8")
+    code, _, err = run_main(capsys, "gradcheck", "--run", run_dir, "--n-hidden", "8")
     assert code == 2 and "--n-hidden" in err
 
 

@@ -4,45 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import make_names
+from helpers import PNG, assert_png, names_file, run_main
 
-from npmlp import cli, lrfind, runs
+from npmlp import lrfind, runs
 from npmlp.model import MLP
 from npmlp.train import TrainConfig, sgd
 
-PNG = b"\x89PNG\r\n\x1a\n"
 TINY = ["--n-embd", "4", "--n-hidden", "16"]
-
-
-def run(capsys, *argv):
-    """cli.main in-process -> (exit code, stdout, stderr)."""
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_png(path):
-    """A real PNG of a sensible size that matplotlib can read back."""
-    from matplotlib.image import imread
-
-    data = path.read_bytes()
-    assert data[:8] == PNG, f"{path} is not a PNG"
-    assert 5_000 < len(data) < 400_000, f"{path}: {len(data)} bytes"
-    h, w = imread(path).shape[:2]
-    assert h > 200 and w > 200, f"{path}: {w}x{h} px"
 
 
 @pytest.fixture(scope="module")
 def names(tmp_path_factory):
-    p = tmp_path_factory.mktemp("data") / "names.txt"
-    p.write_text("\n".join(make_names(300, seed=3)) + "\n")
-    return p
+    return names_file(tmp_path_factory.mktemp("data"), 300, seed=3)
 
 
 # ----------------------------------------------------------------------------- lr-find
 
 def test_lr_find_writes_the_sweep_and_suggests_a_rate(capsys, names, tmp_path):
-    code, out, err = run(capsys, "lr-find", "--data", names, "--steps", "300", "--out", tmp_path, "--quiet", *TINY)
+    code, out, err = run_main(capsys, "lr-find", "--data", names, "--steps", "300", "--out", tmp_path, "--quiet", *TINY)
     assert code == 0, err
     assert_png(tmp_path / "lr_find.png")
     line = next(l for l in out.splitlines() if l.startswith("suggested learning rate:"))
@@ -79,11 +58,11 @@ def test_sweep_uses_one_training_step_per_rate(engine):
 
 
 def test_lr_find_with_the_reference_engine_and_a_usage_error(capsys, names, tmp_path):
-    code, out, err = run(capsys, "lr-find", "--data", names, "--steps", "30", "--out", tmp_path, "--quiet",
+    code, out, err = run_main(capsys, "lr-find", "--data", names, "--steps", "30", "--out", tmp_path, "--quiet",
                          "--engine", "reference", *TINY)
     assert code == 0, err
     assert (tmp_path / "lr_find.png").read_bytes()[:8] == PNG
-    code, _out, err = run(capsys, "lr-find", "--data", names, "--steps", "30", "--out", tmp_path, "--quiet",
+    code, _out, err = run_main(capsys, "lr-find", "--data", names, "--steps", "30", "--out", tmp_path, "--quiet",
                          "--engine", "reference", "--processes", "2", *TINY)
     assert code == 2 and "--processes" in err and err.count("\n") == 1
 

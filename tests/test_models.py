@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import StopAfter, make_names, needs_torch
+from helpers import StopAfter, make_names, names_file, needs_torch, run_main
 
 from npmlp import cli, gradcheck
 from npmlp.checkpoint import load_checkpoint
@@ -20,20 +20,9 @@ SMALL = {"mlp": ["--n-hidden", "16", "--n-embd", "4"], "bn": ["--n-hidden", "16"
 KINDS = list(SMALL)
 
 
-def run(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:                        # argparse's own errors exit
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def names(tmp_path_factory):
-    p = tmp_path_factory.mktemp("data") / "names.txt"
-    p.write_text("\n".join(make_names(300, seed=6)) + "\n")
-    return p
+    return names_file(tmp_path_factory.mktemp("data"), 300, seed=6)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +50,7 @@ def test_checkpoint_names_its_model_and_eval_reads_it(capsys, runs, names, kind)
         h = model.params["C"][X].reshape(len(X), -1) @ model.params["W1"] + model.params["b1"]
         np.testing.assert_allclose(model.buffers["bnmean"], h.mean(0, dtype=np.float64), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(model.buffers["bnvar"], h.var(0, ddof=1, dtype=np.float64), rtol=1e-4)
-    code, out, err = run(capsys, "eval", runs[kind], "--quiet")
+    code, out, err = run_main(capsys, "eval", runs[kind], "--quiet")
     assert code == 0, err
     got = dict(zip(out.split()[::3], map(float, out.split()[2::3])))
     metrics = json.loads((runs[kind] / "metrics.json").read_text())
@@ -73,12 +62,12 @@ def test_checkpoint_names_its_model_and_eval_reads_it(capsys, runs, names, kind)
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_sample_plot_and_diagnose_for_every_model(capsys, runs, kind, tmp_path):
-    code, out, err = run(capsys, "sample", runs[kind], "-n", "5", "--seed", "1")
+    code, out, err = run_main(capsys, "sample", runs[kind], "-n", "5", "--seed", "1")
     assert code == 0 and len(out.split()) == 5 and all(n.endswith(".") for n in out.split()), err
-    code, out, err = run(capsys, "plot", runs[kind], "--out", tmp_path, "--quiet")
+    code, out, err = run_main(capsys, "plot", runs[kind], "--out", tmp_path, "--quiet")
     assert code == 0, err
     assert {p.name for p in tmp_path.glob("*.png")} == {"loss.png", "embedding.png", "gradients.png"}
-    code, out, err = run(capsys, "diagnose", runs[kind], "--out", tmp_path / "d", "--quiet")
+    code, out, err = run_main(capsys, "diagnose", runs[kind], "--out", tmp_path / "d", "--quiet")
     assert code == 0, err
     assert "saturated" in out and "grad:data" in out and "update:data: not recorded" in out
     assert {p.name for p in (tmp_path / "d").glob("*.png")} == {"activations.png", "activation_grads.png",
@@ -88,7 +77,7 @@ def test_sample_plot_and_diagnose_for_every_model(capsys, runs, kind, tmp_path):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_gradcheck_every_model(capsys, names, kind, dtype):
-    code, out, err = run(capsys, "gradcheck", "--data", names, "--model", kind, "--dtype", dtype, "--quiet",
+    code, out, err = run_main(capsys, "gradcheck", "--data", names, "--model", kind, "--dtype", dtype, "--quiet",
                          "--coords", "8", *SMALL[kind])
     assert code == 0, out + err
     rows = gradcheck.parse_table(out)
@@ -100,7 +89,7 @@ def test_gradcheck_every_model(capsys, names, kind, dtype):
 @needs_torch
 @pytest.mark.parametrize("kind", ["bn", "deep"])
 def test_gradcheck_every_model_against_torch(capsys, names, kind):
-    code, out, err = run(capsys, "gradcheck", "--data", names, "--model", kind, "--quiet", "--coords", "5",
+    code, out, err = run_main(capsys, "gradcheck", "--data", names, "--model", kind, "--quiet", "--coords", "5",
                          *SMALL[kind])
     assert code == 0, out + err
     rows = gradcheck.parse_table(out)
@@ -126,7 +115,7 @@ def test_resume_is_bit_identical_for_every_model(names, tmp_path, monkeypatch, k
 
 def test_lr_find_for_the_other_models(capsys, names, tmp_path):
     for kind in ("bn", "deep"):
-        code, out, err = run(capsys, "lr-find", "--data", names, "--model", kind, "--steps", "40", "--quiet",
+        code, out, err = run_main(capsys, "lr-find", "--data", names, "--model", kind, "--steps", "40", "--quiet",
                              "--out", tmp_path / kind, *SMALL[kind])
         assert code == 0 and "suggested learning rate" in out, err
 
@@ -142,14 +131,14 @@ def test_lr_find_for_the_other_models(capsys, names, tmp_path):
     (["--model", "cnn"], ["--model", "'cnn'"]),
 ])
 def test_options_a_model_does_not_have_are_refused(capsys, names, tmp_path, argv, needles):
-    code, _out, err = run(capsys, "train", "--data", names, "--steps", "5", "--quiet", "--out", tmp_path / "r", *argv)
+    code, _out, err = run_main(capsys, "train", "--data", names, "--steps", "5", "--quiet", "--out", tmp_path / "r", *argv)
     assert code == 2 and err.count("\n") == 1 and err.startswith("npmlp: error:"), err
     assert all(n in err for n in needles), err
     assert not (tmp_path / "r").exists()
 
 
 def test_deep_without_batchnorm_trains_with_a_batch_of_one(capsys, names, tmp_path):
-    code, _out, err = run(capsys, "train", "--data", names, "--model", "deep", "--no-batchnorm", "--batch-size", "1",
+    code, _out, err = run_main(capsys, "train", "--data", names, "--model", "deep", "--no-batchnorm", "--batch-size", "1",
                          "--steps", "50", "--quiet", "--no-plots", "--out", tmp_path / "r", *SMALL["deep"])
     assert code == 0, err
     model, *_ = load_checkpoint(tmp_path / "r" / "model.npz")
