@@ -1,12 +1,14 @@
 """CPU benchmark: npmlp's training step (the fast engine, and the readable reference loop) against
-torch eager, torch with a hand-written backward, torch.compile and JAX jit, plus full-split
-evaluation, a per-op profile of the fast step, and whole-process runs of `npmlp train` and of the
-lecture's torch loop (benchmarks/torch_lecture.py).
+torch eager, torch with a hand-written backward, torch.compile and JAX jit, plus the same for the bn
+model of makemore part 4 (BatchNorm; against torch eager and torch.compile), full-split evaluation,
+a per-op profile of the fast step, and whole-process runs of `npmlp train` and of the lecture's
+torch loop (benchmarks/torch_lecture.py).
 
     python -m benchmarks.bench                      # the full sweep, results in benchmarks/results/
     python -m benchmarks.bench --help               # smaller sweeps, other peers, other output
 
-Legend: B batch, H n_hidden; the model is the lecture's (block_size 3, n_embd 10, vocab 27), float32.
+Legend: B batch, H n_hidden; the model is the lecture's (block_size 3, n_embd 10, vocab 27), float32;
+the bn section's is npmlp.bn.BNMLP of the same sizes (`--bn-hidden`, `--bn-batch-sizes`).
 
 How it measures (see benchmarks/README.md):
   - each thread setting runs in its own subprocess, because thread counts must be fixed before
@@ -43,7 +45,8 @@ if __package__ in (None, ""):                    # `python benchmarks/bench.py`:
 
 REPO = Path(__file__).resolve().parents[1]
 T, E = 3, 10                                     # the lecture's block_size and n_embd
-from npmlp.model import SEED  # noqa: E402  (the lecture's)
+from npmlp.model import SEED  # the lecture's (imported after the sys.path line above)
+
 AGREE_STEPS = 3
 AGREE_RTOL = 1e-4                                # float32 losses after 3 identical steps
 
@@ -118,19 +121,21 @@ def load_split(data):
     return Xtr, Ytr, vocab.size
 
 
-def bench_config(peers, X, Y, V, B, H, a):
-    """Agreement check, warm-up and alternating timed repeats of every peer at one (B, H)."""
-    from npmlp.model import MLP
+def bench_config(peers, X, Y, V, B, H, a, model="mlp"):
+    """Agreement check, warm-up and alternating timed repeats of every peer at one (B, H), on the
+    `model` of npmlp.models ("mlp": the lecture's; "bn": makemore part 4's, peers.BN_MAKERS)."""
+    from npmlp.models import model_class
 
-    from .peers import MAKERS, Batches
+    from .peers import MAKERS_OF, Batches
 
-    init = {k: v.copy() for k, v in MLP.init(V, T, E, H, seed=SEED).params.items()}
+    makers = MAKERS_OF[model]
+    init = {k: v.copy() for k, v in model_class(model).init(V, T, E, H, seed=SEED).params.items()}
     batches = Batches(SEED, len(X), B)
     total = 10 ** 7 // max(B, 1) + 10 ** 5        # upper bound on the steps any peer runs here
     runs, nxt, res = {}, {}, {}
     ref = None
     for p in peers:
-        runs[p] = MAKERS[p](init, X, Y, batches, a.lr, total)
+        runs[p] = makers[p](init, X, Y, batches, a.lr, total)
         t = time.perf_counter()
         losses = runs[p](0, AGREE_STEPS)          # the first call compiles (torch.compile, JAX)
         first = time.perf_counter() - t
@@ -140,7 +145,7 @@ def bench_config(peers, X, Y, V, B, H, a):
         rel = max(abs(x - r) / abs(r) for x, r in zip(losses, ref))
         res[p] = {"agree_losses": losses, "agree_max_rel": rel, "first_call_s": first}
         if not rel <= AGREE_RTOL:
-            raise SystemExit(f"bench: {p} at B={B} H={H} computes a different loss: {losses} vs npmlp {ref} "
+            raise SystemExit(f"bench: {p} at B={B} H={H} ({model}) computes a different loss: {losses} vs npmlp {ref} "
                              f"(max rel diff {rel:.2e} > {AGREE_RTOL})")
     for p in peers:                                # warm-up, and how many steps fill min_time
         t = time.perf_counter()
@@ -176,7 +181,7 @@ def bench_config(peers, X, Y, V, B, H, a):
     for run in runs.values():
         getattr(run, "close", lambda: None)()      # npmlp's helper processes
     del runs
-    return {"B": B, "H": H, "flops": fl, "peers": res}
+    return {"B": B, "H": H, "model": model, "flops": fl, "peers": res}     # BatchNorm adds no matmul
 
 
 def bench_eval(X, Y, V, H, peers, repeats):
@@ -236,7 +241,7 @@ def worker(cfg_path):
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     a = argparse.Namespace(**json.loads(Path(cfg_path).read_text()))
     from .opprofile import profile_step
-    from .peers import TORCH_PEERS, available
+    from .peers import BN_MAKERS, TORCH_PEERS, available
 
     with_torch = any(p in TORCH_PEERS for p in a.peers)
     rep = {"threads": a.threads, "label": a.label, "load_before": os.getloadavg()}
@@ -267,6 +272,15 @@ def worker(cfg_path):
             rep["configs"].append(c)
             parts = "  ".join(f"{p} {c['peers'][p]['median_us']:.1f}" for p in peers)
             log(f"[{a.label}] B={B} H={H}: us/step  {parts}   ({time.perf_counter() - t:.0f}s)")
+    bn_peers = [p for p in peers if p in BN_MAKERS]
+    rep["bn_configs"] = []
+    for H in a.bn_hidden:
+        for B in a.bn_batch_sizes:
+            t = time.perf_counter()
+            c = bench_config(bn_peers, X, Y, V, B, H, a, model="bn")
+            rep["bn_configs"].append(c)
+            parts = "  ".join(f"{p} {c['peers'][p]['median_us']:.1f}" for p in bn_peers)
+            log(f"[{a.label}] bn B={B} H={H}: us/step  {parts}   ({time.perf_counter() - t:.0f}s)")
     rep["eval"] = []
     for H in a.eval_hidden:
         e = bench_eval(X, Y, V, H, peers, a.eval_repeats)
@@ -357,6 +371,11 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per peer and configuration (default 5)")
     p.add_argument("--min-time", type=float, default=0.25, help="seconds per timed repeat (default 0.25)")
     p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--bn-hidden", type=int, nargs="*", default=[200, 1000],
+                   help="n_hidden values of the bn model's section (makemore part 4; default 200 1000)")
+    p.add_argument("--bn-batch-sizes", type=int, nargs="*", default=[32, 256],
+                   help="batch sizes of the bn model's section, each at least 2 (default 32 256); none or 0 "
+                   "to skip it. Its peers: npmlp, npmlp_reference, torch_eager, torch_compile, where asked for")
     p.add_argument("--eval-hidden", type=int, nargs="*", default=[200], help="H values of the eval timing")
     p.add_argument("--eval-repeats", type=int, default=5)
     p.add_argument("--profile-batch-sizes", type=int, nargs="*", default=[32, 4096],
@@ -379,6 +398,12 @@ def parse_args(argv=None):
     bad = [x for x in a.peers if x not in PEERS]
     if bad:
         p.error(f"unknown peer(s) {bad}; choose from {', '.join(PEERS)}")
+    a.bn_batch_sizes = [b for b in a.bn_batch_sizes if b != 0]
+    if any(b < 2 for b in a.bn_batch_sizes):
+        p.error(f"--bn-batch-sizes {' '.join(map(str, a.bn_batch_sizes))}: the bn model normalises with a "
+                "batch's own variance, which needs at least 2 rows (0 skips the section)")
+    if any(h < 1 for h in a.bn_hidden):
+        p.error("--bn-hidden values must be >= 1")
     return a
 
 
@@ -437,8 +462,9 @@ def main(argv=None):
     data = str(Path(a.data).resolve()) if a.data else None
     report = {"command": "python -m benchmarks.bench " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": machine_description(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "settings": {k: getattr(a, k) for k in ("batch_sizes", "hidden", "threads", "peers", "repeats",
-                                                      "min_time", "lr", "e2e_steps", "e2e_batch_size")},
+              "settings": {k: getattr(a, k) for k in ("batch_sizes", "hidden", "bn_hidden", "bn_batch_sizes",
+                                                      "threads", "peers", "repeats", "min_time", "lr",
+                                                      "e2e_steps", "e2e_batch_size")},
               "runs": [], "e2e": []}
     log(f"bench: {report['machine']['cpu']}, {report['machine']['cpus']} CPUs; "
         f"{json.dumps(report['machine']['versions'])}")

@@ -15,6 +15,15 @@ NumPy arrays; X (N, T) and Y (N,) are the uint8 training split.
   torch_manual     the same hand-written backward as npmlp, in torch ops under no_grad
   torch_compile    torch.compile (inductor) of torch_manual's whole step: gather, forward, backward, update
   jax              jax.jit of the whole step (gather, value_and_grad, update)
+
+The bn model (makemore part 4: npmlp.bn.BNMLP, BatchNorm between the first linear layer and tanh)
+has its own makers, BN_MAKERS, with the same contract; `init` then holds BNMLP's seven params:
+
+  npmlp            the fast engine's BNEngine (the whole batch at once, never chunked)
+  npmlp_reference  npmlp.train.sgd on BNMLP: the atom-by-atom backward of bn.py
+  torch_eager      part 4's loop: hprebn.mean / .var(unbiased=True), (bnvar + 1e-5)**-0.5, gain and
+                   bias, tanh, F.cross_entropy, loss.backward(), p.data += -lr * p.grad
+  torch_compile    torch.compile of that step whole, its gradient by torch.func.grad_and_value
 """
 from __future__ import annotations
 
@@ -31,16 +40,17 @@ LABELS = {"npmlp": "npmlp fast engine (NumPy, hand-written backward)",
 
 # ----------------------------------------------------------------------------- npmlp
 
-def _npmlp_peer(engine, init, X, Y, batches, lr, total_steps):
-    """`engine`'s steps as `npmlp train` runs them (runs.engine_steps): they draw step k's rows from
-    batch_block(seed, k // BLOCK), exactly what `batches(k)` returns, so no index is handed over."""
+def _npmlp_peer(engine, init, X, Y, batches, lr, total_steps, kind="mlp"):
+    """`engine`'s steps on the `kind` model (npmlp.models) as `npmlp train` runs them
+    (runs.engine_steps): they draw step k's rows from batch_block(seed, k // BLOCK), exactly what
+    `batches(k)` returns, so no index is handed over."""
     import contextlib
 
-    from npmlp.model import MLP
+    from npmlp.models import model_class
     from npmlp.runs import engine_steps
     from npmlp.train import TrainConfig
 
-    model = MLP(init)
+    model = model_class(kind)(init)
     cfg = TrainConfig(steps=total_steps, batch_size=batches.B, lr=lr, lr_decayed=lr, seed=batches.seed)
     lossi = np.zeros(total_steps, np.float32)
     # the fast engine's helper processes (one per usable core for a batch of several chunks, none
@@ -195,6 +205,88 @@ def make_torch_compile(init, X, Y, batches, lr, total_steps):
     return flush_denormals(run)
 
 
+# ----------------------------------------------------------------------------- the bn model (part 4)
+
+BN_PARAMS = ("C", "W1", "b1", "bngain", "bnbias", "W2", "b2")
+
+
+def make_bn_npmlp(init, X, Y, batches, lr, total_steps):
+    """The fast engine on the bn model (fast.BNEngine; never chunked, so no helper processes)."""
+    return _npmlp_peer("fast", init, X, Y, batches, lr, total_steps, kind="bn")
+
+
+def make_bn_npmlp_reference(init, X, Y, batches, lr, total_steps):
+    """npmlp.train.sgd on bn.BNMLP: the atom-by-atom backward (`npmlp train --model bn --engine reference`)."""
+    return _npmlp_peer("reference", init, X, Y, batches, lr, total_steps, kind="bn")
+
+
+def bn_loss(params, Xb, Yb):
+    """makemore part 4's forward as its training loop writes it, on the rows Xb (B, T), Yb (B,)."""
+    import torch
+    import torch.nn.functional as F
+    C, W1, b1, bngain, bnbias, W2, b2 = params
+    emb = C[Xb]                                                 # (B, T, E)
+    embcat = emb.view(emb.shape[0], -1)                         # (B, T*E)
+    hprebn = embcat @ W1 + b1                                   # (B, H)
+    bnmean = hprebn.mean(0, keepdim=True)                       # (1, H)
+    bnvar = hprebn.var(0, keepdim=True, unbiased=True)          # (1, H) Bessel's correction, as bn.py
+    bnvar_inv = (bnvar + 1e-5) ** -0.5                          # (1, H)
+    bnraw = (hprebn - bnmean) * bnvar_inv                       # (B, H)
+    hpreact = bngain * bnraw + bnbias                           # (B, H)
+    h = torch.tanh(hpreact)                                     # (B, H)
+    logits = h @ W2 + b2                                        # (B, V)
+    return F.cross_entropy(logits, Yb)
+
+
+def make_bn_torch_eager(init, X, Y, batches, lr, total_steps):
+    """Part 4's training loop with autograd (minus the random draw: rows come from `batches`)."""
+    _, P, Xt, Yt = _torch_setup(init, X, Y, requires_grad=True)
+    parameters = [P[k] for k in BN_PARAMS]
+
+    def run(start, n):
+        losses = []
+        for k in range(start, start + n):
+            ix = batches.torch(k)                               # (B,)
+            loss = bn_loss(parameters, Xt[ix], Yt[ix])
+            for p in parameters:
+                p.grad = None
+            loss.backward()
+            for p in parameters:
+                p.data += -lr * p.grad
+            losses.append(loss.item())
+        return losses
+
+    return flush_denormals(run)
+
+
+def bn_compiled_step(C, W1, b1, bngain, bnbias, W2, b2, Xt, Yt, ix, lr: float):
+    """torch_eager's step as one function for torch.compile: gather, forward, autograd's backward
+    (torch.func.grad_and_value: loss.backward() would break the graph), update. It returns the new
+    parameters, as compiled_step does (in-place updates compiled wrong with torch 2.13.0)."""
+    import torch
+    params = (C, W1, b1, bngain, bnbias, W2, b2)
+    grads, loss = torch.func.grad_and_value(bn_loss)(params, Xt[ix], Yt[ix])
+    return loss, [p - lr * g for p, g in zip(params, grads)]
+
+
+def make_bn_torch_compile(init, X, Y, batches, lr, total_steps):
+    """torch.compile (inductor, default mode) of bn_compiled_step; the first call is the compile."""
+    import torch
+    torch._dynamo.reset()
+    step = torch.compile(bn_compiled_step, dynamic=False, fullgraph=True)
+    _, P, Xt, Yt = _torch_setup(init, X, Y, requires_grad=False)
+    state = [P[k] for k in BN_PARAMS]
+
+    def run(start, n):
+        losses = []
+        for k in range(start, start + n):
+            loss, state[:] = step(*state, Xt, Yt, batches.torch(k), lr)
+            losses.append(loss.item())
+        return losses
+
+    return flush_denormals(run)
+
+
 # ----------------------------------------------------------------------------- JAX
 
 def make_jax(init, X, Y, batches, lr, total_steps):
@@ -237,6 +329,13 @@ def make_jax(init, X, Y, batches, lr, total_steps):
 
 MAKERS = {"npmlp": make_npmlp, "npmlp_reference": make_npmlp_reference, "torch_eager": make_torch_eager,
           "torch_manual": make_torch_manual, "torch_compile": make_torch_compile, "jax": make_jax}
+
+
+# the bn section's peers: torch_manual and jax have no bn version (a peer asked for runs in the
+# bn section only if it is here)
+BN_MAKERS = {"npmlp": make_bn_npmlp, "npmlp_reference": make_bn_npmlp_reference,
+             "torch_eager": make_bn_torch_eager, "torch_compile": make_bn_torch_compile}
+MAKERS_OF = {"mlp": MAKERS, "bn": BN_MAKERS}
 
 
 TORCH_PEERS = ("torch_eager", "torch_manual", "torch_compile")

@@ -20,17 +20,19 @@ def _range(med, lo, hi):
     return f"{med / scale:.{nd}f} {unit} [{lo / scale:.{nd}f}–{hi / scale:.{nd}f}]"
 
 
-def peers_in(report):
-    seen = {p for run in report["runs"] for c in run["configs"] for p in c["peers"]}
+def peers_in(report, key="configs"):
+    """The peers that ran in the report's `key` cells ("configs": the lecture's MLP; "bn_configs":
+    the bn model's), in PEERS order."""
+    seen = {p for run in report["runs"] for c in run.get(key, []) for p in c["peers"]}
     return [p for p in PEERS if p in seen]
 
 
-def losses(report):
+def losses(report, key="configs"):
     """[(setting, H, B, npmlp us, best peer, its us)] where another library's median beats npmlp's
     (npmlp's own reference loop is not another library: see tricks())."""
     out = []
     for run in report["runs"]:
-        for c in run["configs"]:
+        for c in run.get(key, []):
             P = c["peers"]
             best = min((p for p in P if p not in ("npmlp", "npmlp_reference")), key=lambda p: P[p]["median_us"],
                        default=None)
@@ -45,30 +47,83 @@ def tricks(report):
             for run in report["runs"] for c in run["configs"] if "speedup_vs_reference" in c["peers"]["npmlp"]]
 
 
+def step_cells(c, peers):
+    """One table row's cells: each peer's median [min–max] ×ratio to torch eager (bold: the
+    fastest), then, when the reference loop is among the peers, the fast engine's speed-up over it."""
+    cells = []
+    for p in peers:
+        r = c["peers"].get(p)
+        if r is None:
+            cells.append("–")
+            continue
+        ratio = r.get("ratio_vs_torch_eager")
+        best = min(c["peers"].values(), key=lambda x: x["median_us"]) is r
+        txt = _range(r["median_us"], r["min_us"], r["max_us"])
+        if ratio is not None and p != "torch_eager":
+            txt += f" ×{ratio:.2f}"
+        cells.append(f"**{txt}**" if best else txt)
+    n = c["peers"]["npmlp"]
+    if "npmlp_reference" in peers:
+        cells.append(f"×{n['speedup_vs_reference']:.2f}" if "speedup_vs_reference" in n else "–")
+    return cells
+
+
 def step_table(run, peers):
     ref = "npmlp_reference" in peers
     head = ("| H | B | " + " | ".join(SHORT[p] for p in peers) + (" | fast vs reference" if ref else "")
             + " | npmlp GFLOP/s (of peak) |")
     lines = [head, "|---:|---:|" + "---:|" * (len(peers) + ref) + "---:|"]
     for c in run["configs"]:
-        cells = []
-        for p in peers:
-            r = c["peers"].get(p)
-            if r is None:
-                cells.append("–")
-                continue
-            ratio = r.get("ratio_vs_torch_eager")
-            best = min(c["peers"].values(), key=lambda x: x["median_us"]) is r
-            txt = _range(r["median_us"], r["min_us"], r["max_us"])
-            if ratio is not None and p != "torch_eager":
-                txt += f" ×{ratio:.2f}"
-            cells.append(f"**{txt}**" if best else txt)
         n = c["peers"]["npmlp"]
-        if ref:
-            cells.append(f"×{n['speedup_vs_reference']:.2f}" if "speedup_vs_reference" in n else "–")
-        lines.append(f"| {c['H']} | {c['B']} | " + " | ".join(cells) +
+        lines.append(f"| {c['H']} | {c['B']} | " + " | ".join(step_cells(c, peers)) +
                      f" | {n['gflops']:.1f} ({100 * n['peak_frac']:.0f} %) |")
     return "\n".join(lines)
+
+
+BN_WHAT = {"npmlp": "the fast engine's BNEngine (the whole batch at once, never chunked, so no helper processes)",
+           "npmlp_reference": "`train.sgd` on BNMLP (the atom-by-atom backward of bn.py)",
+           "torch_eager": ("part 4's loop (`hprebn.mean`, `hprebn.var(unbiased=True)`, `(bnvar + 1e-5)**-0.5`, "
+                           "gain and bias, tanh, `F.cross_entropy`, `loss.backward()`, `p.data += -lr * p.grad`)"),
+           "torch_compile": ("torch eager's step compiled whole, its gradient by `torch.func.grad_and_value`, "
+                             "returning new parameters")}
+
+
+def bn_markdown(report):
+    """The bn model's section: one small table, a row per (setting, H, B); [] when it did not run."""
+    peers = peers_in(report, "bn_configs")
+    if not peers:
+        return []
+    ref = "npmlp_reference" in peers
+    asked = report.get("settings", {}).get("peers", [])
+    without = [SHORT[p] for p in asked if p in PEERS and p not in peers
+               and not any(p in run.get("skipped", {}) for run in report["runs"])]
+    L = ["## bn model (makemore part 4)", "",
+         ("Part 4's network: the lecture's MLP with a BatchNorm between the first linear layer and tanh "
+          "(npmlp.bn.BNMLP: C, W1, b1, bngain, bnbias, W2, b2; the batch's mean and Bessel-corrected "
+          "variance, eps 1e-5), float32, every peer from the same `BNMLP.init` parameters and minibatch "
+          "rows, its first three losses matched to npmlp's (rtol 1e-4) before timing; measured as the "
+          "tables above. " + "; ".join(f"{SHORT[p]}: {BN_WHAT[p]}" for p in peers) + "."
+          + (f" No bn version of: {', '.join(without)}." if without else "")), "",
+         "| setting | H | B | " + " | ".join(SHORT[p] for p in peers) + (" | fast vs reference" if ref else "") + " |",
+         "|---|---:|---:|" + "---:|" * (len(peers) + ref)]
+    for run in report["runs"]:
+        for c in run.get("bn_configs", []):
+            L.append(f"| {run['label']} | {c['H']} | {c['B']} | " + " | ".join(step_cells(c, peers)) + " |")
+    L.append("")
+    comp = [(run["label"], c["H"], c["B"], c["peers"]["torch_compile"]["compile_s"]) for run in report["runs"]
+            for c in run.get("bn_configs", []) if "torch_compile" in c["peers"]]
+    if comp:
+        L += ["Compile time of the first step (not in the table): " +
+              "; ".join(f"{s}, H={h} B={b}: {t:.1f} s" for s, h, b, t in comp) + ".", ""]
+    lost = losses(report, "bn_configs")
+    cells = sum(len(r.get("bn_configs", [])) for r in report["runs"])
+    if any(p not in ("npmlp", "npmlp_reference") for p in peers):
+        L.append(f"npmlp has the fastest median of the libraries in {cells - len(lost)} of {cells} cells"
+                 + (": it loses at " + "; ".join(f"{s}, H={h}, B={b} ({SHORT[p]} {_us(t)}, npmlp {_us(n)}, "
+                                                 f"{n / t:.2f}× slower)" for s, h, b, n, p, t in lost)
+                    if lost else "") + ".")
+        L.append("")
+    return L
 
 
 def markdown(report, png_name="bench.png"):
@@ -135,6 +190,7 @@ def markdown(report, png_name="bench.png"):
               f"The fast engine's step against the reference loop's, median over median: ×{min(x for *_, x in sped):.2f}"
               f"–×{max(x for *_, x in sped):.2f} over {len(sped)} cells"
               + (f"; the reference loop is faster at {', '.join(slower)}." if slower else "."), ""]
+    L += bn_markdown(report)
     if report.get("e2e"):
         L += e2e_markdown(report["e2e"])
     profs = [(run["label"], p) for run in report["runs"] for p in run.get("profiles", [])]

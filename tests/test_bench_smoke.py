@@ -1,6 +1,7 @@
 """The benchmark command on a tiny sweep, so it never rots: it runs, every peer agrees with npmlp
 before it is timed, and the JSON, Markdown and PNG it writes exist and parse; the lecture's torch
 loop as a program (benchmarks/torch_lecture.py) trains exactly what npmlp's reference loop trains.
+The bn section (makemore part 4's model) runs one tiny cell, B=8, H=8, with the same checks.
 
 The sweep runs npmlp (the fast engine) and npmlp_reference always, torch_eager and torch_manual when
 torch is installed, and asks for JAX (which runs if installed, else the report says it was skipped
@@ -26,7 +27,9 @@ from benchmarks.bench import flops_per_step
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
 TORCH_PEERS = ["torch_eager", "torch_manual"] if HAVE_TORCH else []
-TINY = ["--hidden", "8", "--threads", "1", "--min-time", "0.01", "--eval-hidden", "8", "--eval-repeats", "1"]
+TINY = ["--hidden", "8", "--threads", "1", "--min-time", "0.01", "--eval-hidden", "8", "--eval-repeats", "1",
+        "--bn-hidden", "8", "--bn-batch-sizes", "8"]
+BN_PEERS = {"npmlp", "npmlp_reference", "torch_eager", "torch_compile"}     # peers.BN_MAKERS
 
 
 def test_flops_formula_is_the_lectures_342_B_H():
@@ -83,6 +86,14 @@ def test_writes_json_with_every_number(bench_run):
         npmlp = c["peers"]["npmlp"]
         assert npmlp["speedup_vs_reference"] == pytest.approx(
             c["peers"]["npmlp_reference"]["median_us"] / npmlp["median_us"])
+    (bn,) = run["bn_configs"]
+    assert (bn["H"], bn["B"], bn["model"]) == (8, 8, "bn") and bn["flops"] == flops_per_step(8, 8, V)
+    assert sorted(bn["peers"]) == sorted(p for p in ran if p in BN_PEERS)
+    for p, res in bn["peers"].items():
+        assert len(res["us"]) == 2 and res["min_us"] <= res["median_us"] <= res["max_us"], p
+        assert len(res["agree_losses"]) == 3 and res["agree_max_rel"] <= 1e-4, (p, res["agree_losses"])
+    assert bn["peers"]["npmlp"]["speedup_vs_reference"] == pytest.approx(
+        bn["peers"]["npmlp_reference"]["median_us"] / bn["peers"]["npmlp"]["median_us"])
     (ev,) = run["eval"]
     assert ev["max_rel_diff"] <= 1e-5 and ev["ms"]["npmlp"]["median"] > 0
     (prof,) = run["profiles"]
@@ -99,7 +110,7 @@ def test_torch_peers_match_npmlp_and_set_the_ratio(bench_run):
     pytest.importorskip("torch")
     _, out, _, _ = bench_run
     rep = json.loads((out / "smoke.json").read_text())
-    for c in rep["runs"][0]["configs"]:
+    for c in rep["runs"][0]["configs"] + rep["runs"][0]["bn_configs"]:
         assert c["peers"]["torch_eager"]["ratio_vs_torch_eager"] == pytest.approx(1.0)
         assert c["peers"]["npmlp"]["ratio_vs_torch_eager"] > 0
     a, b = (e for e in rep["e2e"])                   # the same run in two programs: the same dev loss
@@ -123,6 +134,8 @@ def test_writes_markdown_and_png(bench_run):
     assert "| H | B | npmlp | npmlp reference |" in md and "fast vs reference" in md
     assert "## Where npmlp loses" in md and "## What the fast engine's tricks buy" in md and "smoke.png" in md
     assert "## Per-op profile" in md and "## End to end" in md and "| npmlp train | 1 core |" in md
+    assert "## bn model (makemore part 4)" in md and "| setting | H | B | npmlp | npmlp reference |" in md
+    assert "| 1 core | 8 | 8 |" in md
     if HAVE_TORCH:
         assert "| torch lecture | 1 core |" in md and "pair by pair" in md
     png = (out / "smoke.png").read_bytes()
@@ -150,6 +163,7 @@ def test_npmlp_peers_alone_never_import_torch(tmp_path, names):
     (run,) = rep["runs"]
     assert "torch_threads" not in run["thread_report"]
     assert sorted(run["configs"][0]["peers"]) == ["npmlp", "npmlp_reference"]
+    assert sorted(run["bn_configs"][0]["peers"]) == ["npmlp", "npmlp_reference"]
     assert [e["program"] for e in rep["e2e"]] == ["npmlp train"]
     md = (out / "np.md").read_text()
     assert "No other library ran" in md and "torch lecture" not in md, r.stdout
@@ -181,6 +195,25 @@ def test_torch_lecture_refuses_a_bad_option():
     r = subprocess.run([sys.executable, "benchmarks/torch_lecture.py", "--steps", "0"], cwd=REPO,
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and "--steps must be >= 1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bn_section_skips_with_0_or_no_sizes_and_refuses_a_batch_of_1(bench_run, capsys):
+    from benchmarks.bench import parse_args
+    from benchmarks.report import markdown
+    assert parse_args([]).bn_batch_sizes == [32, 256] and parse_args([]).bn_hidden == [200, 1000]
+    assert parse_args(["--bn-batch-sizes", "0"]).bn_batch_sizes == []
+    assert parse_args(["--bn-batch-sizes"]).bn_batch_sizes == []
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--bn-batch-sizes", "1"])
+    assert e.value.code == 2 and "at least 2 rows" in capsys.readouterr().err
+    _, out, _, _ = bench_run                         # a report without the section has no bn table
+    rep = json.loads((out / "smoke.json").read_text())
+    for run in rep["runs"]:
+        run["bn_configs"] = []
+    assert "bn model" not in markdown(rep)
+    for run in rep["runs"]:                          # nor has one from before the section existed
+        del run["bn_configs"]
+    assert "bn model" not in markdown(rep)
 
 
 def test_unknown_peer_is_a_usage_error():
