@@ -1,7 +1,7 @@
 """Helper processes that run some of a large batch's chunks on the other CPU cores (fast tier).
 
-NumPy runs element-wise work on one core, and two Python threads serialise on the GIL (measured:
-no gain), so a batch of several chunks (fast.CHUNK rows each) is shared with forked processes:
+NumPy runs element-wise work on one core, and two Python threads serialise on the GIL (they
+gained nothing), so a batch of several chunks (fast.CHUNK rows each) is shared with forked processes:
 
     parent:  gather the rows -> copy params to shared memory -> "go" -> its chunks -> wait -> sum, update
     helper:                                         "go" -> copy params -> its chunks -> "done"
@@ -109,11 +109,11 @@ BACKOFF = 64    # at most this many waits sleep at once after polls that ran out
 class Receiver:
     """Waits for the next message on a pipe: first polls it for up to SPIN seconds, then sleeps.
 
-    Waking a process that sleeps in recv takes 20-60 us on this VM, once per step each way, and
-    the processes usually finish within microseconds of each other: polling first made a
-    two-process step at B=256 take 230 instead of 330 us (B=1024: 820 vs 930). But when another
-    program holds a core, polling takes CPU time that another process of ours needs (B=256: 1.1 ms
-    a step vs 0.6). There the polls keep running out, so after k polls in a row ran out the next
+    Waking a process that sleeps in recv takes tens of microseconds, once per step each way, and
+    the processes usually finish within microseconds of each other, so polling first saves both
+    wake-ups (benchmarks/README.md has the numbers). But when another program holds a core,
+    polling takes CPU time that another process of ours needs. There the polls keep running out,
+    so after k polls in a row ran out the next
     2**k - 1 waits (at most BACKOFF) sleep at once; one that ran out after a rare long pause (the
     parent gathering rows) costs a single sleep."""
 
