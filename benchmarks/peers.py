@@ -102,21 +102,14 @@ def flush_denormals(run):
     return wrapped
 
 
-def make_torch_eager(init, X, Y, batches, lr, total_steps):
-    """The lecture's training loop, line for line (minus the random draw: rows come from `batches`)."""
-    torch, P, Xt, Yt = _torch_setup(init, X, Y, requires_grad=True)
-    import torch.nn.functional as F
-    C, W1, b1, W2, b2 = (P[k] for k in ("C", "W1", "b1", "W2", "b2"))
-    parameters = [C, W1, b1, W2, b2]
-
+def autograd_loop(parameters, loss_of, Xt, Yt, batches, lr):
+    """run(start, n): the lecture's loop with autograd, loss_of(Xb, Yb) being the model's forward:
+    forward, zero the grads, backward, p.data += -lr * p.grad, the loss as a Python float."""
     def run(start, n):
         losses = []
         for k in range(start, start + n):
             ix = batches.torch(k)                               # (B,)
-            emb = C[Xt[ix]]                                     # (B, T, E)
-            h = torch.tanh(emb.view(emb.shape[0], -1) @ W1 + b1)  # (B, H)
-            logits = h @ W2 + b2                                # (B, V)
-            loss = F.cross_entropy(logits, Yt[ix])
+            loss = loss_of(Xt[ix], Yt[ix])
             for p in parameters:
                 p.grad = None
             loss.backward()
@@ -126,6 +119,21 @@ def make_torch_eager(init, X, Y, batches, lr, total_steps):
         return losses
 
     return flush_denormals(run)
+
+
+def make_torch_eager(init, X, Y, batches, lr, total_steps):
+    """The lecture's training loop, line for line (minus the random draw: rows come from `batches`)."""
+    torch, P, Xt, Yt = _torch_setup(init, X, Y, requires_grad=True)
+    import torch.nn.functional as F
+    C, W1, b1, W2, b2 = (P[k] for k in ("C", "W1", "b1", "W2", "b2"))
+
+    def lecture_loss(Xb, Yb):
+        emb = C[Xb]                                             # (B, T, E)
+        h = torch.tanh(emb.view(emb.shape[0], -1) @ W1 + b1)    # (B, H)
+        logits = h @ W2 + b2                                    # (B, V)
+        return F.cross_entropy(logits, Yb)
+
+    return autograd_loop([C, W1, b1, W2, b2], lecture_loss, Xt, Yt, batches, lr)
 
 
 def manual_grads(C, W1, b1, W2, b2, Xb, Yb):
@@ -242,21 +250,7 @@ def make_bn_torch_eager(init, X, Y, batches, lr, total_steps):
     """Part 4's training loop with autograd (minus the random draw: rows come from `batches`)."""
     _, P, Xt, Yt = _torch_setup(init, X, Y, requires_grad=True)
     parameters = [P[k] for k in BN_PARAMS]
-
-    def run(start, n):
-        losses = []
-        for k in range(start, start + n):
-            ix = batches.torch(k)                               # (B,)
-            loss = bn_loss(parameters, Xt[ix], Yt[ix])
-            for p in parameters:
-                p.grad = None
-            loss.backward()
-            for p in parameters:
-                p.data += -lr * p.grad
-            losses.append(loss.item())
-        return losses
-
-    return flush_denormals(run)
+    return autograd_loop(parameters, lambda Xb, Yb: bn_loss(parameters, Xb, Yb), Xt, Yt, batches, lr)
 
 
 def bn_compiled_step(C, W1, b1, bngain, bnbias, W2, b2, Xt, Yt, ix, lr: float):
