@@ -194,6 +194,18 @@ def compiled_step(C, W1, b1, W2, b2, Xt, Yt, ix, lr: float):
         return loss, [p - lr * g for p, g in zip((C, W1, b1, W2, b2), grads)]
 
 
+def compiled_loop(step, state, Xt, Yt, batches, lr):
+    """run(start, n) with a compiled step(*params, Xt, Yt, rows, lr) -> (loss, new params)."""
+    def run(start, n):
+        losses = []
+        for k in range(start, start + n):
+            loss, state[:] = step(*state, Xt, Yt, batches.torch(k), lr)
+            losses.append(loss.item())
+        return losses
+
+    return flush_denormals(run)
+
+
 def make_torch_compile(init, X, Y, batches, lr, total_steps):
     """torch.compile (inductor, default mode) of compiled_step. The caller times the first call (the
     compile) separately."""
@@ -203,14 +215,7 @@ def make_torch_compile(init, X, Y, batches, lr, total_steps):
     _, P, Xt, Yt = _torch_setup(init, X, Y, requires_grad=False)
     state = [P[k] for k in ("C", "W1", "b1", "W2", "b2")]
 
-    def run(start, n):
-        losses = []
-        for k in range(start, start + n):
-            loss, state[:] = step(*state, Xt, Yt, batches.torch(k), lr)
-            losses.append(loss.item())
-        return losses
-
-    return flush_denormals(run)
+    return compiled_loop(step, state, Xt, Yt, batches, lr)
 
 
 # ----------------------------------------------------------------------------- the bn model (part 4)
@@ -271,14 +276,7 @@ def make_bn_torch_compile(init, X, Y, batches, lr, total_steps):
     _, P, Xt, Yt = _torch_setup(init, X, Y, requires_grad=False)
     state = [P[k] for k in BN_PARAMS]
 
-    def run(start, n):
-        losses = []
-        for k in range(start, start + n):
-            loss, state[:] = step(*state, Xt, Yt, batches.torch(k), lr)
-            losses.append(loss.item())
-        return losses
-
-    return flush_denormals(run)
+    return compiled_loop(step, state, Xt, Yt, batches, lr)
 
 
 # ----------------------------------------------------------------------------- JAX

@@ -163,9 +163,6 @@ class Engine:
     def hidden_backward(self, b, g):
         return b.dhpreact                                         # (n, H) no layer between
 
-    def loss(self, xb, yb) -> float:
-        return self.forward_loss(xb, yb)[0]
-
 
 class BNEngine(Engine):
     """The bn model (bn.BNMLP): a BatchNorm with the batch's Bessel-corrected variance between
