@@ -45,7 +45,7 @@ if __package__ in (None, ""):                    # `python benchmarks/bench.py`:
 
 REPO = Path(__file__).resolve().parents[1]
 T, E = 3, 10                                     # the lecture's block_size and n_embd
-from npmlp.model import SEED  # the lecture's (imported after the sys.path line above)
+from npmlp.mlp import SEED  # the lecture's (imported after the sys.path line above)
 
 AGREE_STEPS = 3
 AGREE_RTOL = 1e-4                                # float32 losses after 3 identical steps
@@ -117,14 +117,14 @@ def load_split(data):
     from npmlp.data import Vocab, build_dataset, load_words, split_words
     words = load_words(data)
     vocab = Vocab.from_words(words)
-    Xtr, Ytr = build_dataset(split_words(words, 42)[0], vocab, T)
+    Xtr, Ytr = build_dataset(split_words(words)[0], vocab, T)
     return Xtr, Ytr, vocab.size
 
 
 def bench_config(peers, X, Y, V, B, H, a, model="mlp"):
     """Agreement check, warm-up and alternating timed repeats of every peer at one (B, H), on the
-    `model` of npmlp.models ("mlp": the lecture's; "bn": makemore part 4's, peers.BN_MAKERS)."""
-    from npmlp.models import model_class
+    `model` of npmlp.app.registry ("mlp": the lecture's; "bn": makemore part 4's, peers.BN_MAKERS)."""
+    from npmlp.app.registry import model_class
 
     from .peers import MAKERS_OF, Batches
 
@@ -189,7 +189,7 @@ def bench_eval(X, Y, V, H, peers, repeats):
     npmlp.train.evaluate (chunked), torch eager under no_grad on all rows at once, jitted JAX."""
     import numpy as np
 
-    from npmlp.model import MLP
+    from npmlp.mlp import MLP
     from npmlp.train import evaluate
 
     from .peers import flush_denormals
@@ -259,10 +259,10 @@ def worker(cfg_path):
         else:
             peers.append(p)
     rep["skipped"] = skipped
-    from npmlp.errors import NpmlpError
+    from npmlp.data import DataError
     try:
         X, Y, V = load_split(a.data)
-    except NpmlpError as e:
+    except DataError as e:
         raise SystemExit(f"bench: error: {e}") from None
     rep["configs"] = []
     for H in a.hidden:
@@ -491,7 +491,7 @@ def main(argv=None):
                     f"{e['peak_rss_mb'] or float('nan'):.0f} MB peak RSS, training {e['train_s']:.1f} s "
                     f"({e['us_per_step']:.1f} us/step), dev loss {e['dev_loss']:.4f}")
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    from npmlp.fileio import atomic_write_bytes, atomic_write_json
+    from npmlp.app.files import atomic_write_bytes, atomic_write_json
 
     from .report import markdown, plot
     atomic_write_json(out / f"{a.name}.json", report)

@@ -1,6 +1,6 @@
 """Per-op profile of npmlp's fast training step (npmlp.fast.sgd), with a floor for every op.
 
-The `np` that npmlp/fast.py sees is replaced by a proxy that times each NumPy call and notes its
+The `np` that npmlp/fast/engine.py sees is replaced by a proxy that times each NumPy call and notes its
 FLOPs and bytes, and the engine's two methods, Engine.forward_loss and Engine.backward, are
 wrapped with a timer (they are the "layers" of the table: every chunk of a batch calls each once).
 Then real fast.sgd steps run in this one process, on a fresh fast.Chunks made while the proxy is
@@ -24,7 +24,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from npmlp.model import SEED
+from npmlp.mlp import SEED
 
 MATMULS = ("np.matmul", "np.dot")
 LAYER_FUNCS = ("forward_loss", "backward")      # the methods of npmlp.fast.Engine that are timed
@@ -91,7 +91,7 @@ class _Timed:
 
 
 class _NumpyProxy:
-    """Stands in for `np` inside npmlp/fast.py. Attributes are cached on the instance, so after the
+    """Stands in for `np` inside npmlp/fast/engine.py. Attributes are cached on the instance, so after the
     first step a lookup costs what np.<name> costs."""
 
     def __init__(self, sink):
@@ -188,9 +188,9 @@ def profile_step(X, Y, vocab_size, B, H, steps, peak_gflops, seed=SEED, mkl_refe
     """-> dict with the plain and instrumented step times of fast.sgd and one row per (layer, op).
     mkl_reference: also time each matmul alone in torch (MKL); meant for one thread, where a busy
     second core cannot stall torch's threads. False never imports torch."""
-    import npmlp.fast as F
-    from npmlp.model import MLP
-    from npmlp.parallel import make_pool
+    import npmlp.fast.engine as F
+    from npmlp.fast.parallel import make_pool
+    from npmlp.mlp import MLP
     from npmlp.train import TrainConfig
 
     total = 3 * steps + 20
@@ -285,7 +285,7 @@ def profile_markdown(p):
             f"{p['copy_bandwidth_gbs']:.0f} GB/s copy bandwidth (1 MiB). Each layer's \"rest\" has the timers' "
             f"own cost ({p['timer_overhead_us_per_call']:.2f} us per timed call) taken out.")
     if not p.get("ops_seen", 1):
-        head += (" **No NumPy call was seen**: npmlp/fast.py no longer reaches NumPy through its "
+        head += (" **No NumPy call was seen**: npmlp/fast/engine.py no longer reaches NumPy through its "
                  "module's `np`, so this profile shows only the layers' totals.")
     lines = [head, "",
              "| layer | op | calls/step | us/step | floor us | bound by | MFLOP | kB moved | alone: NumPy / torch (MKL) us |",

@@ -9,7 +9,7 @@ run steps start .. start+n-1, step k using the rows `batches(k)` (B,). `init` is
 NumPy arrays; X (N, T) and Y (N,) are the uint8 training split.
 
   npmlp            the fast engine as `npmlp train` runs it: npmlp.fast.sgd with parallel.make_pool's pool
-  npmlp_reference  npmlp.train.sgd: the readable lecture loop (layers.py pairs, model.MLP); what the
+  npmlp_reference  npmlp.train.sgd: the readable lecture loop (layers.py pairs, mlp.MLP); what the
                    fast engine's tricks buy is the ratio of these two
   torch_eager      the lecture's loop: forward, F.cross_entropy, loss.backward(), p.data += -lr * p.grad
   torch_manual     the same hand-written backward as npmlp, in torch ops under no_grad
@@ -41,13 +41,13 @@ LABELS = {"npmlp": "npmlp fast engine (NumPy, hand-written backward)",
 # ----------------------------------------------------------------------------- npmlp
 
 def _npmlp_peer(engine, init, X, Y, batches, lr, total_steps, kind="mlp"):
-    """`engine`'s steps on the `kind` model (npmlp.models) as `npmlp train` runs them
-    (runs.engine_steps): they draw step k's rows from batch_block(seed, k // BLOCK), exactly what
+    """`engine`'s steps on the `kind` model (npmlp.app.registry) as `npmlp train` runs them
+    (npmlp.fast.steps): they draw step k's rows from batch_block(seed, k // BLOCK), exactly what
     `batches(k)` returns, so no index is handed over."""
     import contextlib
 
-    from npmlp.models import model_class
-    from npmlp.runs import engine_steps
+    from npmlp.app.registry import model_class
+    from npmlp.fast import steps as engine_steps
     from npmlp.train import TrainConfig
 
     model = model_class(kind)(init)
@@ -68,7 +68,7 @@ def _npmlp_peer(engine, init, X, Y, batches, lr, total_steps, kind="mlp"):
 
 
 def make_npmlp(init, X, Y, batches, lr, total_steps):
-    """The fast engine (npmlp/fast.py, helpers from npmlp/parallel.py): what `npmlp train` runs."""
+    """The fast engine (npmlp/fast/engine.py, helpers from npmlp/fast/parallel.py): what `npmlp train` runs."""
     return _npmlp_peer("fast", init, X, Y, batches, lr, total_steps)
 
 
@@ -90,7 +90,7 @@ def flush_denormals(run):
     flush-to-zero mode, which would also speed up NumPy code in the same thread). The lecture's init
     makes some softmax entries denormal at H=1000, and torch is several times slower there without
     flushing. JAX flushes by default; npmlp's fast engine floors its shifted logits instead
-    (EXP_FLOOR in npmlp/fast.py); its reference loop does neither."""
+    (EXP_FLOOR in npmlp/fast/engine.py); its reference loop does neither."""
     import torch
 
     def wrapped(start, n):
@@ -237,13 +237,15 @@ def bn_loss(params, Xb, Yb):
     """makemore part 4's forward as its training loop writes it, on the rows Xb (B, T), Yb (B,)."""
     import torch
     import torch.nn.functional as F
+
+    from npmlp.layers import BN_EPS
     C, W1, b1, bngain, bnbias, W2, b2 = params
     emb = C[Xb]                                                 # (B, T, E)
     embcat = emb.view(emb.shape[0], -1)                         # (B, T*E)
     hprebn = embcat @ W1 + b1                                   # (B, H)
     bnmean = hprebn.mean(0, keepdim=True)                       # (1, H)
     bnvar = hprebn.var(0, keepdim=True, unbiased=True)          # (1, H) Bessel's correction, as bn.py
-    bnvar_inv = (bnvar + 1e-5) ** -0.5                          # (1, H)
+    bnvar_inv = (bnvar + BN_EPS) ** -0.5                        # (1, H)
     bnraw = (hprebn - bnmean) * bnvar_inv                       # (B, H)
     hpreact = bngain * bnraw + bnbias                           # (B, H)
     h = torch.tanh(hpreact)                                     # (B, H)

@@ -137,7 +137,7 @@ def markdown(report, png_name="bench.png"):
          f"Command: `{report['command']}`", "",
          ("Each cell: median time per training step (gather the minibatch, forward, backward, SGD update, "
           "loss to a Python float) over the timed repeats, [min–max], and ×: speed-up over torch eager "
-          "(the lecture's loop). npmlp is the fast engine as `npmlp train` runs it (npmlp/fast.py, with "
+          "(the lecture's loop). npmlp is the fast engine as `npmlp train` runs it (npmlp/fast/engine.py, with "
           "helper processes where it would use them); npmlp reference is the readable lecture loop "
           "(`npmlp train --engine reference`), and \"fast vs reference\" is what the fast engine's tricks buy. "
           "Bold: the fastest peer of the row. Every peer started from the same "
@@ -236,7 +236,7 @@ def plot(report, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from npmlp.fileio import atomic_open
+    from npmlp.app.files import atomic_open
 
     runs = report["runs"]
     Hs = sorted({c["H"] for r in runs for c in r["configs"]})

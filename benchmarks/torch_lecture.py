@@ -7,8 +7,8 @@ the same split, init and minibatches as `npmlp train`, for a whole-process compa
 
 Shared with npmlp, so both train on the same rows from the same start: the names
 (npmlp.data.load_words: --data FILE, else $NPMLP_DATA, else npmlp's checked download), the 80/10/10
-split (split_words(words, 42), i.e. random.seed(42); random.shuffle(words)) and build_dataset,
-the init (npmlp.model.MLP.init: the lecture's sizes and seed, float32), and step i's minibatch
+split (split_words(words), i.e. random.seed(42); random.shuffle(words)) and build_dataset,
+the init (npmlp.mlp.MLP.init: the lecture's sizes and seed, float32), and step i's minibatch
 rows (npmlp.train.batch_rows, where the lecture draws torch.randint). The rest is the lecture's:
 C[X], view, @ W1 + b1, tanh, @ W2 + b2, F.cross_entropy, zero grads, backward, p.data += -lr * p.grad
 with lr 0.1 for the first half of the steps and 0.01 after, the loss as a Python float each step;
@@ -50,9 +50,8 @@ def main(argv=None):
     import torch
     import torch.nn.functional as F
 
-    from npmlp.data import Vocab, build_dataset, load_words, split_words
-    from npmlp.errors import NpmlpError
-    from npmlp.model import MLP
+    from npmlp.data import DataError, Vocab, build_dataset, load_words, split_words
+    from npmlp.mlp import MLP
     from npmlp.train import TrainConfig, batch_rows
 
     if a.threads:
@@ -60,12 +59,12 @@ def main(argv=None):
     torch.set_flush_denormal(a.flush_denormal)
     try:
         words = load_words(a.data)
-    except NpmlpError as e:
+    except DataError as e:
         raise SystemExit(f"torch_lecture: error: {e}") from None
     vocab = Vocab.from_words(words)
     model = MLP.init(vocab.size)                                  # the lecture's sizes and seed, float32
     T = model.block_size
-    tr, dev, _ = split_words(words, 42)
+    tr, dev, _ = split_words(words)
     Xtr, Ytr = (torch.from_numpy(v.astype(np.int64)) for v in build_dataset(tr, vocab, T))     # (N, T), (N,)
     Xdev, Ydev = (torch.from_numpy(v.astype(np.int64)) for v in build_dataset(dev, vocab, T))
     if a.batch_size > len(Xtr):

@@ -49,10 +49,12 @@ def _():
     import numpy as np
     from threadpoolctl import threadpool_limits
 
-    from npmlp import gradcheck, layers, plots
-    from npmlp.bn import BNMLP, EPS, PARAM_NAMES, Atoms
-    from npmlp.data import Vocab, build_dataset, load_words, split_words
-    from npmlp.errors import NpmlpError
+    from npmlp import gradcheck, layers
+    from npmlp.app import plots
+    from npmlp.bn import BNMLP, PARAM_NAMES
+    from npmlp.data import DataError, Vocab, build_dataset, load_words, split_words
+    from npmlp.layers import BN_EPS as EPS
+    from npmlp.mlp import Intermediates
     from npmlp.train import TrainConfig, evaluate, sample, sgd
 
     try:  # optional: torch only checks the gradients below
@@ -60,17 +62,17 @@ def _():
         import torch.nn.functional as F
     except ImportError:
         torch = F = None
-    return (Atoms, BNMLP, EPS, F, NpmlpError, PARAM_NAMES, TrainConfig, Vocab, build_dataset, evaluate,
+    return (Intermediates, BNMLP, EPS, F, DataError, PARAM_NAMES, TrainConfig, Vocab, build_dataset, evaluate,
             gradcheck, inspect, layers, load_words, np, plots, random, sample, sgd, split_words,
             threadpool_limits, torch)
 
 
 @app.cell
-def _(NpmlpError, load_words, mo, random):
+def _(DataError, load_words, mo, random):
     try:
         words = load_words()           # $NPMLP_DATA, the cache, or the lecture's URL
         _note, _kind = f"{len(words):,} names, e.g. {', '.join(words[:8])}", "neutral"
-    except NpmlpError as _e:           # offline, no copy: generated names keep the notebook running
+    except DataError as _e:           # offline, no copy: generated names keep the notebook running
         _rng = random.Random(0)
         words = ["".join(_rng.choice("bdklmnrstv") + _rng.choice("aeiou") for _ in range(_rng.randint(1, 4)))
                  for _ in range(2000)]
@@ -85,7 +87,7 @@ def _(NpmlpError, load_words, mo, random):
 def _(Vocab, build_dataset, mo, split_words, words):
     block_size = 3                                     # T: how many characters predict the next
     vocab = Vocab.from_words(words)
-    _tr, _dev, _te = split_words(words, 42)            # the lecture's random.seed(42); shuffle
+    _tr, _dev, _te = split_words(words)                # the lecture's random.seed(42); shuffle
     Xtr, Ytr = build_dataset(_tr, vocab, block_size)   # (N, T), (N,)
     Xdev, Ydev = build_dataset(_dev, vocab, block_size)
     mo.md(f"vocabulary of {vocab.size}: `{''.join(vocab.itos)}`; rows: train {len(Xtr):,}, "
@@ -118,20 +120,21 @@ def _(mo):
     ## Exercise 1: backprop through every atom
 
     The forward below is the lecture's, one small step per line, each result kept under its name
-    (an `Atoms` dict: `fwd.emb`, `fwd.hprebn`, ...). The cross-entropy is spelled out too: the
-    softmax through `logit_maxes`, `counts`, `counts_sum_inv`, the log, and the mean over the rows.
+    (an `Intermediates` dict, npmlp's model cache: `fwd.emb`, `fwd.hprebn`, ...). The
+    cross-entropy is spelled out too: the softmax through `logit_maxes`, `counts`,
+    `counts_sum_inv`, the log, and the mean over the rows.
     """)
 
 
 @app.cell
-def _(Atoms, EPS, P, PARAM_NAMES, Xb, Yb, mo, model0, np):
+def _(Intermediates, EPS, P, PARAM_NAMES, Xb, Yb, mo, model0, np):
     def forward_atoms(P, Xb, Yb, at=None):
-        """Part 4's forward, atom by atom. -> Atoms with every intermediate and the loss.
+        """Part 4's forward, atom by atom. -> Intermediates with every intermediate and the loss.
         `at`: {name: array} keeps that array in place of the computed atom, so that a finite
         difference can perturb one intermediate and rerun the rest of the forward."""
         C, W1, b1, bngain, bnbias, W2, b2 = (P[k] for k in PARAM_NAMES)
         n = len(Xb)
-        a = Atoms(at)
+        a = Intermediates(at)
         a.emb = C[Xb]                                          # (B, T, E) embed the characters
         a.embcat = a.emb.reshape(n, -1)                        # (B, T*E) concatenate the vectors
         # linear layer 1

@@ -45,10 +45,11 @@ def _():
 
     import numpy as np
 
-    from npmlp import gradcheck, plots
+    from npmlp import gradcheck
+    from npmlp.app import plots
+    from npmlp.data import DataError as NpmlpError
     from npmlp.data import Vocab, build_dataset, load_words, split_words
-    from npmlp.errors import NpmlpError
-    from npmlp.model import MLP
+    from npmlp.mlp import MLP
     from npmlp.train import TrainConfig, evaluate, sample, sgd
     return (MLP, NpmlpError, TrainConfig, Vocab, build_dataset, evaluate, gradcheck, inspect,
             load_words, np, plots, random, sample, sgd, split_words)
@@ -85,7 +86,7 @@ def _(NpmlpError, load_words, mo, random):
 def _(Vocab, build_dataset, mo, split_words, words):
     block_size = 3                                     # T: how many characters predict the next
     vocab = Vocab.from_words(words)
-    _tr, _dev, _te = split_words(words, 42)            # the lecture's random.seed(42); shuffle
+    _tr, _dev, _te = split_words(words)                # the lecture's random.seed(42); shuffle
     Xtr, Ytr = build_dataset(_tr, vocab, block_size)   # (N, T), (N,)
     Xdev, Ydev = build_dataset(_dev, vocab, block_size)
     _X, _Y = build_dataset(words[:1], vocab, block_size)

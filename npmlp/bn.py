@@ -13,35 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import UsageError
-from .layers import (cross_entropy_backward, cross_entropy_forward, embedding_backward, embedding_forward,
-                     linear_backward, linear_forward, tanh_backward, tanh_forward)
-from .model import MLP, SEED, check_sizes, float_params, param_shapes
+from .layers import (BN_EPS, BN_MIN_ROWS, CrossEntropyCache, EmbeddingCache, LinearCache, TanhCache,
+                     batchnorm_rows, cross_entropy_backward, cross_entropy_forward, embedding_backward,
+                     embedding_forward, linear_backward, linear_forward, tanh_backward, tanh_forward)
+from .mlp import MLP, SEED, Intermediates, check_shapes, float_params, param_shapes, with_defaults
 
-EPS = 1e-5
 PARAM_NAMES = ("C", "W1", "b1", "bngain", "bnbias", "W2", "b2")
 BUFFER_NAMES = ("bnmean", "bnvar")    # calibrated statistics, for inference
 ACT_NAMES = ("logits", "h", "hpreact", "bnraw", "bnvar_inv", "bnvar", "bndiff2", "bndiff", "bnmeani",
              "hprebn", "embcat", "emb")   # the intermediates, in backward order
-
-
-class Atoms(dict):
-    """The forward's intermediates by name, set and read as attributes (`a.bndiff = ...`), so the
-    forward reads like the lecture and this dict is its cache. A name given in `at` keeps that
-    value instead of the one computed: gradcheck perturbs one intermediate and runs the rest."""
-
-    def __init__(self, at=None):
-        super().__init__()
-        object.__setattr__(self, "_at", at or {})
-
-    def __setattr__(self, name, value):
-        self[name] = self._at.get(name, value)
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
 
 
 class BNMLP(MLP):
@@ -49,9 +29,10 @@ class BNMLP(MLP):
     buffers: bnmean (H,), bnvar (H,), the statistics inference normalises with."""
 
     kind = "bn"
+    INITS = ()                            # its lecture's own init only
     param_names = PARAM_NAMES
     act_names = ACT_NAMES
-    min_batch = 2                         # a batch's variance needs two rows
+    min_batch = BN_MIN_ROWS               # the batch's statistics need two rows
 
     @staticmethod
     def shapes(vocab_size, block_size, n_embd, n_hidden):
@@ -66,10 +47,7 @@ class BNMLP(MLP):
     def __init__(self, params, buffers=None):
         super().__init__({k: params[k] for k in MLP.param_names if k in params})
         p = float_params(params, PARAM_NAMES)
-        want = self.shapes(self.vocab_size, self.block_size, self.n_embd, self.n_hidden)
-        bad = {k: a.shape for k, a in p.items() if a.shape != want[k]}
-        if bad:
-            raise ValueError(f"param shapes {bad} do not fit {want}")
+        check_shapes(p, self.shapes(self.vocab_size, self.block_size, self.n_embd, self.n_hidden))
         self.params = p
         H, dt = self.n_hidden, self.dtype
         self.buffers = {"bnmean": np.zeros(H, dt), "bnvar": np.ones(H, dt)}   # until calibrate()
@@ -81,8 +59,7 @@ class BNMLP(MLP):
         """Part 4's init, all from one seeded generator: W1 * (5/3)/sqrt(T*E), b1, W2, b2 * 0.1,
         bngain = 1 + 0.1 * randn, bnbias = 0.1 * randn (not 1 and 0: a wrong backward can hide
         behind round numbers)."""
-        T, E, H = (d if v is None else v for v, d in zip((block_size, n_embd, n_hidden), cls.DEFAULTS.values()))
-        check_sizes(vocab_size=vocab_size, block_size=T, n_embd=E, n_hidden=H)
+        T, E, H = with_defaults(cls, vocab_size, block_size=block_size, n_embd=n_embd, n_hidden=n_hidden).values()
         rng = np.random.default_rng(seed)
         shapes = cls.shapes(vocab_size, T, E, H)
         p = {k: rng.standard_normal(shapes[k]) for k in ("C", "W1", "b1", "W2", "b2", "bngain", "bnbias")}  # lecture's order
@@ -96,50 +73,49 @@ class BNMLP(MLP):
 
     def forward(self, X, Y=None, at=None):
         """Training mode (batch statistics). X (B, T) -> logits (B, V) if Y is None, else
-        (loss, the Atoms of every intermediate and layer cache)."""
+        (loss, c: every intermediate by name). at: as MLP.forward's."""
         C, W1, b1, bngain, bnbias, W2, b2 = (self.params[k] for k in PARAM_NAMES)
         n = X.shape[0]
-        if n < 2:
-            raise UsageError("the bn model normalises with a batch's own statistics: training needs "
-                             "batches of at least 2 rows")
-        a = Atoms(at)
-        a.emb, a.emb_c = embedding_forward(C, X)                  # (B, T, E)
-        a.embcat = a.emb.reshape(n, -1)                           # (B, T*E)
-        a.hprebn, a.lin1_c = linear_forward(a.embcat, W1, b1)     # (B, H)
+        c = Intermediates(at, X=X, Y=Y)
+        c.emb, _ = embedding_forward(C, X)                        # (B, T, E)
+        c.embcat = c.emb.reshape(n, -1)                           # (B, T*E)
+        c.hprebn, _ = linear_forward(c.embcat, W1, b1)            # (B, H)
+        batchnorm_rows(c.hprebn)                                  # a batch of one row has no variance
         # BatchNorm, one atom per line
-        a.bnmeani = 1 / n * a.hprebn.sum(0, keepdims=True)        # (1, H)
-        a.bndiff = a.hprebn - a.bnmeani                           # (B, H)
-        a.bndiff2 = a.bndiff ** 2                                 # (B, H)
-        a.bnvar = 1 / (n - 1) * a.bndiff2.sum(0, keepdims=True)   # (1, H) Bessel's correction: n - 1
-        a.bnvar_inv = (a.bnvar + EPS) ** -0.5                     # (1, H)
-        a.bnraw = a.bndiff * a.bnvar_inv                          # (B, H)
-        a.hpreact = bngain * a.bnraw + bnbias                     # (B, H)
-        a.h, a.tanh_c = tanh_forward(a.hpreact)                   # (B, H)
-        a.logits, a.lin2_c = linear_forward(a.h, W2, b2)          # (B, V)
+        c.bnmeani = 1 / n * c.hprebn.sum(0, keepdims=True)        # (1, H)
+        c.bndiff = c.hprebn - c.bnmeani                           # (B, H)
+        c.bndiff2 = c.bndiff ** 2                                 # (B, H)
+        c.bnvar = 1 / (n - 1) * c.bndiff2.sum(0, keepdims=True)   # (1, H) Bessel's correction: n - 1
+        c.bnvar_inv = (c.bnvar + BN_EPS) ** -0.5                  # (1, H)
+        c.bnraw = c.bndiff * c.bnvar_inv                          # (B, H)
+        c.hpreact = bngain * c.bnraw + bnbias                     # (B, H)
+        c.h, _ = tanh_forward(c.hpreact)                          # (B, H)
+        c.logits, _ = linear_forward(c.h, W2, b2)                 # (B, V)
         if Y is None:
-            return a.logits
-        loss, a.ce_c = cross_entropy_forward(a.logits, Y)         # ()
-        return loss, a
+            return c.logits
+        loss, ce = cross_entropy_forward(c.logits, Y)             # ()
+        c.probs = ce.probs                                        # (B, V)
+        return loss, c
 
     def backward(self, c):
         """-> (grads, dacts), each in the order computed: the forward upside down, atom by atom."""
-        bngain = self.params["bngain"]
+        C, W1, bngain, W2 = (self.params[k] for k in ("C", "W1", "bngain", "W2"))
         n = c.h.shape[0]
-        dlogits = cross_entropy_backward(1.0, c.ce_c)             # (B, V)
-        dh, dW2, db2 = linear_backward(dlogits, c.lin2_c)         # (B, H), (H, V), (V,)
-        dhpreact = tanh_backward(dh, c.tanh_c)                    # (B, H)
+        dlogits = cross_entropy_backward(1.0, CrossEntropyCache(c.probs, c.Y))      # (B, V)
+        dh, dW2, db2 = linear_backward(dlogits, LinearCache(c.h, W2))               # dW2 = h.T @ dlogits
+        dhpreact = tanh_backward(dh, TanhCache(c.h))                                # (1 - h**2) * dh
         dbngain = (c.bnraw * dhpreact).sum(0)                     # (H,)
         dbnbias = dhpreact.sum(0)                                 # (H,)
         dbnraw = bngain * dhpreact                                # (B, H)
-        dbnvar_inv = (c.bndiff * dbnraw).sum(0, keepdims=True)   # (1, H)
-        dbnvar = -0.5 * (c.bnvar + EPS) ** -1.5 * dbnvar_inv      # (1, H)
+        dbnvar_inv = (c.bndiff * dbnraw).sum(0, keepdims=True)    # (1, H)
+        dbnvar = -0.5 * (c.bnvar + BN_EPS) ** -1.5 * dbnvar_inv   # (1, H)
         dbndiff2 = 1 / (n - 1) * np.ones_like(c.bndiff2) * dbnvar  # (B, H)
         dbndiff = c.bnvar_inv * dbnraw + 2 * c.bndiff * dbndiff2  # (B, H) via bnraw, and via bndiff2
         dbnmeani = -dbndiff.sum(0, keepdims=True)                 # (1, H)
         dhprebn = dbndiff + 1 / n * np.ones_like(c.hprebn) * dbnmeani  # (B, H) directly, and via the mean
-        dembcat, dW1, db1 = linear_backward(dhprebn, c.lin1_c)    # (B, T*E), (T*E, H), (H,)
+        dembcat, dW1, db1 = linear_backward(dhprebn, LinearCache(c.embcat, W1))     # dW1 = embcat.T @ dhprebn
         demb = dembcat.reshape(c.emb.shape)                       # (B, T, E)
-        dC = embedding_backward(demb, c.emb_c)                    # (V, E)
+        dC = embedding_backward(demb, EmbeddingCache(c.X, len(C)))  # (V, E) demb summed per character
         grads = {"W2": dW2, "b2": db2, "bngain": dbngain, "bnbias": dbnbias, "W1": dW1, "b1": db1, "C": dC}
         dacts = {"logits": dlogits, "h": dh, "hpreact": dhpreact, "bnraw": dbnraw, "bnvar_inv": dbnvar_inv,
                  "bnvar": dbnvar, "bndiff2": dbndiff2, "bndiff": dbndiff, "bnmeani": dbnmeani,
@@ -166,8 +142,5 @@ class BNMLP(MLP):
         """Inference: X (N, T) -> logits (N, V), normalised with the calibrated statistics."""
         X = np.asarray(X)
         p, s = self.params, self.buffers
-        hpreact = p["bngain"] * (self._hprebn(X) - s["bnmean"]) * (s["bnvar"] + EPS) ** -0.5 + p["bnbias"]
+        hpreact = p["bngain"] * (self._hprebn(X) - s["bnmean"]) * (s["bnvar"] + BN_EPS) ** -0.5 + p["bnbias"]
         return np.tanh(hpreact) @ p["W2"] + p["b2"]               # (N, V)
-
-    def loss(self, X, Y) -> float:
-        return cross_entropy_forward(self.logits(X), np.asarray(Y))[0]

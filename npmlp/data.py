@@ -1,12 +1,15 @@
 """Data: names.txt -> words -> Vocab -> (X, Y) rows -> train/dev/test split.
 
 Legend: N rows, T block_size (context length), V vocab size.
+build_dataset is the lecture's loop; npmlp/fast/dataset.py builds the same rows vectorised.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
+import tempfile
 import unicodedata
 from dataclasses import dataclass
 from functools import cached_property
@@ -14,13 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import NpmlpError, UsageError
-from .fileio import atomic_write_bytes
-
 URL = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
 SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
 DOT = "."  # start/end token, index 0, as in the lecture
 OFFLINE_HINT = "pass a local copy with --data FILE or set NPMLP_DATA=FILE"
+SPLIT_SEED = 42  # the lecture's random.seed(42) before it shuffles the names for the 80/10/10 split
+
+
+class DataError(Exception):
+    """A names file (or its download) that npmlp cannot use; the message says what to do.
+    exit_code: 1, or 2 for a bad setting (the CLI prints the message on one line and exits with it)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 # ----------------------------------------------------------------------------- words
@@ -69,13 +79,13 @@ def load_words(path: str | os.PathLike | None = None, notes: list[str] | None = 
 
 def _read_file(path: Path) -> bytes:
     if path.is_dir():
-        raise NpmlpError(f"{path} is a directory, not a names file; give the path of a text file with one name per line")
+        raise DataError(f"{path} is a directory, not a names file; give the path of a text file with one name per line")
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise NpmlpError(f"data file {path} does not exist; check the path given to --data or NPMLP_DATA") from None
+        raise DataError(f"data file {path} does not exist; check the path given to --data or NPMLP_DATA") from None
     except OSError as e:
-        raise NpmlpError(f"cannot read data file {path}: {e.strerror}") from None
+        raise DataError(f"cannot read data file {path}: {e.strerror}") from None
 
 
 def download_timeout() -> float:
@@ -86,7 +96,7 @@ def download_timeout() -> float:
     except ValueError:
         v = float("nan")
     if not (np.isfinite(v) and v > 0):
-        raise UsageError(f"NPMLP_DOWNLOAD_TIMEOUT must be a positive number of seconds, got {s!r}")
+        raise DataError(f"NPMLP_DOWNLOAD_TIMEOUT must be a positive number of seconds, got {s!r}", exit_code=2)
     return v
 
 
@@ -102,27 +112,58 @@ def download(dest: Path, url: str | None = None, timeout: float | None = None) -
         r.raise_for_status()
         data = r.content
     except requests.Timeout:
-        raise NpmlpError(f"downloading {url} timed out after {timeout:g}s; {OFFLINE_HINT}") from None
+        raise DataError(f"downloading {url} timed out after {timeout:g}s; {OFFLINE_HINT}") from None
     except requests.HTTPError as e:
-        raise NpmlpError(f"downloading {url} failed: HTTP {e.response.status_code} {e.response.reason}; "
+        raise DataError(f"downloading {url} failed: HTTP {e.response.status_code} {e.response.reason}; "
                          f"{OFFLINE_HINT}") from None
     except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError):
-        raise NpmlpError(f"downloading {url} was cut off before the end; {OFFLINE_HINT}") from None
+        raise DataError(f"downloading {url} was cut off before the end; {OFFLINE_HINT}") from None
     except requests.ConnectionError as e:
         if "timed out" in str(e):  # a stall mid-body comes wrapped as a ConnectionError
-            raise NpmlpError(f"downloading {url} timed out after {timeout:g}s; {OFFLINE_HINT}") from None
-        raise NpmlpError(f"cannot connect to {url} (no network or server down); {OFFLINE_HINT}") from None
+            raise DataError(f"downloading {url} timed out after {timeout:g}s; {OFFLINE_HINT}") from None
+        raise DataError(f"cannot connect to {url} (no network or server down); {OFFLINE_HINT}") from None
     except requests.RequestException as e:
-        raise NpmlpError(f"cannot download {url} ({type(e).__name__}); {OFFLINE_HINT}") from None
+        raise DataError(f"cannot download {url} ({type(e).__name__}); {OFFLINE_HINT}") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != SHA256:
-        raise NpmlpError(f"downloaded {url} ({len(data)} bytes) has SHA-256 {digest[:12]}..., "
+        raise DataError(f"downloaded {url} ({len(data)} bytes) has SHA-256 {digest[:12]}..., "
                          f"expected {SHA256[:12]}... (truncated or changed); {OFFLINE_HINT}")
     try:
-        atomic_write_bytes(dest, data)
+        with atomic_open(dest) as f:
+            f.write(data)
     except OSError:  # a read-only cache is not fatal: we have the bytes
         pass
     return data
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode: str = "wb"):
+    """Yield a file object for a temporary file beside `path`; on a clean exit it is flushed to
+    disk and renamed over `path`, on an error (Ctrl-C included) deleted. A crash mid-write leaves
+    the old file (or none), never a half-written one. The one way npmlp writes a file: the
+    download cache here, and checkpoints, figures and metrics (npmlp/app/files.py)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a finished file gets the usual mode
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):    # make the rename itself durable (Windows cannot open a folder)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # Python's unicodedata has no names for control characters; these are the ones a text file may hold
@@ -146,13 +187,13 @@ def parse_words(data: bytes, name: str = "<data>", notes: list[str] | None = Non
     """Bytes of a names file -> list of names. Refuses what cannot be names; notes what it cleaned."""
     notes = [] if notes is None else notes
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        raise NpmlpError(f"{name} is UTF-16 text; re-save it as UTF-8")
+        raise DataError(f"{name} is UTF-16 text; re-save it as UTF-8")
     if b"\x00" in data:
-        raise NpmlpError(f"{name} looks like a binary file (it contains NUL bytes); give a text file with one name per line")
+        raise DataError(f"{name} looks like a binary file (it contains NUL bytes); give a text file with one name per line")
     try:
         text = data.decode("utf-8-sig")  # tolerate a byte-order mark
     except UnicodeDecodeError as e:
-        raise NpmlpError(f"{name} is not UTF-8 text (bad byte at offset {e.start}); re-save it as UTF-8") from None
+        raise DataError(f"{name} is not UTF-8 text (bad byte at offset {e.start}); re-save it as UTF-8") from None
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     words, blank, stripped, upper = [], 0, 0, 0
     spaced: list[tuple[int, str]] = []      # (line, name) of names with a space inside
@@ -163,7 +204,7 @@ def parse_words(data: bytes, name: str = "<data>", notes: list[str] | None = Non
             blank += lineno < len(lines)  # the newline at the end of the file is not a blank line
             continue
         if DOT in word:
-            raise NpmlpError(f"{name} line {lineno}: {word!r} contains '.', which npmlp reserves as the "
+            raise DataError(f"{name} line {lineno}: {word!r} contains '.', which npmlp reserves as the "
                              f"start/end token; remove or replace it")
         stripped += word != line
         upper += word != word.lower()
@@ -173,7 +214,7 @@ def parse_words(data: bytes, name: str = "<data>", notes: list[str] | None = Non
             hidden.append((lineno, word))
         words.append(word)
     if not words:
-        raise NpmlpError(f"{name} holds no names; give a text file with one name per line")
+        raise DataError(f"{name} holds no names; give a text file with one name per line")
     if blank:
         notes.append(f"{blank} blank line{'s' * (blank > 1)} skipped")
     if stripped:
@@ -210,7 +251,7 @@ class Vocab:
     def from_words(cls, words) -> Vocab:
         chars = sorted(set("".join(words)))
         if DOT in chars:
-            raise NpmlpError("a name contains '.', which npmlp reserves as the start/end token; remove it")
+            raise DataError("a name contains '.', which npmlp reserves as the start/end token; remove it")
         return cls((DOT, *chars))
 
     @cached_property
@@ -225,7 +266,7 @@ class Vocab:
         stoi = self.stoi
         unknown = sorted({c for c in word if c not in stoi})
         if unknown:
-            raise NpmlpError(f"characters {''.join(unknown)!r} in {word!r} are not in the model's vocabulary")
+            raise DataError(f"characters {''.join(unknown)!r} in {word!r} are not in the model's vocabulary")
         return [stoi[c] for c in word]
 
     def decode(self, ids) -> str:
@@ -239,48 +280,28 @@ class Vocab:
 # ----------------------------------------------------------------------------- rows
 
 def build_dataset(words, vocab: Vocab, block_size: int = 3):
-    """All (context, next char) rows, identical to the lecture's loop
-
-        for w in words:
-            context = [0] * block_size
-            for ch in w + '.':
-                X.append(context); Y.append(stoi[ch]); context = context[1:] + [stoi[ch]]
-
-    but vectorised: each word is laid out as T zeros, its characters, and a closing '.',
-    and the rows are sliding windows over that one long array.
-    Returns X (N, T) and Y (N,), with N = sum(len(w) + 1).
-    """
-    T = int(block_size)
-    if T < 1:
-        raise NpmlpError(f"block_size must be >= 1, got {block_size}")
+    """All (context, next char) rows, as the lecture's loop builds them: each name starts from a
+    context of block_size '.'s; every character (and the closing '.') is a target, after which
+    it slides into the context. Returns X (N, T) and Y (N,), N = sum(len(w) + 1)."""
+    if int(block_size) < 1:
+        raise DataError(f"block_size must be >= 1, got {block_size}")
+    stoi = vocab.stoi
+    unknown = sorted(set("".join(words)) - set(stoi))
+    if unknown:
+        raise DataError(f"characters {''.join(unknown)!r} are not in the model's vocabulary")
+    X, Y = [], []
+    for w in words:
+        context = [0] * block_size                  # '.' '.' '.'
+        for ch in w + DOT:
+            ix = stoi[ch]
+            X.append(context)
+            Y.append(ix)
+            context = context[1:] + [ix]            # crop and append
     dtype = vocab.index_dtype()
-    lens = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))  # (W,)
-    if len(words) == 0:
-        return np.zeros((0, T), dtype), np.zeros((0,), dtype)
-    # every character of every word, encoded in one pass through a lookup table
-    codes = np.frombuffer("".join(words).encode("utf-32-le"), dtype=np.uint32)  # (sum lens,)
-    keys = np.array([ord(c) for c in vocab.itos], dtype=np.uint32)               # (V,)
-    order = np.argsort(keys)
-    pos = np.searchsorted(keys[order], codes).clip(0, len(keys) - 1)
-    if codes.size and not np.array_equal(keys[order][pos], codes):
-        bad = sorted({chr(c) for c in codes[keys[order][pos] != codes]})
-        raise NpmlpError(f"characters {''.join(bad)!r} are not in the model's vocabulary")
-    ids = order[pos].astype(dtype)                                                # (sum lens,)
-
-    span = lens + T + 1                            # (W,) each word's slot: T pads, chars, '.'
-    start = np.concatenate([[0], np.cumsum(span)[:-1]])                          # (W,)
-    flat = np.zeros(int(span.sum()), dtype)                                      # pads and '.' are 0
-    char_start = np.repeat(start + T - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
-    flat[char_start + np.arange(ids.size)] = ids
-    # a row for every char and the closing '.': window starting at slot start + p, p = 0..len
-    row_start = np.repeat(start, lens + 1) + (np.arange(int((lens + 1).sum()))
-                                               - np.repeat(np.cumsum(lens + 1) - (lens + 1), lens + 1))
-    windows = np.lib.stride_tricks.sliding_window_view(flat, T + 1)              # (L-T, T+1)
-    rows = windows[row_start]                                                    # (N, T+1)
-    return np.ascontiguousarray(rows[:, :T]), np.ascontiguousarray(rows[:, T])
+    return np.array(X, dtype).reshape(len(X), block_size), np.array(Y, dtype)
 
 
-def split_words(words, seed: int | None = 42):
+def split_words(words, seed: int | None = SPLIT_SEED):
     """80/10/10 split. seed=int reproduces `random.seed(seed); random.shuffle(words)` without
     touching the global RNG; seed=None keeps file order. Returns (train, dev, test) lists."""
     words = list(words)
@@ -288,3 +309,43 @@ def split_words(words, seed: int | None = 42):
         random.Random(seed).shuffle(words)
     n1, n2 = int(0.8 * len(words)), int(0.9 * len(words))
     return words[:n1], words[n1:n2], words[n2:]
+
+
+# ----------------------------------------------------------------------------- a run's three splits
+
+class Splits:
+    """words -> vocab -> the three (X, Y) splits, as the lecture builds them.
+
+    vocab: a trained model's vocabulary (characters outside it are refused); digest: the
+    words_digest a run recorded (other names are refused, so a resume sees the same rows).
+    split_seed None keeps the file's order. build: the rows' builder, build_dataset or its
+    vectorised twin (npmlp/fast/dataset.py). What the data loader cleaned up is in `notes`."""
+
+    def __init__(self, data, split_seed, block_size, vocab: Vocab | None = None, digest: str | None = None,
+                 build=build_dataset):
+        self.notes: list[str] = []
+        words = load_words(data, self.notes)
+        self.source = data_source(data)            # None: the checked download of the lecture's file
+        where = self.source or "the downloaded names.txt"
+        self.vocab = vocab or Vocab.from_words(words)
+        parts = split_words(words, split_seed)
+        self.n_words = len(words)
+        for name, part in zip(("train", "dev", "test"), parts):
+            if not part:
+                raise DataError(f"{where} holds only {len(words)} name{'s' * (len(words) != 1)}: the {name} "
+                                f"split of the 80/10/10 split is empty; give at least 10 names")
+        try:
+            self.train, self.dev, self.test = (build(p, self.vocab, block_size) for p in parts)
+        except DataError as e:                      # characters the model never saw
+            raise DataError(f"{e} (names from {where}); use data with the training run's characters") from None
+        self.digest = words_digest(words)
+        if digest is not None and digest != self.digest:  # checked last: the messages above say more
+            raise DataError(f"the names in {where} differ from the ones this run was trained on; "
+                            f"give the original file with --data FILE")
+
+    def items(self):
+        return {"train": self.train, "dev": self.dev, "test": self.test}.items()
+
+    def summary(self) -> str:
+        return (f"{self.n_words:,} names, vocab {self.vocab.size}, rows train/dev/test "
+                f"{len(self.train[0]):,}/{len(self.dev[0]):,}/{len(self.test[0]):,}")

@@ -5,7 +5,8 @@ calling the same forward/backward pairs as the lecture-2 model (layers.py):
 
 Legend: B batch, T block_size, E n_embd, H n_hidden, V vocab size, I/O a layer's in/out width.
 A layer's forward(x, training) returns (out, cache); its backward(dout, cache) returns (dx, its
-parameters' gradients). Sequential runs the layers in order and their backwards in reverse.
+parameters' gradients), the cache's operands named on the line that uses them. Sequential runs
+the layers in order and their backwards in reverse.
 Without BatchNorm (`batchnorm=0`) it is part 3's plain stack: Linear (with b) -> Tanh.
 """
 from __future__ import annotations
@@ -14,51 +15,59 @@ import itertools
 
 import numpy as np
 
-from .errors import UsageError
-from .layers import (batchnorm_backward, batchnorm_forward, cross_entropy_backward, cross_entropy_forward,
-                     embedding_backward, embedding_forward, linear_backward, linear_forward, tanh_backward,
-                     tanh_forward)
-from .model import SEED, check_sizes, float_params
+from .layers import (BN_EPS, BN_MIN_ROWS, BatchNormCache, CrossEntropyCache, EmbeddingCache, LinearCache,
+                     TanhCache, batchnorm_backward, batchnorm_forward, cross_entropy_backward,
+                     cross_entropy_forward, embedding_backward, embedding_forward, linear_backward,
+                     linear_forward, tanh_backward, tanh_forward)
+from .mlp import SEED, Intermediates, Model, check_shapes, float_params, with_defaults
 
 
 class Linear:
-    """x (B, I) -> x @ W + b (B, O); without b before a BatchNorm (its beta does that job)."""
+    """x (..., I) -> x @ W + b (..., O); without b before a BatchNorm (its beta does that job).
+    W and b name the layer's arrays in the model's params."""
 
-    def __init__(self, name, params, i):
-        self.name, self.W, self.b = name, f"W{i}", f"b{i}" if f"b{i}" in params else None
-        self.params = params
+    def __init__(self, name, params, W, b=None):
+        self.name, self.params, self.W, self.b = name, params, W, b
 
     def forward(self, x, training=True):
-        return linear_forward(x, self.params[self.W], self.params[self.b] if self.b else None)
+        out, _ = linear_forward(x, self.params[self.W], self.params[self.b] if self.b else None)
+        return out, x                                                  # cache: the input
 
-    def backward(self, dout, cache):
-        dx, dW, db = linear_backward(dout, cache)
+    def backward(self, dout, x):
+        W = self.params[self.W]
+        # dx = dout @ W.T, dW = x.T @ dout, db = dout summed over every row
+        dx, dW, db = linear_backward(dout, LinearCache(x, W, self.b is not None))
         return dx, {self.W: dW, **({self.b: db} if self.b else {})}
 
 
 class BatchNorm1d:
-    """torch.nn.BatchNorm1d: training normalises with the batch's mean and biased variance and
-    updates running averages (momentum 0.1) of the mean and the unbiased variance; inference
-    normalises with those running statistics."""
+    """Training normalises each channel (the last axis) with the batch's mean and variance over
+    every other axis, and updates running averages (momentum 0.1) of the mean and the unbiased
+    variance; inference normalises with those running statistics. unbiased=False normalises with
+    the biased variance, as torch.nn.BatchNorm1d (part 3's `deep`); True with the unbiased one, as
+    part 5's own layer."""
 
-    def __init__(self, name, params, buffers, i, eps=1e-5, momentum=0.1):
-        self.name, self.gamma, self.beta = name, f"gamma{i}", f"beta{i}"
-        self.mean, self.var = f"running_mean{i}", f"running_var{i}"
-        self.params, self.buffers, self.eps, self.momentum = params, buffers, eps, momentum
+    def __init__(self, name, params, buffers, gamma, beta, mean, var, unbiased=False, momentum=0.1):
+        self.name, self.params, self.buffers = name, params, buffers
+        self.gamma, self.beta, self.mean, self.var = gamma, beta, mean, var
+        self.unbiased, self.momentum = unbiased, momentum
 
     def forward(self, x, training=True):
         gamma, beta = self.params[self.gamma], self.params[self.beta]
         mean, var = self.buffers[self.mean], self.buffers[self.var]
         if not training:
-            return gamma * (x - mean) / np.sqrt(var + self.eps) + beta, None     # (B, O)
-        out, cache = batchnorm_forward(x, gamma, beta, self.eps)                 # (B, O)
-        m = self.momentum
-        mean[...] = (1 - m) * mean + m * x.mean(0)                               # (O,)
-        var[...] = (1 - m) * var + m * x.var(0, ddof=1)                          # (O,) unbiased, as torch
-        return out, cache
+            return gamma * (x - mean) / np.sqrt(var + BN_EPS) + beta, None       # (..., C)
+        out, (xhat, var_inv, _, _) = batchnorm_forward(x, gamma, beta, BN_EPS, self.unbiased)  # (..., C)
+        axes, m = tuple(range(x.ndim - 1)), self.momentum
+        mean[...] = (1 - m) * mean + m * x.mean(axes)                             # (C,)
+        var[...] = (1 - m) * var + m * x.var(axes, ddof=1)                        # (C,) unbiased, as torch
+        return out, (xhat, var_inv)                                               # cache
 
     def backward(self, dout, cache):
-        dx, dgamma, dbeta = batchnorm_backward(dout, cache)
+        xhat, var_inv = cache
+        gamma = self.params[self.gamma]
+        # dgamma = (xhat * dout) summed, dbeta = dout summed, dx: the fused formula of layers.py
+        dx, dgamma, dbeta = batchnorm_backward(dout, BatchNormCache(xhat, var_inv, gamma, self.unbiased))
         return dx, {self.gamma: dgamma, self.beta: dbeta}
 
 
@@ -67,44 +76,46 @@ class Tanh:
         self.name = name
 
     def forward(self, x, training=True):
-        return tanh_forward(x)
+        h, _ = tanh_forward(x)
+        return h, h                                                    # cache: the output
 
-    def backward(self, dout, cache):
-        return tanh_backward(dout, cache), {}
+    def backward(self, dout, h):
+        return tanh_backward(dout, TanhCache(h)), {}                   # (1 - h**2) * dout
 
 
 class Sequential:
     def __init__(self, layers):
         self.layers = layers
 
-    def forward(self, x, training=True, at=None):
-        """-> (output, caches, {layer name: its output}). at: {layer name: array} puts that value in
-        place of the layer's output (gradcheck perturbs one and runs the rest)."""
-        caches, outs = [], {}
+    def forward(self, x, c: Intermediates, training=True):
+        """Each layer's output into c under the layer's name (c's `at` may replace it: the next
+        layer then reads that), its cache into c.caches. -> the last layer's output."""
         for layer in self.layers:
-            x, cache = layer.forward(x, training)
-            x = outs[layer.name] = (at or {}).get(layer.name, x)
-            caches.append(cache)
-        return x, caches, outs
+            out, c.caches[layer.name] = layer.forward(x, training)
+            setattr(c, layer.name, out)
+            x = c[layer.name]
+        return x
 
-    def backward(self, dout, caches):
+    def backward(self, dout, c: Intermediates):
         """-> (dx, the parameters' gradients, {layer name: the gradient of its output}), each dict in
         the order computed (the last layer first)."""
         grads, douts = {}, {}
-        for layer, cache in zip(reversed(self.layers), reversed(caches)):
+        for layer in reversed(self.layers):
             douts[layer.name] = dout
-            dout, g = layer.backward(dout, cache)
+            dout, g = layer.backward(dout, c.caches[layer.name])
             grads.update(g)
         return dout, grads, douts
 
 
-class Deep:
+class Deep(Model):
     """params: C (V, E), then per Linear layer i = 1 .. n_layers + 1: Wi, and gammai, betai (with
     BatchNorm) or bi (without); buffers: running_meani, running_vari of each BatchNorm1d."""
 
     kind = "deep"
     DEFAULTS = {"block_size": 3, "n_embd": 10, "n_hidden": 100, "n_layers": 5, "batchnorm": 1}
+    FLAGS = ("batchnorm",)                # sizes that may be 0
     TRAIN_DEFAULTS = {"decay_at": 0.75}   # part 3: lr 0.1, then 0.01 from 150,000 of 200,000 steps
+    INITS = ()                            # its lecture's own init only
 
     @staticmethod
     def shapes(vocab_size, block_size, n_embd, n_hidden, n_layers, batchnorm):
@@ -133,10 +144,10 @@ class Deep:
         if n < 2 or TE % E:
             raise ValueError(f"a deep model has at least W1 and W2, and W1's {TE} rows are T * n_embd={E}")
         want = self.shapes(V, TE // E, E, H, n - 1, batchnorm)
+        if set(params) != set(want):
+            raise ValueError(f"params {sorted(params)} do not fit {list(want)}")
         p = float_params(params, list(want))
-        bad = {k: a.shape for k, a in p.items() if a.shape != want[k]}
-        if bad or set(params) != set(want):
-            raise ValueError(f"params {sorted(params)} with shapes {bad} do not fit {want}")
+        check_shapes(p, want)
         self.params, dt = p, p["C"].dtype
         self.buffers = {k: (np.zeros if "mean" in k else np.ones)(s, dt)
                         for k, s in self.buffer_shapes(V, TE // E, E, H, n - 1, batchnorm).items()}
@@ -147,16 +158,18 @@ class Deep:
         layers = []
         for i in range(1, n + 1):
             last = i == n
-            layers.append(Linear("logits" if last and not batchnorm else f"linear{i}", p, i))
+            layers.append(Linear("logits" if last and not batchnorm else f"linear{i}", p, f"W{i}",
+                                 None if batchnorm else f"b{i}"))
             if batchnorm:
-                layers.append(BatchNorm1d("logits" if last else f"batchnorm{i}", p, self.buffers, i))
+                layers.append(BatchNorm1d("logits" if last else f"batchnorm{i}", p, self.buffers, f"gamma{i}",
+                                          f"beta{i}", f"running_mean{i}", f"running_var{i}"))
             if not last:
                 layers.append(Tanh(f"tanh{i}"))
         self.net = Sequential(layers)
         self.param_names = tuple(p)
         self.act_names = tuple(reversed([layer.name for layer in layers])) + ("embcat", "emb")
         self.tanh_names = tuple(layer.name for layer in layers if isinstance(layer, Tanh))
-        self.min_batch = 2 if batchnorm else 1
+        self.min_batch = BN_MIN_ROWS if batchnorm else 1
 
     @classmethod
     def init(cls, vocab_size, block_size=None, n_embd=None, n_hidden=None, n_layers=None, batchnorm=None,
@@ -164,10 +177,8 @@ class Deep:
         """Part 3's init: C standard normal; each W randn / sqrt(fan_in) (drawn in layer order from
         one generator). With BatchNorm: b none, gamma 1 (the last one 0.1: a less confident
         softmax at the start), beta 0. Without: b 0, W * 5/3 (tanh's gain), the last W * 0.1."""
-        d = dict(cls.DEFAULTS)
-        d.update({k: v for k, v in {"block_size": block_size, "n_embd": n_embd, "n_hidden": n_hidden,
-                                        "n_layers": n_layers, "batchnorm": batchnorm}.items() if v is not None})
-        check_sizes(vocab_size=vocab_size, **{k: v for k, v in d.items() if k != "batchnorm"})
+        d = with_defaults(cls, vocab_size, block_size=block_size, n_embd=n_embd, n_hidden=n_hidden,
+                          n_layers=n_layers, batchnorm=batchnorm)
         rng = np.random.default_rng(seed)
         p = {}
         for k, s in cls.shapes(vocab_size, **d).items():
@@ -187,50 +198,33 @@ class Deep:
         return cls({k: v.astype(dtype) for k, v in p.items()})
 
     @property
-    def dtype(self):
-        return self.params["C"].dtype
-
-    @property
-    def num_params(self) -> int:
-        return sum(p.size for p in self.params.values())
-
-    @property
     def sizes(self) -> dict:
         return {"block_size": self.block_size, "n_embd": self.n_embd, "n_hidden": self.n_hidden,
                 "n_layers": self.n_layers, "batchnorm": self.batchnorm}
 
     def forward(self, X, Y=None, at=None, training=True):
-        """X (B, T) -> logits (B, V) if Y is None, else (loss, cache). Training mode uses (and
-        updates, as torch does) the BatchNorm1d layers' running statistics; at: as Sequential's."""
+        """X (B, T) -> logits (B, V) if Y is None, else (loss, c: every intermediate by name).
+        Training mode uses (and updates, as torch does) the BatchNorm1d layers' running
+        statistics. at: as MLP.forward's."""
         B = X.shape[0]
-        if training and B < self.min_batch:
-            raise UsageError("the deep model's BatchNorm1d layers normalise with a batch's own statistics: "
-                             "training needs batches of at least 2 rows")
-        at = at or {}
-        emb, emb_c = embedding_forward(self.params["C"], X)          # (B, T, E)
-        emb = at.get("emb", emb)
-        embcat = at.get("embcat", emb.reshape(B, -1))                # (B, T*E)
-        logits, caches, outs = self.net.forward(embcat, training, at)  # (B, V)
+        c = Intermediates(at, X=X, Y=Y, caches={})
+        c.emb, _ = embedding_forward(self.params["C"], X)               # (B, T, E)
+        c.embcat = c.emb.reshape(B, -1)                                 # (B, T*E)
+        logits = self.net.forward(c.embcat, c, training)                # (B, V)
         if Y is None:
             return logits
-        loss, ce_c = cross_entropy_forward(logits, Y)                # ()
-        return loss, {**outs, "embcat": embcat, "emb": emb, "emb_c": emb_c, "caches": caches, "ce_c": ce_c}
+        loss, ce = cross_entropy_forward(logits, Y)                     # ()
+        c.probs = ce.probs                                              # (B, V)
+        return loss, c
 
-    def backward(self, cache):
+    def backward(self, c):
         """-> (grads, dacts), each in the order computed."""
-        dlogits = cross_entropy_backward(1.0, cache["ce_c"])              # (B, V)
-        dembcat, grads, dacts = self.net.backward(dlogits, cache["caches"])  # (B, T*E)
-        demb = dembcat.reshape(cache["emb"].shape)                        # (B, T, E)
-        grads["C"] = embedding_backward(demb, cache["emb_c"])             # (V, E)
+        dlogits = cross_entropy_backward(1.0, CrossEntropyCache(c.probs, c.Y))   # (B, V)
+        dembcat, grads, dacts = self.net.backward(dlogits, c)                    # (B, T*E)
+        demb = dembcat.reshape(c.emb.shape)                                      # (B, T, E)
+        grads["C"] = embedding_backward(demb, EmbeddingCache(c.X, len(self.params["C"])))  # (V, E)
         return grads, {**dacts, "embcat": dembcat, "emb": demb}
 
     def logits(self, X):
         """Inference (running statistics): X (N, T) -> logits (N, V)."""
         return self.forward(np.asarray(X), training=False)
-
-    def loss(self, X, Y) -> float:
-        return cross_entropy_forward(self.logits(X), np.asarray(Y))[0]
-
-    def loss_and_grads(self, X, Y):
-        loss, cache = self.forward(np.asarray(X), np.asarray(Y))
-        return loss, self.backward(cache)[0]

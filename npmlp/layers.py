@@ -1,17 +1,23 @@
 """The layers of the lectures, each a pair of plain NumPy functions written side by side.
 
-    X_forward(inputs...)        -> (output, cache)    cache: what the backward needs
+    X_forward(inputs...)        -> (output, cache)    cache: the operands the backward needs
     X_backward(doutput, cache)  -> the gradients of the forward's inputs, in the same order
 
-Legend: B batch, T block_size, E n_embd, H n_hidden, V vocab size, I/O a linear layer's in/out width.
+Legend: B batch, T block_size (or positions, in part 5), E n_embd, H n_hidden, V vocab size,
+I/O a linear layer's in/out width, C channels (the last axis), "..." any leading axes.
 This is the reference tier: true gradients, nothing preallocated, one line per step of the maths.
-npmlp/fast.py computes the same numbers faster and is tested against these functions.
+The models build each cache from their named intermediates at the backward's call, so every
+gradient's line shows the tensors that make it. npmlp/fast/ computes the same numbers faster and
+is tested against these functions.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import numpy as np
+
+BN_EPS = 1e-5        # added to a BatchNorm's variance before the square root (torch's default, the lectures')
+BN_MIN_ROWS = 2      # a BatchNorm in training mode needs two rows per channel: one row has no variance
 
 # ----------------------------------------------------------------------------- embedding: C[X]
 
@@ -41,43 +47,45 @@ def embedding_backward(demb, cache):
 # ----------------------------------------------------------------------------- linear: x @ W + b
 
 class LinearCache(NamedTuple):
-    x: np.ndarray          # (B, I)
+    x: np.ndarray          # (..., I) the layer's input
     W: np.ndarray          # (I, O)
-    bias: bool             # False: the layer has no b (part 3's Linear before a BatchNorm)
+    bias: bool = True      # False: the layer has no b (a Linear before a BatchNorm)
 
 
 def linear_forward(x, W, b=None):
-    """x (B, I), W (I, O), b (O,) or None -> out (B, O) = x @ W + b."""
-    out = x @ W                                       # (B, O)
+    """x (..., I), W (I, O), b (O,) or None -> out (..., O) = x @ W + b, on every leading axis."""
+    out = x @ W                                       # (..., O)
     if b is not None:
-        out = out + b                                 # (B, O) b broadcast over the batch
+        out = out + b                                 # (..., O) b broadcast over the leading axes
     return out, LinearCache(x, W, b is not None)
 
 
 def linear_backward(dout, cache):
-    """dout (B, O) -> dx (B, I), dW (I, O), db (O,) (None when the layer has no b)."""
+    """dout (..., O) -> dx (..., I), dW (I, O), db (O,) (None when the layer has no b).
+    W and b were used once per row of every leading axis, so their gradients sum over all of them."""
     x, W, bias = cache
-    dx = dout @ W.T                                   # (B, I)
-    dW = x.T @ dout                                   # (I, O)
-    db = dout.sum(0) if bias else None                # (O,) b was broadcast over B rows: add them up
+    I, O = W.shape
+    dx = dout @ W.T                                   # (..., I)
+    dW = x.reshape(-1, I).T @ dout.reshape(-1, O)     # (I, O)
+    db = dout.reshape(-1, O).sum(0) if bias else None  # (O,)
     return dx, dW, db
 
 
 # ----------------------------------------------------------------------------- tanh
 
 class TanhCache(NamedTuple):
-    h: np.ndarray          # (B, H) the output: tanh'(x) = 1 - tanh(x)^2 needs nothing else
+    h: np.ndarray          # (..., H) the output: tanh'(x) = 1 - tanh(x)^2 needs nothing else
 
 
 def tanh_forward(x):
-    """x (B, H) -> h (B, H)."""
-    h = np.tanh(x)                                    # (B, H)
+    """x (..., H) -> h (..., H)."""
+    h = np.tanh(x)                                    # (..., H)
     return h, TanhCache(h)
 
 
 def tanh_backward(dh, cache):
-    """dh (B, H) -> dx (B, H)."""
-    return (1 - cache.h ** 2) * dh                    # (B, H)
+    """dh (..., H) -> dx (..., H)."""
+    return (1 - cache.h ** 2) * dh                    # (..., H)
 
 
 # ----------------------------------------------------------------------------- cross-entropy
@@ -115,41 +123,78 @@ def cross_entropy_backward(dloss, cache):
 # ----------------------------------------------------------------------------- batch normalisation
 
 class BatchNormCache(NamedTuple):
-    xhat: np.ndarray       # (B, H) the input normalised to zero mean and unit variance per column
-    var_inv: np.ndarray    # (H,) 1 / sqrt(var + eps)
-    gamma: np.ndarray      # (H,)
+    xhat: np.ndarray       # (..., C) the input normalised to zero mean and unit variance per channel
+    var_inv: np.ndarray    # (C,) 1 / sqrt(var + eps)
+    gamma: np.ndarray      # (C,)
     unbiased: bool
 
 
-def batchnorm_forward(x, gamma, beta, eps=1e-5, unbiased=False):
-    """x (B, H), gamma (H,), beta (H,) -> out (B, H): each column normalised with the batch's own
-    mean and variance, then scaled by gamma and shifted by beta (training mode). unbiased=False
-    divides the variance by B, as torch.nn.functional.batch_norm does in training; True by B - 1
-    (Bessel's correction), as makemore part 4 does."""
-    n = x.shape[0]
-    if n < 2:
-        raise ValueError("batch norm in training mode needs at least 2 rows: one row has no variance")
-    mean = x.mean(0)                                  # (H,)
-    xmu = x - mean                                    # (B, H)
-    var = (xmu ** 2).sum(0) / (n - 1 if unbiased else n)  # (H,)
-    var_inv = 1 / np.sqrt(var + eps)                  # (H,)
-    xhat = xmu * var_inv                              # (B, H)
-    out = gamma * xhat + beta                         # (B, H)
+def batchnorm_rows(x) -> int:
+    """How many rows of statistics x (..., C) gives each channel: all but its last axis. Raises
+    ValueError where a BatchNorm cannot train: a 1-D input, or fewer than BN_MIN_ROWS rows."""
+    if np.ndim(x) < 2:
+        raise ValueError(f"batch norm takes (B, C) or (B, T, C) input, got shape {np.shape(x)}")
+    n = int(np.prod(np.shape(x)[:-1]))
+    if n < BN_MIN_ROWS:
+        raise ValueError(f"batch norm in training mode needs at least {BN_MIN_ROWS} rows per channel: "
+                         f"one row has no variance (input shape {np.shape(x)})")
+    return n
+
+
+def batchnorm_forward(x, gamma, beta, eps=BN_EPS, unbiased=False):
+    """x (B, C) or (B, T, C), gamma (C,), beta (C,) -> out, x's shape: each channel normalised with
+    the batch's own mean and variance over every axis but the last, then scaled by gamma and
+    shifted by beta (training mode). unbiased=False divides the variance by the n rows, as
+    torch.nn.functional.batch_norm does in training; True by n - 1 (Bessel's correction), as
+    makemore parts 3-5 do."""
+    n = batchnorm_rows(x)
+    axes = tuple(range(x.ndim - 1))                   # every axis but the channels
+    mean = x.mean(axes)                               # (C,)
+    xmu = x - mean                                    # (..., C)
+    var = (xmu ** 2).sum(axes) / (n - 1 if unbiased else n)  # (C,)
+    var_inv = 1 / np.sqrt(var + eps)                  # (C,)
+    xhat = xmu * var_inv                              # (..., C)
+    out = gamma * xhat + beta                         # (..., C)
     return out, BatchNormCache(xhat, var_inv, gamma, unbiased)
 
 
 def batchnorm_backward(dout, cache):
-    """dout (B, H) -> dx (B, H), dgamma (H,), dbeta (H,), fused (makemore part 4's exercise 3).
+    """dout (..., C) -> dx (..., C), dgamma (C,), dbeta (C,), fused (makemore part 4's exercise 3).
 
-    With s = var_inv and m = B - 1 (unbiased) or B, xhat_i = (x_i - mean) * s. x_i reaches the loss
-    three ways: through its own xhat_i, through the mean (every xhat_j moves by -s/B) and through
-    the variance (dvar/dx_i = 2 (x_i - mean) / m, ds/dvar = -s^3 / 2). Summing the three with
-    g = gamma * dout: dx_i = s * (g_i - sum_j g_j / B - xhat_i * sum_j g_j xhat_j / m), which is
-    the line below with gamma and 1/B taken out."""
+    With s = var_inv, n rows per channel and m = n - 1 (unbiased) or n, xhat_i = (x_i - mean) * s.
+    x_i reaches the loss three ways: through its own xhat_i, through the mean (every xhat_j moves
+    by -s/n) and through the variance (dvar/dx_i = 2 (x_i - mean) / m, ds/dvar = -s^3 / 2).
+    Summing the three with g = gamma * dout: dx_i = s * (g_i - sum_j g_j / n - xhat_i * sum_j g_j xhat_j / m),
+    which is the line below with gamma and 1/n taken out."""
     xhat, var_inv, gamma, unbiased = cache
-    n = dout.shape[0]
-    dbeta = dout.sum(0)                               # (H,) beta was broadcast over the batch
-    dgamma = (xhat * dout).sum(0)                     # (H,)
-    bessel = n / (n - 1) if unbiased else 1.0         # B / m
-    dx = gamma * var_inv / n * (n * dout - dbeta - bessel * xhat * dgamma)  # (B, H)
+    axes = tuple(range(dout.ndim - 1))
+    n = dout.size // dout.shape[-1]
+    dbeta = dout.sum(axes)                            # (C,) beta was broadcast over every row
+    dgamma = (xhat * dout).sum(axes)                  # (C,)
+    bessel = n / (n - 1) if unbiased else 1.0         # n / m
+    dx = gamma * var_inv / n * (n * dout - dbeta - bessel * xhat * dgamma)  # (..., C)
     return dx, dgamma, dbeta
+
+
+# ----------------------------------------------------------------------------- part 5: flatten consecutive
+
+class FlattenCache(NamedTuple):
+    shape: tuple           # (B, T, C) the input's shape
+
+
+def flatten_consecutive_forward(x, n):
+    """x (B, T, C) -> (B, T/n, C*n): each n consecutive positions side by side, as one wider
+    position; squeezed to (B, C*n) when one position is left (the WaveNet's last fusion)."""
+    B, T, C = x.shape
+    if n < 1 or T % n:
+        raise ValueError(f"flatten by {n}: the {T} positions do not split into groups of {n}")
+    out = x.reshape(B, T // n, C * n)                 # (B, T/n, C*n) a view: rows are contiguous
+    if T // n == 1:
+        out = out[:, 0]                               # (B, C*n)
+    return out, FlattenCache(x.shape)
+
+
+def flatten_consecutive_backward(dout, cache):
+    """dout (B, T/n, C*n) or (B, C*n) -> dx (B, T, C): the same numbers, put back in their places
+    (a reshape moves nothing, so its gradient is the inverse reshape)."""
+    return dout.reshape(cache.shape)                  # (B, T, C)

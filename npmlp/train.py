@@ -2,7 +2,7 @@
 
 Legend: N rows, B batch, T block_size, V vocab size.
 This loop is the reference: any model with params, forward and backward trains with it.
-npmlp/fast.py runs the same steps faster; `npmlp train` picks one with --engine.
+npmlp/fast/ runs the same steps faster; `npmlp train` picks one with --engine.
 """
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .errors import UsageError
-from .model import SEED
+from .mlp import SEED
 
 BLOCK = 1000         # minibatch indices are drawn BLOCK steps at a time (see batch_block)
 WINDOW = 1000        # the divergence rule compares WINDOW-step means of the loss ...
@@ -34,13 +33,13 @@ class TrainConfig:
         for name in ("steps", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < 1:
-                raise UsageError(f"{name} must be a positive integer, got {v}")
+                raise ValueError(f"{name} must be a positive integer, got {v}")
         for name in ("lr", "lr_decayed"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v > 0):
-                raise UsageError(f"{name} must be a positive number, got {v}")
+                raise ValueError(f"{name} must be a positive number, got {v}")
         if not 0 <= self.decay_at <= 1:
-            raise UsageError(f"decay_at must be a fraction in [0, 1], got {self.decay_at}")
+            raise ValueError(f"decay_at must be a fraction in [0, 1], got {self.decay_at}")
 
     @property
     def decay_step(self) -> int:
@@ -137,7 +136,7 @@ def sample(model, vocab, n: int = 20, seed: int = SEED + 10, temperature: float 
     All n names are drawn side by side (a batch of n contexts), one character per step.
     Each returned name ends with '.'; a name cut at max_len characters does not."""
     if temperature <= 0 or not np.isfinite(temperature):
-        raise UsageError(f"temperature must be a positive number, got {temperature}")
+        raise ValueError(f"temperature must be a positive number, got {temperature}")
     # name i reads its own uniform stream (seed, i): the first k of n names do not depend on n
     u = np.stack([np.random.default_rng([seed, i]).random(max_len) for i in range(n)])  # (n, max_len)
     ctx = np.zeros((n, model.block_size), np.int64)             # (n, T)

@@ -28,7 +28,7 @@ def tiny_names(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_names, tmp_path_factory) -> Path:
     """A finished 400-step run of a small lecture-2 model on tiny_names (read it, don't change it)."""
-    from npmlp import cli
+    from npmlp.app import cli
     out = tmp_path_factory.mktemp("runs") / "run"
     assert cli.main(["train", "--data", str(tiny_names), "--steps", "400", "--quiet", "--out", str(out),
                      "--n-embd", "4", "--n-hidden", "16"]) == 0

@@ -29,13 +29,12 @@ needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed 
 def real_names_path() -> Path:
     """The lecture's names.txt, found the way npmlp finds it: $NPMLP_DATA, then the cache, then
     the checked download (into the cache). Offline with no copy: one line saying how to pass one."""
-    from npmlp.data import cache_path, data_source, load_words
-    from npmlp.errors import NpmlpError
+    from npmlp.data import DataError, cache_path, data_source, load_words
     path = data_source(None)
     try:
         load_words(path)                                # reads, or fills the cache
         problem = None
-    except NpmlpError as e:
+    except DataError as e:
         problem = str(e)
     if problem:                                         # outside the except: no chained traceback
         pytest.fail(f"the tests need the lecture's names.txt: {problem}", pytrace=False)
@@ -71,7 +70,7 @@ def run_cli(*args, env: dict | None = None, timeout: float = 300, cwd=None) -> s
 def run_main(capsys, *argv):
     """`npmlp ARGV` in-process through cli.main -> (exit code, stdout, stderr); argparse's own
     errors (which exit) give their exit code too."""
-    from npmlp import cli
+    from npmlp.app import cli
     try:
         code = cli.main([str(a) for a in argv])
     except SystemExit as e:
@@ -151,7 +150,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 def temp_files(folder: Path) -> list[Path]:
-    """Leftovers of an atomic write (fileio.atomic_open names them .NAME.XXXX.tmp)."""
+    """Leftovers of an atomic write (data.atomic_open names them .NAME.XXXX.tmp)."""
     return sorted(Path(folder).rglob(".*.tmp")) if Path(folder).exists() else []
 
 

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from helpers import check, make_names, needs_torch
 
-from npmlp import fast, gradcheck, train
+from npmlp import gradcheck, train
 from npmlp.bn import BNMLP
+from npmlp.fast import engine as fast
 from npmlp.layers import batchnorm_backward, batchnorm_forward
-from npmlp.model import MLP
+from npmlp.mlp import MLP
 
 RTOL = 1e-10
 
@@ -88,7 +89,7 @@ def random_bn(V=11, T=3, E=4, H=9, seed=0, dtype=np.float64):
 @needs_torch
 @pytest.mark.parametrize("V,T,E,H,B", [(27, 3, 10, 200, 32), (11, 3, 4, 9, 2), (53, 5, 3, 64, 300), (5, 1, 1, 1, 7)])
 def test_bn_model_every_atom_vs_torch(V, T, E, H, B):
-    from npmlp.reference import torch_loss_and_grads
+    from npmlp.torch_mirrors import torch_loss_and_grads
     model, rng = random_bn(V, T, E, H, seed=B)
     X, Y = rng.integers(0, V, (B, T)), rng.integers(0, V, B)
     loss, cache = model.forward(X, Y)
@@ -141,7 +142,7 @@ def test_bn_init_is_part_4s():
 
 @needs_torch
 def test_bn_trajectory_200_steps_vs_torch():
-    from npmlp.reference import torch_sgd
+    from npmlp.torch_mirrors import torch_sgd
     vocab, X, Y = small_data()
     model = BNMLP.init(vocab.size, n_hidden=30, seed=7, dtype=np.float64)
     init = BNMLP(model.params)

@@ -13,22 +13,15 @@ import signal
 
 import numpy as np
 import pytest
-from helpers import (
-    TINY,
-    StopAfter,
-    assert_user_error,
-    make_names,
-    notes,
-    run_cli,
-    snapshot,
-    temp_files,
-)
+from helpers import (TINY, StopAfter, assert_user_error, make_names, notes, run_cli, snapshot, temp_files)
 
-from npmlp import cli, runs
-from npmlp.checkpoint import load_checkpoint, save_checkpoint
-from npmlp.errors import NpmlpError
-from npmlp.fileio import atomic_open
-from npmlp.model import MLP, PARAM_NAMES
+import npmlp.fast
+from npmlp.app import cli
+from npmlp.app import rundir as runs
+from npmlp.app.checkpoint import load_checkpoint, save_checkpoint
+from npmlp.app.errors import NpmlpError
+from npmlp.app.files import atomic_open
+from npmlp.mlp import MLP, PARAM_NAMES
 from npmlp.train import TrainConfig
 
 STEPS, STOP_AT = 300, 100
@@ -343,12 +336,12 @@ def test_checkpoint_params_are_exactly_the_trained_ones(interrupted):
     assert set(arrays_of(interrupted)) == {*PARAM_NAMES, "meta", "lossi"}
     assert meta["format"] == "npmlp-checkpoint-2" and meta["model"] == "mlp"
     assert meta["sizes"] == {"block_size": 3, "n_embd": 2, "n_hidden": 8}
-    assert meta["run"]["engine"] == "fast" and meta["run"]["arithmetic"] == runs.ARITHMETIC["fast"]
+    assert meta["run"]["engine"] == "fast" and meta["run"]["arithmetic"] == npmlp.fast.ARITHMETIC["fast"]
     cfg, run = TrainConfig(**meta["train"]), meta["run"]
-    data = runs.Splits(run["data"], run["split_seed"], model.block_size)
+    data = runs.splits(run["data"], run["split_seed"], model.block_size)
     again = MLP.init(vocab.size, **meta["sizes"], seed=cfg.seed, dtype=model.dtype, scheme=run["init"])
     ref_lossi = np.zeros(cfg.steps, np.float32)
-    with runs.engine_steps(run["engine"], again, cfg.batch_size) as steps:
+    with npmlp.fast.steps(run["engine"], again, cfg.batch_size) as steps:
         _, step = steps(*data.train, cfg, ref_lossi, 0, STOP_AT, None)
     assert step == meta["step"] == STOP_AT
     assert same_params(again, model)

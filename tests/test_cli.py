@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from helpers import assert_png, run_main
 
-from npmlp import __version__, cli
-from npmlp.checkpoint import load_checkpoint
+from npmlp import __version__
+from npmlp.app import cli
+from npmlp.app.checkpoint import load_checkpoint
 from npmlp.data import build_dataset
 from npmlp.train import evaluate, sample
 
@@ -54,7 +55,7 @@ def test_plot_redraws_a_run(capsys, run_dir, tmp_path):
 
 
 def test_pca_projection_keeps_the_most_variance():
-    from npmlp.plots import embedding_2d
+    from npmlp.app.plots import embedding_2d
 
     C = np.random.default_rng(0).standard_normal((27, 6)) * [5, 1, 3, 0.1, 0.1, 0.1]
     pts, xlabel, _ = embedding_2d(C, pca=True)
@@ -134,7 +135,7 @@ def test_version(capsys):
 
 def test_import_npmlp_stays_light():
     """Neither torch nor matplotlib is imported by the package, the CLI or the reading tools."""
-    code = ("import sys, npmlp, npmlp.cli, npmlp.gradcheck, npmlp.lrfind, npmlp.runs, npmlp.fast; "
+    code = ("import sys, npmlp, npmlp.app.cli, npmlp.gradcheck, npmlp.app.lrfind, npmlp.app.rundir, npmlp.fast.engine; "
             "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from npmlp import data
-from npmlp.data import Vocab, build_dataset, load_words, parse_words, split_words
-from npmlp.errors import NpmlpError
+from npmlp.data import DataError, Vocab, build_dataset, load_words, parse_words, split_words
 
 
 def lecture_build_dataset(words, block_size):
@@ -131,9 +130,9 @@ def test_build_dataset_edge_cases():
     X, Y = build_dataset(["a"], vocab, 1)
     assert X.tolist() == [[0], [1]] and Y.tolist() == [1, 0]
     assert_rows_equal(["a", "b", "ab", "ba", "abababababab"], 5, vocab)  # words shorter and longer than T
-    with pytest.raises(NpmlpError, match="block_size"):
+    with pytest.raises(DataError, match="block_size"):
         build_dataset(["a"], vocab, 0)
-    with pytest.raises(NpmlpError, match="'c'"):
+    with pytest.raises(DataError, match="'c'"):
         build_dataset(["abc"], vocab, 3)
 
 
@@ -168,9 +167,9 @@ def test_index_dtype_by_vocab_size(n_chars, dtype):
 
 def test_vocab_rejects_unknown_and_dot():
     vocab = Vocab.from_words(["abc"])
-    with pytest.raises(NpmlpError, match="'z'"):
+    with pytest.raises(DataError, match="'z'"):
         vocab.encode("abz")
-    with pytest.raises(NpmlpError):
+    with pytest.raises(DataError):
         Vocab.from_words(["a.b"])
 
 
@@ -178,7 +177,7 @@ def test_parse_words_normalises():
     notes = []
     assert parse_words("\ufeffemma\r\n  olivia \n\nAva\n".encode(), "x", notes) == ["emma", "olivia", "Ava"]
     assert len(notes) == 3 and any("blank" in n for n in notes)
-    with pytest.raises(NpmlpError, match="'.'"):
+    with pytest.raises(DataError, match="'.'"):
         parse_words(b"a.b\n")
 
 
@@ -275,13 +274,13 @@ def test_download_checks_sha_and_writes_cache(tmp_path, monkeypatch, names_path)
     assert dest.read_bytes() == real
     monkeypatch.setattr(requests, "get", lambda url, timeout: Resp(real[:-1]))
     dest2 = tmp_path / "d" / "names.txt"
-    with pytest.raises(NpmlpError, match="SHA-256"):
+    with pytest.raises(DataError, match="SHA-256"):
         data.download(dest2, url="http://example.invalid/names.txt")
     assert not dest2.exists()
 
 
 def test_missing_explicit_file_is_a_clear_error(tmp_path):
-    with pytest.raises(NpmlpError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         load_words(tmp_path / "nope.txt")
-    with pytest.raises(NpmlpError, match="directory"):
+    with pytest.raises(DataError, match="directory"):
         load_words(tmp_path)

@@ -34,7 +34,7 @@ def random_deep(V=11, H=12, layers=3, batchnorm=1, seed=0):
 @pytest.mark.parametrize("batchnorm", [1, 0])
 @pytest.mark.parametrize("V,H,layers,B", [(27, 100, 5, 32), (11, 12, 1, 2), (53, 40, 3, 257)])
 def test_deep_every_layer_vs_torch(V, H, layers, B, batchnorm):
-    from npmlp.reference import torch_loss_and_grads
+    from npmlp.torch_mirrors import torch_loss_and_grads
     model, rng = random_deep(V, H, layers, batchnorm, seed=B)
     X, Y = rng.integers(0, V, (B, 3)), rng.integers(0, V, B)
     loss, cache = model.forward(X, Y)
@@ -55,7 +55,7 @@ def test_batchnorm1d_running_statistics_vs_torch_module(B, H):
     rng = np.random.default_rng(B)
     params = {"gamma1": 1 + rng.standard_normal(H) * 0.2, "beta1": rng.standard_normal(H) * 0.2}
     buffers = {"running_mean1": np.zeros(H), "running_var1": np.ones(H)}
-    mine = BatchNorm1d("bn", params, buffers, 1)
+    mine = BatchNorm1d("bn", params, buffers, "gamma1", "beta1", "running_mean1", "running_var1")
     ref = torch.nn.BatchNorm1d(H, dtype=torch.float64)
     with torch.no_grad():
         ref.weight.copy_(torch.tensor(params["gamma1"]))
@@ -75,7 +75,7 @@ def test_batchnorm1d_running_statistics_vs_torch_module(B, H):
 @needs_torch
 @pytest.mark.parametrize("batchnorm", [1, 0])
 def test_deep_trajectory_200_steps_vs_torch(batchnorm):
-    from npmlp.reference import torch_sgd
+    from npmlp.torch_mirrors import torch_sgd
     vocab, X, Y = small_data()
     model = Deep.init(vocab.size, n_hidden=24, n_layers=3, batchnorm=batchnorm, seed=4, dtype=np.float64)
     init = Deep(model.params)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from helpers import StopAfter, make_names, needs_torch
 
-from npmlp import cli, diagnose, train
+from npmlp import train
+from npmlp.app import cli, diagnose
 from npmlp.deep import Deep
-from npmlp.model import MLP
+from npmlp.mlp import MLP
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -26,7 +27,7 @@ def small_data():
 @needs_torch
 @pytest.mark.parametrize("kind", ["mlp", "deep"])
 def test_readings_follow_their_definitions(kind):
-    from npmlp.reference import torch_loss_and_grads
+    from npmlp.torch_mirrors import torch_loss_and_grads
     vocab, X, Y = small_data()
     model = (MLP.init(vocab.size, n_hidden=40, dtype=np.float64) if kind == "mlp" else
              Deep.init(vocab.size, n_hidden=30, n_layers=3, dtype=np.float64))

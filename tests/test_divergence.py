@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from helpers import TINY, assert_user_error, make_names, run_cli, temp_files
 
-from npmlp import runs
-from npmlp.checkpoint import load_checkpoint
-from npmlp.model import MLP
+import npmlp.fast
+from npmlp.app import rundir as runs
+from npmlp.app.checkpoint import load_checkpoint
+from npmlp.app.files import LOCK
+from npmlp.mlp import MLP
 from npmlp.train import EXPLODE, WINDOW, TrainConfig, batch_rows
 
 MESSAGE = re.compile(r"training diverged: the loss became NaN/inf at step ([\d,]+) \(last finite loss (\S+) "
@@ -30,9 +32,9 @@ def names(tmp_path_factory):
 
 
 def train_steps(model, meta, data, lossi, start, stop):
-    """Steps start..stop-1 of the run, by the engine it recorded (runs.engine_steps, as `npmlp train`)."""
+    """Steps start..stop-1 of the run, by the engine it recorded (npmlp.fast.steps, as `npmlp train`)."""
     cfg = TrainConfig(**meta["train"])
-    with runs.engine_steps(meta["run"]["engine"], model, cfg.batch_size) as steps:
+    with npmlp.fast.steps(meta["run"]["engine"], model, cfg.batch_size) as steps:
         _, step = steps(*data.train, cfg, lossi, start, stop, None)
     assert step == stop
     return lossi
@@ -41,7 +43,7 @@ def train_steps(model, meta, data, lossi, start, stop):
 def replay(meta, stop):
     """Train the same model in-process, from its seed, for `stop` steps -> (model, lossi, data)."""
     cfg, run = TrainConfig(**meta["train"]), meta["run"]
-    data = runs.Splits(run["data"], run["split_seed"], meta["sizes"]["block_size"])
+    data = runs.splits(run["data"], run["split_seed"], meta["sizes"]["block_size"])
     model = MLP.init(len(meta["itos"]), **meta["sizes"], seed=cfg.seed, dtype=np.dtype(meta["dtype"]),
                      scheme=run["init"])
     lossi = train_steps(model, meta, data, np.zeros(cfg.steps, np.float32), 0, stop)
@@ -144,12 +146,12 @@ def test_a_finite_loss_that_explodes_stops_the_run(exploded):
     # the message's numbers: base = max(first step's loss, ln V), and the mean of the losses of steps
     # 0..999, the last of them (not kept: its update was never applied) that of the saved model
     assert float(f"{max(float(lossi[0]), math.log(vocab.size)):.4g}") == base
-    cfg, data = TrainConfig(**meta["train"]), runs.Splits(meta["run"]["data"], meta["run"]["split_seed"], 3)
+    cfg, data = TrainConfig(**meta["train"]), runs.splits(meta["run"]["data"], meta["run"]["split_seed"], 3)
     X, Y = data.train
     ix = batch_rows(cfg, last, len(X))
     want = (float(np.sum(lossi, dtype=np.float64)) + float(model.loss(X[ix], Y[ix]))) / WINDOW
     assert mean > EXPLODE * base and abs(want - mean) <= 5e-4 * want, (want, mean)   # mean printed .4g
-    assert not (run / "metrics.json").exists() and temp_files(run) == [] and not (run / runs.LOCK).exists()
+    assert not (run / "metrics.json").exists() and temp_files(run) == [] and not (run / LOCK).exists()
     no_nan_anywhere(run)
     # the model saved is the one those steps trained
     ref, ref_lossi, _ = replay(meta, saved)

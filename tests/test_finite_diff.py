@@ -16,7 +16,7 @@ import pytest
 
 from npmlp.gradcheck import central_difference
 from npmlp.layers import cross_entropy_forward, linear_forward, tanh_forward
-from npmlp.model import MLP, PARAM_NAMES, param_shapes
+from npmlp.mlp import MLP, PARAM_NAMES, param_shapes
 
 EPS = 1e-5
 REL = 1e-6

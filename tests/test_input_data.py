@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from helpers import TINY, assert_user_error, make_names, notes, run_cli, snapshot
 
-from npmlp.checkpoint import load_checkpoint
-from npmlp.data import Vocab, build_dataset, load_words, parse_words
-from npmlp.errors import NpmlpError
-from npmlp.runs import Splits
+from npmlp.app.checkpoint import load_checkpoint
+from npmlp.app.rundir import Splits
+from npmlp.data import DataError, Vocab, build_dataset, load_words, parse_words
 
 NAMES = make_names(60, seed=3)
 
@@ -163,14 +162,14 @@ def test_characters_outside_the_training_vocabulary_are_named(tmp_path):
     assert train(data, out).returncode == 0
     _, vocab, _, _ = load_checkpoint(out / "model.npz")
     assert vocab == Vocab.from_words(NAMES)
-    with pytest.raises(NpmlpError, match="'Zë'"):
+    with pytest.raises(DataError, match="'Zë'"):
         build_dataset(["zoë", "Zed"], vocab, 3)
-    with pytest.raises(NpmlpError, match="'ë' in 'zoë'"):
+    with pytest.raises(DataError, match="'ë' in 'zoë'"):
         vocab.encode("zoë")
     # the path every command with a trained model takes: the run's vocabulary, another file
     other = tmp_path / "other.txt"
     other.write_text("\n".join(NAMES[:20] + ["zoë"]) + "\n")
-    with pytest.raises(NpmlpError, match=r"characters 'ë' are not in the model's vocabulary \(names from .*other.txt\)"):
+    with pytest.raises(DataError, match=r"characters 'ë' are not in the model's vocabulary \(names from .*other.txt\)"):
         Splits(other, 42, 3, vocab)
 
 

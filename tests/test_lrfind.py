@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from helpers import PNG, assert_png, names_file, run_main
 
-from npmlp import lrfind, runs
-from npmlp.model import MLP
+import npmlp.fast
+from npmlp.app import lrfind
+from npmlp.mlp import MLP
 from npmlp.train import TrainConfig, sgd
 
 TINY = ["--n-embd", "4", "--n-hidden", "16"]
@@ -39,14 +40,14 @@ def test_suggest_steps_back_from_the_smoothed_minimum():
     assert smoothed.shape == lre.shape and np.std(np.diff(smoothed)) < np.std(np.diff(noisy))
 
 
-@pytest.mark.parametrize("engine", runs.ENGINES)
+@pytest.mark.parametrize("engine", npmlp.fast.ENGINES)
 def test_sweep_uses_one_training_step_per_rate(engine):
     """Each sweep step is the reference loop's step at that rate (bit for bit with the reference
     engine, to round-off with the fast one)."""
     rng = np.random.default_rng(1)
     X, Y = rng.integers(0, 10, (200, 3)), rng.integers(0, 10, 200)
     a, b = MLP.init(10, 3, 4, 8, seed=5, dtype=np.float64), MLP.init(10, 3, 4, 8, seed=5, dtype=np.float64)
-    with runs.engine_steps(engine, a, 16) as steps:
+    with npmlp.fast.steps(engine, a, 16) as steps:
         lossa = lrfind.sweep(steps, X, Y, [-1.0, -0.5], batch_size=16, seed=9)
     lossb = np.zeros(2, np.float32)
     for i, lr in enumerate([0.1, 10 ** -0.5]):

@@ -1,5 +1,5 @@
 """The whole MLP: loss, all five parameter gradients and the intermediates' gradients against the
-torch autograd mirror (npmlp/reference.py) over many shapes; init; validation.
+torch autograd mirror (npmlp/torch_mirrors.py) over many shapes; init; validation.
 
 Legend: B batch, T block_size, E n_embd, H n_hidden, V vocab size.
 Each gradient is compared as max|mine - torch| / (largest magnitude summed into it), see
@@ -23,9 +23,8 @@ from helpers import check, magnitude_scales, needs_torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npmlp.errors import UsageError
-from npmlp.model import ACT_NAMES, MLP, PARAM_NAMES, param_shapes
-from npmlp.reference import torch_loss_and_grads
+from npmlp.mlp import ACT_NAMES, MLP, PARAM_NAMES, param_shapes
+from npmlp.torch_mirrors import torch_loss_and_grads
 
 RTOL64 = 1e-10
 RTOL32 = 2e-5
@@ -208,10 +207,10 @@ def test_init_schemes():
     assert not np.any(K["b2"])
     # float32 init is the float64 init rounded
     np.testing.assert_array_equal(flat(MLP.init(27, seed=1)), flat(lec).astype(np.float32))
-    with pytest.raises(UsageError, match="scheme"):
+    with pytest.raises(ValueError, match="scheme"):
         MLP.init(27, scheme="xavier")
     for bad in ({"block_size": 0}, {"n_embd": 0}, {"n_hidden": 0}):
-        with pytest.raises(UsageError):
+        with pytest.raises(ValueError):
             MLP.init(27, **bad)
 
 

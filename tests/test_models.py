@@ -1,4 +1,4 @@
-"""Every command for every model (npmlp/models.py): train, --resume bit-identical, eval, sample,
+"""Every command for every model (npmlp/app/registry.py): train, --resume bit-identical, eval, sample,
 plot, gradcheck (float64 and float32), lr-find and diagnose for mlp, bn and deep; checkpoints that
 name their model and sizes and carry the statistics; options a model does not have refused.
 Commands run in-process through cli.main on generated names and small sizes."""
@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from helpers import StopAfter, make_names, names_file, needs_torch, run_main
 
-from npmlp import cli, gradcheck
-from npmlp.checkpoint import load_checkpoint
+from npmlp import gradcheck
+from npmlp.app import cli
+from npmlp.app.checkpoint import load_checkpoint
 from npmlp.data import Vocab, build_dataset, split_words
-from npmlp.train import evaluate
+from npmlp.train import TrainConfig, evaluate
 
 SMALL = {"mlp": ["--n-hidden", "16", "--n-embd", "4"], "bn": ["--n-hidden", "16", "--n-embd", "4"],
          "deep": ["--n-hidden", "12", "--n-embd", "4", "--n-layers", "2"]}
@@ -150,10 +151,25 @@ def meta_of(run):
     return load_checkpoint(run / "model.npz")[2]
 
 
-def test_models_default_sizes_have_one_home():
-    from npmlp.models import MODELS
-    assert MODELS["mlp"].DEFAULTS == {"block_size": 3, "n_embd": 10, "n_hidden": 200}
-    assert MODELS["bn"].DEFAULTS == MODELS["mlp"].DEFAULTS
-    assert MODELS["deep"].DEFAULTS["n_hidden"] == 100 and MODELS["deep"].DEFAULTS["n_layers"] == 5
+def test_models_default_sizes_have_one_home(monkeypatch):
+    """A model's DEFAULTS is the one home of its sizes: changed there, the help text, the sizes the
+    options give and the model's own init all follow; the training options' defaults are
+    TrainConfig's."""
+    import argparse
+
+    from npmlp.app import options
+    from npmlp.app.registry import MODELS
+    monkeypatch.setitem(MODELS["mlp"].DEFAULTS, "n_hidden", 123)
+    monkeypatch.setitem(MODELS["deep"].DEFAULTS, "n_layers", 7)
+    help_text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
+    assert "hidden units H (default 123; deep: 100)" in help_text
+    assert "hidden layers (default 7)" in help_text
+    for kind, want in (("mlp", {"n_hidden": 123}), ("deep", {"n_layers": 7})):
+        args = argparse.Namespace(model=kind, init=None, **{k: None for k in MODELS[kind].DEFAULTS})
+        _, sizes, _ = options.model_options(args, [])
+        assert sizes == {**MODELS[kind].DEFAULTS, **want}
     vocab = Vocab.from_words(make_names(50))
-    assert MODELS["deep"].init(vocab.size).n_hidden == 100
+    assert MODELS["mlp"].init(vocab.size).n_hidden == 123 and MODELS["deep"].init(vocab.size).n_layers == 7
+    train = cli.build_parser().parse_args(["train"])
+    assert (train.steps, train.batch_size, train.lr) == (options.TRAIN.steps, options.TRAIN.batch_size, options.TRAIN.lr)
+    assert options.TRAIN == TrainConfig()

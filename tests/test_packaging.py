@@ -1,4 +1,4 @@
-"""The distributions, built as `python -m build` builds them: the wheel holds the npmlp package only,
+"""The distributions, built as `python -m build` builds them: the wheel holds the npmlp package and its subpackages only,
 the sdist holds everything its own tests need (and they collect and pass there), and the package
 page's readme shows no image that a package index cannot find.
 
@@ -62,14 +62,16 @@ def sdist_names(sdist: Path) -> set[str]:
         return {m.name.split("/", 1)[1] for m in tar.getmembers() if "/" in m.name and m.isfile()}
 
 
-def readme_images() -> list[str]:
-    """The local images README.md shows: ![...](docs/x.png)."""
-    return re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", (REPO / "README.md").read_text())
+def page_images() -> list[str]:
+    """The local images README.md and the docs/ pages show, as paths from the top: docs/x.png."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    return [str((page.parent / link).resolve().relative_to(REPO)) for page in pages
+            for link in re.findall(r"!\[[^\]]*\]\(([^)\s:]+)\)", page.read_text())]
 
 
 # ----------------------------------------------------------------------------- the wheel
 
-def test_wheel_holds_the_package_only(dists):
+def test_wheel_holds_the_package_and_its_subpackages_only(dists):
     _, _, wheel = dists
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
@@ -79,10 +81,12 @@ def test_wheel_holds_the_package_only(dists):
     stray = [n for n in names if not n.startswith(("npmlp/", f"{dist_info}/"))]
     assert stray == [], f"the wheel should hold npmlp/ and its dist-info only, also has: {stray}"
     package = {n for n in names if n.startswith("npmlp/")}
-    assert {f"npmlp/{p.name}" for p in (REPO / "npmlp").glob("*.py")} <= package
+    modules = {str(p.relative_to(REPO)) for p in (REPO / "npmlp").rglob("*.py")}
+    assert {"npmlp/fast/engine.py", "npmlp/app/cli.py"} <= modules and modules - package == set(), \
+        f"missing from the wheel: {sorted(modules - package)}"
     assert f"{dist_info}/licenses/LICENSE" in names
     assert meta["License-Expression"] == "MIT"
-    assert "npmlp = npmlp.cli:main" in entry_points
+    assert "npmlp = npmlp.app.cli:main" in entry_points
     extras = meta.get_all("Provides-Extra")
     assert "notebook" in extras and "test" in extras
     requires = meta.get_all("Requires-Dist")
@@ -112,11 +116,11 @@ def test_sdist_carries_what_its_tests_need(dists):
     sdist, _, _ = dists
     names = sdist_names(sdist)
     want = {"LICENSE", "README.md", "pyproject.toml", "tests/conftest.py", "tests/helpers.py",
-            "examples/lecture2.py", *readme_images()}
+            "examples/lecture2.py", *page_images(), *(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))}
     for folder in ("npmlp", "tests", "benchmarks"):
-        want |= {str(p.relative_to(REPO)) for p in (REPO / folder).glob("*.py")}
+        want |= {str(p.relative_to(REPO)) for p in (REPO / folder).rglob("*.py")}
     assert want - names == set(), f"missing from the sdist: {sorted(want - names)}"
-    assert any(n.startswith("docs/") and n.endswith(".png") for n in readme_images())
+    assert any(n.startswith("docs/") and n.endswith(".png") for n in page_images())
     junk = sorted(n for n in names if "__pycache__" in n or n.endswith((".pyc", ".tmp")) or "names.txt" in n)
     assert junk == [], junk
 

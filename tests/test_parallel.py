@@ -1,4 +1,4 @@
-"""Helper processes sharing a large batch's chunks (npmlp/parallel.py): the same bits as one
+"""Helper processes sharing a large batch's chunks (npmlp/fast/parallel.py): the same bits as one
 process for any number of processes (and the reference's numbers), helpers that really run and
 really exit, a helper's failure reported as one clear error instead of a hang, and the command
 line forking its helpers before any thread exists.
@@ -20,10 +20,12 @@ import pytest
 from helpers import REPO, TINY, assert_user_error, check, run_cli, small_dataset
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from npmlp import fast, parallel, train
-from npmlp.fast import batch_chunks
-from npmlp.model import MLP, PARAM_NAMES
-from npmlp.parallel import ChunkPool, HelperFailed, Receiver, make_pool
+from npmlp import train
+from npmlp.fast import engine as fast
+from npmlp.fast import parallel
+from npmlp.fast.engine import batch_chunks
+from npmlp.fast.parallel import ChunkPool, HelperFailed, Receiver, make_pool
+from npmlp.mlp import MLP, PARAM_NAMES
 from npmlp.train import TrainConfig
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="helpers fork: Linux only")
@@ -333,7 +335,7 @@ def test_a_helper_killed_mid_run_saves_the_finished_steps(tmp_path, small_names)
     line = err.strip().splitlines()[-1]
     assert "helper process" in line and "exited with code -9" in line and "--resume" in line, err
     assert "Traceback" not in err
-    from npmlp.checkpoint import load_checkpoint
+    from npmlp.app.checkpoint import load_checkpoint
     _, _, meta, lossi = load_checkpoint(out / "model.npz")
     assert meta["step"] > 0 and len(lossi) == meta["step"] and np.isfinite(lossi).all()
 
@@ -397,7 +399,7 @@ def test_the_cli_opens_the_engine_before_the_progress_bar(tmp_path, small_names,
     """cli.main in this process, watched: every fork of a helper (multiprocessing's Process.start)
     happens before the progress bar is made and before any thread is started, with no thread
     alive but those that were before cli.main (normally none but this one)."""
-    from npmlp import cli, progress
+    from npmlp.app import cli, progress
     for t in threading.enumerate():                           # e.g. the Receiver test's timers
         if t is not threading.current_thread():
             t.join(timeout=2)

@@ -14,7 +14,7 @@ import pytest
 from matplotlib import image
 from matplotlib.collections import PolyCollection
 
-from npmlp import plots
+from npmlp.app import plots
 
 CJK = (".", *"北京東都市", "a", "b")
 
@@ -189,7 +189,7 @@ def test_latin_embedding_has_no_note(tmp_path):
 
 def test_gradient_figure_with_cjk_ticks_gets_the_note(tmp_path):
     from npmlp.data import Vocab, build_dataset
-    from npmlp.model import MLP
+    from npmlp.mlp import MLP
     words = ["北京", "東京都", "京都", "ab", "都市", "ba"]
     vocab = Vocab.from_words(words)
     X, Y = build_dataset(words, vocab, 3)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npmlp.data import Vocab, build_dataset
-from npmlp.model import MLP, PARAM_NAMES, param_shapes
+from npmlp.mlp import MLP, PARAM_NAMES, param_shapes
 
 SETTINGS = settings(max_examples=40, deadline=None)
 

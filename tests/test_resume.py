@@ -18,20 +18,14 @@ import time
 
 import numpy as np
 import pytest
-from helpers import (
-    StopAfter,
-    assert_user_error,
-    check,
-    make_names,
-    run_cli,
-    snapshot,
-    temp_files,
-)
+from helpers import (StopAfter, assert_user_error, check, make_names, run_cli, snapshot, temp_files)
 
-from npmlp import cli, runs
-from npmlp.checkpoint import load_checkpoint
+import npmlp.fast
+from npmlp.app import cli
+from npmlp.app.checkpoint import load_checkpoint
+from npmlp.app.files import LOCK
 from npmlp.data import Vocab, build_dataset, load_words, split_words
-from npmlp.model import MLP
+from npmlp.mlp import MLP
 from npmlp.train import TrainConfig
 
 STEPS = 100_000  # ~25k steps/s here: the signal lands ~0.3 s in (first progress update), far before the end
@@ -109,7 +103,7 @@ def check_interrupted(run, code, err, signum, ref, steps=STEPS):
     assert 0 < step < steps and meta["step"] == step and not meta["complete"]
     assert np.array_equal(lossi, arrays(ref)["lossi"][:step]), "the losses so far must match the reference"
     assert temp_files(run) == [] and not (run / "metrics.json").exists()
-    assert not (run / runs.LOCK).exists(), "the run directory's lock must be released on a signal"
+    assert not (run / LOCK).exists(), "the run directory's lock must be released on a signal"
     return step, shlex.split(resume_cmd)[1:]
 
 
@@ -175,7 +169,7 @@ def test_sigterm_twice_then_resume_from_a_moved_file_is_bit_identical(tmp_path, 
 def engine_runs(names, tmp_path_factory):
     """engine -> an uninterrupted float64 run of ENGINE_STEPS steps trained by that engine."""
     runs_ = {}
-    for engine in runs.ENGINES:
+    for engine in npmlp.fast.ENGINES:
         out = tmp_path_factory.mktemp(engine) / "run"
         r = run_cli("train", "--data", names, "--steps", ENGINE_STEPS, *MODEL, "--dtype", "float64",
                     "--engine", engine, "--out", out, "--quiet", "--no-plots")
@@ -200,22 +194,22 @@ def test_the_engines_train_the_same_model_to_round_off(engine_runs):
     for k in ("train_loss", "dev_loss", "test_loss"):
         check(k, mf[k], mr[k], 1e-10)
     for engine, m in (("fast", mf), ("reference", mr)):
-        assert m["config"]["engine"] == engine and m["config"]["arithmetic"] == runs.ARITHMETIC[engine]
+        assert m["config"]["engine"] == engine and m["config"]["arithmetic"] == npmlp.fast.ARITHMETIC[engine]
         assert load_checkpoint(engine_runs[engine] / "model.npz")[2]["run"]["engine"] == engine
 
 
 def test_the_engines_take_the_same_steps_in_float64(names):
-    """runs.engine_steps, the steps `npmlp train` runs, with a float64 loss history: the per-step losses
+    """npmlp.fast.steps, the steps `npmlp train` runs, with a float64 loss history: the per-step losses
     and the parameters of both engines agree to 1e-10 relative over 2,000 steps (two index blocks)."""
     words = load_words(names)
     vocab = Vocab.from_words(words)
     X, Y = build_dataset(split_words(words, 42)[0], vocab, 3)
     cfg = TrainConfig(steps=2000, batch_size=32, lr=0.2, lr_decayed=0.02)
     out = {}
-    for engine in runs.ENGINES:
+    for engine in npmlp.fast.ENGINES:
         model = MLP.init(vocab.size, 3, 2, 8, dtype=np.float64)
         lossi = np.zeros(cfg.steps, np.float64)
-        with runs.engine_steps(engine, model, cfg.batch_size) as steps:
+        with npmlp.fast.steps(engine, model, cfg.batch_size) as steps:
             steps(X, Y, cfg, lossi, 0, cfg.steps, None)
         out[engine] = model, lossi
     (fast, fast_lossi), (ref, ref_lossi) = out["fast"], out["reference"]
@@ -250,7 +244,7 @@ def stopped(tmp_path, names, monkeypatch):
     out = tmp_path / "stopped"
     monkeypatch.setattr(cli, "StopFlag", lambda: StopAfter(50))
     assert cli.main(["train", "--data", str(names), "--steps", "200", *MODEL, "--out", str(out), "--quiet"]) == 130
-    assert not (out / runs.LOCK).exists()
+    assert not (out / LOCK).exists()
     return out
 
 
@@ -382,11 +376,11 @@ def test_resume_after_a_stop_during_evaluation_writes_the_metrics(tmp_path, refe
 
 
 def test_resume_of_a_run_from_an_older_npmlp_says_it_is_not_bit_identical(stopped, capsys):
-    """Runs record their engine's runs.ARITHMETIC; one written before the key existed (or by another rounding)
+    """Runs record their engine's npmlp.fast.ARITHMETIC; one written before the key existed (or by another rounding)
     resumes, with a note that it does not continue bit-identically."""
-    from npmlp.checkpoint import save_checkpoint
+    from npmlp.app.checkpoint import save_checkpoint
     model, vocab, meta, lossi = load_checkpoint(stopped / "model.npz")
-    assert meta["run"]["arithmetic"] == runs.ARITHMETIC["fast"]
+    assert meta["run"]["arithmetic"] == npmlp.fast.ARITHMETIC["fast"]
     del meta["run"]["arithmetic"]
     save_checkpoint(stopped / "model.npz", model, vocab, meta, lossi)
     capsys.readouterr()
@@ -394,4 +388,4 @@ def test_resume_of_a_run_from_an_older_npmlp_says_it_is_not_bit_identical(stoppe
     assert cli.main(["train", "--resume", str(stopped), "--quiet", "--no-plots"]) == 130
     err = capsys.readouterr().err
     assert "trained by an older npmlp" in err and "not bit-identically" in err
-    assert load_checkpoint(stopped / "model.npz")[2]["run"]["arithmetic"] == runs.ARITHMETIC["fast"]
+    assert load_checkpoint(stopped / "model.npz")[2]["run"]["arithmetic"] == npmlp.fast.ARITHMETIC["fast"]

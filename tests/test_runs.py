@@ -20,20 +20,15 @@ import time
 
 import numpy as np
 import pytest
-from helpers import (
-    TINY,
-    StopAfter,
-    assert_user_error,
-    make_names,
-    notes,
-    run_cli,
-    snapshot,
-)
+from helpers import (TINY, StopAfter, assert_user_error, make_names, notes, run_cli, snapshot)
 
-from npmlp import cli, runs
-from npmlp.checkpoint import load_checkpoint
+import npmlp.fast
+from npmlp.app import cli
+from npmlp.app import rundir as runs
+from npmlp.app.checkpoint import load_checkpoint
+from npmlp.app.files import LOCK
 from npmlp.data import Vocab, build_dataset, load_words, split_words
-from npmlp.model import MLP
+from npmlp.mlp import MLP
 from npmlp.train import TrainConfig, evaluate
 
 LOUD = ("--n-hidden", "8", "--n-embd", "2", "--no-plots")   # TINY without --quiet: notes are printed
@@ -56,7 +51,7 @@ def hold(p, run) -> None:
     """Wait until `p` holds the lock of `run` (its pid is in the lock file), then freeze it with SIGSTOP:
     it keeps the lock without training on, however long the checks take."""
     deadline = time.monotonic() + 120
-    lock = run / runs.LOCK
+    lock = run / LOCK
     while not (lock.exists() and str(p.pid) in lock.read_text(errors="replace")):
         assert p.poll() is None, f"npmlp ended (exit {p.returncode}) before it held {lock}:\n{stderr_of(p)}"
         assert time.monotonic() < deadline, f"no lock file with pid {p.pid} within 120 s"
@@ -102,14 +97,14 @@ def test_a_second_train_into_a_running_directory_is_refused(tmp_path, names, sta
     holder = start("train", "--data", names, "--steps", 10**6, "--out", run, *TINY)
     hold(holder, run)
     before = snapshot(run)
-    assert before.keys() == {runs.LOCK}
+    assert before.keys() == {LOCK}
     for args in (["--data", names, "--steps", 10, "--out", run, *TINY], ["--resume", run, "--quiet"]):
         r = run_cli("train", *args)
         assert_user_error(r, 2, f"{run} is in use", f"(pid {holder.pid})")
         assert snapshot(run) == before
     kill(holder)
     assert holder.returncode == -signal.SIGKILL
-    assert (run / runs.LOCK).read_text() == f"{holder.pid}\n" and not (run / "model.npz").exists()
+    assert (run / LOCK).read_text() == f"{holder.pid}\n" and not (run / "model.npz").exists()
 
 
 def test_a_killed_run_leaves_a_lock_file_that_resume_notes(tmp_path, names, start, monkeypatch):
@@ -119,11 +114,11 @@ def test_a_killed_run_leaves_a_lock_file_that_resume_notes(tmp_path, names, star
     monkeypatch.setattr(cli, "StopFlag", lambda: StopAfter(50))
     assert cli.main(["train", "--data", str(names), "--steps", "20000", "--out", str(run), *TINY]) == 130
     monkeypatch.undo()
-    assert not (run / runs.LOCK).exists()
+    assert not (run / LOCK).exists()
     holder = start("train", "--resume", run, "--quiet")
     hold(holder, run)
     kill(holder)
-    assert (run / runs.LOCK).read_text() == f"{holder.pid}\n"
+    assert (run / LOCK).read_text() == f"{holder.pid}\n"
 
     r = run_cli("train", "--resume", run, *LOUD)
     assert r.returncode == 0, r.stderr
@@ -131,7 +126,7 @@ def test_a_killed_run_leaves_a_lock_file_that_resume_notes(tmp_path, names, star
     assert len(stale) == 1 and "killed" in stale[0], r.stderr
     _, _, meta, lossi = load_checkpoint(run / "model.npz")
     assert meta["complete"] and len(lossi) == 20000 and (run / "metrics.json").is_file()
-    assert not (run / runs.LOCK).exists(), "a run that ends must remove its lock file"
+    assert not (run / LOCK).exists(), "a run that ends must remove its lock file"
 
 
 def test_the_lock_names_the_run_that_took_over_a_stale_one(tmp_path, names, start):
@@ -139,13 +134,13 @@ def test_the_lock_names_the_run_that_took_over_a_stale_one(tmp_path, names, star
     one: a third `npmlp train` is told exactly that pid, and the file holds just it."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / runs.LOCK).write_text("4194000\n")      # what a killed run leaves (its flock is gone with it)
+    (run / LOCK).write_text("4194000\n")      # what a killed run leaves (its flock is gone with it)
     holder = start("train", "--data", names, "--steps", 10**6, "--out", run, *LOUD)
     hold(holder, run)
     r = run_cli("train", "--resume", run, "--quiet")
     line = assert_user_error(r, 2, f"{run} is in use")
     assert f"(pid {holder.pid})" in line, line
-    assert (run / runs.LOCK).read_bytes() == f"{holder.pid}\n".encode(), (run / runs.LOCK).read_bytes()
+    assert (run / LOCK).read_bytes() == f"{holder.pid}\n".encode(), (run / LOCK).read_bytes()
 
 
 # ----------------------------------------------------------------------------- Ctrl-C after the last step
@@ -160,7 +155,7 @@ def check_trained(run, steps):
     """All steps done and saved: a complete checkpoint with every loss, and no lock left."""
     model, _, meta, lossi = load_checkpoint(run / "model.npz")
     assert meta["step"] == steps and meta["complete"] and len(lossi) == steps and np.isfinite(lossi).all()
-    assert not (run / runs.LOCK).exists()
+    assert not (run / LOCK).exists()
     return model, lossi
 
 
@@ -168,7 +163,7 @@ def test_ctrl_c_while_drawing_keeps_model_and_metrics(tmp_path, names, monkeypat
     """Ctrl-C during the figures: exit 130, model.npz and metrics.json complete, and a message pointing
     at `npmlp plot RUN`, which then draws them; `--resume RUN` says the run is finished (exit 2)."""
     run = tmp_path / "run"
-    interrupt_in(monkeypatch, "npmlp.plots.write_run_figures")
+    interrupt_in(monkeypatch, "npmlp.app.plots.write_run_figures")
     code = cli.main(["train", "--data", str(names), "--steps", "300", "--out", str(run), *TINY])
     err = capsys.readouterr().err
     assert code == 130, err
@@ -239,13 +234,13 @@ def test_split_seed_none_trains_on_the_file_order(tmp_path, names):
     assert json.loads((run / "metrics.json").read_text())["config"]["split_seed"] is None
 
     vocab, train, dev, test = file_order_splits(names)
-    splits = runs.Splits(names, None, 3)
+    splits = runs.splits(names, None, 3)
     for mine, want in zip((splits.train, splits.dev, splits.test), (train, dev, test)):
         assert all(np.array_equal(a, b) for a, b in zip(mine, want))
     cfg = TrainConfig(**meta["train"])
     again = MLP.init(vocab.size, 3, 2, 8, seed=cfg.seed)
     again_lossi = np.zeros(cfg.steps, np.float32)
-    with runs.engine_steps(meta["run"]["engine"], again, cfg.batch_size) as steps:
+    with npmlp.fast.steps(meta["run"]["engine"], again, cfg.batch_size) as steps:
         steps(*train, cfg, again_lossi, 0, cfg.steps, None)
     assert same_params(again, model) and np.array_equal(again_lossi, lossi)
 
@@ -253,7 +248,7 @@ def test_split_seed_none_trains_on_the_file_order(tmp_path, names):
     assert r.returncode == 0, r.stderr
     want = "   ".join(f"{k} loss {evaluate(model, *xy):.4f}" for k, xy in zip(("train", "dev", "test"),
                                                                           (train, dev, test)))
-    shuffled = runs.Splits(names, 42, 3)
+    shuffled = runs.splits(names, 42, 3)
     other = "   ".join(f"{k} loss {evaluate(model, *xy):.4f}" for k, xy in shuffled.items())
     assert r.stdout.strip() == want and want != other
 

@@ -1,10 +1,13 @@
-"""torch autograd mirrors of npmlp's models, for tests, benchmarks and `npmlp gradcheck` only.
+"""torch autograd mirrors of npmlp's models: the same forwards written in torch, for the tests,
+the benchmarks and `npmlp gradcheck` (its torch column) only.
 
 torch is imported inside the functions: `import npmlp` never needs it.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from .layers import BN_EPS
 
 
 def torch_available() -> bool:
@@ -44,7 +47,7 @@ def bn_forward(P, X, Y, buffers=None):
     bndiff = hprebn - bnmeani                                  # (B, H)
     bndiff2 = bndiff ** 2                                      # (B, H)
     bnvar = 1 / (n - 1) * bndiff2.sum(0, keepdim=True)         # (1, H) Bessel's correction
-    bnvar_inv = (bnvar + 1e-5) ** -0.5                         # (1, H)
+    bnvar_inv = (bnvar + BN_EPS) ** -0.5                       # (1, H)
     bnraw = bndiff * bnvar_inv                                 # (B, H)
     hpreact = P["bngain"] * bnraw + P["bnbias"]                # (B, H)
     h = torch.tanh(hpreact)                                    # (B, H)
@@ -72,7 +75,7 @@ def deep_forward(P, X, Y, buffers=None):
         acts["logits" if i == n and not bn else f"linear{i}"] = x
         if bn:
             mean, var = (None, None) if buffers is None else (buffers[f"running_mean{i}"], buffers[f"running_var{i}"])
-            x = F.batch_norm(x, mean, var, P[f"gamma{i}"], P[f"beta{i}"], training=True, momentum=0.1, eps=1e-5)
+            x = F.batch_norm(x, mean, var, P[f"gamma{i}"], P[f"beta{i}"], training=True, momentum=0.1, eps=BN_EPS)
             acts["logits" if i == n else f"batchnorm{i}"] = x
         if i < n:
             x = acts[f"tanh{i}"] = torch.tanh(x)

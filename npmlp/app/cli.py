@@ -1,8 +1,8 @@
-"""`npmlp` console script: options in, calls to runs.py and the reading tools, lines out.
-A user's mistake ends in one line on stderr and exit 2 (usage) or 1 (runtime); never a traceback."""
+"""`npmlp` console script: options in (options.py), calls to the run directory (rundir.py) and
+the reading tools, lines out. A user's mistake ends in one line on stderr and exit 2 (usage) or
+1 (runtime); never a traceback."""
 from __future__ import annotations
 
-import argparse
 import shlex
 import signal
 import sys
@@ -11,130 +11,23 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, runs
+from .. import __version__, fast
+from ..data import DataError
+from ..fast.parallel import HelperFailed
+from ..gradcheck import minibatch
+from ..mlp import SEED
+from ..train import TrainConfig, evaluate, sample
+from . import rundir
 from .checkpoint import load_checkpoint
 from .errors import NpmlpError, UsageError
-from .fast import CHUNK
-from .model import SEED
-from .models import MODELS, model_class, train_default
-from .train import TrainConfig, evaluate, sample
+from .files import claim, make_out_dir
+from .options import (DTYPES, MODEL_OPTIONS, TRAIN, TRAIN_OPTIONS, Parser, add_batch_arg, add_data_args,
+                      add_engine_args, add_model_args, check_batch, check_engine, flag, fraction,
+                      model_options, non_negative_int, positive_float, positive_int, train_config,
+                      typed_options)
+from .registry import make_model
 
-DTYPES = {"float32": np.float32, "float64": np.float64}
-
-
-# ----------------------------------------------------------------------------- option types
-
-class Parser(argparse.ArgumentParser):
-    """argparse with the project's one-line errors: `npmlp: error: ...`, exit 2, no usage dump.
-    Subparsers inherit the class, so every subcommand reports the same way."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)  # every typed option is spelled out: see typed_options
-        super().__init__(*args, **kwargs)
-
-    def error(self, message):
-        self.exit(2, f"npmlp: error: {message} (see `{self.prog} --help`)\n")
-
-
-def int_at_least(low: int, what: str):
-    """An argparse type: an integer >= low, else "must be WHAT, got VALUE"."""
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {s!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {s}")
-        return v
-    return parse
-
-
-positive_int = int_at_least(1, "a positive integer")
-non_negative_int = int_at_least(0, "a whole number >= 0")
-
-
-def positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {s!r}") from None
-    if not (np.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
-    return v
-
-
-def fraction(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        v = -1.0
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1, got {s!r}")
-    return v
-
-
-def split_seed(s: str) -> int | None:
-    """An integer seed, or 'none': the file's own order (the seed notebook's split)."""
-    if s.lower() == "none":
-        return None
-    return non_negative_int(s)
-
-
-def add_data_args(p):
-    p.add_argument("--data", metavar="FILE", help="names file, one per line (default: $NPMLP_DATA, "
-                   "then the cached download of the lecture's names.txt)")
-    p.add_argument("--split-seed", type=split_seed, default=42, metavar="SEED",
-                   help="shuffle seed of the 80/10/10 split (default 42, the lecture's); 'none' keeps "
-                        "the file's order")
-
-
-def add_model_args(p, dtype: str = "float32"):
-    """The model, its sizes (left None: the model's own defaults), dtype, init and seed."""
-    p.add_argument("--model", choices=MODELS, default="mlp", help="mlp: lecture 2's (default); bn: with "
-                   "BatchNorm, part 4's; deep: part 3's stack of layers")
-    p.add_argument("--block-size", type=positive_int, help="context length T (default 3)")
-    p.add_argument("--n-embd", type=positive_int, help="embedding size E (default 10)")
-    p.add_argument("--n-hidden", type=positive_int, help="hidden units H (default 200; deep: 100)")
-    p.add_argument("--n-layers", type=positive_int, help="deep only: hidden layers (default 5)")
-    p.add_argument("--no-batchnorm", dest="batchnorm", action="store_const", const=0,
-                   help="deep only: part 3's plain stack, Linear (with b) -> Tanh, no BatchNorm1d")
-    p.add_argument("--dtype", choices=DTYPES, default=dtype, help=f"float32 or float64 (default {dtype})")
-    p.add_argument("--init", choices=("lecture", "kaiming"), help="mlp only. lecture: plain standard "
-                   "normal (default); kaiming: scaled for tanh (part 3)")
-    p.add_argument("--seed", type=non_negative_int, default=SEED,
-                   help=f"seed of init and minibatches (default {SEED}, the lecture's)")
-
-
-def add_engine_args(p):
-    p.add_argument("--engine", choices=runs.ENGINES, help="fast: the tuned NumPy step (default where "
-                   "the model has one); reference: the readable lecture loop (layers.py, model.py, train.py)")
-    p.add_argument("--processes", type=positive_int, metavar="N", help="fast engine: processes sharing "
-                   f"a batch of more than {CHUNK} rows (default: one per {CHUNK}-row chunk, up to the usable cores; "
-                   "the results are the same bits for any N)")
-
-
-def model_options(args, argv) -> tuple[str, dict, str | None]:
-    """(kind, sizes with the model's defaults filled in, MLP init) from the options; refuses one
-    that the chosen model does not have."""
-    cls = model_class(args.model)
-    typed = typed_options(argv)
-    if "init" in typed and args.model != "mlp":
-        raise UsageError(f"--init sets the init of the mlp model; the {args.model!r} model has its lecture's "
-                         f"own: drop --init")
-    for key, flag in (("n_layers", "--n-layers"), ("batchnorm", "--no-batchnorm")):
-        if getattr(args, key, None) is not None and key not in cls.DEFAULTS:
-            raise UsageError(f"{flag} applies to the deep model only; drop it, or add --model deep")
-    sizes = {k: getattr(args, k, None) for k in cls.DEFAULTS}
-    return args.model, {k: d if sizes[k] is None else sizes[k] for k, d in cls.DEFAULTS.items()}, \
-        (args.init or "lecture") if args.model == "mlp" else None
-
-
-def typed_options(argv) -> set[str]:
-    """Destinations of the options spelled out on the command line (`--lr 0.1`, `--lr=0.1`), so
-    --resume can refuse a typed value even when it equals the default."""
-    names = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
-    return {"batchnorm" if n == "no_batchnorm" else n for n in names}
-
+# ----------------------------------------------------------------------------- output
 
 def log(args, *msg):
     if not getattr(args, "quiet", False):
@@ -166,14 +59,12 @@ class StopFlag:
             signal.signal(s, h)
 
 
-def new_run(args, out) -> runs.Run:
+def new_run(args, out) -> rundir.Run:
     kind, sizes, init = model_options(args, args.argv)
-    engine = runs.check_engine(kind, args.engine, args.processes)
-    decay_at = train_default(kind, "decay_at", 0.5) if args.decay_at is None else args.decay_at
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      lr_decayed=args.lr_decayed or args.lr / 10, decay_at=decay_at)
-    return runs.Run.new(out, kind, sizes, cfg, args.data, args.split_seed, DTYPES[args.dtype], engine, init,
-                        args.diagnose)
+    engine = check_engine(kind, args.engine, args.processes)
+    cfg = train_config(args, kind)
+    return rundir.Run.new(out, kind, sizes, cfg, args.data, args.split_seed, DTYPES[args.dtype], engine, init,
+                          args.diagnose)
 
 
 def cmd_train(args):
@@ -183,32 +74,31 @@ def cmd_train(args):
             raise UsageError(f"--out {args.out} differs from the run's {out}; --resume continues {out} in place: "
                              f"drop --out")
         claimed: list[str] = []
-        with runs.claim(out, claimed):
+        with claim(out, claimed):
             typed = {k: getattr(args, k) for k in typed_options(args.argv) & RESUME_CHECKS}
-            return train_and_finish(args, runs.Run.resume(out, typed, args.data, args.diagnose), claimed)
+            return train_and_finish(args, rundir.Run.resume(out, typed, args.data, args.diagnose), claimed)
     out = Path(args.out or time.strftime("runs/%Y%m%d-%H%M%S"))
     run = new_run(args, out)                      # every check that needs no files: before any is made
     claimed = []
-    with runs.claim(out, claimed):
-        runs.refuse_existing(out)                 # again: a run may have started meanwhile
+    with claim(out, claimed):
+        rundir.refuse_existing(out)               # again: a run may have started meanwhile
         return train_and_finish(args, run, claimed)
 
 
-RESUME_CHECKS = {"model", "block_size", "n_embd", "n_hidden", "n_layers", "batchnorm", "dtype", "init", "seed",
-                 "split_seed", "engine", "steps", "batch_size", "lr", "lr_decayed", "decay_at"}   # a resume keeps the run's own
+RESUME_CHECKS = {*MODEL_OPTIONS, *TRAIN_OPTIONS, "dtype", "seed", "split_seed", "engine"}   # a resume keeps the run's own
 
 
-def train_and_finish(args, run: runs.Run, claimed) -> int:
+def train_and_finish(args, run: rundir.Run, claimed) -> int:
     """Train `run` (its directory claimed) to the end or a signal, then evaluate and draw."""
     where = shlex.quote(str(run.out))
-    runs.check_engine(run.model.kind, run.info["engine"], args.processes)
+    check_engine(run.model.kind, run.info["engine"], args.processes)
     notes(args, run.data.notes)                   # what the data loader cleaned: --quiet hides these
     for line in claimed + run.notes:              # ... not what concerns the run itself
         print(f"npmlp: note: {line}", file=sys.stderr)
     log(args, f"npmlp: {run.summary()}")
     from .progress import Progress
     # the helper processes fork before the progress bar (or anything else) starts a thread
-    with runs.engine_steps(run.info["engine"], run.model, run.cfg.batch_size, args.processes) as steps, \
+    with fast.steps(run.info["engine"], run.model, run.cfg.batch_size, args.processes) as steps, \
             StopFlag() as flag, Progress(run.cfg.steps, run.start, quiet=args.quiet) as bar:
         def on_step(step, loss):
             if (step + 1) % bar.every == 0:           # the per-step path stays a few comparisons
@@ -246,9 +136,9 @@ def write_run_figures(args, run):
     missing: list[str] = []
     written = plots.write_run_figures(run.out, run.model, run.vocab, run.lossi, run.cfg, notes=missing)
     if run.ratios is not None:                  # --diagnose: part 3's figures too
-        from . import diagnose, gradcheck
-        readings = diagnose.read(run.model, *gradcheck.minibatch(*run.data.train, run.cfg.batch_size, 0))
-        written += diagnose.write_figures(run.out, readings, run.ratios, run.model.params, missing)
+        from . import diagnose
+        readings = diagnose.read(run.model, *minibatch(*run.data.train, run.cfg.batch_size, 0))
+        written += plots.write_diagnose_figures(run.out, readings, run.ratios, run.model.params, missing)
     notes(args, missing)
     return written
 
@@ -266,8 +156,8 @@ def load_run(path):
     return (*load_checkpoint(ckpt), ckpt)
 
 
-def run_splits(args, meta, model, vocab) -> runs.Splits:
-    data = runs.run_splits(args.data, meta, model, vocab)
+def run_splits(args, meta, model, vocab):
+    data = rundir.run_splits(args.data, meta, model, vocab)
     notes(args, data.notes)
     return data
 
@@ -275,17 +165,16 @@ def run_splits(args, meta, model, vocab) -> runs.Splits:
 def run_config(meta, ckpt):
     try:
         return TrainConfig(**meta["train"])
-    except (KeyError, TypeError, NpmlpError):
+    except (KeyError, TypeError, ValueError):
         raise NpmlpError(f"checkpoint {ckpt} has no valid training config; it was not written by "
                          f"`npmlp train`") from None
 
 
 def cmd_gradcheck(args):
-    from . import gradcheck
+    from .. import gradcheck
     dtype = DTYPES[args.dtype]
     if args.run:
-        typed = [f"--{k.replace('_', '-')}" for k in typed_options(args.argv)
-                 if k in ("model", "block_size", "n_embd", "n_hidden", "n_layers", "batchnorm", "init")]
+        typed = [flag(k) for k in typed_options(args.argv) if k in MODEL_OPTIONS]
         if typed:
             raise UsageError(f"{typed[0]} sets a fresh model; drop it when checking --run {args.run}")
         model, vocab, meta, _, ckpt = load_run(args.run)
@@ -294,20 +183,22 @@ def cmd_gradcheck(args):
         what = f"the model in {ckpt}"
     else:
         kind, sizes, init = model_options(args, args.argv)
-        data = runs.Splits(args.data, args.split_seed, sizes["block_size"])
+        data = rundir.splits(args.data, args.split_seed, sizes["block_size"])
         notes(args, data.notes)
-        model = model_class(kind).init(data.vocab.size, **sizes, seed=args.seed, dtype=dtype,
-                                       **({} if init is None else {"scheme": init}))
+        model = make_model(kind, data.vocab.size, sizes, args.seed, dtype, init)
         what = f"a fresh {kind} model" + (f" (--init {init}, seed {args.seed})" if init else f" (seed {args.seed})")
-    X, Y = gradcheck.minibatch(*data.train, args.batch_size, args.seed)
-    rep = gradcheck.report(model, X, Y, coords=args.coords, seed=args.seed)
+    X, Y = minibatch(*data.train, args.batch_size, args.seed)
+    grads = fast.gradients(model, X, Y) if model.kind in fast.MODELS else None
+    rep = gradcheck.report(model, X, Y, coords=args.coords, seed=args.seed, fast=grads)
     sizes = ", ".join(f"{k} {v}" for k, v in model.sizes.items())
     print(f"gradcheck of {what}: {sizes}, {args.dtype}; one minibatch of {len(X)} training rows")
     print(f"loss {rep.loss:.6f}" + (f" (torch {rep.torch_loss:.6f})" if rep.torch_loss is not None else "") + "\n")
     print(gradcheck.format_table(rep.rows, dtype))
     bad = [r for r in rep.rows if not r.ok]
     if bad:
-        why = ", ".join(f"d{r.name} ({' and '.join(r.failed)})" for r in bad)
+        # the first few by name; the table above lists every one
+        why = ", ".join(f"d{r.name} ({' and '.join(r.failed)})" for r in bad[:3]) + \
+            (f" and {len(bad) - 3} more in the table" if len(bad) > 3 else "")
         raise NpmlpError(f"{len(bad)} of {len(rep.rows)} gradients fail their tolerance: {why}; look first at "
                          f"d{bad[0].name}, the first to fail in backward order")
     print(f"\nall {len(rep.rows)} gradients pass")
@@ -318,19 +209,16 @@ def cmd_lr_find(args):
     from .progress import Progress
     if args.steps < 10:
         raise UsageError(f"--steps {args.steps} is too few for a sweep from 10^-3 to 10^0; use at least 10")
-    out = runs.make_out_dir(Path(args.out or time.strftime("runs/lr-find-%Y%m%d-%H%M%S")))
+    out = make_out_dir(Path(args.out or time.strftime("runs/lr-find-%Y%m%d-%H%M%S")))
     kind, sizes, init = model_options(args, args.argv)
-    engine = runs.check_engine(kind, args.engine, args.processes)
-    data = runs.Splits(args.data, args.split_seed, sizes["block_size"])
+    engine = check_engine(kind, args.engine, args.processes)
+    data = rundir.splits(args.data, args.split_seed, sizes["block_size"])
     notes(args, data.notes)
-    if args.batch_size > len(data.train[0]):
-        raise UsageError(f"--batch-size {args.batch_size} is larger than the training split "
-                         f"({len(data.train[0]):,} rows); use at most {len(data.train[0]):,}")
-    model = model_class(kind).init(data.vocab.size, **sizes, seed=args.seed, dtype=DTYPES[args.dtype],
-                                   **({} if init is None else {"scheme": init}))
+    model = make_model(kind, data.vocab.size, sizes, args.seed, DTYPES[args.dtype], init)
+    check_batch(args.batch_size, model, len(data.train[0]))
     lre = np.linspace(-3, 0, args.steps)                      # the lecture's lre; lrs = 10**lre
     # the helper processes fork before the progress bar starts a thread
-    with runs.engine_steps(engine, model, args.batch_size, args.processes) as steps, np.errstate(over="ignore", invalid="ignore"), \
+    with fast.steps(engine, model, args.batch_size, args.processes) as steps, np.errstate(over="ignore", invalid="ignore"), \
             Progress(args.steps, quiet=args.quiet, every=max(1, args.steps // 100), desc="lr-find") as bar:
         losses = lrfind.sweep(steps, *data.train, lre, args.batch_size, args.seed,
                               on_step=lambda i, loss, lr: bar.step(i, loss, lr))
@@ -363,12 +251,12 @@ def cmd_eval(args):
 
 
 def cmd_plot(args):
-    from . import gradcheck, plots
+    from . import plots
     model, vocab, meta, lossi, ckpt = load_run(args.run_dir)
     cfg = run_config(meta, ckpt)
     data = run_splits(args, meta, model, vocab)
-    batch = gradcheck.minibatch(*data.train, cfg.batch_size, args.seed)
-    out = runs.make_out_dir(Path(args.out)) if args.out else ckpt.parent
+    batch = minibatch(*data.train, cfg.batch_size, args.seed)
+    out = make_out_dir(Path(args.out)) if args.out else ckpt.parent
     missing: list[str] = []
     written = plots.write_run_figures(out, model, vocab, lossi, cfg, pca=args.pca, batch=batch, notes=missing)
     notes(args, missing)
@@ -376,11 +264,11 @@ def cmd_plot(args):
 
 
 def cmd_diagnose(args):
-    from . import diagnose, gradcheck
+    from . import diagnose, plots
     model, vocab, meta, _, ckpt = load_run(args.run_dir)
     cfg = run_config(meta, ckpt)
     data = run_splits(args, meta, model, vocab)
-    readings = diagnose.read(model, *gradcheck.minibatch(*data.train, max(cfg.batch_size, 2), args.seed))
+    readings = diagnose.read(model, *minibatch(*data.train, max(cfg.batch_size, 2), args.seed))
     ratios = diagnose.UpdateRatios.load(ckpt.parent / diagnose.RATIOS)
     print(f"{model.kind} model in {ckpt}, step {meta['step']:,} of {cfg.steps:,}; one minibatch of "
           f"{max(cfg.batch_size, 2)} training rows (seed {args.seed})\n")
@@ -388,14 +276,21 @@ def cmd_diagnose(args):
     print("\n" + (diagnose.ratio_summary(ratios, model.params) if ratios is not None and ratios.steps else
                   "update:data: not recorded; train with `npmlp train --diagnose` to sample it every "
                   f"{diagnose.EVERY} steps"))
-    out = runs.make_out_dir(Path(args.out)) if args.out else ckpt.parent
+    out = make_out_dir(Path(args.out)) if args.out else ckpt.parent
     missing: list[str] = []
-    written = diagnose.write_figures(out, readings, ratios, model.params, missing)
+    written = plots.write_diagnose_figures(out, readings, ratios, model.params, missing)
     notes(args, missing)
     print("wrote:", *written, sep="\n  ")
 
 
 # ----------------------------------------------------------------------------- main
+
+def decay_defaults() -> str:
+    """'deep: 0.75 ...': the models whose lr drop differs from lecture 2's."""
+    from .registry import MODELS
+    return "; ".join(f"{kind}: {cls.TRAIN_DEFAULTS['decay_at']:g}" for kind, cls in MODELS.items()
+                     if "decay_at" in getattr(cls, "TRAIN_DEFAULTS", {}))
+
 
 def build_parser():
     parser = Parser(prog="npmlp", description="A character-level MLP language model "
@@ -406,12 +301,12 @@ def build_parser():
     p = sub.add_parser("train", help="train a model and write a run directory")
     add_data_args(p)
     add_model_args(p)
-    p.add_argument("--steps", type=positive_int, default=200_000, help="SGD steps (default 200000)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="minibatch size (default 32)")
-    p.add_argument("--lr", type=positive_float, default=0.1, help="learning rate (default 0.1)")
+    p.add_argument("--steps", type=positive_int, default=TRAIN.steps, help=f"SGD steps (default {TRAIN.steps})")
+    add_batch_arg(p)
+    p.add_argument("--lr", type=positive_float, default=TRAIN.lr, help=f"learning rate (default {TRAIN.lr:g})")
     p.add_argument("--lr-decayed", type=positive_float, help="rate after the decay (default lr/10)")
-    p.add_argument("--decay-at", type=fraction, help="fraction of steps where the rate drops (default 0.5; "
-                   "deep: 0.75, part 3's 150,000 of 200,000)")
+    p.add_argument("--decay-at", type=fraction, help="fraction of steps where the rate drops (default "
+                   f"{TRAIN.decay_at:g}; {decay_defaults()})")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run, bit-identically")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no notes about the data")
@@ -425,7 +320,7 @@ def build_parser():
                        "differences and the fast engine")
     add_data_args(p)
     add_model_args(p, dtype="float64")  # finite differences are always float64
-    p.add_argument("--batch-size", type=positive_int, default=32, help="minibatch size (default 32)")
+    add_batch_arg(p)
     p.add_argument("--coords", type=positive_int, default=20, help="coordinates per tensor for finite "
                    "differences (default 20)")
     p.add_argument("--run", metavar="RUN_DIR", help="check a trained model instead of a fresh one")
@@ -436,7 +331,7 @@ def build_parser():
     add_data_args(p)
     add_model_args(p)
     p.add_argument("--steps", type=positive_int, default=1000, help="steps, one rate each (default 1000)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="minibatch size (default 32)")
+    add_batch_arg(p)
     p.add_argument("--out", metavar="DIR", help="where lr_find.png goes (default runs/lr-find-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_engine_args(p)
@@ -488,9 +383,12 @@ def main(argv=None) -> int:
         # and, on a busy one, waits for a core, making every product many times slower
         with threadpool_limits(1, user_api="blas"):
             return args.func(args) or 0
-    except NpmlpError as e:
+    except (NpmlpError, DataError) as e:
         print(f"npmlp: error: {e}", file=sys.stderr)
         return e.exit_code
+    except HelperFailed as e:
+        print(f"npmlp: error: {e}; run again with --processes 1", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("npmlp: interrupted", file=sys.stderr)
         return 130

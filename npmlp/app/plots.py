@@ -13,6 +13,7 @@ import warnings
 from functools import cache
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib import cbook, font_manager
 from matplotlib.colors import TwoSlopeNorm
@@ -21,7 +22,8 @@ from matplotlib.ft2font import FT2Font
 from matplotlib.text import Text
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
-from .fileio import atomic_open
+from .diagnose import EVERY, GUIDE, SATURATED, Readings, UpdateRatios, grad_data
+from .files import atomic_open
 
 DPI = 100
 BAND_BINS = 3000   # loss curves longer than 2x this draw the per-step losses as a min..max band
@@ -254,8 +256,8 @@ def gradient_figure(model, X, Y, itos) -> Figure:
 
     ratios = {}
     for i, k in enumerate(names):
-        g, p = grads[k].ravel(), model.params[k].ravel()
-        ratios[k] = float(g.std() / p.std()) if p.std() > 0 else float("nan")
+        g = grads[k].ravel()
+        ratios[k] = grad_data(g, model.params[k])
         a = fig.add_subplot(gs[i // cols, 2 + i % cols])
         a.hist(g, bins=60, color="tab:blue", log=g.size > 1000)   # log counts: see the tails
         a.set_title(f"d{k} {tuple(grads[k].shape)}\ngrad:data {ratios[k]:.2e}", fontsize=11)
@@ -293,6 +295,80 @@ def lr_find_figure(lre, losses, smoothed, best: float, suggested: float) -> Figu
     ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
     return fig
+
+
+# ----------------------------------------------------------------------------- diagnose: part 3's figures
+
+def _histograms(title: str, xlabel: str, curves):
+    """One axes with a density curve (100 bins) per (values, label) of `curves`."""
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for values, label in curves:
+        hy, hx = np.histogram(values, bins=100, density=True)
+        ax.plot((hx[:-1] + hx[1:]) / 2, hy, lw=1.4, label=label)
+    ax.set(title=title, xlabel=xlabel, ylabel="density")
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def activations_figure(r: Readings):
+    fig, ax = _histograms("activation distribution (forward): each tanh layer's outputs", "tanh output", [
+        (a.values, f"{a.name}: mean {a.mean:+.2f}, std {a.std:.2f}, saturated {100 * a.saturated:.2f}%")
+        for a in r.activations])
+    ax.axvspan(SATURATED, 1, color="tab:red", alpha=0.08)
+    ax.axvspan(-1, -SATURATED, color="tab:red", alpha=0.08, label=f"saturated: |h| > {SATURATED}")
+    ax.set_xlim(-1.05, 1.05)
+    ax.legend(fontsize=9)
+    return fig
+
+
+def activation_grads_figure(r: Readings):
+    fig, ax = _histograms("gradient distribution (backward): the gradient reaching each tanh layer's output",
+                          "gradient", [(g.values, f"{g.name}: mean {g.mean:+.2e}, std {g.std:.2e}")
+                                       for g in r.gradients])
+    ax.legend(fontsize=9)
+    return fig
+
+
+def weight_grads_figure(r: Readings):
+    fig, ax = _histograms("weights gradient distribution, with each matrix's grad:data ratio std(grad) / std(weight)",
+                          "gradient", [(w.grad, f"{w.name} {w.shape}: std {w.std:.2e}, grad:data {w.ratio:.2e}")
+                                       for w in r.weights])
+    ax.legend(fontsize=9)
+    return fig
+
+
+def update_ratio_figure(u: UpdateRatios, params: dict):
+    """log10 update:data of each weight matrix over training (the other parameters faint), with
+    the -3 guide line."""
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ratios = np.array(u.ratios).reshape(len(u.steps), len(u.names))
+    colors = iter(matplotlib.colormaps["tab10"].colors * 3)
+    for j, k in enumerate(u.names):
+        if np.ndim(params.get(k)) == 2:
+            ax.plot(u.steps, ratios[:, j], lw=1.5, color=next(colors), label=k)
+        else:
+            ax.plot(u.steps, ratios[:, j], lw=0.6, color="0.6", alpha=0.5)
+    ax.axhline(GUIDE, color="k", lw=1.2, label="-3: updates of a thousandth")
+    ax.set(title=f"update:data ratio, log10(std(lr * grad) / std(param)), every {EVERY} steps "
+                 f"(weight matrices in colour, the other parameters grey)", xlabel="step", ylabel="log10 ratio")
+    ax.legend(fontsize=9, ncol=2)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def write_diagnose_figures(out, readings: Readings, ratios: UpdateRatios | None, params: dict,
+                           notes=None) -> list[Path]:
+    """activations.png, activation_grads.png, weight_grads.png and (if recorded) update_ratio.png
+    (params: the model's, by name: which are weight matrices)."""
+    out = Path(out)
+    written = [save(activations_figure(readings), out / "activations.png", notes),
+               save(activation_grads_figure(readings), out / "activation_grads.png", notes),
+               save(weight_grads_figure(readings), out / "weight_grads.png", notes)]
+    if ratios is not None and ratios.steps:
+        written.append(save(update_ratio_figure(ratios, params), out / "update_ratio.png", notes))
+    return written
 
 
 # ----------------------------------------------------------------------------- a run's figures

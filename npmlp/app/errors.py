@@ -1,4 +1,6 @@
-"""The one exception type a user sees: the CLI prints its message on one line, no traceback."""
+"""The errors a user sees: the CLI prints the message on one line, no traceback, and exits with
+exit_code (2 = a bad option or usage, 1 = a runtime failure). data.DataError is the data
+module's own, with the same two attributes."""
 
 
 class NpmlpError(Exception):

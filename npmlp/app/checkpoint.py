@@ -9,10 +9,10 @@ import json
 
 import numpy as np
 
-from .data import Vocab
+from ..data import Vocab
 from .errors import NpmlpError
-from .fileio import atomic_open
-from .models import MODELS, buffer_shapes, buffers
+from .files import atomic_open
+from .registry import MODELS
 
 PREFIX = "npmlp-checkpoint-"
 VERSION = 2
@@ -23,7 +23,7 @@ RESERVED = {"meta", "lossi"}   # array names that are not the model's
 def save_checkpoint(path, model, vocab: Vocab, meta: dict, lossi=None) -> None:
     """The model's params and buffers; `meta` (JSON: config, step...) with the model's kind,
     sizes, vocabulary and dtype added; optional lossi."""
-    arrays = {**model.params, **buffers(model)}
+    arrays = {**model.params, **model.buffers}
     if not all(np.isfinite(a).all() for a in arrays.values()):
         raise NpmlpError("refusing to save a checkpoint with NaN/inf parameters")
     meta = dict(meta, format=FORMAT, model=model.kind, sizes=model.sizes, itos=list(vocab.itos),
@@ -106,7 +106,7 @@ def load_checkpoint(path):
               and min(sizes.values()) >= 0 and min(sizes[k] for k in ("block_size", "n_embd", "n_hidden")) >= 1
               and dtype in (np.float32, np.float64))
         pshapes = cls.shapes(len(itos), **sizes)
-        want = {**pshapes, **buffer_shapes(cls, len(itos), sizes)}
+        want = {**pshapes, **cls.buffer_shapes(len(itos), **sizes)}
     except Exception:  # a key missing, a value of the wrong type, an unknown model or size...
         ok = False
     if not ok:
@@ -138,6 +138,6 @@ def load_checkpoint(path):
         raise NpmlpError(f"checkpoint {name}: the loss history lossi is not a finite float32 vector "
                          f"(shape {lossi.shape}, dtype {lossi.dtype}); the file is damaged")
     model = cls({k: files[k] for k in pshapes})
-    for k, a in buffers(model).items():
+    for k, a in model.buffers.items():
         a[...] = files[k]
     return model, vocab, meta, lossi

@@ -2,20 +2,20 @@
 exponentially (lre = linspace(-3, 0, 1000), lr = 10**lre), and the loss of each step recorded.
 
 The loss falls while the rate is useful and climbs once steps overshoot. Each step is a training
-step of the chosen engine (runs.engine_steps), so the update and the minibatches are training's.
+step of the chosen engine (fast.steps), so the update and the minibatches are training's.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .model import SEED
-from .train import Diverged, TrainConfig
+from ..mlp import SEED
+from ..train import Diverged, TrainConfig
 
 MARGIN = 0.2  # suggested exponent = exponent of the smoothed minimum minus this (rate / 1.6)
 
 
 def sweep(steps, X, Y, lre, batch_size: int = 32, seed: int = SEED, on_step=None):
-    """Train a model in place with `steps` (runs.engine_steps of it), step i at rate 10**lre[i];
+    """Train a model in place with `steps` (fast.steps of it), step i at rate 10**lre[i];
     -> losses (len(lre),), NaN from a divergence on (the sweep stops there: the model is ruined).
     on_step(i, loss, lr) is optional."""
     n = len(lre)

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import NpmlpError
-from .fast import ENGINES, Chunks, batch_chunks, run_chunks
+from .engine import ENGINES, Chunks, batch_chunks, run_chunks
 
 _PARENT_ENDS: set = set()   # the pipe ends of every open pool: a new helper must close its copies
+FORK = sys.platform.startswith("linux")   # helpers are forked: safe on Linux only
 
 
-class HelperFailed(NpmlpError):
+class HelperFailed(RuntimeError):
     """A helper process raised or died; the parameters are those of the last finished step."""
 
 
@@ -92,7 +92,7 @@ def usable_cores() -> int:
 
 def default_processes(n_chunks: int) -> int:
     """One process per chunk up to the usable cores; 1 where fork is not safe (not Linux)."""
-    return max(1, min(n_chunks, usable_cores())) if sys.platform.startswith("linux") else 1
+    return max(1, min(n_chunks, usable_cores())) if FORK else 1
 
 
 def shared_array(shape, dtype) -> np.ndarray:
@@ -147,7 +147,7 @@ class ChunkPool(Chunks):
     def __init__(self, model, batch_size: int, processes: int):
         super().__init__(model, batch_size)
         n = len(self.chunks)
-        processes = max(1, min(processes, n)) if sys.platform.startswith("linux") else 1
+        processes = max(1, min(processes, n)) if FORK else 1
         self.params = shared_array(self.engine.flat.shape, model.dtype)
         cuts = [n * p // processes for p in range(processes + 1)]     # contiguous runs of chunks
         self.mine = range(cuts[0], cuts[1])
@@ -260,5 +260,4 @@ def make_pool(model, batch_size: int, processes: int | None = None) -> Chunks:
     beside a running thread can deadlock the child; Python 3.12+ warns)."""
     n = len(batch_chunks(batch_size)) if ENGINES[model.kind].chunked else 1
     procs = default_processes(n) if processes is None else min(processes, n)
-    return ChunkPool(model, batch_size, procs) if procs > 1 and sys.platform.startswith("linux") \
-        else Chunks(model, batch_size)
+    return ChunkPool(model, batch_size, procs) if procs > 1 else Chunks(model, batch_size)

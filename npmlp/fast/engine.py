@@ -28,9 +28,9 @@ from types import SimpleNamespace
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .bn import EPS as EPS_BN
-from .model import MLP
-from .train import BLOCK, TrainConfig, batch_block, check_loss
+from ..layers import BN_EPS as EPS_BN
+from ..mlp import MLP
+from ..train import BLOCK, TrainConfig, batch_block, check_loss
 
 ARITHMETIC = 2  # changes when the fast step's rounding changes; runs record it, so --resume can say
                 # when a run will not continue bit-identically

@@ -8,19 +8,17 @@
     about -3 is healthy (an update changes a weight by a thousandth of its spread).
 
 Legend: B batch. All readings come from the reference tier's forward and backward of one minibatch
-(training mode), with any running statistics left as they were.
+(training mode), with any running statistics left as they were; plots.py draws them.
 """
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from .fileio import atomic_open
-from .models import buffers, intermediate
-from .train import batch_rows
+from ..train import batch_rows
+from .files import atomic_open
 
 SATURATED = 0.97
 EVERY = 100                  # `npmlp train --diagnose`: steps between update:data samples
@@ -31,12 +29,19 @@ GUIDE = -3.0
 @contextlib.contextmanager
 def frozen(model):
     """Run the training forward without moving running statistics (deep.BatchNorm1d updates them)."""
-    saved = {k: a.copy() for k, a in buffers(model).items()}
+    saved = {k: a.copy() for k, a in model.buffers.items()}
     try:
         yield model
     finally:
-        for k, a in buffers(model).items():
+        for k, a in model.buffers.items():
             a[...] = saved[k]
+
+
+def grad_data(grad, param) -> float:
+    """The grad:data ratio std(grad) / std(param): how large a step along the gradient is next to
+    the parameter's own spread (NaN for a constant parameter)."""
+    spread = float(np.std(param, dtype=np.float64))
+    return float(np.std(grad, dtype=np.float64)) / spread if spread > 0 else float("nan")
 
 
 def tanh_names(model) -> tuple:
@@ -79,13 +84,13 @@ def read(model, X, Y) -> Readings:
         loss, cache = model.forward(X, Y)
         grads, dacts = model.backward(cache)
     names = tanh_names(model)
-    acts = [_layer(n, intermediate(cache, n)) for n in names]
+    acts = [_layer(n, cache[n]) for n in names]
     grads_in = [_layer(n, dacts[n], saturated=False) for n in names]
     weights = []
     for k, p in model.params.items():
         if p.ndim == 2:
             g = np.asarray(grads[k], np.float64).ravel()
-            weights.append(Weight(k, p.shape, g, float(g.mean()), float(g.std()), float(g.std() / p.std())))
+            weights.append(Weight(k, p.shape, g, float(g.mean()), float(g.std()), grad_data(g, p)))
     return Readings(loss, acts, grads_in, weights)
 
 
@@ -141,83 +146,6 @@ class UpdateRatios:
                 return cls([str(n) for n in z["names"]], z["steps"].tolist(), list(z["ratios"]))
         except (OSError, KeyError, ValueError):
             return None
-
-
-# ----------------------------------------------------------------------------- figures
-
-def _histograms(title: str, xlabel: str, curves):
-    """One axes with a density curve (100 bins) per (values, label) of `curves`."""
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    for values, label in curves:
-        hy, hx = np.histogram(values, bins=100, density=True)
-        ax.plot((hx[:-1] + hx[1:]) / 2, hy, lw=1.4, label=label)
-    ax.set(title=title, xlabel=xlabel, ylabel="density")
-    ax.grid(alpha=0.3)
-    return fig, ax
-
-
-def activations_figure(r: Readings):
-    fig, ax = _histograms("activation distribution (forward): each tanh layer's outputs", "tanh output", [
-        (a.values, f"{a.name}: mean {a.mean:+.2f}, std {a.std:.2f}, saturated {100 * a.saturated:.2f}%")
-        for a in r.activations])
-    ax.axvspan(SATURATED, 1, color="tab:red", alpha=0.08)
-    ax.axvspan(-1, -SATURATED, color="tab:red", alpha=0.08, label=f"saturated: |h| > {SATURATED}")
-    ax.set_xlim(-1.05, 1.05)
-    ax.legend(fontsize=9)
-    return fig
-
-
-def activation_grads_figure(r: Readings):
-    fig, ax = _histograms("gradient distribution (backward): the gradient reaching each tanh layer's output",
-                          "gradient", [(g.values, f"{g.name}: mean {g.mean:+.2e}, std {g.std:.2e}")
-                                       for g in r.gradients])
-    ax.legend(fontsize=9)
-    return fig
-
-
-def weight_grads_figure(r: Readings):
-    fig, ax = _histograms("weights gradient distribution, with each matrix's grad:data ratio std(grad) / std(weight)",
-                          "gradient", [(w.grad, f"{w.name} {w.shape}: std {w.std:.2e}, grad:data {w.ratio:.2e}")
-                                       for w in r.weights])
-    ax.legend(fontsize=9)
-    return fig
-
-
-def update_ratio_figure(u: UpdateRatios, params: dict):
-    """log10 update:data of each weight matrix over training (the other parameters faint), with
-    the -3 guide line."""
-    import matplotlib
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    ratios = np.array(u.ratios).reshape(len(u.steps), len(u.names))
-    colors = iter(matplotlib.colormaps["tab10"].colors * 3)
-    for j, k in enumerate(u.names):
-        if np.ndim(params.get(k)) == 2:
-            ax.plot(u.steps, ratios[:, j], lw=1.5, color=next(colors), label=k)
-        else:
-            ax.plot(u.steps, ratios[:, j], lw=0.6, color="0.6", alpha=0.5)
-    ax.axhline(GUIDE, color="k", lw=1.2, label="-3: updates of a thousandth")
-    ax.set(title=f"update:data ratio, log10(std(lr * grad) / std(param)), every {EVERY} steps "
-                 f"(weight matrices in colour, the other parameters grey)", xlabel="step", ylabel="log10 ratio")
-    ax.legend(fontsize=9, ncol=2)
-    ax.grid(alpha=0.3)
-    return fig
-
-
-def write_figures(out, readings: Readings, ratios: UpdateRatios | None, params: dict, notes=None) -> list[Path]:
-    """activations.png, activation_grads.png, weight_grads.png and (if recorded) update_ratio.png
-    (params: the model's, by name: which are weight matrices)."""
-    from .plots import save
-    out = Path(out)
-    written = [save(activations_figure(readings), out / "activations.png", notes),
-               save(activation_grads_figure(readings), out / "activation_grads.png", notes),
-               save(weight_grads_figure(readings), out / "weight_grads.png", notes)]
-    if ratios is not None and ratios.steps:
-        written.append(save(update_ratio_figure(ratios, params), out / "update_ratio.png", notes))
-    return written
 
 
 def ratio_summary(u: UpdateRatios, params: dict, last: int = 10) -> str:

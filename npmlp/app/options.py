@@ -1,0 +1,217 @@
+"""What the command line's options mean, and every check they get, in one place: the option
+types, the options each command shares, and the checks that need the data or the model (a
+model's own sizes, the batch against the split and the BatchNorm, the engine, the memory).
+The models and the training loop raise plain ValueErrors; here they become usage errors."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+import numpy as np
+
+from .. import fast, train
+from ..data import SPLIT_SEED
+from ..mlp import MLP, SEED
+from ..train import TrainConfig
+from .errors import UsageError
+from .registry import MODELS, model_class
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+TRAIN = TrainConfig()            # the lecture's training defaults, for the help text and the parser
+MODEL_OPTIONS = ("model", "block_size", "n_embd", "n_hidden", "n_layers", "batchnorm", "init")
+TRAIN_OPTIONS = ("steps", "batch_size", "lr", "lr_decayed", "decay_at")
+
+
+# ----------------------------------------------------------------------------- option types
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line errors: `npmlp: error: ...`, exit 2, no usage dump.
+    Subparsers inherit the class, so every subcommand reports the same way."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # every typed option is spelled out: see typed_options
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"npmlp: error: {message} (see `{self.prog} --help`)\n")
+
+
+def int_at_least(low: int, what: str):
+    """An argparse type: an integer >= low, else "must be WHAT, got VALUE"."""
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {s!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {s}")
+        return v
+    return parse
+
+
+positive_int = int_at_least(1, "a positive integer")
+non_negative_int = int_at_least(0, "a whole number >= 0")
+
+
+def positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s!r}") from None
+    if not (np.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
+    return v
+
+
+def fraction(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1, got {s!r}")
+    return v
+
+
+def split_seed(s: str) -> int | None:
+    """An integer seed, or 'none': the file's own order (the seed notebook's split)."""
+    if s.lower() == "none":
+        return None
+    return non_negative_int(s)
+
+
+# ----------------------------------------------------------------------------- shared options
+
+def add_data_args(p):
+    p.add_argument("--data", metavar="FILE", help="names file, one per line (default: $NPMLP_DATA, "
+                   "then the cached download of the lecture's names.txt)")
+    p.add_argument("--split-seed", type=split_seed, default=SPLIT_SEED, metavar="SEED",
+                   help=f"shuffle seed of the 80/10/10 split (default {SPLIT_SEED}, the lecture's); 'none' keeps "
+                        "the file's order")
+
+
+def defaults_text(size: str) -> str:
+    """'3' or '200; deep: 100': a size's default, lecture 2's (or the first model's that has the
+    size), then each other model's where it differs."""
+    values = {kind: cls.DEFAULTS[size] for kind, cls in MODELS.items() if size in cls.DEFAULTS}
+    first = values.pop("mlp", None)
+    if first is None:
+        first = values.pop(next(iter(values)))
+    return "; ".join([str(first)] + [f"{kind}: {v}" for kind, v in values.items() if v != first])
+
+
+def add_model_args(p, dtype: str = "float32"):
+    """The model, its sizes (left None: the model's own defaults), dtype, init and seed."""
+    p.add_argument("--model", choices=MODELS, default="mlp", help="mlp: lecture 2's (default); bn: with "
+                   "BatchNorm, part 4's; deep: part 3's stack of layers")
+    p.add_argument("--block-size", type=positive_int, help=f"context length T (default {defaults_text('block_size')})")
+    p.add_argument("--n-embd", type=positive_int, help=f"embedding size E (default {defaults_text('n_embd')})")
+    p.add_argument("--n-hidden", type=positive_int, help=f"hidden units H (default {defaults_text('n_hidden')})")
+    p.add_argument("--n-layers", type=positive_int, help=f"deep only: hidden layers (default {defaults_text('n_layers')})")
+    p.add_argument("--no-batchnorm", dest="batchnorm", action="store_const", const=0,
+                   help="deep only: part 3's plain stack, Linear (with b) -> Tanh, no BatchNorm1d")
+    p.add_argument("--dtype", choices=DTYPES, default=dtype, help=f"float32 or float64 (default {dtype})")
+    p.add_argument("--init", choices=MLP.INITS, help=f"mlp only. {MLP.INITS[0]}: plain standard "
+                   "normal (default); kaiming: scaled for tanh (part 3)")
+    p.add_argument("--seed", type=non_negative_int, default=SEED,
+                   help=f"seed of init and minibatches (default {SEED}, the lecture's)")
+
+
+def add_batch_arg(p):
+    p.add_argument("--batch-size", type=positive_int, default=TRAIN.batch_size,
+                   help=f"minibatch size (default {TRAIN.batch_size})")
+
+
+def add_engine_args(p):
+    p.add_argument("--engine", choices=fast.ENGINES, help="fast: the tuned NumPy step (default where "
+                   "the model has one); reference: the readable lecture loop (layers.py, mlp.py, train.py)")
+    p.add_argument("--processes", type=positive_int, metavar="N", help="fast engine: processes sharing "
+                   f"a batch of more than {fast.CHUNK} rows (default: one per {fast.CHUNK}-row chunk, up to the "
+                   "usable cores; the results are the same bits for any N)")
+
+
+def typed_options(argv) -> set[str]:
+    """Destinations of the options spelled out on the command line (`--lr 0.1`, `--lr=0.1`), so
+    --resume can refuse a typed value even when it equals the default."""
+    names = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    return {"batchnorm" if n == "no_batchnorm" else n for n in names}
+
+
+def flag(name: str) -> str:
+    """The option that sets `name`: 'batch_size' -> '--batch-size', 'batchnorm' -> '--no-batchnorm'."""
+    return "--no-batchnorm" if name == "batchnorm" else "--" + name.replace("_", "-")
+
+
+# ----------------------------------------------------------------------------- checks
+
+def model_options(args, argv) -> tuple[str, dict, str | None]:
+    """(kind, sizes with the model's defaults filled in, init scheme) from the options; refuses one
+    that the chosen model does not have."""
+    cls = model_class(args.model)
+    typed = typed_options(argv)
+    if "init" in typed and not cls.INITS:
+        raise UsageError(f"--init sets the init of the mlp model; the {args.model!r} model has its lecture's "
+                         f"own: drop --init")
+    for key in ("n_layers", "batchnorm"):
+        if getattr(args, key, None) is not None and key not in cls.DEFAULTS:
+            owners = [k for k, c in MODELS.items() if key in c.DEFAULTS]
+            raise UsageError(f"{flag(key)} applies to the {' and '.join(owners)} model only; drop it, or add "
+                             f"--model {owners[0]}")
+    sizes = {k: d if getattr(args, k, None) is None else getattr(args, k) for k, d in cls.DEFAULTS.items()}
+    init = (args.init or cls.INITS[0]) if cls.INITS else None
+    return args.model, sizes, init
+
+
+def train_config(args, kind: str) -> TrainConfig:
+    """The training config the options give model `kind` (its own default where an option is left out)."""
+    from .registry import train_default
+    decay_at = train_default(kind, "decay_at", TRAIN.decay_at) if args.decay_at is None else args.decay_at
+    try:
+        return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                           lr_decayed=args.lr_decayed or args.lr / 10, decay_at=decay_at)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def check_engine(kind: str, engine: str | None, processes: int | None) -> str:
+    """The engine a model trains with: `engine`, or its default; a clear error for a model without
+    a fast engine, or --processes without the fast engine (only its chunks are shared)."""
+    engine = engine or fast.default_engine(kind)
+    if engine == "fast" and kind not in fast.MODELS:
+        raise UsageError(f"--engine fast: the {kind!r} model has no fast engine; use --engine reference")
+    if processes is not None and engine != "fast":
+        raise UsageError("--processes shares a batch between processes in the fast engine only; drop it "
+                         "with --engine reference")
+    return engine
+
+
+def check_batch(batch_size: int, model, n_rows: int) -> None:
+    """A training batch the split and the model allow: at most the split's rows, and at least the
+    model's min_batch (a BatchNorm needs two rows of statistics)."""
+    if batch_size > n_rows:
+        raise UsageError(f"--batch-size {batch_size} is larger than the training split ({n_rows:,} rows); "
+                         f"use at most {n_rows:,}")
+    if batch_size < model.min_batch:
+        raise UsageError(f"--batch-size {batch_size}: the {model.kind} model's BatchNorm normalises with "
+                         f"a batch's own statistics; use at least {model.min_batch}")
+
+
+def check_memory(kind: str, sizes: dict, vocab_size: int, batch_size: int, steps: int) -> None:
+    """Refuse sizes that cannot fit in this machine's memory: the kernel would kill the process
+    mid-run (memory is overcommitted) instead of letting NumPy raise MemoryError."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    P = sum(math.prod(s) for s in model_class(kind).shapes(vocab_size, **sizes).values())
+    T, H, L, V, B = sizes["block_size"], sizes["n_hidden"], sizes.get("n_layers", 1), vocab_size, batch_size
+    rows, chunks = min(B, fast.CHUNK), -(-B // fast.CHUNK)
+    need = (P * 8 * 6                                             # float64 draws, params, snapshots, engine
+            + chunks * P * 8                                      # each chunk's update (fast.Chunks)
+            + steps * 4                                           # lossi
+            + train.BLOCK * B * 8 + fast.GATHER * (T + 1) * 8     # a block's indices, the gathered rows
+            + max(rows, B) * (T * sizes["n_embd"] + 6 * H * L + 4 * V + T * V) * 8 * 2)  # a step's arrays
+    if need > 0.8 * total:
+        raise UsageError(f"--n-embd {sizes['n_embd']} --n-hidden {H} --steps {steps:,} need about "
+                         f"{need / 2**30:.1f} GiB, more than this machine's {total / 2**30:.1f} GiB; use smaller values")

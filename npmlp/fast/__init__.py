@@ -1,0 +1,41 @@
+"""The fast tier: what `npmlp train` runs and the benchmark times. Same maths as the reference
+tier (npmlp/*.py), arranged for speed, and held to it by the tests.
+
+    engine.py    the MLP and bn models' training step: flat parameters, fused layers, chunks
+    parallel.py  helper processes that run some of a large batch's chunks on other cores
+    dataset.py   build_dataset vectorised
+
+`steps(engine, ...)` is the one place that picks the loop a run trains with.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+
+from .. import train
+from . import engine as _engine
+from .engine import ARITHMETIC as FAST_ARITHMETIC
+from .engine import CHUNK, GATHER, MODELS, gradients
+
+ENGINES = ("fast", "reference")
+ARITHMETIC = {"fast": FAST_ARITHMETIC, "reference": 1}   # each engine's rounding version (see engine.py)
+
+__all__ = ["ARITHMETIC", "CHUNK", "ENGINES", "GATHER", "MODELS", "default_engine", "gradients", "steps"]
+
+
+def default_engine(kind: str) -> str:
+    """The engine a model trains with unless told: fast where it has one."""
+    return "fast" if kind in MODELS else "reference"
+
+
+@contextlib.contextmanager
+def steps(engine: str, model, batch_size: int, processes: int | None = None):
+    """-> steps(X, Y, cfg, lossi, start, stop, on_step), train.sgd's contract run by `engine`.
+    The fast engine's helper processes (parallel.py) live as long as the context: open it before
+    any thread starts (a progress bar's), since forking beside a thread can deadlock the child."""
+    if engine == "fast":
+        from .parallel import make_pool
+        with make_pool(model, batch_size, processes) as pool:
+            yield functools.partial(_engine.sgd, model, pool=pool)
+    else:
+        yield functools.partial(train.sgd, model)

@@ -1,0 +1,82 @@
+"""The house: the README as a front door, links that resolve, a package root that is the course,
+imports that run one way, and the public API where the README says it lives."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+from helpers import REPO
+
+PACKAGE = REPO / "npmlp"
+PAGES = [REPO / "README.md", REPO / "benchmarks" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def imports(path: Path) -> set[str]:
+    """Every npmlp module (or name in one) a file imports, spelled absolutely: 'npmlp.fast.engine'."""
+    package = ["npmlp", *path.relative_to(PACKAGE).parent.parts]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            found |= {module} | {f"{module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {m for m in found if m.startswith("npmlp.")}
+
+
+def test_the_readme_is_a_front_door():
+    text = (REPO / "README.md").read_text()
+    assert len(text) <= 10_000, f"README.md has {len(text):,} characters; the manual belongs in docs/"
+    assert "pip install -e . && npmlp train" in text
+    assert "pip install -e '.[test]' && python -m pytest" in text
+    assert "../shared" not in text
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_relative_link_resolves(page):
+    links = [link.split("#")[0] for link in LINK.findall(page.read_text())]
+    local = [link for link in links if link and not re.match(r"[a-z]+://", link)]
+    assert local or page.name != "README.md", "the README links to nothing"
+    missing = [link for link in local if not (page.parent / link).exists()]
+    assert not missing, f"{page.relative_to(REPO)} links to files that do not exist: {missing}"
+
+
+def test_the_package_root_is_the_course():
+    root = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(root) <= 13, root
+    assert "model.py" not in root or "models.py" not in root
+    subpackages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+    assert subpackages == ["app", "fast"]
+
+
+def test_the_root_imports_nothing_from_the_subpackages_and_fast_nothing_from_app():
+    for path in PACKAGE.glob("*.py"):
+        if path.name == "__main__.py":              # `python -m npmlp`: the command itself, on top
+            continue
+        up = sorted(m for m in imports(path) if m.split(".")[1] in ("app", "fast"))
+        assert not up, f"{path.name} imports {up}: the reference tier stands below fast/ and app/"
+    for path in (PACKAGE / "fast").glob("*.py"):
+        up = sorted(m for m in imports(path) if m.split(".")[1] == "app")
+        assert not up, f"fast/{path.name} imports {up}: the fast tier stands below the application"
+
+
+def test_no_module_named_reference_imports_torch():
+    for path in PACKAGE.rglob("*.py"):
+        if "reference" in path.stem:
+            assert "torch" not in path.read_text(), path
+
+
+def test_the_public_api_imports_from_where_the_readme_says():
+    import npmlp
+    from npmlp import MLP, Vocab, build_dataset, load_words, split_words
+    from npmlp.gradcheck import check_pair
+    from npmlp.layers import (batchnorm_backward, batchnorm_forward, cross_entropy_backward,  # noqa: F401
+                              cross_entropy_forward, embedding_backward, embedding_forward, linear_backward,
+                              linear_forward, tanh_backward, tanh_forward)
+    assert npmlp.MLP is MLP and callable(check_pair)
+    assert {"MLP", "Vocab", "build_dataset", "load_words", "split_words"} <= set(npmlp.__all__)
+    assert all(callable(f) for f in (Vocab.from_words, build_dataset, load_words, split_words))
