@@ -6,6 +6,7 @@ Data: names.txt from $NPMLP_DATA, npmlp's cache, or the lecture's URL (a checked
 `npmlp train` finds it. torch is optional: with it the hand-written gradients are held against
 torch autograd, without it against central finite differences.
 """
+
 import marimo
 
 __generated_with = "0.25.2"
@@ -15,6 +16,7 @@ app = marimo.App(width="medium")
 @app.cell
 def _():
     import marimo as mo
+
     return (mo,)
 
 
@@ -120,6 +122,7 @@ def _(np, stoi):
                 Y.append(ix)
                 context = context[1:] + [ix]  # slide the window: drop the oldest, add this one
         return np.array(X), np.array(Y)       # (N, T), (N,)
+
     return block_size, build_dataset
 
 
@@ -182,7 +185,7 @@ def _(block_size, np, vocab_size):
 def _(parameters):
     n_params = sum(p.size for p in parameters)  # number of parameters in total: 11,897
     n_params
-    return (n_params,)
+    return
 
 
 @app.cell(hide_code=True)
@@ -262,8 +265,23 @@ def _(C, W1, W2, Xtr, Ytr, b1, b2, g, np, parameters, vocab_size):
             p += -lr * grad
 
         lossi.append(np.log10(loss))
-    return (Xb, Yb, dC, dW1, dW2, db1, db2, dembcat, demb, dh, dhpreact, dlogits, loss, lossi,
-            params_last)
+    return (
+        Xb,
+        Yb,
+        dC,
+        dW1,
+        dW2,
+        db1,
+        db2,
+        demb,
+        dembcat,
+        dh,
+        dhpreact,
+        dlogits,
+        loss,
+        lossi,
+        params_last,
+    )
 
 
 @app.cell
@@ -296,6 +314,7 @@ def _(C, W1, W2, b1, b2, np):
         counts = np.exp(logits - logits.max(1, keepdims=True))  # (N, V)
         probs = counts / counts.sum(1, keepdims=True)            # (N, V)
         return float(-np.log(probs[np.arange(len(X)), Y]).mean())
+
     return (calculate_loss,)
 
 
@@ -307,7 +326,7 @@ def _(Xdev, Xte, Xtr, Ydev, Yte, Ytr, calculate_loss):
     print("loss train", loss_train)
     print("loss val", loss_val)
     print("loss test", loss_test)
-    return loss_test, loss_train, loss_val
+    return
 
 
 @app.cell(hide_code=True)
@@ -383,7 +402,7 @@ def _(C, W1, W2, b1, b2, block_size, itos, np, vocab_size):
     samples = [sample_name(_gen) for _ in range(20)]
     for _s in samples:
         print(_s)
-    return (samples,)
+    return
 
 
 @app.cell(hide_code=True)
@@ -422,11 +441,12 @@ def _(np):
         print(f"{name:8s} | exact: {row['exact']!s:5s} | approximate: {row['approximate']!s:5s} | "
               f"maxdiff: {maxdiff:.3g}")
         return row
+
     return (cmp,)
 
 
 @app.cell
-def _(dC, dW1, dW2, db1, db2, dembcat, demb, dh, dhpreact, dlogits):
+def _(dC, dW1, dW2, db1, db2, demb, dembcat, dh, dhpreact, dlogits):
     # the loop's gradients of its last step, in the order it computed them
     mine = {"logits": dlogits, "W2": dW2, "b2": db2, "h": dh, "hpreact": dhpreact,
             "W1": dW1, "b1": db1, "embcat": dembcat, "emb": demb, "C": dC}
@@ -484,7 +504,7 @@ def _(cmp, mine, mo, ref, ref_kind, ref_tol):
     mo.callout(mo.md(f"{len(ref_rows)} gradients against {ref_kind}: "
                      + ("all agree" if not _bad else "FAIL " + ", ".join(_bad))),
                kind="success" if not _bad else "danger")
-    return (ref_rows,)
+    return
 
 
 @app.cell
@@ -499,7 +519,7 @@ def _(MLP, Xb, Yb, cmp, loss, mine, mo, params_last):
     mo.callout(mo.md(f"{len(lib_rows)} gradients against `MLP.backward`: "
                      + ("all agree" if not _bad else "FAIL " + ", ".join(_bad))),
                kind="success" if not _bad else "danger")
-    return lib_loss, lib_rows
+    return
 
 
 if __name__ == "__main__":
