@@ -1,5 +1,5 @@
 """The lecture notebooks on the real names.txt: examples/lecture2.py (makemore part 2, the training
-loop with every gradient written inline).
+loop with every gradient written inline) and examples/bigram.py (part 1, counted and trained).
 
 Each notebook runs once in this process (its cells' values and printed lines are read back, its
 gradients held to torch autograd and to npmlp's MLP.backward) and once as a script with torch
@@ -17,10 +17,11 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import REPO, check, needs_torch
+from helpers import HAVE_TORCH, REPO, check, needs_torch
 
 pytest.importorskip("marimo", reason="marimo is not installed (pip install 'npmlp[notebook]')")
 LECTURE2 = REPO / "examples" / "lecture2.py"
+BIGRAM = REPO / "examples" / "bigram.py"
 # the loop's gradients, in the order it computes them: dlogits, dW2, db2, dh, dhpreact, ...
 LOOP_GRADS = ("logits", "W2", "b2", "h", "hpreact", "W1", "b1", "embcat", "emb", "C")
 PARAMS = ("C", "W1", "b1", "W2", "b2")
@@ -183,3 +184,99 @@ def test_lecture2_runs_without_torch(names_path, tmp_path):
     lines = cmp_lines(stdout)
     assert len(lines) == len(PARAMS) + len(LOOP_GRADS)      # finite differences: the parameters only
     assert all("approximate: True" in line for line in lines), "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- bigram.py
+
+@pytest.fixture(scope="module")
+def bigram(names_path):
+    return run_in_process(BIGRAM, names_path)
+
+
+def bigram_pairs(words):
+    """(xs, ys) of every bigram, '.' at both ends: npmlp's rows with a context of one character."""
+    from npmlp import Vocab, build_dataset
+    X, Y = build_dataset(words, Vocab.from_words(words), 1)
+    return X[:, 0].astype(np.int64), Y.astype(np.int64)
+
+
+def assert_bigram_nlls(stdout):
+    counting, neural = printed(stdout, "counting model nll"), printed(stdout, "neural net nll")
+    assert abs(counting - 2.4544) < 1e-3, counting          # lecture 1's figure
+    assert abs(neural - counting) < 0.05, (counting, neural)
+    assert printed(stdout, "regularisation") > 0
+    return counting, neural
+
+
+def test_bigram_counts(bigram, names_path):
+    from npmlp import load_words
+    defs, stdout = bigram
+    xs, ys = bigram_pairs(load_words(names_path))
+    assert defs["num"] == len(xs) == 228_146
+    np.testing.assert_array_equal(defs["xs"], xs)
+    np.testing.assert_array_equal(defs["ys"], ys)
+    N = np.zeros((27, 27), np.int64)
+    np.add.at(N, (xs, ys), 1)
+    np.testing.assert_array_equal(defs["N"], N)
+    P = (N + 1) / (N + 1).sum(1, keepdims=True)
+    np.testing.assert_allclose(defs["P"], P, rtol=1e-15)
+    nll = -np.log(P[xs, ys]).mean()
+    counting, _ = assert_bigram_nlls(stdout)
+    assert abs(defs["nll_counts"] - nll) < 1e-12 and counting == round(nll, 4)
+
+
+def test_bigram_neural_net_reaches_the_counts(bigram):
+    defs, stdout = bigram
+    _, neural = assert_bigram_nlls(stdout)
+    assert neural == round(defs["nll_nn"], 4) and abs(defs["nll_nn"] - defs["nll_counts"]) < 0.05
+    lossi = np.array(defs["lossi"])
+    assert lossi.shape == (100,) and (np.diff(lossi) < 0).all()   # full batch, convex: every step lower
+    # the trained table is close to P where the data are (rare rows learn slowly: q's is still far)
+    common = defs["N"].sum(1) >= 3000
+    assert np.abs(defs["probs_nn"] - defs["P"])[common].max() < 0.02
+    for name in ("samples_counts", "samples_nn"):
+        assert len(defs[name]) == 5 and all(s.endswith(".") and len(s) > 1 for s in defs[name])
+
+
+def test_bigram_gradient_by_hand(bigram):
+    """The notebook's backward at a fresh W against central differences of its forward and
+    against the per-character closed form from the counts."""
+    defs, stdout = bigram
+    forward, backward, N, num = defs["forward"], defs["backward"], defs["N"], defs["num"]
+    W = np.random.default_rng(5).standard_normal((27, 27))
+    data, reg, probs = forward(W)
+    dW = backward(W, probs)
+    softmax = np.exp(W) / np.exp(W).sum(1, keepdims=True)
+    check("dW vs the counts", dW, (N.sum(1, keepdims=True) * softmax - N) / num + 0.02 * W / W.size, rtol=1e-12)
+    assert abs(reg - 0.01 * (W**2).mean()) < 1e-15
+    for j in (0, 28, 300, 728):
+        Wp, Wm = W.copy(), W.copy()
+        Wp.flat[j] += 1e-5
+        Wm.flat[j] -= 1e-5
+        fd = (sum(forward(Wp)[:2]) - sum(forward(Wm)[:2])) / 2e-5
+        assert abs(fd - dW.flat[j]) <= 1e-6 * np.abs(dW).max(), (j, fd, dW.flat[j])
+    rows = defs["check_rows"]
+    assert [r["name"] for r in rows] == ["dW vs central differences"] + (["dW vs torch autograd"] if HAVE_TORCH else [])
+    assert all(r["approximate"] for r in rows), rows
+
+
+@needs_torch
+def test_bigram_gradient_equals_torch(bigram):
+    import torch
+    defs, _ = bigram
+    W = np.random.default_rng(6).standard_normal((27, 27))
+    dW = defs["backward"](W, defs["forward"](W)[2])
+    Wt = torch.tensor(W, requires_grad=True)
+    xs, ys = (torch.as_tensor(defs[k], dtype=torch.int64) for k in ("xs", "ys"))
+    loss = torch.nn.functional.cross_entropy(Wt[xs], ys) + 0.01 * (Wt**2).mean()
+    loss.backward()
+    check("dW", dW, Wt.grad.numpy(), rtol=1e-10)
+    assert abs(sum(defs["forward"](W)[:2]) - loss.item()) < 1e-12
+
+
+def test_bigram_runs_without_torch(names_path, tmp_path):
+    stdout = run_without_torch(BIGRAM, names_path, tmp_path)
+    assert_bigram_nlls(stdout)
+    assert "torch is not installed" in stdout and "torch autograd" not in stdout
+    lines = cmp_lines(stdout)
+    assert len(lines) == 1 and "approximate: True" in lines[0], lines
