@@ -165,10 +165,10 @@ class StackEngine:
                 np.subtract(a.pre, mean, out=a.xmu)                      # (n, O) x - mean
                 np.square(a.xmu, out=a.t)
                 np.add.reduce(a.t, axis=0, out=ssq)                      # (O,) sum of squared deviations
-                np.multiply(ssq, 1 / (n - 1 if blk.bn.unbiased else n), out=a.vi)
-                a.vi += BN_EPS
-                np.sqrt(a.vi, out=a.vi)
-                np.divide(1, a.vi, out=a.vi)                             # (O,) 1 / sqrt(var + eps)
+                m = n - 1 if blk.bn.unbiased else n                      # var = ssq / m
+                np.add(ssq, m * BN_EPS, out=a.vi)                        # 1 / sqrt(ssq / m + eps) is
+                np.sqrt(a.vi, out=a.vi)                                  #   sqrt(m) / sqrt(ssq + m * eps):
+                np.divide(math.sqrt(m), a.vi, out=a.vi)                  #   (O,) one call fewer
                 np.multiply(a.vi, getattr(w, blk.bn.gamma), out=a.scale)  # (O,) gamma / sqrt(var + eps)
                 np.multiply(a.xmu, a.scale, out=a.y)
                 a.y += getattr(w, blk.bn.beta)                           # (n, O) gamma * xhat + beta
