@@ -13,7 +13,7 @@ The tricks, each said once where it is used:
   - the backward is seeded with dloss = -lr * (share of the batch) instead of 1: every gradient
     is linear in it, so the backward writes the update itself;
   - buffers allocated once per chunk size; the intermediates live where the next call reads them
-    (emb is written into the input of the first linear layer, h into that of the second);
+    (emb is written into the input of the first linear layer, h copied into that of the second);
   - NumPy's own cost per call is most of a small step, so the step makes few calls and cheap
     ones: np.dot (not the matmul ufunc), ufuncs with positional out, array methods (C.take), no
     views or two-dimensional indices made per step;
@@ -163,7 +163,7 @@ class Engine:
         onehot, dembcat = np.zeros((n * T, V), dt), np.empty((n, T * E), dt)
         b = self._bufs[n] = SimpleNamespace(
             embcat1=embcat1, embcat1_t=embcat1.T, emb=embcat1[:, :-1].reshape(n, T, E),
-            h1=h1, h1_t=h1.T, h=h1[:, :-1], hpreact=np.empty((n, H), dt),
+            h1=h1, h1_t=h1.T, h1_h=h1[:, :-1], h=np.empty((n, H), dt), hpreact=np.empty((n, H), dt),
             counts_t=logits_t, counts=logits_t.T, counts_flat=logits_t.reshape(-1),   # (V, n), (n, V), (V*n,)
             maxes=np.empty(n, dt), sums=np.empty(n, dt), nll=np.empty(n, dt), coef=np.empty(n, dt),
             dlogits_t=dlogits_t, dlogits=dlogits_t.T, dlogits_flat=dlogits_t.reshape(-1),
@@ -184,7 +184,9 @@ class Engine:
         b.hot = xb.reshape(-1) + b.rows_v if hot is None else hot
         self.w.C.take(xb, 0, b.emb)                               # (n, T, E) C[X], into embcat1
         self.hidden(b)                                            # (n, H) hpreact
-        self.tanh(b.hpreact, b.h)                                 # (n, H) h, into h1
+        # tanh and later h^2 run on a contiguous h (strided rows take longer), then h goes into h1
+        self.tanh(b.hpreact, b.h)                                 # (n, H) h
+        b.h1_h[...] = b.h                                         # (n, H+1) [h, 1]
         c, maxes, sums = b.counts_t, b.maxes, b.sums
         np.dot(self.W2bT, b.h1_t, c)                              # (V, n) (h @ W2 + b2).T
         np.maximum.reduce(c, 0, None, maxes)                      # (n,)
