@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -42,6 +43,15 @@ RTOL32 = 2e-5
 @pytest.fixture(scope="module")
 def data():
     return small_dataset(400, seed=1)
+
+
+@pytest.fixture(params=sorted(fast.TANH_FORMS))
+def tanh(request, monkeypatch):
+    """Each tanh the fast step can choose from the CPU (fast.TANH), forced for both dtypes: every
+    path is held to the reference on any CPU, not only the one this CPU picks."""
+    for dt in (np.float32, np.float64):
+        monkeypatch.setitem(fast.TANH, np.dtype(dt), request.param)
+    return request.param
 
 
 def as64(params):
@@ -96,7 +106,7 @@ GRID_IDS = [f"B{b}-T{t}-H{h}-V{v}-E{e}" + ("-repeat" if r else "") for b, t, h, 
 
 
 @pytest.mark.parametrize("B,T,H,V,E,repeat", GRID, ids=GRID_IDS)
-def test_one_step_equals_the_reference_float64(B, T, H, V, E, repeat):
+def test_one_step_equals_the_reference_float64(B, T, H, V, E, repeat, tanh):
     """One fast.sgd step and one train.sgd step from the same params on the same minibatch: the
     same loss, update and params to 1e-12; fast.gradients equal to MLP.backward's to 1e-12."""
     seed = B + 10 * T + H + V
@@ -119,7 +129,7 @@ def test_one_step_equals_the_reference_float64(B, T, H, V, E, repeat):
 
 
 @pytest.mark.parametrize("B,T,H,V,E,repeat", GRID, ids=GRID_IDS)
-def test_one_step_equals_the_reference_float32(B, T, H, V, E, repeat):
+def test_one_step_equals_the_reference_float32(B, T, H, V, E, repeat, tanh):
     """The float32 fast step against the float32 reference step (params after it) and against the
     reference in float64 from the same float32 params (loss, gradients, params): within 2e-5."""
     seed = B + 10 * T + H + V
@@ -146,7 +156,7 @@ def test_one_step_equals_the_reference_float32(B, T, H, V, E, repeat):
 # ----------------------------------------------------------------------------- whole runs
 
 @pytest.mark.parametrize("B,H,steps", [(32, 200, 1000), (300, 16, 1100)])
-def test_trajectory_equals_the_reference_float64(data, B, H, steps):
+def test_trajectory_equals_the_reference_float64(data, B, H, steps, tanh):
     """fast.sgd and train.sgd from the lecture's init on the same minibatches, with the lr drop
     halfway: every loss and every parameter within 1e-10. B=32: the lecture's model, one chunk,
     a whole block of steps gathered at once. B=300: three chunks; gather groups of 109 steps (not
@@ -166,7 +176,7 @@ def test_trajectory_equals_the_reference_float64(data, B, H, steps):
 
 
 @pytest.mark.parametrize("B", [128, 129, 256, 257, 385])
-def test_chunked_batches_equal_the_reference(data, B):
+def test_chunked_batches_equal_the_reference(data, B, tanh):
     """Batches at the chunk edges (one chunk of 128; 64+65; 2x128; 128+129; 128+128+129), 6 steps:
     float64 within 1e-12 of train.sgd; float32 within 2e-5 of the float64 reference."""
     vocab, X, Y = data
@@ -325,6 +335,64 @@ def test_a_pool_for_another_dtype_does_not_change_the_arithmetic(data):
             fast.sgd(model, X, Y, cfg, pool=pool)
     for k in PARAM_NAMES:
         np.testing.assert_array_equal(model.params[k], p64[k])
+
+
+# ----------------------------------------------------------------------------- the tanh chosen from the CPU
+
+def test_the_exp_form_of_tanh_is_tanh():
+    """tanh_exp against np.tanh over the range a hidden layer sees and beyond (exp(2x) overflows
+    to inf for large x and must give 1, without a warning inside sgd's errstate): within a few
+    units in the last place of 1, exact at 0 and at the saturated ends, NaN stays NaN."""
+    for dt, ulps in ((np.float32, 4), (np.float64, 4)):
+        x = np.concatenate([np.linspace(-30, 30, 20001), [0.0, 1e-30, -1e-30, 1e4, -1e4, np.inf, -np.inf]]).astype(dt)
+        out = np.empty_like(x)
+        with np.errstate(over="ignore"):
+            fast.tanh_exp(x, out)
+        ref = np.tanh(x.astype(np.float64))
+        check(f"tanh_exp {np.dtype(dt)}", out, ref, ulps * np.finfo(dt).eps, scale=1.0)
+        assert out[-7] == 0 and out[-4] == 1 and out[-3] == -1 and out[-2] == 1 and out[-1] == -1
+        nan = np.array([np.nan], dt)
+        fast.tanh_exp(nan, nan)
+        assert np.isnan(nan[0])
+
+
+@pytest.mark.parametrize("machine,loop,form", [
+    ("x86_64", "X86_V4", "np.tanh"), ("x86_64", "AVX512_SKX", "np.tanh"), ("x86_64", "AVX512F", "np.tanh"),
+    ("x86_64", "X86_V3", "exp"), ("x86_64", "FMA3__AVX2", "exp"), ("x86_64", "baseline(X86_V2)", "exp"),
+    ("AMD64", "baseline(SSE SSE2 SSE3)", "exp"), ("aarch64", "ASIMD", "np.tanh"), ("aarch64", "baseline(NEON)", "np.tanh")])
+def test_tanh_form_follows_numpys_loop(monkeypatch, machine, loop, form):
+    """fast.tanh_form reads which loop NumPy's tanh runs for a dtype (numpy.lib.introspect): the exp
+    form on x86 unless that loop is an AVX-512 one; NumPy's tanh elsewhere."""
+    introspect = pytest.importorskip("numpy.lib.introspect")
+    monkeypatch.setattr(introspect, "opt_func_info", lambda func_name=None, signature=None: {
+        "tanh": {"ff": {"current": loop, "available": loop}, "dd": {"current": loop, "available": loop}}})
+    monkeypatch.setattr(fast.platform, "machine", lambda: machine)
+    assert fast.tanh_form(np.float32) == fast.tanh_form(np.float64) == form
+
+
+def test_the_run_records_the_tanh_chosen():
+    """ARITHMETIC (recorded in every run, compared by --resume) names the tanh of each dtype."""
+    assert set(fast.TANH.values()) <= set(fast.TANH_FORMS)
+    for dt in (np.float32, np.float64):
+        assert f"{np.dtype(dt)} {fast.TANH[np.dtype(dt)]}" in fast.ARITHMETIC
+    assert fast.Engine(MLP.init(5, 2, 2, 3)).tanh_form == fast.TANH[np.dtype(np.float32)]
+    assert fast.Engine(MLP.init(5, 2, 2, 3), tanh="exp").tanh is fast.tanh_exp
+
+
+def test_an_exp_form_run_gives_no_overflow_warning(data, monkeypatch):
+    """Hidden pre-activations above 44 (float32) overflow exp(2x) in the exp form: fast.sgd and
+    fast.gradients turn that warning off, and the step still equals the reference's."""
+    monkeypatch.setitem(fast.TANH, np.dtype(np.float32), "exp")
+    vocab, X, Y = data
+    p = MLP.init(vocab.size, 3, 10, 16, seed=5, dtype=np.float32).params
+    p["W1"] *= 100                                             # |hpreact| up to hundreds
+    cfg = TrainConfig(steps=3, batch_size=32, lr=0.01, seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mine, _, _ = run(fast.sgd, p, X, Y, cfg)
+        fast.gradients(MLP(p), X[:32], Y[:32])
+    ref, _, _ = run(train.sgd, as64(p), X, Y, cfg)
+    check_params("after 3 steps", mine, ref, RTOL32)
 
 
 # ----------------------------------------------------------------------------- divergence

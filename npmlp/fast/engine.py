@@ -13,16 +13,23 @@ The tricks, each said once where it is used:
   - the backward is seeded with dloss = -lr * (share of the batch) instead of 1: every gradient
     is linear in it, so the backward writes the update itself;
   - buffers allocated once per chunk size; the intermediates live where the next call reads them
-    (emb is written into the input of the first linear layer, h into that of the second);
-  - softmax works on a (V, B)-laid-out copy of the logits; shifted logits are floored (EXP_FLOOR);
+    (emb is written into the input of the first linear layer, h copied into that of the second);
+  - NumPy's own cost per call is most of a small step, so the step makes few calls and cheap
+    ones: np.dot (not the matmul ufunc), ufuncs with positional out, array methods (C.take), no
+    views or two-dimensional indices made per step;
+  - the second product writes the logits transposed, (V, n), where softmax reduces over V
+    along contiguous rows; shifted logits are floored (EXP_FLOOR);
+  - the rows of many steps are gathered at once (Chunks.gather), with the flat positions of
+    their targets and one-hot ones;
+  - tanh is NumPy's where it is vectorised with AVX-512, else an exp form (TANH, tanh_form);
   - a batch of more than CHUNK rows runs as chunks whose updates are summed (in chunk order), and
-    parallel.py can run some chunks in helper processes;
-  - the minibatch rows of many steps are gathered with one `take`.
+    parallel.py can run some chunks in helper processes.
 """
 from __future__ import annotations
 
 import itertools
 import math
+import platform
 from types import SimpleNamespace
 
 import numpy as np
@@ -33,8 +40,6 @@ from ..mlp import MLP
 from ..train import BLOCK, TrainConfig, batch_block, check_loss
 from .stack import StackEngine
 
-ARITHMETIC = 2  # changes when the fast step's rounding changes; runs record it, so --resume can say
-                # when a run will not continue bit-identically
 CHUNK = 128     # rows per chunk: a chunk's (n, H) arrays stay in the L2 cache, and a batch of 256
                 # is already shared by two processes (see benchmarks/README.md)
 GATHER = 32768  # rows of several steps' minibatches gathered in one `take`
@@ -44,6 +49,41 @@ GATHER = 32768  # rows of several steps' minibatches gathered in one `take`
 # softmax denormal). So shifted logits are floored 40 above that limit: only probabilities below
 # exp(-47) (float32; 1e-290 in float64) change, by less than themselves, far below the resolution.
 EXP_FLOOR = {np.dtype(t): float(np.log(np.finfo(t).tiny)) + 40 for t in (np.float32, np.float64)}
+
+
+def tanh_exp(x, out):
+    """tanh(x) = 1 - 2 / (exp(2x) + 1) in five vectorised passes, for CPUs where NumPy's own tanh
+    runs a scalar or AVX2 loop and its exp a vectorised one (benchmarks/README.md). exp(2x)
+    overflows to inf for large x, which gives 1 (sgd runs with overflow warnings off)."""
+    np.multiply(x, 2, out)
+    np.exp(out, out)
+    np.add(out, 1, out)
+    np.divide(-2, out, out)
+    np.add(out, 1, out)
+
+
+TANH_FORMS = ("np.tanh", "exp")
+
+
+def tanh_form(dtype) -> str:
+    """The tanh the fast step uses for dtype on this CPU: NumPy's own where it runs an AVX-512 loop,
+    or on another architecture; the exp form on x86 where it runs an AVX2 or a baseline loop
+    (numpy.lib.introspect says which loop runs; NumPy before 2.1 cannot say: np.tanh)."""
+    try:
+        from numpy.lib.introspect import opt_func_info
+        loops = opt_func_info(func_name="^tanh$", signature=f"^{np.dtype(dtype).name}$")["tanh"]
+        loop = loops[np.dtype(dtype).char * 2]["current"]
+    except (ImportError, KeyError):
+        return "np.tanh"
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    return "exp" if x86 and not loop.startswith(("AVX512", "X86_V4")) else "np.tanh"
+
+
+TANH = {np.dtype(t): tanh_form(t) for t in (np.float32, np.float64)}
+
+# changes when the fast step's rounding changes, and names the tanh chosen for this CPU; runs
+# record it, so --resume can say when a run will not continue bit-identically
+ARITHMETIC = f"3 (tanh: float32 {TANH[np.dtype(np.float32)]}, float64 {TANH[np.dtype(np.float64)]})"
 
 
 def batch_chunks(batch_size: int):
@@ -60,16 +100,25 @@ def gather_group(batch_size: int) -> int:
 
 
 class Engine:
-    """The flat parameter vector of one MLP shape, views of it, and a chunk's forward/backward."""
+    """The flat parameter vector of one MLP shape, views of it, and a chunk's forward/backward.
+    Whoever changes the parameters other than by load() calls fresh_copies() before the next
+    forward (run_chunks does, every step)."""
 
     chunked = True      # a batch may run as chunks: each row's gradient depends on that row alone
 
-    def __init__(self, model: MLP):
+    def __init__(self, model: MLP, tanh: str | None = None):
         V, T, E, H = model.vocab_size, model.block_size, model.n_embd, model.n_hidden
         self.V, self.T, self.E, self.H = V, T, E, H
         self.shapes = {k: p.shape for k, p in model.params.items()}   # the model's order: each b after its W
         self.flat = np.zeros(sum(math.prod(s) for s in self.shapes.values()), model.dtype)  # (P,)
-        self.w = self.views(self.flat)
+        self.w = w = self.views(self.flat)
+        self.tanh_form = tanh or TANH[self.flat.dtype]
+        self.tanh = np.tanh if self.tanh_form == "np.tanh" else tanh_exp
+        # the transposed views the products read, made once (a view costs a call each time)
+        self.W1T, self.W2T, self.W2bT = w.W1b[:-1].T, w.W2b[:-1].T, w.W2b.T   # (H, T*E), (V, H), (V, H+1)
+        # OpenBLAS multiplies (n, H) @ (H, T*E) of 64+ rows faster when the right operand is
+        # C-ordered: a copy of W1.T, made by fresh_copies() once a step, serves every chunk
+        self.W1T_c = np.empty((H, T * E), model.dtype)
         self._bufs = {}                               # chunk rows -> buffers
 
     @property
@@ -90,6 +139,11 @@ class Engine:
     def load(self, model: MLP):
         for k in self.shapes:
             getattr(self.w, k)[...] = model.params[k]
+        self.fresh_copies()
+
+    def fresh_copies(self):
+        """After the parameters changed (each step): the copies that products read."""
+        np.copyto(self.W1T_c, self.W1T)
 
     def store(self, model: MLP):
         for k in self.shapes:
@@ -104,62 +158,73 @@ class Engine:
         T, E, H, V, dt = self.T, self.E, self.H, self.V, self.dtype
         embcat1 = np.ones((n, T * E + 1), dt)                     # (n, T*E+1)
         h1 = np.ones((n, H + 1), dt)                              # (n, H+1)
+        # the logits are made as their transpose (V, n): each reduction over V then adds whole
+        # contiguous rows of n numbers instead of n short rows of V
+        logits_t, dlogits_t = np.empty((V, n), dt), np.empty((V, n), dt)
+        onehot, dembcat = np.zeros((n * T, V), dt), np.empty((n, T * E), dt)
         b = self._bufs[n] = SimpleNamespace(
-            embcat1=embcat1, emb=embcat1[:, :-1].reshape(n, T, E), h1=h1, h=h1[:, :-1],
-            hpreact=np.empty((n, H), dt), logits=np.empty((n, V), dt),
-            counts=np.empty((V, n), dt).T,       # (n, V) laid out (V, n): see cross_entropy
-            maxes=np.empty((n, 1), dt), sums=np.empty((n, 1), dt),
-            dlogits=np.empty((V, n), dt).T, dh=np.empty((n, H), dt), dhpreact=np.empty((n, H), dt),
-            dembcat=np.empty((n, T * E), dt), onehot=np.empty((n * T, V), dt),
-            rows=np.arange(n), rows_t=np.arange(n * T),
-            # NumPy's matmul does not hand a (k, 1) @ (1, m) product to BLAS and runs a slow loop;
-            # np.dot does
-            wmul=np.dot if n == 1 else np.matmul)
+            embcat1=embcat1, embcat1_t=embcat1.T, emb=embcat1[:, :-1].reshape(n, T, E),
+            h1=h1, h1_t=h1.T, h1_h=h1[:, :-1], h=np.empty((n, H), dt), hpreact=np.empty((n, H), dt),
+            counts_t=logits_t, counts=logits_t.T, counts_flat=logits_t.reshape(-1),   # (V, n), (n, V), (V*n,)
+            maxes=np.empty(n, dt), sums=np.empty(n, dt), nll=np.empty(n, dt), coef=np.empty(n, dt),
+            dlogits_t=dlogits_t, dlogits=dlogits_t.T, dlogits_flat=dlogits_t.reshape(-1),
+            dh=np.empty((n, H), dt), dhpreact=np.empty((n, H), dt),
+            dembcat=dembcat, demb=dembcat.reshape(n * T, E),
+            onehot=onehot, onehot_t=onehot.T, onehot_flat=onehot.reshape(-1),
+            rows=np.arange(n), rows_v=np.arange(n * T) * V, pick=None, hot=None)
         return b
 
-    def forward_loss(self, xb, yb) -> tuple[float, SimpleNamespace]:
-        """The forward of rows xb (n, T), yb (n,): (their mean loss, the buffers holding it all)."""
-        b, w = self._buffers(len(xb)), self.w
-        np.take(w.C, xb, axis=0, out=b.emb)                       # (n, T, E) C[X], into embcat1
+    def forward_loss(self, xb, yb, pick=None, hot=None) -> tuple[float, SimpleNamespace]:
+        """The forward of rows xb (n, T), yb (n,): (their mean loss, the buffers holding it all).
+        pick (n,) and hot (n*T,): where the targets sit in counts_flat (y * n + row) and where
+        onehot(X) has its ones in onehot_flat ((row * T + t) * V + x), kept in the buffers for
+        the backward (Chunks.gather makes them for many steps at once; None: made here)."""
+        n = len(xb)
+        b = self._bufs.get(n) or self._buffers(n)
+        b.pick = yb * n + b.rows if pick is None else pick
+        b.hot = xb.reshape(-1) + b.rows_v if hot is None else hot
+        self.w.C.take(xb, 0, b.emb)                               # (n, T, E) C[X], into embcat1
         self.hidden(b)                                            # (n, H) hpreact
-        np.tanh(b.hpreact, out=b.h)                               # (n, H) h, into h1
-        np.matmul(b.h1, w.W2b, out=b.logits)                      # (n, V) h @ W2 + b2
-        # cross-entropy on a (V, n)-laid-out copy: each reduction over V then adds whole
-        # contiguous rows of n numbers instead of n short rows of V (see benchmarks/README.md)
-        c = b.counts
-        np.copyto(c, b.logits)                                    # (n, V)
-        np.maximum.reduce(c, axis=1, keepdims=True, out=b.maxes)  # (n, 1)
-        c -= b.maxes                                              # (n, V) logits - max
-        picked = c[b.rows, yb]                                    # (n,) the targets' shifted logits
+        # tanh and later h^2 run on a contiguous h (strided rows take longer), then h goes into h1
+        self.tanh(b.hpreact, b.h)                                 # (n, H) h
+        b.h1_h[...] = b.h                                         # (n, H+1) [h, 1]
+        c, maxes, sums = b.counts_t, b.maxes, b.sums
+        np.dot(self.W2bT, b.h1_t, c)                              # (V, n) (h @ W2 + b2).T
+        np.maximum.reduce(c, 0, None, maxes)                      # (n,)
+        np.subtract(c, maxes, c)                                  # (V, n) logits - max
+        picked = b.counts_flat[b.pick]                            # (n,) the targets' shifted logits
         np.maximum(c, EXP_FLOOR[c.dtype], out=c)                  # no denormals (see EXP_FLOOR)
-        np.exp(c, out=c)                                          # (n, V) counts
-        np.add.reduce(c, axis=1, keepdims=True, out=b.sums)       # (n, 1) counts.sum(1)
-        nll = np.log(b.sums[:, 0])                                # (n,) -log softmax[y] =
+        np.exp(c, c)                                              # (V, n) counts
+        np.add.reduce(c, 0, None, sums)                           # (n,) counts.sum(1)
+        nll = np.log(sums, b.nll)                                 # (n,) -log softmax[y] =
         nll -= picked                                             #   log(sum) - (logit[y] - max)
-        return float(np.add.reduce(nll)) / len(xb), b
+        return float(np.add.reduce(nll)) / n, b
 
     def hidden(self, b):
-        np.matmul(b.embcat1, self.w.W1b, out=b.hpreact)           # (n, H) embcat @ W1 + b1
+        np.dot(b.embcat1, self.w.W1b, b.hpreact)                  # (n, H) embcat @ W1 + b1
 
     def backward(self, b, xb, yb, dloss: float, g) -> None:
         """After forward_loss(xb, yb) gave b: dloss * the gradient of the chunk's mean loss into g
         (views() of a gradient vector)."""
-        n, w = len(yb), self.w
-        np.multiply(b.counts, (dloss / n) / b.sums, out=b.dlogits)  # (n, V) dloss * softmax / n
-        b.dlogits[b.rows, yb] -= dloss / n                        #   minus dloss * onehot(Y) / n
-        np.matmul(b.dlogits, w.W2b[:-1].T, out=b.dh)              # (n, H)
-        b.wmul(b.h1.T, b.dlogits, out=g.W2b)                      # (H+1, V) [dW2; db2]
-        np.square(b.h, out=b.dhpreact)                            # (n, H) h^2
-        np.subtract(1, b.dhpreact, out=b.dhpreact)                # (n, H) 1 - h^2
-        b.dhpreact *= b.dh                                        # (n, H)
+        n = len(xb)
+        d = dloss / n
+        dl_t = b.dlogits_t
+        np.multiply(b.counts_t, np.divide(d, b.sums, b.coef), dl_t)  # (V, n) dloss * softmax / n
+        b.dlogits_flat[b.pick] -= d                               #   minus dloss * onehot(Y) / n
+        np.dot(b.dlogits, self.W2T, b.dh)                         # (n, H) dlogits @ W2.T
+        np.dot(b.h1_t, b.dlogits, g.W2b)                          # (H+1, V) [dW2; db2]
+        dhpreact = b.dhpreact
+        np.square(b.h, dhpreact)                                  # (n, H) h^2
+        np.subtract(1, dhpreact, dhpreact)                        # (n, H) 1 - h^2
+        np.multiply(dhpreact, b.dh, dhpreact)                     # (n, H)
         dhprebn = self.hidden_backward(b, g)                      # (n, H)
-        np.matmul(dhprebn, w.W1b[:-1].T, out=b.dembcat)           # (n, T*E)
-        b.wmul(b.embcat1.T, dhprebn, out=g.W1b)                   # (T*E+1, H) [dW1; db1]
+        np.dot(dhprebn, self.W1T_c if n >= 64 else self.W1T, b.dembcat)  # (n, T*E)
+        np.dot(b.embcat1_t, dhprebn, g.W1b)                       # (T*E+1, H) [dW1; db1]
         # dC = onehot(X).T @ demb: the one-hot matmul adds the rows of repeated characters with
         # BLAS (np.add.at is correct but several times slower)
         b.onehot.fill(0)
-        b.onehot[b.rows_t, xb.reshape(-1)] = 1                   # (n*T, V)
-        np.matmul(b.onehot.T, b.dembcat.reshape(-1, self.E), out=g.C)  # (V, E)
+        b.onehot_flat[b.hot] = 1                                  # (n*T, V)
+        np.dot(b.onehot_t, b.demb, g.C)                           # (V, E)
 
     def hidden_backward(self, b, g):
         return b.dhpreact                                         # (n, H) no layer between
@@ -183,7 +248,7 @@ class BNEngine(Engine):
 
     def hidden(self, b):
         n, w = len(b.hprebn), self.w
-        np.matmul(b.embcat1, w.W1b, out=b.hprebn)                # (n, H) embcat @ W1 + b1
+        np.dot(b.embcat1, w.W1b, b.hprebn)                        # (n, H) embcat @ W1 + b1
         np.add.reduce(b.hprebn, axis=0, out=b.stat)               # (H,)
         b.stat *= 1 / n                                           # (H,) the batch mean
         np.subtract(b.hprebn, b.stat, out=b.xhat)                 # (n, H) x - mean
@@ -217,17 +282,24 @@ ENGINES = {"mlp": Engine, "bn": BNEngine, "deep": StackEngine}
 MODELS = tuple(ENGINES)    # the models (models.MODELS kinds) this engine trains
 
 
-def run_chunks(eng: Engine, ks, chunks, xb, yb, lr, views, parts):
-    """Forward and backward of the chunks ks of one batch: chunk k's share of the SGD update into
-    views[k] (views() of a flat vector), its mean loss into parts[k]. A chunk whose loss is not
-    finite gets no backward: the step is refused before its update (train.check_loss)."""
+def run_chunks(eng: Engine, pool, ks, g: int, lr: float):
+    """Forward and backward of the chunks ks of the batch pool.Xg[g], pool.Yg[g]: chunk k's share
+    of the SGD update into pool.grad_views[k], its mean loss into pool.parts[k]. A chunk whose
+    loss is not finite gets no backward: the step is refused before its update (train.check_loss)."""
+    xb, yb, pick, hot, T, B = pool.Xg[g], pool.Yg[g], pool.pick[g], pool.hot[g], eng.T, pool.batch_size
+    if pool.chunks[0][1] >= 64:                                   # the chunks' rows (see Engine.W1T_c)
+        eng.fresh_copies()
     for k in ks:
-        a, e, share = chunks[k]
-        part, b = eng.forward_loss(xb[a:e], yb[a:e])
-        parts[k] = part
+        a, e, share = pool.chunks[k]
+        if e - a < B:                                             # a part of the batch
+            xk, yk, pk, hk = xb[a:e], yb[a:e], pick[a:e], hot[a * T:e * T]
+        else:
+            xk, yk, pk, hk = xb, yb, pick, hot
+        part, b = eng.forward_loss(xk, yk, pk, hk)
+        pool.parts[k] = part
         if math.isfinite(part):
             # dloss = -lr * share: the chunk's gradient comes out as its part of -lr * p.grad
-            eng.backward(b, xb[a:e], yb[a:e], -lr * share, views[k])
+            eng.backward(b, xk, yk, -lr * share, pool.grad_views[k])
 
 
 _BLAS = {"open": 0, "limit": None}   # one BLAS-thread limit shared by every open Chunks
@@ -236,7 +308,9 @@ _BLAS = {"open": 0, "limit": None}   # one BLAS-thread limit shared by every ope
 class Chunks:
     """The arrays one training step needs, for batches of `batch_size` rows run as `chunks` in
     this process: each chunk's update (n, P) and loss (n,), the gathered rows of `group` steps,
-    Xg (G, B, T) and Yg (G, B). parallel.ChunkPool is the same with helper processes.
+    Xg (G, B, T) and Yg (G, B), and where each chunk's targets and characters sit in its flat
+    buffers, pick (G, B) and hot (G, B*T) (see gather). parallel.ChunkPool is the same with
+    helper processes.
     Use as a context manager, or close() it."""
 
     def __init__(self, model: MLP, batch_size: int):
@@ -250,6 +324,8 @@ class Chunks:
         self.parts = self.array((n,), np.float64)
         self.Xg = self.array((G, batch_size, model.block_size), np.intp)
         self.Yg = self.array((G, batch_size), np.intp)
+        self.pick = self.array((G, batch_size), np.intp)
+        self.hot = self.array((G, batch_size * model.block_size), np.intp)
         self.grad_views = [self.engine.views(row) for row in self.grads]
         self.mine = range(n)          # the chunks this process runs
         self.closed = False
@@ -264,6 +340,24 @@ class Chunks:
     @staticmethod
     def array(shape, dtype):
         return np.zeros(shape, dtype)
+
+    def gather(self, X, Y, ix):
+        """The rows ix (m, B) of X, Y for the next m <= G steps into Xg[:m], Yg[:m], with each
+        chunk's pick (y * n + row: where counts_flat holds the target) and hot ((row * T + t) * V
+        + x: where onehot_flat holds a one), so that a step indexes flat arrays once instead of
+        building two-dimensional indices."""
+        m, T, V = len(ix), self.engine.T, self.engine.V
+        Xg, Yg = self.Xg[:m], self.Yg[:m]
+        np.copyto(Xg, X.take(ix, axis=0))                         # (m, B, T) (take: faster than
+        np.copyto(Yg, Y.take(ix))                                 #   X[ix]), (m, B)
+        for a, e, _ in self.chunks:
+            n = e - a
+            pick = self.pick[:m, a:e]                             # (m, n)
+            np.multiply(Yg[:, a:e], n, pick)
+            pick += np.arange(n)
+            hot = self.hot[:m, a * T:e * T]                       # (m, n*T)
+            np.multiply(np.arange(n * T), V, hot)
+            hot += Xg[:, a:e].reshape(m, n * T)
 
     def fits(self, model: MLP, batch_size: int) -> None:
         if self.closed:
@@ -310,44 +404,46 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
     stop = cfg.steps if stop is None else stop
     lossi = np.zeros(cfg.steps, np.float32) if lossi is None else lossi
     update = pool.grads[0] if n == 1 else np.empty_like(eng.flat)   # the chunks' summed update
+    lr_at, flat, parts, shares = cfg.lr_at, eng.flat, pool.parts, [c[2] for c in chunks]
     eng.load(model)
-    try:
-        for step in range(start, stop):
-            i = step % BLOCK
-            if step == start or i == 0:
-                block = batch_block(cfg.seed, step // BLOCK, N, B)      # (BLOCK, B) row indices
-            if step == start or i % G == 0:
-                ix = block[i - i % G: i - i % G + G]                     # (G, B) the next G steps' rows
-                np.copyto(pool.Xg[:len(ix)], X.take(ix, axis=0))         # (G, B, T) (take: faster
-                np.copyto(pool.Yg[:len(ix)], Y.take(ix))                 #   than X[ix]), (G, B)
-            g, lr = i % G, cfg.lr_at(step)
-            pool.start(g, lr, eng.flat)                                  # helpers run their chunks ...
-            run_chunks(eng, pool.mine, chunks, pool.Xg[g], pool.Yg[g], lr, pool.grad_views, pool.parts)
-            pool.wait()                                                  # ... while we run ours
-            loss = 0.0
-            for k in range(n):
-                loss += float(pool.parts[k]) * chunks[k][2]              # the batch mean, chunk by chunk
-            check_loss(lossi, step, loss, cfg, eng.V)
-            if n > 1:                                                    # row by row in chunk order,
-                np.add.reduce(pool.grads, axis=0, out=update)            #   whoever ran the chunk
-            eng.flat += update                                           # p.data += -lr * p.grad, all five
-            lossi[step] = loss
-            if on_step is not None and on_step(step, loss):
-                return lossi, step + 1
-        return lossi, stop
-    finally:
-        eng.store(model)
+    # exp(2x) in the exp form of tanh overflows to inf on purpose
+    with np.errstate(over="ignore"):
+        try:
+            for step in range(start, stop):
+                i = step % BLOCK
+                if step == start or i % G == 0:
+                    if step == start or i == 0:
+                        block = batch_block(cfg.seed, step // BLOCK, N, B)     # (BLOCK, B) row indices
+                    pool.gather(X, Y, block[i - i % G: i - i % G + G])      # the next G steps' rows
+                g = i % G
+                lr = lr_at(step)
+                pool.start(g, lr, flat)                                    # helpers run their chunks ...
+                run_chunks(eng, pool, pool.mine, g, lr)
+                pool.wait()                                                # ... while we run ours
+                loss = 0.0
+                for k in range(n):
+                    loss += float(parts[k]) * shares[k]                    # the batch mean, chunk by chunk
+                check_loss(lossi, step, loss, cfg, eng.V)
+                if n > 1:                                                  # row by row in chunk order,
+                    np.add.reduce(pool.grads, 0, None, update)             #   whoever ran the chunk
+                flat += update                                             # p.data += -lr * p.grad, all five
+                lossi[step] = loss
+                if on_step is not None and on_step(step, loss):
+                    return lossi, step + 1
+            return lossi, stop
+        finally:
+            eng.store(model)
 
 
 def gradients(model: MLP, X, Y, lr: float = 0.1) -> dict:
     """The fast engine's gradient of the mean loss over rows X (B, T), Y (B,) for each parameter:
     the update it computes at rate lr, divided by -lr (for `npmlp gradcheck`'s fast column).
     NaN everywhere when the loss is not finite (training never runs that backward)."""
-    with Chunks(model, len(X)) as pool:
+    with Chunks(model, len(X)) as pool, np.errstate(over="ignore"):
         eng = pool.engine
         eng.load(model)
-        run_chunks(eng, pool.mine, pool.chunks, np.asarray(X, np.intp), np.asarray(Y, np.intp), lr,
-                   pool.grad_views, pool.parts)
+        pool.gather(np.asarray(X), np.asarray(Y), np.arange(len(X))[None])
+        run_chunks(eng, pool, pool.mine, 0, lr)
     total = np.add.reduce(pool.grads, axis=0) / -lr
     if not np.isfinite(pool.parts).all():
         total.fill(np.nan)

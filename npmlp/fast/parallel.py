@@ -187,7 +187,7 @@ class ChunkPool(Chunks):
                 except EOFError:                       # the parent closed the pipe (or died)
                     return
                 np.copyto(eng.flat, self.params)
-                run_chunks(eng, ks, self.chunks, self.Xg[g], self.Yg[g], lr, self.grad_views, self.parts)
+                run_chunks(eng, self, ks, g, lr)
                 conn.send_bytes(b"")
         except BaseException as e:  # noqa: BLE001  (any failure: report it, no traceback)
             try:
