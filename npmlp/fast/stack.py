@@ -142,14 +142,20 @@ class StackEngine:
             emb=emb, coef=coef, demb=per[0].dx.reshape(B * self.T, self.E), blocks=per, logits=per[-1].out,
             dlogits=per[-1].dout, maxes=np.empty((B, 1), dt), sums=np.empty((B, 1), dt),
             counts=np.empty((B, self.V), dt), onehot=np.zeros((B * self.T, self.V), dt),
-            rows=np.arange(B), rows_t=np.arange(B * self.T))
+            rows=np.arange(B), rows_v=np.arange(B * self.T) * self.V, hot=None)
         return bufs
 
-    def forward_loss(self, xb, yb) -> tuple[float, SimpleNamespace]:
+    def fresh_copies(self):
+        """engine.Engine's hook after the parameters change; this engine keeps no copies of them."""
+
+    def forward_loss(self, xb, yb, pick=None, hot=None) -> tuple[float, SimpleNamespace]:
         """The forward of rows xb (B, T), yb (B,) in training mode (batch statistics, and the
-        running statistics moved as the reference's layers move them): (mean loss, the buffers)."""
+        running statistics moved as the reference's layers move them): (mean loss, the buffers).
+        hot (B*T,): where onehot(X) has its ones ((row * T + t) * V + x; Chunks.gather makes them
+        for many steps at once; None: made here); pick is engine.Engine's and not used here."""
         B, w = len(xb), self.w
         b = self._buffers(B)
+        b.hot = xb.reshape(-1) + b.rows_v if hot is None else hot
         np.take(w.C, xb.reshape(-1), axis=0, out=b.emb)                 # (B*T, E)
         k = 0
         for blk, a in zip(self.blocks, b.blocks):
@@ -228,7 +234,7 @@ class StackEngine:
             np.matmul(d, getattr(w, blk.W).T, out=a.dx)                 # (n, I), into the layer below
         # dC = onehot(X).T @ demb: BLAS adds the rows of repeated characters
         b.onehot.fill(0)
-        b.onehot[b.rows_t, xb.reshape(-1)] = 1                          # (B*T, V)
+        b.onehot.reshape(-1)[b.hot] = 1                                 # (B*T, V)
         np.matmul(b.onehot.T, b.demb, out=g.C)                          # (V, E)
 
 
