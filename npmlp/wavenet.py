@@ -20,7 +20,8 @@ The BatchNorm1d layers normalise with the unbiased variance, as part 5's own lay
 (deep.BatchNorm1d says which model uses which). batchnorm_over_batch_only=1 keeps the lecture's
 bug, statistics over dim 0 only, so what fixing it gained can be measured.
 A layer's forward(x, training) returns (out, cache); its backward(dout, cache) returns (dx, its
-parameters' gradients). Sequential (deep.py) runs them in order and the backwards in reverse.
+parameters' gradients). The model runs the Embedding, then a Sequential (deep.py) of the rest in
+order; the backward runs them in reverse, the Embedding last.
 """
 from __future__ import annotations
 
@@ -134,7 +135,7 @@ class Wavenet(Model):
             self.buffers[k][...] = v
         self.vocab_size, self.block_size, self.n_embd, self.n_hidden = V, T, E, H
         self.flatten, self.n_levels, self.over_batch_only = n, L, over
-        layers = [Embedding("emb", p, "C")]
+        self.embedding, layers = Embedding("emb", p, "C"), []
         for i in range(1, L + 1):
             layers += [FlattenConsecutive(f"flatten{i}", n),
                        Linear(f"linear{i}", p, f"W{i}"),
@@ -144,7 +145,7 @@ class Wavenet(Model):
         layers.append(Linear("logits", p, f"W{L + 1}", f"b{L + 1}"))
         self.net = Sequential(layers)
         self.param_names = tuple(p)
-        self.act_names = tuple(reversed([layer.name for layer in layers]))   # logits, tanh3, ..., flatten1, emb
+        self.act_names = tuple(reversed([layer.name for layer in layers])) + ("emb",)   # logits, tanh3, ..., emb
         self.tanh_names = tuple(layer.name for layer in layers if isinstance(layer, Tanh))
 
     @classmethod
@@ -185,7 +186,8 @@ class Wavenet(Model):
         if X.ndim != 2 or X.shape[1] != self.block_size:
             raise ValueError(f"X has shape {X.shape}; the model takes (B, block_size={self.block_size})")
         c = Intermediates(at, X=X, Y=Y, caches={})
-        logits = self.net.forward(X, c, training)                       # (B, V)
+        c.emb, c.caches["emb"] = self.embedding.forward(X)              # (B, T, E)
+        logits = self.net.forward(c.emb, c, training)                   # (B, V) flatten1 ... logits
         if Y is None:
             return logits
         loss, ce = cross_entropy_forward(logits, Y)                     # ()
@@ -195,8 +197,9 @@ class Wavenet(Model):
     def backward(self, c):
         """-> (grads, dacts), each in the order computed: the layers' backwards, last to first."""
         dlogits = cross_entropy_backward(1.0, CrossEntropyCache(c.probs, c.Y))   # (B, V)
-        _, grads, dacts = self.net.backward(dlogits, c)                          # dX: None (indices)
-        return grads, dacts
+        demb, grads, dacts = self.net.backward(dlogits, c)                       # (B, T, E) logits ... flatten1
+        _, g = self.embedding.backward(demb, c.caches["emb"])                    # dC: demb summed per character
+        return {**grads, **g}, {**dacts, "emb": demb}
 
     def logits(self, X):
         """Inference (running statistics): X (N, T) -> logits (N, V)."""
