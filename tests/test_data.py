@@ -1,5 +1,7 @@
-"""Data: the real names.txt, the lecture's vocab / split / row counts, build_dataset against the
-lecture's Python loop, unicode alphabets, index dtypes, and where load_words looks (no network).
+"""Data: the real names.txt, the lecture's vocab / split / row counts, both tiers of build_dataset
+(data.build_dataset, the lecture's loop, and fast.dataset.build_dataset, its vectorised twin)
+against the lecture's verbatim loop and each other, unicode alphabets, index dtypes, and where
+load_words looks (no network).
 
 Legend: N rows, T block_size, V vocab size.
 """
@@ -14,6 +16,9 @@ import pytest
 
 from npmlp import data
 from npmlp.data import DataError, Vocab, build_dataset, load_words, parse_words, split_words
+from npmlp.fast.dataset import build_dataset as build_dataset_fast
+
+BUILDERS = {"reference": build_dataset, "fast": build_dataset_fast}
 
 
 def lecture_build_dataset(words, block_size):
@@ -33,8 +38,14 @@ def lecture_build_dataset(words, block_size):
 
 
 def assert_rows_equal(words, T, vocab=None):
+    """Both tiers' rows equal the lecture's loop's (and so each other's). -> the reference's X, Y."""
     vocab = vocab or Vocab.from_words(words)
-    X, Y = build_dataset(words, vocab, T)
+    _rows_equal(BUILDERS["fast"], words, T, vocab)
+    return _rows_equal(BUILDERS["reference"], words, T, vocab)
+
+
+def _rows_equal(build, words, T, vocab):
+    X, Y = build(words, vocab, T)
     Xl, Yl = lecture_build_dataset(words, T)
     assert X.shape == Xl.shape and Y.shape == Yl.shape, (X.shape, Xl.shape)
     assert X.dtype == Y.dtype == vocab.index_dtype()
@@ -123,17 +134,33 @@ def test_build_dataset_equals_lecture_loop_subset(words, T):
     assert_rows_equal(sub, T, Vocab.from_words(words))
 
 
-def test_build_dataset_edge_cases():
+@pytest.mark.parametrize("build", BUILDERS.values(), ids=BUILDERS)
+def test_build_dataset_edge_cases(build):
     vocab = Vocab.from_words(["ab"])
-    X, Y = build_dataset([], vocab, 3)
+    X, Y = build([], vocab, 3)
     assert X.shape == (0, 3) and Y.shape == (0,)
-    X, Y = build_dataset(["a"], vocab, 1)
+    X, Y = build(["a"], vocab, 1)
     assert X.tolist() == [[0], [1]] and Y.tolist() == [1, 0]
-    assert_rows_equal(["a", "b", "ab", "ba", "abababababab"], 5, vocab)  # words shorter and longer than T
     with pytest.raises(DataError, match="block_size"):
-        build_dataset(["a"], vocab, 0)
+        build(["a"], vocab, 0)
     with pytest.raises(DataError, match="'c'"):
-        build_dataset(["abc"], vocab, 3)
+        build(["abc"], vocab, 3)
+
+
+@pytest.mark.parametrize("words,T", [
+    (["a", "b", "ab", "ba", "abababababab"], 5),             # shorter and longer than the context
+    (list("abcdefghij"), 3),                                 # one-letter names only
+    (["ab" * 400, "a", "b" * 1000], 4),                      # very long names
+    (["ab", "ba", "aab"], 20),                               # a context longer than every name
+    (["a"], 1),
+])
+def test_the_two_tiers_of_build_dataset_agree_on_odd_inputs(words, T):
+    vocab = Vocab.from_words(words)
+    ref, fast = (build(words, vocab, T) for build in BUILDERS.values())
+    for a, b in zip(ref, fast):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+    assert_rows_equal(words, T, vocab)
 
 
 # ----------------------------------------------------------------------------- unicode, dtypes

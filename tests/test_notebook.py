@@ -1,5 +1,5 @@
-"""The marimo notebooks run top to bottom as plain scripts: examples/lecture2.py (lecture 2) and
-examples/backprop_ninja.py (part 4's exercises), the latter also with torch hidden."""
+"""examples/backprop_ninja.py (part 4's exercises) runs top to bottom as a plain script, also with
+torch hidden and offline. The lecture notebooks (lecture2.py, bigram.py) are tested in test_lectures.py."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,7 +12,6 @@ import pytest
 from helpers import HAVE_TORCH, REPO, check, make_names
 
 pytest.importorskip("marimo", reason="marimo is not installed (pip install 'npmlp[notebook]')")
-NOTEBOOK = REPO / "examples" / "lecture2.py"
 NINJA = REPO / "examples" / "backprop_ninja.py"
 # the 26 gradients of part 4's exercise 1, in the order its backward computes them
 NINJA_GRADS = ("logprobs", "probs", "counts_sum_inv", "counts_sum", "counts", "norm_logits", "logit_maxes",
@@ -27,34 +26,10 @@ def names(tmp_path):
     return p
 
 
-def test_notebook_runs_as_a_script(names):
-    env = {**os.environ, "NPMLP_DATA": str(names), "MPLBACKEND": "Agg"}
-    r = subprocess.run([sys.executable, str(NOTEBOOK)], capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr
-
-
-def test_notebook_cells_compute_the_lecture(names, monkeypatch):
-    """Run the app in-process and read what its cells defined."""
-    monkeypatch.setenv("NPMLP_DATA", str(names))
-    spec = importlib.util.spec_from_file_location("lecture2", NOTEBOOK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    _, defs = module.app.run()
-    assert defs["words"] == make_names(300, seed=4)            # the names of NPMLP_DATA
-    assert all(r.ok for r in defs["grad_rows"]) and len(defs["grad_rows"]) == 10
-    lossi = defs["lossi"]
-    assert np.isfinite(lossi).all() and lossi[-100:].mean() < lossi[:100].mean()   # it learned
-    vocab = defs["vocab"]
-    assert len(defs["samples"]) == 20
-    assert all(s.endswith(".") and set(s) <= set(vocab.itos) for s in defs["samples"])
-
-
-@pytest.mark.parametrize("notebook", [NOTEBOOK, NINJA], ids=lambda p: p.stem)
-def test_notebook_falls_back_to_generated_names_offline(tmp_path, notebook):
+def test_ninja_falls_back_to_generated_names_offline(tmp_path):
     env = {**os.environ, "NPMLP_DATA": str(tmp_path / "missing.txt"), "MPLBACKEND": "Agg",
            "XDG_CACHE_HOME": str(tmp_path)}
-    r = subprocess.run([sys.executable, str(notebook)], capture_output=True, text=True, env=env, timeout=300,
+    r = subprocess.run([sys.executable, str(NINJA)], capture_output=True, text=True, env=env, timeout=300,
                        check=False)
     assert r.returncode == 0, r.stderr[-3000:]
 

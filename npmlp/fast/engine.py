@@ -31,6 +31,7 @@ from threadpoolctl import threadpool_limits
 from ..layers import BN_EPS as EPS_BN
 from ..mlp import MLP
 from ..train import BLOCK, TrainConfig, batch_block, check_loss
+from .stack import StackEngine
 
 ARITHMETIC = 2  # changes when the fast step's rounding changes; runs record it, so --resume can say
                 # when a run will not continue bit-identically
@@ -212,7 +213,7 @@ class BNEngine(Engine):
         return b.tmp
 
 
-ENGINES = {"mlp": Engine, "bn": BNEngine}
+ENGINES = {"mlp": Engine, "bn": BNEngine, "deep": StackEngine}
 MODELS = tuple(ENGINES)    # the models (models.MODELS kinds) this engine trains
 
 

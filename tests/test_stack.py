@@ -1,0 +1,148 @@
+"""The fast engine of the layer-object networks (npmlp/fast/stack.py) held to the reference tier
+it fuses: the model's forward and backward through deep.py's layer objects, and train.sgd's loop.
+Where it is checked bit for bit against another fast run (a resumed one), it is also checked
+against the reference.
+
+Legend: B batch, T block_size, E n_embd, H n_hidden, L hidden layers, V vocab size.
+Relative error = max|fast - reference| / max|reference| (helpers.check). Tolerances: float64 one
+step 1e-12 (gradients, updates, running statistics); float64 1,000 steps 1e-10; float32 2e-5.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import check
+
+from npmlp import train
+from npmlp.app.registry import MODELS
+from npmlp.fast import engine as fast
+from npmlp.train import TrainConfig
+
+RTOL64, RTOL64_RUN, RTOL32 = 1e-12, 1e-10, 2e-5
+
+# (kind, sizes, B, repeat): depths 1-6, widths 1-100, contexts 1-8, batches 2-300, with and without
+# BatchNorm; `repeat` puts one character everywhere (every row of C and target the same; with
+# BatchNorm that makes every variance 0, and the gradients below it round-off amplified by 1/sqrt(eps))
+GRID = [
+    ("deep", {}, 32, False),
+    ("deep", {"batchnorm": 0}, 32, False),
+    ("deep", {"n_layers": 1, "n_hidden": 1, "block_size": 1, "n_embd": 1}, 2, False),
+    ("deep", {"n_layers": 2, "n_hidden": 7, "block_size": 8, "n_embd": 3}, 300, False),
+    ("deep", {"n_layers": 3, "n_hidden": 16, "batchnorm": 0}, 1, False),
+    ("deep", {"n_layers": 6, "n_hidden": 33, "block_size": 5}, 129, False),
+    ("deep", {"n_layers": 6, "n_hidden": 33, "block_size": 5, "batchnorm": 0}, 129, True),
+    ("deep", {"n_layers": 2, "n_hidden": 100, "batchnorm": 0, "block_size": 2}, 257, True),
+]
+
+
+def data(V, T, seed, repeat=False, N=400):
+    if repeat:
+        return np.full((N, T), V - 1, np.uint8), np.full(N, V - 1, np.uint8)
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, V, (N, T)).astype(np.uint8), rng.integers(0, V, N).astype(np.uint8)
+
+
+def fresh(kind, sizes, dtype=np.float64, seed=1, V=27):
+    return MODELS[kind].init(V, **sizes, seed=seed, dtype=dtype)
+
+
+def copy(model):
+    return type(model)({k: v.copy() for k, v in model.params.items()}, {k: v.copy() for k, v in model.buffers.items()})
+
+
+@pytest.mark.parametrize("kind,sizes,B,repeat", GRID)
+def test_one_step_equals_the_reference(kind, sizes, B, repeat):
+    """The loss, every parameter's update (-lr x its gradient) and the running statistics after one
+    step of the fused engine, against the reference forward and backward of the same batch."""
+    model = fresh(kind, sizes)
+    X, Y = data(model.vocab_size, model.block_size, B, repeat)
+    Xb, Yb = X[:B].astype(np.intp), Y[:B].astype(np.intp)
+    ref = copy(model)
+    loss, grads = ref.loss_and_grads(Xb, Yb)                      # moves ref's running statistics
+    with fast.Chunks(model, B) as pool:
+        eng = pool.engine
+        eng.load(model)
+        part, bufs = eng.forward_loss(Xb, Yb)
+        eng.backward(bufs, Xb, Yb, -0.1, pool.grad_views[0])
+        eng.store(model)
+    check("loss", part, loss, RTOL64)
+    update = pool.grad_views[0]
+    # a gradient that is zero up to round-off (gamma where every row of a BatchNorm is alike, or
+    # two rows that leave xhat at +-1) is judged against 1% of the step's largest, as gradcheck does
+    floor = 0.01 * max(float(np.abs(0.1 * g).max()) for g in grads.values())
+    for k, g in grads.items():
+        check(f"update {k}", getattr(update, k), -0.1 * g, RTOL64, scale=max(float(np.abs(0.1 * g).max()), floor))
+    for k, b in ref.buffers.items():
+        check(f"running statistic {k}", model.buffers[k], b, RTOL64)
+
+
+@pytest.mark.parametrize("kind,sizes", [("deep", {}), ("deep", {"batchnorm": 0, "n_hidden": 64})])
+def test_a_thousand_steps_follow_the_reference(kind, sizes):
+    """1,000 steps of train.sgd and of fast.sgd from the same start, float64: every parameter,
+    every running statistic and the loss history to 1e-10, across a learning-rate drop."""
+    model = fresh(kind, sizes, seed=5)
+    X, Y = data(model.vocab_size, model.block_size, 7, N=5000)
+    cfg = TrainConfig(steps=1000, batch_size=32, seed=11, decay_at=0.6)
+    ref, mine = copy(model), copy(model)
+    ref_losses, _ = train.sgd(ref, X, Y, cfg)
+    losses, _ = fast.sgd(mine, X, Y, cfg)
+    check("loss history", losses, ref_losses, RTOL64_RUN)
+    for k in ref.params:
+        check(k, mine.params[k], ref.params[k], RTOL64_RUN)
+    for k in ref.buffers:
+        check(k, mine.buffers[k], ref.buffers[k], RTOL64_RUN)
+
+
+def test_float32_steps_follow_the_float64_reference():
+    model = fresh("deep", {"n_layers": 3, "n_hidden": 50}, dtype=np.float32, seed=2)
+    X, Y = data(model.vocab_size, model.block_size, 3, N=2000)
+    cfg = TrainConfig(steps=50, batch_size=64, seed=4)
+    ref = type(model)({k: v.astype(np.float64) for k, v in model.params.items()},
+                      {k: v.astype(np.float64) for k, v in model.buffers.items()})
+    train.sgd(ref, X, Y, cfg)
+    fast.sgd(model, X, Y, cfg)
+    for k in ref.params:
+        check(k, model.params[k], ref.params[k], RTOL32)
+    for k in ref.buffers:
+        check(k, model.buffers[k], ref.buffers[k], RTOL32)
+
+
+@pytest.mark.parametrize("kind,sizes", [("deep", {"n_layers": 3, "n_hidden": 40})])
+def test_stopping_and_resuming_is_bit_identical(kind, sizes):
+    """300 steps in one call against 137 + 163 in two (the model stored and reloaded between, as a
+    checkpoint and --resume do): the same bits, params and running statistics alike, and both
+    within round-off of the reference."""
+    model = fresh(kind, sizes, seed=3)
+    X, Y = data(model.vocab_size, model.block_size, 9, N=3000)
+    cfg = TrainConfig(steps=300, batch_size=32, seed=8)
+    whole, parts, ref = copy(model), copy(model), copy(model)
+    lossi_whole, _ = fast.sgd(whole, X, Y, cfg)
+    lossi = np.zeros(cfg.steps, np.float32)
+    fast.sgd(parts, X, Y, cfg, lossi, 0, 137)
+    again = copy(parts)                                   # a new model and engine, as --resume makes
+    fast.sgd(again, X, Y, cfg, lossi, 137, 300)
+    np.testing.assert_array_equal(lossi, lossi_whole)
+    for k in whole.params:
+        np.testing.assert_array_equal(again.params[k], whole.params[k])
+    for k in whole.buffers:
+        np.testing.assert_array_equal(again.buffers[k], whole.buffers[k])
+    train.sgd(ref, X, Y, cfg)
+    for k in ref.params:
+        check(k, whole.params[k], ref.params[k], RTOL64_RUN)
+
+
+def test_gradients_for_gradcheck_equal_the_reference():
+    model = fresh("deep", {"n_layers": 2, "n_hidden": 12})
+    X, Y = data(model.vocab_size, model.block_size, 1)
+    grads = model.loss_and_grads(X[:40], Y[:40])[1]
+    mine = fast.gradients(model, X[:40], Y[:40])
+    for k, g in grads.items():
+        check(k, mine[k], g, RTOL64)
+
+
+def test_a_layer_the_engine_does_not_fuse_is_refused_in_one_sentence():
+    from npmlp.fast.stack import StackEngine
+    model = fresh("deep", {"n_layers": 2, "n_hidden": 5})
+    model.net.layers.insert(1, type("Dropout", (), {"name": "dropout1"})())
+    with pytest.raises(ValueError, match="does not fuse a Dropout here"):
+        StackEngine(model)
