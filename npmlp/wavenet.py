@@ -94,7 +94,8 @@ class Wavenet(Model):
 
     @staticmethod
     def shapes(vocab_size, block_size, n_embd, n_hidden, flatten, batchnorm_over_batch_only=0):
-        """The parameters' shapes, in the lecture's order (each Linear's weight, then its BatchNorm's)."""
+        """The parameters' shapes, in the lecture's order (each Linear's weight, then its BatchNorm's);
+        the bug changes none of them."""
         L = levels(block_size, flatten)
         s, fan_in = {"C": (vocab_size, n_embd)}, n_embd * flatten
         for i in range(1, L + 1):
@@ -116,6 +117,8 @@ class Wavenet(Model):
         return s
 
     def __init__(self, params, buffers=None, over_batch_only=False):
+        """The sizes follow from the params' shapes; over_batch_only (the lecture's bug) does not show
+        in them, so it is given (from_params reads it from a checkpoint's sizes)."""
         L = sum(1 for k in params if k[0] == "W" and k[1:].isdigit()) - 1
         V, E = np.shape(params["C"])
         I, H = np.shape(params["W1"])
