@@ -58,7 +58,8 @@ def test_cells_check_train_and_show_the_bug(names, monkeypatch):
     assert defs["ref_kind"].startswith("torch autograd" if HAVE_TORCH else "central differences")
     rows = defs["flatten_rows"] + defs["bn_rows"] + defs["lib_rows"]
     assert all(r["verdict"] in ("exact", "approx") for r in rows), rows
-    assert all(r["exact"] for r in defs["flatten_rows"])             # a reshape's gradient moves numbers only
+    if HAVE_TORCH:                                                   # a reshape's gradient moves numbers only
+        assert all(r["exact"] for r in defs["flatten_rows"])
 
     # the notebook's 3-D BatchNorm backward is the library's pair
     from npmlp.layers import batchnorm_backward, batchnorm_forward
