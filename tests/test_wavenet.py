@@ -334,7 +334,8 @@ def torch_inference(tp, tb, X, n, L):
         x = x.squeeze(1) if x.shape[1] == 1 else x
         x = x @ torch.tensor(tp[f"W{i}"])
         mean, var = torch.tensor(tb[f"running_mean{i}"]), torch.tensor(tb[f"running_var{i}"])
-        x = torch.tanh(torch.tensor(tp[f"gamma{i}"]) * (x - mean) / torch.sqrt(var + 1e-5) + torch.tensor(tp[f"beta{i}"]))
+        gamma, beta = torch.tensor(tp[f"gamma{i}"]), torch.tensor(tp[f"beta{i}"])
+        x = torch.tanh(gamma * (x - mean) / torch.sqrt(var + 1e-5) + beta)
     return (x @ torch.tensor(tp[f"W{L + 1}"]) + torch.tensor(tp[f"b{L + 1}"])).numpy()
 
 
@@ -533,8 +534,9 @@ def test_options_the_wavenet_refuses(capsys, names, tmp_path, argv, needles):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("opts, needles", [(["--flatten", "4"], ["--flatten 4 differs from the run's 2"]),
-                                           (["--batchnorm-over-batch-only"], ["--batchnorm-over-batch-only 1 differs"])])
+@pytest.mark.parametrize("opts, needles", [
+    (["--flatten", "4"], ["--flatten 4 differs from the run's 2"]),
+    (["--batchnorm-over-batch-only"], ["--batchnorm-over-batch-only 1 differs from the run's 0"])])
 def test_resume_keeps_the_group_and_the_bug(capsys, names, tmp_path, monkeypatch, opts, needles):
     run = tmp_path / "run"
     with monkeypatch.context() as m:
