@@ -43,29 +43,54 @@ class Linear:
 class BatchNorm1d:
     """Training normalises each channel (the last axis) with the batch's mean and variance over
     every other axis, and updates running averages (momentum 0.1) of the mean and the unbiased
-    variance; inference normalises with those running statistics. unbiased=False normalises with
-    the biased variance, as torch.nn.BatchNorm1d (part 3's `deep`); True with the unbiased one, as
-    part 5's own layer."""
+    variance; inference normalises with those running statistics.
 
-    def __init__(self, name, params, buffers, gamma, beta, mean, var, unbiased=False, momentum=0.1):
+    Which variance each model normalises with (the one place that says so):
+      - deep (part 3): the biased one, unbiased=False, as torch.nn.BatchNorm1d does in training;
+      - wavenet (part 5): the unbiased one, unbiased=True, as part 5's own layer (x.var(dim), torch's
+        default) does, which also feeds that same variance to the running estimate;
+      - bn (part 4, bn.py): Bessel's correction too, written atom by atom, with calibrated statistics.
+    The running variance is the unbiased one in every case.
+
+    over_batch_only=True is part 5's bug, kept to measure it: on a (B, T, C) input the statistics
+    run over dim 0 alone, so each of the T positions' C channels is normalised as a channel of its
+    own (T x C "channels"), and the running statistics (mean, var) are (T, C), one row per position."""
+
+    def __init__(self, name, params, buffers, gamma, beta, mean, var, unbiased=False, momentum=0.1,
+                 over_batch_only=False):
         self.name, self.params, self.buffers = name, params, buffers
         self.gamma, self.beta, self.mean, self.var = gamma, beta, mean, var
-        self.unbiased, self.momentum = unbiased, momentum
+        self.unbiased, self.momentum, self.over_batch_only = unbiased, momentum, over_batch_only
 
     def forward(self, x, training=True):
         gamma, beta = self.params[self.gamma], self.params[self.beta]
         mean, var = self.buffers[self.mean], self.buffers[self.var]
         if not training:
             return gamma * (x - mean) / np.sqrt(var + BN_EPS) + beta, None       # (..., C)
-        out, (xhat, var_inv, _, _) = batchnorm_forward(x, gamma, beta, BN_EPS, self.unbiased)  # (..., C)
-        axes, m = tuple(range(x.ndim - 1)), self.momentum
-        mean[...] = (1 - m) * mean + m * x.mean(axes)                             # (C,)
-        var[...] = (1 - m) * var + m * x.var(axes, ddof=1)                        # (C,) unbiased, as torch
+        if self.over_batch_only and x.ndim == 3:
+            B, T, C = x.shape
+            # the bug: (B, T, C) seen as (B, T*C), gamma and beta repeated for each position
+            out, (xhat, var_inv, _, _) = batchnorm_forward(x.reshape(B, T * C), np.tile(gamma, T),
+                                                           np.tile(beta, T), BN_EPS, self.unbiased)  # (B, T*C)
+            out, axes = out.reshape(B, T, C), (0,)                                # (B, T, C)
+        else:
+            out, (xhat, var_inv, _, _) = batchnorm_forward(x, gamma, beta, BN_EPS, self.unbiased)  # (..., C)
+            axes = tuple(range(x.ndim - 1))
+        m = self.momentum
+        mean[...] = (1 - m) * mean + m * x.mean(axes)                             # (C,), or (T, C)
+        var[...] = (1 - m) * var + m * x.var(axes, ddof=1)                        # (C,), or (T, C) unbiased, as torch
         return out, (xhat, var_inv)                                               # cache
 
     def backward(self, dout, cache):
         xhat, var_inv = cache
         gamma = self.params[self.gamma]
+        if xhat.ndim < dout.ndim:          # the bug's forward: xhat (B, T*C), dout (B, T, C)
+            B, T, C = dout.shape
+            # dx: the fused formula over T*C channels; gamma and beta served every position,
+            # so their gradients sum over the T positions
+            dx, dgamma, dbeta = batchnorm_backward(dout.reshape(B, T * C),
+                                                   BatchNormCache(xhat, var_inv, np.tile(gamma, T), self.unbiased))
+            return dx.reshape(B, T, C), {self.gamma: dgamma.reshape(T, C).sum(0), self.beta: dbeta.reshape(T, C).sum(0)}
         # dgamma = (xhat * dout) summed, dbeta = dout summed, dx: the fused formula of layers.py
         dx, dgamma, dbeta = batchnorm_backward(dout, BatchNormCache(xhat, var_inv, gamma, self.unbiased))
         return dx, {self.gamma: dgamma, self.beta: dbeta}

@@ -103,7 +103,7 @@ def roundoff(model, X, Y, grads: dict, seed: int = 0) -> dict:
     differ by that much; in the lecture's models it is ~1e-16 and rtol decides."""
     rng = np.random.default_rng(seed)
     ulp = np.finfo(model.dtype).eps
-    moved = type(model)({k: (v * (1 + ulp * rng.choice((-1, 1), v.shape))).astype(v.dtype)
+    moved = model.like({k: (v * (1 + ulp * rng.choice((-1, 1), v.shape))).astype(v.dtype)
                          for k, v in model.params.items()})
     g, d = moved.backward(moved.forward(X, Y)[1])
     return {k: float(np.abs(np.asarray(a, np.float64) - grads[k]).max()) for k, a in {**d, **g}.items()}
@@ -195,7 +195,7 @@ def report(model, X, Y, coords: int = 20, seed: int = 0, use_torch: bool = True,
         ref = {**tdacts, **tgrads}
 
     # finite differences always in float64, on a copy (the model itself is never touched)
-    m64 = type(model)({k: v.astype(np.float64) for k, v in model.params.items()})
+    m64 = model.like({k: v.astype(np.float64) for k, v in model.params.items()})
     _, c64 = m64.forward(X, Y)
 
     def fd_of(name, idx, step):

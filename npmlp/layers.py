@@ -185,6 +185,8 @@ class FlattenCache(NamedTuple):
 def flatten_consecutive_forward(x, n):
     """x (B, T, C) -> (B, T/n, C*n): each n consecutive positions side by side, as one wider
     position; squeezed to (B, C*n) when one position is left (the WaveNet's last fusion)."""
+    if np.ndim(x) != 3:
+        raise ValueError(f"flatten consecutive takes (B, T, C) input, got shape {np.shape(x)}")
     B, T, C = x.shape
     if n < 1 or T % n:
         raise ValueError(f"flatten by {n}: the {T} positions do not split into groups of {n}")

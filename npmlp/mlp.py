@@ -29,6 +29,16 @@ class Model:
     def num_params(self) -> int:
         return sum(p.size for p in self.params.values())
 
+    @classmethod
+    def from_params(cls, params, sizes: dict):
+        """The model holding `params`, given the sizes a checkpoint recorded. The arrays' shapes
+        show every size but a flag such as wavenet's BatchNorm bug, which comes from `sizes`."""
+        return cls(params)
+
+    def like(self, params):
+        """A model of the same kind and sizes holding other params (gradcheck's copies)."""
+        return self.from_params(params, self.sizes)
+
     def loss(self, X, Y) -> float:
         """Inference: the mean loss of the rows X (N, T), Y (N,)."""
         return cross_entropy_forward(self.logits(X), np.asarray(Y))[0]

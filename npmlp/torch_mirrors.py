@@ -5,6 +5,8 @@ torch is imported inside the functions: `import npmlp` never needs it.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .layers import BN_EPS
@@ -82,7 +84,48 @@ def deep_forward(P, X, Y, buffers=None):
     return F.cross_entropy(x, Y), acts
 
 
-FORWARDS = {"mlp": torch_forward, "bn": bn_forward, "deep": deep_forward}
+def wavenet_forward(P, X, Y, buffers=None, over_batch_only=False):
+    """makemore part 5's WaveNet in torch, with the lecture's own layers written out: FlattenConsecutive
+    (view, squeeze), Linear without bias, its BatchNorm1d (statistics over dims (0, 1) of a 3-D input,
+    or dim 0 alone with `over_batch_only`, the lecture's bug; x.var, unbiased; with `buffers`, the
+    running statistics updated in place, momentum 0.1, with that same variance), tanh, and the last
+    Linear. Returns (loss, acts dict named as wavenet.py's)."""
+    import torch
+    import torch.nn.functional as F
+
+    L = sum(1 for k in P if k[0] == "W" and k[1:].isdigit()) - 1
+    n = P["W1"].shape[0] // P["C"].shape[1]                    # the flatten group
+    x = emb = P["C"][X]                                        # (B, T, E)
+    acts = {"emb": emb}
+    for i in range(1, L + 1):
+        B, T, C = x.shape
+        x = x.view(B, T // n, C * n)                           # (B, T/n, C*n)
+        if x.shape[1] == 1:
+            x = x.squeeze(1)                                   # (B, C*n)
+        acts[f"flatten{i}"] = x
+        x = acts[f"linear{i}"] = x @ P[f"W{i}"]                # (..., H)
+        dim = (0, 1) if x.ndim == 3 and not over_batch_only else 0
+        xmean = x.mean(dim, keepdim=True)
+        xvar = x.var(dim, keepdim=True)                        # unbiased, torch's default
+        x = acts[f"batchnorm{i}"] = P[f"gamma{i}"] * (x - xmean) / torch.sqrt(xvar + BN_EPS) + P[f"beta{i}"]
+        if buffers is not None:
+            with torch.no_grad():
+                for name, stat in (("running_mean", xmean), ("running_var", xvar)):
+                    b = buffers[f"{name}{i}"]
+                    b.copy_((1 - 0.1) * b + 0.1 * stat.reshape(b.shape))
+        x = acts[f"tanh{i}"] = torch.tanh(x)
+    logits = acts["logits"] = x @ P[f"W{L + 1}"] + P[f"b{L + 1}"]   # (B, V)
+    return F.cross_entropy(logits, Y), acts
+
+
+FORWARDS = {"mlp": torch_forward, "bn": bn_forward, "deep": deep_forward, "wavenet": wavenet_forward}
+
+
+def _mirror(model):
+    """The model's mirror, told what its params cannot show: the wavenet's BatchNorm bug."""
+    if model.kind == "wavenet":
+        return functools.partial(wavenet_forward, over_batch_only=bool(model.over_batch_only))
+    return FORWARDS[model.kind]
 
 
 def _tensors(params, X, Y):
@@ -95,7 +138,7 @@ def torch_loss_and_grads(model, X, Y):
     """The same model in torch, from the same params (dtype kept), on X (B, T), Y (B,).
     -> (loss, grads, act_grads), all NumPy."""
     P, Xt, Yt = _tensors(model.params, X, Y)
-    loss, acts = FORWARDS[model.kind](P, Xt, Yt)
+    loss, acts = _mirror(model)(P, Xt, Yt)
     for a in acts.values():
         a.retain_grad()
     loss.backward()
@@ -115,7 +158,7 @@ def torch_sgd(model, X, Y, batches, lrs, return_buffers=False):
     losses = []
     for ix, lr in zip(batches, lrs):
         ix = torch.as_tensor(np.array(ix, np.int64))
-        loss, _ = FORWARDS[model.kind](P, Xt[ix], Yt[ix], buffers)
+        loss, _ = _mirror(model)(P, Xt[ix], Yt[ix], buffers)
         for p in P.values():
             p.grad = None
         loss.backward()

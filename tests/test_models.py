@@ -169,7 +169,7 @@ def test_models_default_sizes_have_one_home(monkeypatch):
     monkeypatch.setitem(MODELS["mlp"].DEFAULTS, "n_hidden", 123)
     monkeypatch.setitem(MODELS["deep"].DEFAULTS, "n_layers", 7)
     help_text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
-    assert "hidden units H (default 123; deep: 100)" in help_text
+    assert "hidden units H (default 123; deep: 100; wavenet: 128)" in help_text
     assert "hidden layers (default 7)" in help_text
     for kind, want in (("mlp", {"n_hidden": 123}), ("deep", {"n_layers": 7})):
         args = argparse.Namespace(model=kind, init=None, **{k: None for k in MODELS[kind].DEFAULTS})

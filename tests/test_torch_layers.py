@@ -21,7 +21,7 @@ def names(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("kind", ["deep"])
+@pytest.mark.parametrize("kind", ["deep", "wavenet"])
 def test_torch_layers_trains_what_npmlp_reference_trains(tmp_path, names, kind):
     """20 steps with the rate dropping after 15 (deep's 0.75): the same train and dev loss, up to
     float32 rounding, as `npmlp train --model KIND --engine reference` with its defaults."""

@@ -137,7 +137,7 @@ def load_checkpoint(path):
     if lossi is not None and (lossi.ndim != 1 or lossi.dtype != np.float32 or not np.isfinite(lossi).all()):
         raise NpmlpError(f"checkpoint {name}: the loss history lossi is not a finite float32 vector "
                          f"(shape {lossi.shape}, dtype {lossi.dtype}); the file is damaged")
-    model = cls({k: files[k] for k in pshapes})
+    model = cls.from_params({k: files[k] for k in pshapes}, sizes)
     for k, a in model.buffers.items():
         a[...] = files[k]
     return model, vocab, meta, lossi

@@ -179,7 +179,7 @@ def cmd_gradcheck(args):
             raise UsageError(f"{typed[0]} sets a fresh model; drop it when checking --run {args.run}")
         model, vocab, meta, _, ckpt = load_run(args.run)
         data = run_splits(args, meta, model, vocab)
-        model = type(model)({k: v.astype(dtype) for k, v in model.params.items()})
+        model = model.like({k: v.astype(dtype) for k, v in model.params.items()})
         what = f"the model in {ckpt}"
     else:
         kind, sizes, init = model_options(args, args.argv)

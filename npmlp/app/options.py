@@ -19,7 +19,8 @@ from .registry import MODELS, model_class
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 TRAIN = TrainConfig()            # the lecture's training defaults, for the help text and the parser
-MODEL_OPTIONS = ("model", "block_size", "n_embd", "n_hidden", "n_layers", "batchnorm", "init")
+MODEL_OPTIONS = ("model", "block_size", "n_embd", "n_hidden", "n_layers", "batchnorm", "flatten",
+                 "batchnorm_over_batch_only", "init")
 TRAIN_OPTIONS = ("steps", "batch_size", "lr", "lr_decayed", "decay_at")
 
 
@@ -104,13 +105,19 @@ def defaults_text(size: str) -> str:
 def add_model_args(p, dtype: str = "float32"):
     """The model, its sizes (left None: the model's own defaults), dtype, init and seed."""
     p.add_argument("--model", choices=MODELS, default="mlp", help="mlp: lecture 2's (default); bn: with "
-                   "BatchNorm, part 4's; deep: part 3's stack of layers")
+                   "BatchNorm, part 4's; deep: part 3's stack of layers; wavenet: part 5's hierarchy")
     p.add_argument("--block-size", type=positive_int, help=f"context length T (default {defaults_text('block_size')})")
     p.add_argument("--n-embd", type=positive_int, help=f"embedding size E (default {defaults_text('n_embd')})")
     p.add_argument("--n-hidden", type=positive_int, help=f"hidden units H (default {defaults_text('n_hidden')})")
     p.add_argument("--n-layers", type=positive_int, help=f"deep only: hidden layers (default {defaults_text('n_layers')})")
     p.add_argument("--no-batchnorm", dest="batchnorm", action="store_const", const=0,
                    help="deep only: part 3's plain stack, Linear (with b) -> Tanh, no BatchNorm1d")
+    p.add_argument("--flatten", type=positive_int, metavar="N", help="wavenet only: fuse N consecutive "
+                   f"positions per level (default {defaults_text('flatten')}); the block size must be a power "
+                   "of N; N = the block size is the flat network")
+    p.add_argument("--batchnorm-over-batch-only", action="store_const", const=1, help="wavenet only: part 5's "
+                   "bug, kept to measure it: BatchNorm's statistics over the batch axis alone, per position "
+                   "(not over batch and positions); recorded in the run, its running statistics per position")
     p.add_argument("--dtype", choices=DTYPES, default=dtype, help=f"float32 or float64 (default {dtype})")
     p.add_argument("--init", choices=MLP.INITS, help=f"mlp only. {MLP.INITS[0]}: plain standard "
                    "normal (default); kaiming: scaled for tanh (part 3)")
@@ -153,12 +160,21 @@ def model_options(args, argv) -> tuple[str, dict, str | None]:
     if "init" in typed and not cls.INITS:
         raise UsageError(f"--init sets the init of the mlp model; the {args.model!r} model has its lecture's "
                          f"own: drop --init")
-    for key in ("n_layers", "batchnorm"):
+    for key in ("n_layers", "batchnorm", "flatten", "batchnorm_over_batch_only"):
         if getattr(args, key, None) is not None and key not in cls.DEFAULTS:
             owners = [k for k, c in MODELS.items() if key in c.DEFAULTS]
             raise UsageError(f"{flag(key)} applies to the {' and '.join(owners)} model only; drop it, or add "
                              f"--model {owners[0]}")
     sizes = {k: d if getattr(args, k, None) is None else getattr(args, k) for k, d in cls.DEFAULTS.items()}
+    if "flatten" in sizes:                      # the wavenet fuses the block down to one position
+        try:
+            cls.levels(sizes["block_size"], sizes["flatten"])
+        except ValueError:
+            T, n = sizes["block_size"], sizes["flatten"]
+            why = (f"is not a power of --flatten {n} ({n}, {n ** 2}, {n ** 3}...): each level fuses {n} positions "
+                   f"into one, down to a single one; change one of them" if n > 1 else
+                   "has more than one position and --flatten 1 fuses none; use a group of at least 2")
+            raise UsageError(f"--block-size {T} {why}, or --flatten {T} (the flat network)") from None
     init = (args.init or cls.INITS[0]) if cls.INITS else None
     return args.model, sizes, init
 

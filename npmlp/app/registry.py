@@ -12,9 +12,10 @@ from __future__ import annotations
 from ..bn import BNMLP
 from ..deep import Deep
 from ..mlp import MLP
+from ..wavenet import Wavenet
 from .errors import UsageError
 
-MODELS = {"mlp": MLP, "bn": BNMLP, "deep": Deep}
+MODELS = {"mlp": MLP, "bn": BNMLP, "deep": Deep, "wavenet": Wavenet}
 
 
 def model_class(kind: str):
