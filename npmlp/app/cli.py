@@ -61,7 +61,7 @@ class StopFlag:
 
 def new_run(args, out) -> rundir.Run:
     kind, sizes, init = model_options(args, args.argv)
-    engine = check_engine(kind, args.engine, args.processes)
+    engine = check_engine(kind, args.engine, args.processes, sizes)
     cfg = train_config(args, kind)
     return rundir.Run.new(out, kind, sizes, cfg, args.data, args.split_seed, DTYPES[args.dtype], engine, init,
                           args.diagnose)
@@ -91,7 +91,7 @@ RESUME_CHECKS = {*MODEL_OPTIONS, *TRAIN_OPTIONS, "dtype", "seed", "split_seed", 
 def train_and_finish(args, run: rundir.Run, claimed) -> int:
     """Train `run` (its directory claimed) to the end or a signal, then evaluate and draw."""
     where = shlex.quote(str(run.out))
-    check_engine(run.model.kind, run.info["engine"], args.processes)
+    check_engine(run.model.kind, run.info["engine"], args.processes, run.model.sizes)
     notes(args, run.data.notes)                   # what the data loader cleaned: --quiet hides these
     for line in claimed + run.notes:              # ... not what concerns the run itself
         print(f"npmlp: note: {line}", file=sys.stderr)
@@ -188,7 +188,7 @@ def cmd_gradcheck(args):
         model = make_model(kind, data.vocab.size, sizes, args.seed, dtype, init)
         what = f"a fresh {kind} model" + (f" (--init {init}, seed {args.seed})" if init else f" (seed {args.seed})")
     X, Y = minibatch(*data.train, args.batch_size, args.seed)
-    grads = fast.gradients(model, X, Y) if model.kind in fast.MODELS else None
+    grads = fast.gradients(model, X, Y) if fast.default_engine(model.kind, model.sizes) == "fast" else None
     rep = gradcheck.report(model, X, Y, coords=args.coords, seed=args.seed, fast=grads)
     sizes = ", ".join(f"{k} {v}" for k, v in model.sizes.items())
     print(f"gradcheck of {what}: {sizes}, {args.dtype}; one minibatch of {len(X)} training rows")
@@ -211,7 +211,7 @@ def cmd_lr_find(args):
         raise UsageError(f"--steps {args.steps} is too few for a sweep from 10^-3 to 10^0; use at least 10")
     out = make_out_dir(Path(args.out or time.strftime("runs/lr-find-%Y%m%d-%H%M%S")))
     kind, sizes, init = model_options(args, args.argv)
-    engine = check_engine(kind, args.engine, args.processes)
+    engine = check_engine(kind, args.engine, args.processes, sizes)
     data = rundir.splits(args.data, args.split_seed, sizes["block_size"])
     notes(args, data.notes)
     model = make_model(kind, data.vocab.size, sizes, args.seed, DTYPES[args.dtype], init)

@@ -190,12 +190,16 @@ def train_config(args, kind: str) -> TrainConfig:
         raise UsageError(str(e)) from None
 
 
-def check_engine(kind: str, engine: str | None, processes: int | None) -> str:
-    """The engine a model trains with: `engine`, or its default; a clear error for a model without
-    a fast engine, or --processes without the fast engine (only its chunks are shared)."""
-    engine = engine or fast.default_engine(kind)
+def check_engine(kind: str, engine: str | None, processes: int | None, sizes: dict | None = None) -> str:
+    """The engine a model of these sizes trains with: `engine`, or its default; a clear error for a
+    model the fast engine cannot train, or --processes without the fast engine (only its chunks
+    are shared)."""
+    engine = engine or fast.default_engine(kind, sizes)
     if engine == "fast" and kind not in fast.MODELS:
         raise UsageError(f"--engine fast: the {kind!r} model has no fast engine; use --engine reference")
+    why = fast.reference_only(sizes)
+    if engine == "fast" and why:
+        raise UsageError(f"--engine fast: {why} trains on the reference engine only; drop --engine fast")
     if processes is not None and engine != "fast":
         raise UsageError("--processes shares a batch between processes in the fast engine only; drop it "
                          "with --engine reference")

@@ -90,7 +90,7 @@ class Run:
         rows = splits(data, split_seed, sizes["block_size"])
         check_memory(kind, sizes, rows.vocab.size, cfg.batch_size, cfg.steps)
         model = make_model(kind, rows.vocab.size, sizes, cfg.seed, dtype, init)
-        engine = engine or fast.default_engine(kind)
+        engine = engine or fast.default_engine(kind, sizes)
         info = {"data": str(rows.source.resolve()) if rows.source else None, "split_seed": split_seed,
                 "init": init, "data_sha256": rows.digest, "engine": engine,
                 "arithmetic": fast.ARITHMETIC[engine], "seconds": 0.0, "parts": 0}

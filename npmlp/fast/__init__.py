@@ -23,9 +23,18 @@ ARITHMETIC = {"fast": FAST_ARITHMETIC, "reference": 1}   # each engine's roundin
 __all__ = ["ARITHMETIC", "CHUNK", "ENGINES", "GATHER", "MODELS", "default_engine", "gradients", "steps"]
 
 
-def default_engine(kind: str) -> str:
-    """The engine a model trains with unless told: fast where it has one."""
-    return "fast" if kind in MODELS else "reference"
+# sizes that only the reference trains: the fast engine normalises a BatchNorm over every row
+REFERENCE_ONLY = {"batchnorm_over_batch_only": "part 5's BatchNorm bug (statistics over the batch dimension only)"}
+
+
+def reference_only(sizes: dict | None) -> str | None:
+    """Why the fast engine cannot train a model of these sizes, or None."""
+    return next((why for key, why in REFERENCE_ONLY.items() if (sizes or {}).get(key)), None)
+
+
+def default_engine(kind: str, sizes: dict | None = None) -> str:
+    """The engine a model trains with unless told: fast where it has one for these sizes."""
+    return "fast" if kind in MODELS and not reference_only(sizes) else "reference"
 
 
 @contextlib.contextmanager

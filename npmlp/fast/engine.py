@@ -278,7 +278,7 @@ class BNEngine(Engine):
         return b.tmp
 
 
-ENGINES = {"mlp": Engine, "bn": BNEngine, "deep": StackEngine}
+ENGINES = {"mlp": Engine, "bn": BNEngine, "deep": StackEngine, "wavenet": StackEngine}
 MODELS = tuple(ENGINES)    # the models (models.MODELS kinds) this engine trains
 
 
