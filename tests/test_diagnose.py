@@ -167,7 +167,7 @@ def test_a_damaged_update_ratio_file_is_refused_and_kept(capsys, stopped, tmp_pa
     argv = ["diagnose", run, "--out", tmp_path / "figures"] if command == "diagnose" else ["train", "--resume", run]
     code, out, err = run_main(capsys, *argv, "--quiet")
     assert code == 1 and out == "", err
-    assert err.startswith(f"npmlp: error: ") and err.count("\n") == 1, err
+    assert err.startswith("npmlp: error: ") and err.count("\n") == 1, err
     assert str(run / diagnose.RATIOS) in err and "restore it from a copy, or move it away" in err
     for needle in needles:
         assert needle in err, (needle, err)

@@ -110,8 +110,10 @@ class Hostile:
     def read_only(self, folder: Path):
         """Every file or folder creation under `folder` fails as on a read-only file system."""
         folder = Path(folder).resolve()
-        inside = lambda p: p is not None and (Path(p).resolve() == folder or folder in Path(p).resolve().parents)  # noqa: E731
         real_mkstemp, real_mkdir = tempfile.mkstemp, os.mkdir
+
+        def inside(p):
+            return p is not None and (Path(p).resolve() == folder or folder in Path(p).resolve().parents)
 
         def mkstemp(*a, dir=None, **k):
             if inside(dir):
@@ -447,6 +449,26 @@ def _(h):
     figures(h.tmp / "figures", "activations.png", "activation_grads.png", "weight_grads.png", "update_ratio.png")
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="/dev/full (a disk that is always full) is Linux's")
+@pytest.mark.parametrize("stdout", [">&-", "> /dev/full"], ids=["closed from the start", "full"])
+@pytest.mark.parametrize("command", ["sample", "diagnose"])
+def test_a_stdout_closed_from_the_start_or_full(h, command, stdout):
+    """`>&-`: Python has no sys.stdout at all; like a reader that went away, the output is dropped
+    (exit 0). `> /dev/full`: the lines are lost for real, so after writing the files: one line, exit 1."""
+    import shlex
+    out = h.tmp / "figures"
+    argv = [sys.executable, "-m", "npmlp", command, str(h.runs["finished"])] + (
+        ["-n", "100000"] if command == "sample" else ["--quiet", "--out", str(out)] if command == "diagnose" else [])
+    r = subprocess.run(["sh", "-c", f"exec {shlex.join(argv)} {stdout}"], capture_output=True, text=True, timeout=300)
+    r = Result(r.returncode, r.stdout, r.stderr)
+    if stdout == ">&-":
+        documented(r)
+    else:
+        assert_user_error(r, 1, "cannot write to stdout: No space left on device", "the printed lines are lost")
+    if command == "diagnose":
+        figures(out, "activations.png", "update_ratio.png")
+
+
 # ----------------------------------------------------------------------------- bad values in a checkpoint
 
 def negative_variance(a, meta):
@@ -503,6 +525,29 @@ def _(h):
     refused(h, h.arrays(h.copy("finished"), step_past_the_end), "diagnose", "RUN", "--quiet", needles=STEP)
 
 
+def test_a_tampered_layer_count_is_refused_before_its_shapes_are_listed(h):
+    """meta n_layers 10^9 in a deep run's checkpoint: listing 10^9 layers' shapes hung for minutes
+    (then ran out of memory); no size can exceed the file's own elements, so it is refused at once."""
+    run = h.tmp / "deep"
+    assert h.main("train", "--data", h.names, "--model", "deep", "--n-layers", "2", "--steps", "20", "--no-plots",
+                  "--out", run, *TINY).returncode == 0
+    h.arrays(run, lambda a, meta: meta["sizes"].update(n_layers=10**9))
+    for argv in (["eval", run, "--quiet"], ["sample", run], ["train", "--resume", run, "--quiet"]):
+        assert_user_error(h.main(*argv), 1, "missing or malformed metadata")
+
+
+def test_a_side_file_that_is_a_folder_or_a_lock_full_of_garbage(h):
+    run = h.copy("stopped")
+    (run / diagnose.RATIOS).unlink()
+    (run / diagnose.RATIOS).mkdir()
+    assert_user_error(h.main("diagnose", run, "--quiet"), 1, "is a directory, not an update:data ratios file")
+    (run / diagnose.RATIOS).rmdir()
+    (run / ".npmlp.lock").write_bytes(b"x\ny\x1b[31mred\n")      # a killed run's lock, overwritten with junk
+    r = h.main("train", "--resume", run, "--quiet", "--no-plots")
+    documented(r)
+    assert f"npmlp: note: {run} was still marked as in use by pid unknown" in r.stderr
+
+
 # ----------------------------------------------------------------------------- options the model lacks
 
 @case("train", LACKS)
@@ -538,6 +583,8 @@ def _(h):
 def _(h):
     r = h.main("gradcheck", "--run", h.runs["finished"], "--n-layers", "2", "--quiet")
     assert_user_error(r, 2, "--n-layers sets a fresh model", "drop it")
+    r = h.main("gradcheck", "--run", h.runs["finished"], "--split-seed", "7", "--quiet")   # was silently ignored
+    assert_user_error(r, 2, "--split-seed sets a fresh model", "drop it")
 
 
 @case("lr-find", LACKS)

@@ -135,3 +135,17 @@ def test_the_memory_check_runs_before_the_rows_are_built(tmp_path, small_names, 
     code, _out, err = run_main(capsys, "train", "--data", small_names, "--block-size", "100000", "--out",
                                tmp_path / "run", "--quiet")
     assert code == 2 and "not enough memory: --block-size 100000" in err, err
+
+
+def test_a_stacks_parameter_count_is_extrapolated_exactly():
+    """num_params counts 10^9 layers without listing their shapes; for the sizes it can list, it
+    is exactly the sum over the model's shapes."""
+    import math
+
+    from npmlp.app.registry import MODELS
+    for L in (1, 2, 3, 9):
+        for batchnorm in (0, 1):
+            sizes = dict(block_size=3, n_embd=5, n_hidden=11, n_layers=L, batchnorm=batchnorm)
+            want = sum(math.prod(s) for s in MODELS["deep"].shapes(27, **sizes).values())
+            assert options.num_params("deep", sizes, 27) == want
+    assert options.num_params("mlp", dict(block_size=3, n_embd=10, n_hidden=200), 27) == 11897   # the lecture's

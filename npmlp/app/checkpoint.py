@@ -53,7 +53,8 @@ def read_npz(path, kind: str = "checkpoint", fix: str = "retrain or use another 
     except FileNotFoundError:
         raise NpmlpError(f"{kind} {name} does not exist; give a run directory written by `npmlp train`") from None
     except IsADirectoryError:
-        raise NpmlpError(f"{name} is a directory, not a {kind} file") from None
+        raise NpmlpError(f"{name} is a directory, not {'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+                         + ("" if kind.endswith(" file") else " file")) from None
     except OSError as e:
         raise NpmlpError(f"cannot read {kind} {name}: {e.strerror}") from None
     if magic[:1] == b"\x80":  # the first byte of a pickle (protocol 2+): np.load would unpickle it
@@ -143,7 +144,12 @@ def load_checkpoint(path):
         ok = (isinstance(itos, list) and itos[:1] == ["."] and len(set(itos)) == len(itos)
               and all(isinstance(c, str) and len(c) == 1 for c in itos)
               and min(sizes.values()) >= 0 and min(sizes[k] for k in ("block_size", "n_embd", "n_hidden")) >= 1
-              and dtype in (np.float32, np.float64))
+              and dtype in (np.float32, np.float64)
+              # each size is an array's dimension or counts arrays, so none exceeds all of the file's
+              # elements: a tampered n_layers of 10^9 is refused before its shapes are listed
+              and max(sizes.values()) <= sum(max(a.size, 1) for a in files.values()))
+        if not ok:
+            raise ValueError(sizes)
         pshapes = cls.shapes(len(itos), **sizes)
         want = {**pshapes, **cls.buffer_shapes(len(itos), **sizes)}
     except Exception:  # a key missing, a value of the wrong type, an unknown model or size...

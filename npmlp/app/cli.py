@@ -181,8 +181,8 @@ def cmd_gradcheck(args):
     from .. import gradcheck
     dtype = DTYPES[args.dtype]
     if args.run:
-        typed = [flag(k) for k in typed_options(args.argv) if k in MODEL_OPTIONS]
-        if typed:
+        typed = [flag(k) for k in typed_options(args.argv) if k in (*MODEL_OPTIONS, "split_seed")]
+        if typed:   # the run's own model and split are checked
             raise UsageError(f"{typed[0]} sets a fresh model; drop it when checking --run {args.run}")
         model, vocab, meta, _, ckpt = load_run(args.run)
         data = run_splits(args, meta, model, vocab, ckpt, args.batch_size)
@@ -430,31 +430,35 @@ def build_parser():
 
 
 class Stdout:
-    """sys.stdout while a command runs. A reader that goes away (`npmlp diagnose RUN | head -1`) is
-    no error of the command: the rest of its output is dropped (and file descriptor 1 pointed at
-    /dev/null, so nothing fails at exit either), the command still writes its files and exits as it
-    would have. `reader_gone` tells a command whose only product is stdout (sample) to stop."""
+    """sys.stdout while a command runs. A reader that goes away (`npmlp diagnose RUN | head -1`), or
+    a stdout closed from the start (`>&-`), is no error of the command: the rest of its output is
+    dropped (file descriptor 1 pointed at /dev/null, so nothing fails at exit either), the command
+    still writes its files and exits as it would have. Any other failure to write (`> /dev/full`)
+    is kept in `failed`, for main to report once the files are written. `reader_gone` tells a
+    command whose only product is stdout (sample) to stop."""
 
     def __init__(self, stream):
-        self.stream, self.reader_gone = stream, False
+        self.stream, self.reader_gone, self.failed = stream, stream is None, None
 
     def write(self, text):
         if not self.reader_gone:
             try:
                 self.stream.write(text)
-            except BrokenPipeError:
-                self._gone()
+            except OSError as e:
+                self._gone(e)
         return len(text)
 
     def flush(self):
         if not self.reader_gone:
             try:
                 self.stream.flush()
-            except BrokenPipeError:
-                self._gone()
+            except OSError as e:
+                self._gone(e)
 
-    def _gone(self):
+    def _gone(self, e: OSError):
         self.reader_gone = True
+        if not isinstance(e, BrokenPipeError):
+            self.failed = e
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, self.stream.fileno())
@@ -476,7 +480,12 @@ def main(argv=None) -> int:
         # every product npmlp makes is small: a second BLAS thread gains little on an idle machine
         # and, on a busy one, waits for a core, making every product many times slower
         with threadpool_limits(1, user_api="blas"):
-            return args.func(args) or 0
+            code = args.func(args) or 0
+        stdout.flush()
+        if stdout.failed is not None and code == 0:
+            raise NpmlpError(f"cannot write to stdout: {stdout.failed.strerror or stdout.failed}; the printed lines "
+                             f"are lost (the files, if any, are written)")
+        return code
     except (NpmlpError, DataError) as e:
         print(f"npmlp: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -488,7 +497,7 @@ def main(argv=None) -> int:
         return 130
     finally:
         stdout.flush()
-        sys.stdout = stdout.stream
+        sys.stdout = stdout.stream if stdout.stream is not None else sys.__stdout__
 
 
 if __name__ == "__main__":

@@ -101,7 +101,8 @@ def _flock(path: Path, out: Path, notes: list[str], fix: str) -> int:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            held = os.read(fd, 32).split()
+            pid = held[0].decode() if held and held[0].isdigit() else "?"
             os.close(fd)
             raise UsageError(f"{out} is in use by another `npmlp train` (pid {pid}); wait for it to end"
                              + ("" if (out / "model.npz").exists() else ", or choose another --out")) from None
@@ -112,9 +113,10 @@ def _flock(path: Path, out: Path, notes: list[str], fix: str) -> int:
         if same:                   # not a file its last holder unlinked while we opened it
             break
         os.close(fd)
-    left = os.read(fd, 32).decode(errors="replace").strip()
-    if left:
-        notes.append(f"{out} was still marked as in use by pid {left}, a run that was killed before it "
+    left = os.read(fd, 32)
+    if left.strip():               # a pid, or whatever else the file holds: never printed as it is
+        pid = left.split()[0].decode(errors="replace") if left.split()[0].isdigit() else "unknown"
+        notes.append(f"{out} was still marked as in use by pid {pid}, a run that was killed before it "
                      f"could clean up; its last checkpoint, if it saved one, is kept")
     return fd
 

@@ -222,7 +222,7 @@ def memory_need(kind: str, sizes: dict, vocab, n_rows: int = 0, batch_size: int 
     'eval':  the arrays of the rows evaluated (or calibrated) at once, every layer's output kept;
     'steps': the loss of each step (and, for lr-find, its rate and smoothed loss)."""
     cls = model_class(kind)
-    P = sum(math.prod(s) for s in cls.shapes(vocab.size, **sizes).values())
+    P = num_params(kind, sizes, vocab.size)
     T, E, H, L, V = sizes["block_size"], sizes["n_embd"], sizes["n_hidden"], sizes.get("n_layers", 1), vocab.size
     B = batch_size
     return {"model": P * 8 * 6 + -(-B // fast.CHUNK) * P * 8,
@@ -230,6 +230,20 @@ def memory_need(kind: str, sizes: dict, vocab, n_rows: int = 0, batch_size: int 
             "step": B * (T * E + 6 * H * L + 4 * V + T * V) * 8 * 2 + train.BLOCK * B * 8 + fast.GATHER * (T + 1) * 8,
             "eval": eval_rows(cls) * (T * E + 3 * H * L + 3 * V) * 8 * 2,
             "steps": steps * 4 * 9}
+
+
+def num_params(kind: str, sizes: dict, vocab_size: int) -> int:
+    """The model's parameter count, from its shapes; a stack's (n_layers) from those of one and two
+    layers, the count growing by the same amount with each layer: listing the shapes of 10^9 layers
+    would itself exhaust the memory this estimate protects."""
+    def count(**change) -> int:
+        return sum(math.prod(v) for v in model_class(kind).shapes(vocab_size, **{**sizes, **change}).values())
+
+    L = sizes.get("n_layers")
+    if L is None or L <= 2:
+        return count()
+    one, two = count(n_layers=1), count(n_layers=2)
+    return one + (L - 1) * (two - one)
 
 
 def eval_rows(cls) -> int:
@@ -260,7 +274,7 @@ def check_memory(kind: str, sizes: dict, vocab, n_rows: int = 0, batch_size: int
         return
     part = max(need, key=need.get)
     what, options = NEEDS[part]
-    P = sum(math.prod(s) for s in model_class(kind).shapes(vocab.size, **sizes).values())
+    P = num_params(kind, sizes, vocab.size)
     what = what.format(P=P, N=n_rows, T1=sizes["block_size"] + 1, B=batch_size, S=steps,
                        R=eval_rows(model_class(kind)))
     values = {**sizes, "batch_size": batch_size, "steps": steps}
