@@ -258,7 +258,8 @@ def _(h):
     damage(out)
     before = snapshot(out)
     r = h.main("train", "--data", h.names, "--steps", "10", "--out", out, *TINY)
-    assert_user_error(r, 2, str(out), "update_ratio.npz of another run", "choose another --out")
+    assert_user_error(r, 2, str(out), "update_ratio.npz of another run", "no checkpoint to resume",
+                      "choose another --out")
     assert snapshot(out) == before
 
 

@@ -59,12 +59,13 @@ def splits(data, split_seed, block_size, vocab=None, digest=None, check=None) ->
 def refuse_existing(out: Path) -> None:
     """A new run never writes over another's files: its checkpoint, or the metrics and update:data
     ratios a run left without one (a later `npmlp diagnose` would read them as the new run's)."""
-    if (out / "model.npz").exists():
+    if (out / "model.npz").is_file():
         raise UsageError(f"{out} already holds a run; choose another --out, or continue it with --resume {out}")
     from .diagnose import RATIOS
-    left = [name for name in ("metrics.json", RATIOS) if (out / name).exists()]
+    left = [name for name in ("model.npz", "metrics.json", RATIOS) if (out / name).exists()]
     if left:
-        raise UsageError(f"{out} holds {' and '.join(left)} of another run (but no model.npz); choose another --out")
+        raise UsageError(f"{out} holds {' and '.join(left)} of another run (but no checkpoint to resume); "
+                         f"choose another --out")
 
 
 # ----------------------------------------------------------------------------- a run
