@@ -59,27 +59,11 @@ class StopFlag:
             signal.signal(s, h)
 
 
-
-
 def cmd_train(args):
-    if args.resume:
-        out = Path(args.resume)
-        if args.out and Path(args.out) != out:
-            raise UsageError(f"--out {args.out} differs from the run's {out}; --resume continues {out} in place: "
-                             f"drop --out")
-        typed = {k: getattr(args, k) for k in typed_options(args.argv) & RESUME_CHECKS}
-        where = shlex.quote(str(out))
-        fix = f"--resume continues a run in place: make {out} writable, or copy the run (cp -r {where} NEW) and " \
-              f"resume the copy"
-        try:
-            if out.is_dir():
-                make_out_dir(out, fix)            # only a probe: the folder exists
-        except UsageError:                        # a finished or damaged run says so, not the folder
-            rundir.load_resumable(out, typed, args.diagnose)
-            raise
-        claimed: list[str] = []
-        with claim(out, claimed, fix):
-            return train_and_finish(args, rundir.Run.resume(out, typed, args.data, args.diagnose), claimed)
+    return resume_run(args) if args.resume else new_run(args)
+
+
+def new_run(args):
     out = Path(args.out or time.strftime("runs/%Y%m%d-%H%M%S"))
     kind, sizes, init = model_options(args, args.argv)   # every check that needs no files: before any is made
     engine = check_engine(kind, args.engine, args.processes)
@@ -92,6 +76,25 @@ def cmd_train(args):
         with claim(out, claimed):
             rundir.refuse_existing(out)           # again: a run may have started meanwhile
             return train_and_finish(args, run, claimed)
+
+
+def resume_run(args):
+    out = Path(args.resume)
+    if args.out and Path(args.out) != out:
+        raise UsageError(f"--out {args.out} differs from the run's {out}; --resume continues {out} in place: "
+                         f"drop --out")
+    typed = {k: getattr(args, k) for k in typed_options(args.argv) & RESUME_CHECKS}
+    fix = (f"--resume continues a run in place: make {out} writable, or copy the run (cp -r {shlex.quote(str(out))} "
+           f"NEW) and resume the copy")
+    try:
+        if out.is_dir():
+            make_out_dir(out, fix)                # only a probe: the folder exists
+    except UsageError:                            # a finished or damaged run says so, not its folder
+        rundir.load_resumable(out, typed, args.diagnose)
+        raise
+    claimed: list[str] = []
+    with claim(out, claimed, fix):
+        return train_and_finish(args, rundir.Run.resume(out, typed, args.data, args.diagnose), claimed)
 
 
 RESUME_CHECKS = {*MODEL_OPTIONS, *TRAIN_OPTIONS, "dtype", "seed", "split_seed", "engine"}   # a resume keeps the run's own
