@@ -565,11 +565,17 @@ def _(h):
 def _(h):
     run = h.copy("stopped")
     before = snapshot(run)
-    r = h.main("train", "--resume", run, "--n-layers", "3", "--quiet")
-    assert_user_error(r, 2, "--n-layers 3", "is a bn model", "drop --n-layers")
+    r = h.main("train", "--resume", run, "--n-layers", "3", "--quiet")      # was ignored without a word
+    assert_user_error(r, 2, "--n-layers applies to the deep model only", f"{run} holds a bn model", "drop --n-layers")
     r = h.main("train", "--resume", run, "--no-batchnorm", "--quiet")
-    assert_user_error(r, 2, "--no-batchnorm", "drop --no-batchnorm")
+    assert_user_error(r, 2, "--no-batchnorm applies to the deep model only", "drop --no-batchnorm")
     assert snapshot(run) == before
+    deep = h.tmp / "deep"                          # a deep run with BatchNorm: it said "drop --batchnorm"
+    h.mp.setattr(cli, "StopFlag", lambda: StopAfter(10))
+    assert h.main("train", "--data", h.names, "--model", "deep", "--n-layers", "2", "--steps", "30", "--no-plots",
+                  "--out", deep, *TINY).returncode == 130
+    r = h.main("train", "--resume", deep, "--no-batchnorm", "--quiet")
+    assert_user_error(r, 2, "--no-batchnorm differs from the run's BatchNorm", "drop --no-batchnorm,")
 
 
 @case("gradcheck", LACKS)

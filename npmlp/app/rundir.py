@@ -22,7 +22,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import NpmlpError, UsageError
 from .files import atomic_write_json, cannot_write
 from .options import MODEL_OPTIONS, check_batch, check_memory, flag, option_text
-from .registry import make_model
+from .registry import MODELS, make_model
 
 SNAPSHOT = 1000   # steps between copies of the model kept to replay a divergence from
 
@@ -281,8 +281,9 @@ def _check_typed(typed: dict, out: Path, model, cfg: TrainConfig, info: dict) ->
               "init": info.get("init"), "split_seed": info["split_seed"], "engine": info["engine"]}
     for key, mine in typed.items():
         if key not in theirs and key in MODEL_OPTIONS:
-            raise UsageError(f"{option_text(key, mine)}: the run in {out} is a {model.kind} model, which has no "
-                             f"{key.replace('_', ' ')}; --resume continues it with its own options: drop {flag(key)}")
+            owners = " and ".join(k for k, c in MODELS.items() if key in c.DEFAULTS)
+            raise UsageError(f"{flag(key)} applies to the {owners} model only, and {out} holds a {model.kind} model; "
+                             f"--resume continues it with its own options: drop {flag(key)}")
         if key in theirs and mine != theirs[key]:
             their = ("BatchNorm" if theirs[key] else "none") if key == "batchnorm" else theirs[key]
             raise UsageError(f"{option_text(key, mine)} differs from the run's {'none' if their is None else their}; "
