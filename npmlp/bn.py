@@ -128,7 +128,9 @@ class BNMLP(MLP):
         emb = self.params["C"][X]                                 # (N, T, E)
         return emb.reshape(len(X), -1) @ self.params["W1"] + self.params["b1"]  # (N, H)
 
-    def calibrate(self, X, chunk: int = 16384):
+    CALIBRATE_CHUNK = 16384               # rows calibrate() runs through the first layer at once
+
+    def calibrate(self, X, chunk: int = CALIBRATE_CHUNK):
         """bnmean, bnvar: the mean and the Bessel-corrected variance of hprebn over all rows X
         (the training split), as the lecture measures them after training; two passes in float64."""
         N = len(X)

@@ -319,10 +319,12 @@ class Splits:
     vocab: a trained model's vocabulary (characters outside it are refused); digest: the
     words_digest a run recorded (other names are refused, so a resume sees the same rows).
     split_seed None keeps the file's order. build: the rows' builder, build_dataset or its
-    vectorised twin (npmlp/fast/dataset.py). What the data loader cleaned up is in `notes`."""
+    vectorised twin (npmlp/fast/dataset.py). check(n_rows, vocab), if given, is called before any
+    row is built, with the number of rows the three splits will hold (the app's memory check).
+    What the data loader cleaned up is in `notes`."""
 
     def __init__(self, data, split_seed, block_size, vocab: Vocab | None = None, digest: str | None = None,
-                 build=build_dataset):
+                 build=build_dataset, check=None):
         self.notes: list[str] = []
         words = load_words(data, self.notes)
         self.source = data_source(data)            # None: the checked download of the lecture's file
@@ -334,6 +336,8 @@ class Splits:
             if not part:
                 raise DataError(f"{where} holds only {len(words)} name{'s' * (len(words) != 1)}: the {name} "
                                 f"split of the 80/10/10 split is empty; give at least 10 names")
+        if check is not None:
+            check(sum(len(w) + 1 for w in words), self.vocab)   # N = sum(len(w) + 1), as build_dataset makes
         try:
             self.train, self.dev, self.test = (build(p, self.vocab, block_size) for p in parts)
         except DataError as e:                      # characters the model never saw

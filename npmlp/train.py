@@ -120,7 +120,10 @@ def sgd(model, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: int | N
     return lossi, stop
 
 
-def evaluate(model, X, Y, chunk: int = 1024) -> float:
+EVAL_CHUNK = 1024    # rows evaluate() runs through the model at once
+
+
+def evaluate(model, X, Y, chunk: int = EVAL_CHUNK) -> float:
     """Mean loss over all rows (in inference mode), `chunk` rows at a time so memory stays small."""
     if len(X) == 0:
         return float("nan")
@@ -132,23 +135,44 @@ def evaluate(model, X, Y, chunk: int = 1024) -> float:
 
 def sample(model, vocab, n: int = 20, seed: int = SEED + 10, temperature: float = 1.0, max_len: int = 100):
     """n names, as the lecture: context all '.', draw from softmax(logits / temperature) until '.'.
+    Each returned name ends with '.'; a name cut at max_len characters does not. The list of
+    sample_stream's names."""
+    return list(sample_stream(model, vocab, n, seed, temperature, max_len))
 
-    All n names are drawn side by side (a batch of n contexts), one character per step.
-    Each returned name ends with '.'; a name cut at max_len characters does not."""
+
+def sample_stream(model, vocab, n: int | None = 20, seed: int = SEED + 10, temperature: float = 1.0,
+                  max_len: int = 100, chunk: int = 1024):
+    """sample's names one by one, in order, as they are drawn (n None: without end), holding only
+    `chunk` names at a time: `npmlp sample -n 10000000` prints as it goes, in constant memory.
+
+    The names of a chunk are drawn side by side (a batch of contexts), one character per step;
+    name i reads its own uniform stream (seed, i), so the first k of n names do not depend on n,
+    nor on the chunk. Raises ValueError if the model's probabilities are not finite."""
     if temperature <= 0 or not np.isfinite(temperature):
         raise ValueError(f"temperature must be a positive number, got {temperature}")
-    # name i reads its own uniform stream (seed, i): the first k of n names do not depend on n
-    u = np.stack([np.random.default_rng([seed, i]).random(max_len) for i in range(n)])  # (n, max_len)
+    first = 0
+    while n is None or first < n:
+        k = chunk if n is None else min(chunk, n - first)
+        yield from _sample_chunk(model, vocab, range(first, first + k), seed, temperature, max_len)
+        first += k
+
+
+def _sample_chunk(model, vocab, names: range, seed, temperature, max_len) -> list[str]:
+    """The names with indices `names`, drawn side by side."""
+    n = len(names)
+    u = np.stack([np.random.default_rng([seed, i]).random(max_len) for i in names])  # (n, max_len)
     ctx = np.zeros((n, model.block_size), np.int64)             # (n, T)
     out = [[] for _ in range(n)]
     alive = np.ones(n, bool)
     for t in range(max_len):
-        logits = model.logits(ctx).astype(np.float64)          # (n, V)
-        logits -= logits.max(axis=1, keepdims=True)
-        with np.errstate(over="ignore"):                         # shift first, then scale: exact for any
-            logits /= temperature                                # temperature (a tiny one is greedy)
-        p = np.exp(logits)
-        p /= p.sum(axis=1, keepdims=True)                        # (n, V) softmax
+        with np.errstate(over="ignore", invalid="ignore"):      # overflowing parameters: refused below
+            logits = model.logits(ctx).astype(np.float64)       # (n, V)
+            logits -= logits.max(axis=1, keepdims=True)
+            logits /= temperature                                # shift first, then scale: exact for any
+            p = np.exp(logits)                                   # temperature (a tiny one is greedy)
+            p /= p.sum(axis=1, keepdims=True)                    # (n, V) softmax
+        if not np.isfinite(p[alive]).all():                     # else every draw would silently be '.'
+            raise ValueError("the model's probabilities are NaN/inf: its parameters overflow")
         ix = (p.cumsum(axis=1) > u[:, t:t + 1]).argmax(axis=1)   # (n,) one draw per row
         for i in np.flatnonzero(alive):
             out[i].append(int(ix[i]))

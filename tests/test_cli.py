@@ -139,3 +139,57 @@ def test_import_npmlp_stays_light():
             "bad = [m for m in ('torch', 'matplotlib') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ----------------------------------------------------------------------------- sample as a stream
+
+def test_sample_prints_as_it_draws_and_ctrl_c_stops_it_cleanly(run_dir, tmp_path):
+    """-n 10^23 cannot be held in memory: names are printed as they are drawn; a real SIGINT ends
+    it with 130, one line saying how many were printed, and no name cut in two."""
+    import signal
+    import time
+    out = tmp_path / "names.txt"
+    with open(out, "w") as f:
+        p = subprocess.Popen([sys.executable, "-m", "npmlp", "sample", str(run_dir), "-n", str(10**23)],
+                             stdout=f, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while out.stat().st_size < 50_000 and p.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)                   # until the names fill a few of stdout's buffers
+            p.send_signal(signal.SIGINT)
+            err = p.stderr.read()
+            code = p.wait(timeout=60)
+        finally:
+            p.kill()
+    assert code == 130, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("npmlp: interrupted after ") and lines[0].endswith(
+        f" of {10**23:,} names"), err
+    printed = int(lines[0].split("after ")[1].split(" of")[0].replace(",", ""))
+    names = out.read_text().split("\n")
+    assert names[-1] == "" and len(names) - 1 == printed >= 1000
+    model, vocab, _, _ = load_checkpoint(run_dir / "model.npz")
+    assert names[:300] == sample(model, vocab, 300, seed=json.loads(
+        (run_dir / "metrics.json").read_text())["config"]["seed"] + 10)
+
+
+def overflowing(run_dir, tmp_path):
+    """A copy of the run whose W2 is all 3e38 (finite, so the checkpoint loads): its logits overflow."""
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    with np.load(copy / "model.npz") as z:
+        a = {k: z[k] for k in z.files}
+    a["W2"] = np.full_like(a["W2"], 3e38)
+    np.savez(copy / "model.npz", **a)
+    return copy
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_a_model_that_overflows_is_refused_not_printed_as_nan(capsys, run_dir, tmp_path, command):
+    """eval printed `train loss nan` with exit 0, sample printed '.' names: one line and exit 1 instead."""
+    copy = overflowing(run_dir, tmp_path)
+    code, out, err = run_main(capsys, command, copy)
+    assert code == 1 and out == "", err
+    assert err.startswith("npmlp: error: ") and err.count("\n") == 1, err
+    assert str(copy / "model.npz") in err and "NaN/inf" in err and "overflow" in err

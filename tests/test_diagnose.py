@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import StopAfter, make_names, needs_torch
+from helpers import StopAfter, make_names, needs_torch, run_main, snapshot
 
 from npmlp import train
 from npmlp.app import cli, diagnose
@@ -104,3 +104,112 @@ def test_train_diagnose_samples_every_100_steps_and_resume_keeps_them(tmp_path, 
     out = capsys.readouterr().out
     assert "update:data, log10, mean of the last 5 samples" in out and "W3" in out
     assert (tmp_path / "d" / "update_ratio.png").read_bytes()[:8] == PNG
+
+
+# ----------------------------------------------------------------------------- update_ratio.npz, checked
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory):
+    """A --diagnose run stopped at step 250 of 400: samples at steps 0, 100 and 200."""
+    tmp = tmp_path_factory.mktemp("stopped")
+    data = tmp / "names.txt"
+    data.write_text("\n".join(make_names(300, seed=8)) + "\n")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(cli, "StopFlag", lambda: StopAfter(250))
+    try:
+        assert cli.main(["train", "--data", str(data), "--steps", "400", "--n-embd", "2", "--n-hidden", "8",
+                         "--diagnose", "--quiet", "--no-plots", "--out", str(tmp / "run")]) == 130
+    finally:
+        mp.undo()
+    assert diagnose.UpdateRatios.load(tmp / "run" / diagnose.RATIOS).steps == [0, 100, 200]
+    return tmp / "run"
+
+
+def _ratios(run, **change):
+    with np.load(run / diagnose.RATIOS) as z:
+        a = {k: z[k] for k in z.files}
+    a.update(change)
+    np.savez(run / diagnose.RATIOS, **{k: v for k, v in a.items() if v is not None})
+
+
+RATIO_DAMAGE = {
+    # case: (damage, words the error must hold)
+    "truncated": (lambda run: (run / diagnose.RATIOS).write_bytes((run / diagnose.RATIOS).read_bytes()[:300]),
+                  ["corrupt or truncated"]),
+    "text": (lambda run: (run / diagnose.RATIOS).write_text("not recorded\n"), ["is not an npmlp update:data"]),
+    "a pickle": (lambda run: (run / diagnose.RATIOS).write_bytes(b"\x80\x04N."), ["Python pickle", "refusing"]),
+    "ratios cut short": (lambda run: _ratios(run, ratios=np.zeros((3, 4))), ["shape (3, 4)", "expected float (3, 5)"]),
+    "ratios flat": (lambda run: _ratios(run, ratios=np.zeros(15)), ["shape (15,)"]),
+    "ratios as text": (lambda run: _ratios(run, ratios=np.full((3, 5), "x")), ["dtype <U1"]),
+    "an inf ratio": (lambda run: _ratios(run, ratios=np.full((3, 5), np.inf)), ["infinite ratios"]),
+    "names of another model": (lambda run: _ratios(run, names=np.array(["C", "W1", "b1", "W2", "X"])),
+                               ["names the parameters", "not the model's"]),
+    "steps missing": (lambda run: _ratios(run, steps=None), ["holds arrays names, ratios"]),
+    "a sample lost": (lambda run: _ratios(run, steps=np.array([0, 100, 300]), ratios=np.zeros((3, 5))),
+                      ["samples from step 0 to 100", "checkpoint is at step 250"]),
+    "steps out of order": (lambda run: _ratios(run, steps=np.array([0, 200, 100])), ["every 100 steps, in order"]),
+    "stale (older than the checkpoint)": (lambda run: _ratios(run, steps=np.array([0, 100]), ratios=np.zeros((2, 5))),
+                                          ["ending early", "up to 200"]),
+}
+
+
+@pytest.mark.parametrize("command", ["diagnose", "resume"])
+@pytest.mark.parametrize("case", RATIO_DAMAGE)
+def test_a_damaged_update_ratio_file_is_refused_and_kept(capsys, stopped, tmp_path, case, command):
+    """diagnose used to say 'not recorded' (a text file) or fail with a traceback; --resume dropped
+    the first part's samples with exit 0. Both now refuse in one line naming the file, and leave it."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(stopped, run)
+    damage, needles = RATIO_DAMAGE[case]
+    damage(run)
+    before = snapshot(run)
+    argv = ["diagnose", run, "--out", tmp_path / "figures"] if command == "diagnose" else ["train", "--resume", run]
+    code, out, err = run_main(capsys, *argv, "--quiet")
+    assert code == 1 and out == "", err
+    assert err.startswith("npmlp: error: ") and err.count("\n") == 1, err
+    assert str(run / diagnose.RATIOS) in err and "restore it from a copy, or move it away" in err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert snapshot(run) == before
+    assert not (tmp_path / "figures").exists()
+
+
+def test_a_missing_update_ratio_file_is_said_not_silently_dropped(capsys, stopped, tmp_path):
+    """Moved away (the advice above): diagnose and --resume go on, and say what is lost, under --quiet too."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(stopped, run)
+    (run / diagnose.RATIOS).unlink()
+    code, out, err = run_main(capsys, "diagnose", run, "--quiet", "--out", tmp_path / "figures")
+    assert code == 0, err
+    assert f"sampled by --diagnose into {run / diagnose.RATIOS}, which is missing" in out
+    assert err == f"npmlp: note: {run / diagnose.RATIOS} is missing: the update:data ratios this run recorded " \
+                  f"(--diagnose) are lost\n"
+    code, out, err = run_main(capsys, "train", "--resume", run, "--quiet")
+    assert code == 0, err
+    assert "the samples before step 250 are lost; sampling goes on from step 250" in err
+    assert diagnose.UpdateRatios.load(run / diagnose.RATIOS).steps == [300]
+
+
+def test_samples_saved_ahead_of_the_checkpoint_are_kept_to_its_step(capsys, stopped, tmp_path, monkeypatch):
+    """update_ratio.npz is written before model.npz: if the checkpoint's write fails, the side file
+    holds samples past the checkpoint's step; the resume drops those, not the ones before it."""
+    import shutil
+
+    from npmlp.app import rundir
+    run = tmp_path / "run"
+    shutil.copytree(stopped, run)
+    before = (run / "model.npz").read_bytes()
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(rundir, "save_checkpoint", full_disk)
+    monkeypatch.setattr(cli, "StopFlag", lambda: StopAfter(100))   # stops at step 350: samples 0..300
+    code, _out, err = run_main(capsys, "train", "--resume", run, "--quiet")
+    assert code == 1 and "No space left on device" in err, err
+    assert (run / "model.npz").read_bytes() == before
+    assert diagnose.UpdateRatios.load(run / diagnose.RATIOS).steps == [0, 100, 200, 300]
+    monkeypatch.undo()
+    assert cli.main(["train", "--resume", str(run), "--quiet", "--no-plots"]) == 0
+    assert diagnose.UpdateRatios.load(run / diagnose.RATIOS).steps == [0, 100, 200, 300]

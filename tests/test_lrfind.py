@@ -68,3 +68,33 @@ def test_lr_find_with_the_reference_engine_and_a_usage_error(capsys, names, tmp_
     assert code == 2 and "--processes" in err and err.count("\n") == 1
 
 
+
+
+def test_the_suggestion_is_the_train_command_of_what_was_swept(capsys, names, tmp_path):
+    """The suggested command trains the model the sweep swept: its --model, sizes and --data."""
+    code, out, err = run_main(capsys, "lr-find", "--data", names, "--model", "deep", "--n-layers", "2", "--no-batchnorm",
+                              "--steps", "30", "--out", tmp_path, "--quiet", *TINY)
+    assert code == 0, err
+    line = next(l for l in out.splitlines() if l.startswith("suggested learning rate:"))
+    command = line.split(": ", 1)[1].split("): ", 1)[1]
+    assert command.startswith("npmlp train --model deep ") and " --lr " in command
+    for option in ("--n-embd 4", "--n-hidden 16", "--n-layers 2", "--no-batchnorm", f"--data {names}"):
+        assert f" {option} " in f" {command} ", (option, command)
+    r = run_main(capsys, *command.split()[1:-2], "--steps", "5", "--out", tmp_path / "run", "--quiet",
+                 "--lr", command.split()[-1])
+    assert r[0] == 0, r[2]                         # the suggestion is a command that runs
+
+
+def test_an_interrupted_sweep_leaves_no_empty_folder(capsys, names, tmp_path, monkeypatch):
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(lrfind, "sweep", ctrl_c)
+    out = tmp_path / "new" / "sweep"
+    code, _out, err = run_main(capsys, "lr-find", "--data", names, "--steps", "30", "--out", out, "--quiet", *TINY)
+    assert code == 130 and err == "npmlp: interrupted\n"
+    assert not (tmp_path / "new").exists(), "the folders made for the sweep were left behind"
+    kept = tmp_path / "kept"
+    (kept / "mine.txt").parent.mkdir()
+    (kept / "mine.txt").write_text("the user's")
+    code, _out, _err = run_main(capsys, "lr-find", "--data", names, "--steps", "30", "--out", kept, "--quiet", *TINY)
+    assert code == 130 and (kept / "mine.txt").read_text() == "the user's"

@@ -6,6 +6,7 @@ import pytest
 from helpers import TINY, assert_user_error, run_cli
 
 import npmlp
+from npmlp.app import options
 
 BAD = [
     # (options, what the message must name)
@@ -91,11 +92,60 @@ def test_reading_commands_refuse_an_out_that_is_a_file_before_working(tmp_path, 
 
 
 @pytest.mark.parametrize("opts, needles", [
-    (["--steps", str(10**13)], ["--steps 10,000,000,000,000", "GiB", "use smaller values"]),
+    (["--steps", str(10**13)], ["not enough memory: --steps 10000000000000 needs", "GiB",
+                                "the losses of 10,000,000,000,000 steps", "use a smaller --steps"]),
     # allocates lazily (memory is overcommitted): without the estimate the kernel kills the process
-    (["--steps", "10", "--n-hidden", str(10**8)], ["--n-hidden 100000000", "GiB", "use smaller values"]),
+    (["--steps", "10", "--n-hidden", str(10**8)], ["--n-hidden 100000000", "GiB", "use a smaller --n-hidden"]),
 ])
 def test_more_memory_than_exists_is_a_usage_error(tmp_path, small_names, opts, needles):
     r = run_cli("train", "--data", small_names, "--out", tmp_path / "run", *TINY, *opts)
     assert_user_error(r, 2, *needles)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, named, not_named", [
+    # the options that make the largest part large; not the defaults beside them (it used to name
+    # --n-embd 10 --n-hidden 100 --steps 10 for 30,000 layers)
+    (["--model", "deep", "--n-layers", "30000", "--steps", "10"], "--model deep --n-layers 30000 needs",
+     ["--n-embd", "--n-hidden", "--steps"]),
+    (["--block-size", "100000", "--n-embd", "1000"], "--block-size 100000 --n-embd 1000 need", ["--steps"]),
+    (["--block-size", "1000000", "--n-embd", "1", "--n-hidden", "1"], "--block-size 1000000 needs",
+     ["--n-embd", "--n-hidden"]),
+    (["--batch-size", "1000000", "--n-hidden", "100000"], "--batch-size 1000000 --n-hidden 100000 need", ["--steps"]),
+])
+def test_the_memory_refusal_names_what_makes_it_large(tmp_path, small_names, argv, named, not_named):
+    r = run_cli("train", "--data", small_names, "--out", tmp_path / "run", "--quiet", *argv)
+    line = assert_user_error(r, 2, f"not enough memory: {named}", "GiB", "use a smaller")
+    for option in not_named:
+        assert option not in line, (option, line)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_memory_check_runs_before_the_rows_are_built(tmp_path, small_names, monkeypatch, capsys):
+    """--block-size 100000 on the lecture's names built 17 GiB of rows for a minute before failing:
+    the estimate comes from the names' lengths, before build_dataset is called."""
+    from helpers import run_main
+
+    from npmlp.app import rundir
+
+    def never(*a, **k):
+        raise AssertionError("build_dataset ran before the memory check")
+    monkeypatch.setattr(rundir, "build_dataset", never)
+    monkeypatch.setattr(options, "machine_memory", lambda: 2**30)     # simulated: a 1 GiB machine
+    code, _out, err = run_main(capsys, "train", "--data", small_names, "--block-size", "100000", "--out",
+                               tmp_path / "run", "--quiet")
+    assert code == 2 and "not enough memory: --block-size 100000" in err, err
+
+
+def test_a_stacks_parameter_count_is_extrapolated_exactly():
+    """num_params counts 10^9 layers without listing their shapes; for the sizes it can list, it
+    is exactly the sum over the model's shapes."""
+    import math
+
+    from npmlp.app.registry import MODELS
+    for L in (1, 2, 3, 9):
+        for batchnorm in (0, 1):
+            sizes = dict(block_size=3, n_embd=5, n_hidden=11, n_layers=L, batchnorm=batchnorm)
+            want = sum(math.prod(s) for s in MODELS["deep"].shapes(27, **sizes).values())
+            assert options.num_params("deep", sizes, 27) == want
+    assert options.num_params("mlp", dict(block_size=3, n_embd=10, n_hidden=200), 27) == 11897   # the lecture's

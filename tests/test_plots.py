@@ -224,3 +224,111 @@ def test_save_passes_other_warnings_on(tmp_path):
         warnings.simplefilter("always")
         plots.save(fig, tmp_path / "x.png")
     assert [str(w.message) for w in caught] == ["something else"]
+
+
+# ----------------------------------------------------------------------------- hostile shapes: deep, 1-wide, diverged
+
+def deep_readings(n_layers, n_hidden=4, n_embd=2, batchnorm=1):
+    from npmlp.app import diagnose
+    from npmlp.deep import Deep
+    rng = np.random.default_rng(0)
+    model = Deep.init(27, n_embd=n_embd, n_hidden=n_hidden, n_layers=n_layers, batchnorm=batchnorm, seed=1)
+    X, Y = rng.integers(0, 27, (32, 3)), rng.integers(0, 27, 32)
+    return model, X, Y, diagnose.read(model, X, Y)
+
+
+def test_a_100_layer_network_is_coloured_by_depth_not_buried_under_a_legend(tmp_path):
+    """100 curves in a legend covered the plot (and matplotlib warned that constrained layout
+    collapsed): more than LEGEND_MAX curves get a colour map by depth and a colorbar."""
+    from npmlp.app.diagnose import UpdateRatios
+    model, X, Y, r = deep_readings(100)
+    for make in (plots.activations_figure, plots.activation_grads_figure, plots.weight_grads_figure):
+        fig = make(r)
+        assert not fig.legends and not fig.axes[0].get_legend()
+        assert len(fig.axes) == 2
+        assert fig.axes[1].get_ylabel() in ("100 layers, first to last", "102 weight matrices, first to last")
+        saved(fig, tmp_path / "f.png")
+    u = UpdateRatios(model.params)
+    cfg = SimpleNamespace(lr_at=lambda step: 0.1, seed=1, batch_size=8)
+    for step in (0, 100):
+        u.record(model, X, Y, cfg, step)
+    fig = plots.update_ratio_figure(u, model.params)
+    assert not fig.legends and len(fig.axes) == 2
+    saved(fig, tmp_path / "u.png")
+    fig = plots.gradient_figure(model, X, Y, [chr(97 + i) for i in range(27)])
+    assert "7 of its 102 matrices" in fig.get_suptitle()      # C, W1 ... W101
+    assert sum(ax.get_title().startswith("dW") for ax in fig.axes) == 6     # and dC: 7 histograms
+    saved(fig, tmp_path / "g.png")
+
+
+def test_few_legend_entries_sit_below_the_plot(tmp_path):
+    _, _, _, r = deep_readings(3, n_hidden=10)
+    fig = plots.activations_figure(r)
+    assert len(fig.legends) == 1 and len(fig.legends[0].get_texts()) == 3 and len(fig.axes) == 1
+    saved(fig, tmp_path / "a.png")
+
+
+def test_one_wide_layers_draw_without_warnings(tmp_path):
+    """n_hidden 1, n_embd 1: constant layers, NaN grad:data ratios; no RuntimeWarning, no collapse."""
+    for batchnorm in (1, 0):
+        model, X, Y, r = deep_readings(3, n_hidden=1, n_embd=1, batchnorm=batchnorm)
+        saved(plots.weight_grads_figure(r), tmp_path / "w.png")
+        saved(plots.gradient_figure(model, X, Y, [chr(97 + i) for i in range(27)]), tmp_path / "g.png")
+
+
+def test_a_diverged_models_nan_gradients_are_left_out_and_counted(tmp_path):
+    """A run that diverged keeps the parameters of its last finite loss, whose gradients may be
+    NaN/inf: the histograms leave those out and say how many (np.histogram raised on them)."""
+    model, X, Y, _ = deep_readings(3, n_hidden=6)
+    model.params["W2"][...] = 3e38                       # finite, but the activations overflow
+    from npmlp.app import diagnose
+    r = diagnose.read(model, X, Y)
+    fig = plots.weight_grads_figure(r)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("NaN/inf left out" in label for label in labels), labels
+    saved(fig, tmp_path / "w.png")
+    fig = plots.gradient_figure(model, X, Y, [chr(97 + i) for i in range(27)])
+    assert any("NaN/inf left out" in ax.get_title() for ax in fig.axes)
+    saved(fig, tmp_path / "g.png")
+
+
+def test_a_single_update_ratio_sample_is_drawn_as_points(tmp_path):
+    """One sample (a run of up to 100 steps) was a line of one point: an empty plot."""
+    from npmlp.app.diagnose import UpdateRatios
+    model, X, Y, _ = deep_readings(2, n_hidden=6)
+    u = UpdateRatios(model.params)
+    u.record(model, X, Y, SimpleNamespace(lr_at=lambda step: 0.1, seed=1, batch_size=8), 0)
+    fig = plots.update_ratio_figure(u, model.params)
+    weights = [line for line in fig.axes[0].get_lines() if line.get_label() in ("W1", "W2", "W3", "C")]
+    assert len(weights) == 4 and all(line.get_marker() == "o" for line in weights)
+    assert all(np.isfinite(line.get_ydata()).all() and len(line.get_xdata()) == 1 for line in weights)
+    left, right = fig.axes[0].get_xlim()
+    assert left < 0 < right
+    saved(fig, tmp_path / "u.png")
+
+
+def test_embedding_titles_say_what_is_drawn():
+    C1 = np.random.default_rng(0).normal(size=(5, 1))
+    assert plots.embedding_figure(C1, list(".abcd")).axes[0].get_title().endswith("its one dimension")
+    C2 = np.random.default_rng(0).normal(size=(5, 2)) * [3, 0.1]
+    pts, xlabel, _ = plots.embedding_2d(C2 @ [[0.6, 0.8], [-0.8, 0.6]], pca=True)   # a rotated ellipse
+    assert xlabel.startswith("PC 1 (") and pts.var(0)[0] > 100 * pts.var(0)[1]
+    assert "principal components" in plots.embedding_figure(C2, list(".abcd"), pca=True).axes[0].get_title()
+
+
+def test_a_figure_that_cannot_be_written_is_one_error(tmp_path, monkeypatch):
+    """A full disk (simulated: atomic_open raises ENOSPC) while saving: NpmlpError naming the file."""
+    import contextlib
+    import errno
+
+    from matplotlib.figure import Figure
+
+    from npmlp.app.errors import NpmlpError
+
+    @contextlib.contextmanager
+    def full(path, mode="wb"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+        yield
+    monkeypatch.setattr(plots, "atomic_open", full)
+    with pytest.raises(NpmlpError, match=r"cannot write .*x\.png: No space left on device; free space"):
+        plots.save(Figure(), tmp_path / "x.png")

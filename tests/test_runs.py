@@ -276,3 +276,31 @@ def test_split_seed_none_is_kept_by_resume(tmp_path, names, monkeypatch):
     assert m_parts["config"]["split_seed"] is None and m_parts["parts"] == 2
     for k in ("train_loss", "dev_loss", "test_loss", "samples"):
         assert m_whole[k] == m_parts[k], k
+
+
+def test_a_full_disk_while_drawing_keeps_the_trained_run(tmp_path, names, monkeypatch, capsys):
+    """Training finished and saved; then the figures cannot be written (simulated: plots.atomic_open
+    raises ENOSPC): one line naming the file, exit 1, and the way to draw them later."""
+    import contextlib
+    import errno
+
+    from helpers import run_main
+
+    from npmlp.app import plots
+
+    @contextlib.contextmanager
+    def full(path, mode="wb"):
+        raise OSError(errno.ENOSPC, "No space left on device")
+        yield
+    monkeypatch.setattr(plots, "atomic_open", full)
+    out = tmp_path / "run"
+    code, _out, err = run_main(capsys, "train", "--data", names, "--steps", "30", "--out", out, *TINY)
+    assert code == 1, err
+    assert err.startswith(f"npmlp: error: cannot write {out / 'loss.png'}: No space left on device") and \
+        err.count("\n") == 1, err
+    assert f"training finished and saved in {out / 'model.npz'}" in err and f"npmlp plot {out} --out DIR" in err
+    _, _, meta, _ = load_checkpoint(out / "model.npz")
+    assert meta["complete"] and json.loads((out / "metrics.json").read_text())["steps"] == 30
+    monkeypatch.undo()
+    code, _out, err = run_main(capsys, "plot", out, "--quiet")
+    assert code == 0 and (out / "loss.png").is_file(), err

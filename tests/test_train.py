@@ -11,6 +11,7 @@ Tolerances, relative to the largest |reference| value:
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -342,3 +343,50 @@ def test_sample_max_len_and_temperature(trained):
     for bad in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError):
             train.sample(model, vocab, n=2, temperature=bad)
+
+
+def sample_side_by_side(model, vocab, n, seed, temperature=1.0, max_len=100):
+    """The n names drawn all at once, as sample did before it streamed: the reference the stream
+    must give bit for bit (same names, same order), however it cuts them into chunks."""
+    u = np.stack([np.random.default_rng([seed, i]).random(max_len) for i in range(n)])
+    ctx, out, alive = np.zeros((n, model.block_size), np.int64), [[] for _ in range(n)], np.ones(n, bool)
+    for t in range(max_len):
+        logits = model.logits(ctx).astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        logits /= temperature
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        ix = (p.cumsum(axis=1) > u[:, t:t + 1]).argmax(axis=1)
+        for i in np.flatnonzero(alive):
+            out[i].append(int(ix[i]))
+        alive &= ix != 0
+        if not alive.any():
+            break
+        ctx = np.concatenate([ctx[:, 1:], ix[:, None]], axis=1)
+    return [vocab.decode(o) for o in out]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1024])
+def test_sample_stream_gives_the_side_by_side_names_in_chunks(trained, chunk):
+    model, vocab = trained
+    want = sample_side_by_side(model, vocab, 150, seed=11, temperature=0.8)
+    got = train.sample_stream(model, vocab, 150, seed=11, temperature=0.8, chunk=chunk)
+    assert not isinstance(got, list)
+    assert list(got) == want
+    assert train.sample(model, vocab, 150, seed=11, temperature=0.8) == want
+
+
+def test_sample_stream_yields_before_it_has_drawn_everything(trained):
+    """n None is a stream without end: its first names come out (sample drew all n before returning
+    any, so -n 10**23 printed nothing, then failed)."""
+    model, vocab = trained
+    first = list(itertools.islice(train.sample_stream(model, vocab, None, seed=4, chunk=16), 40))
+    assert first == sample_side_by_side(model, vocab, 40, seed=4)
+
+
+def test_sample_refuses_probabilities_that_are_not_finite(trained):
+    """A model whose logits overflow (a damaged checkpoint) would draw '.' every time: a ValueError instead."""
+    model, vocab = trained
+    broken = MLP({**model.params, "W2": np.full_like(model.params["W2"], 3e38)})
+    with pytest.raises(ValueError, match="NaN/inf"):
+        train.sample(broken, vocab, 3)

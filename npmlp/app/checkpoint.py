@@ -6,10 +6,13 @@ buffers (running statistics) by name. Format 1 (npmlp 0.1, the lecture's MLP onl
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 
+from .. import fast
 from ..data import Vocab
+from ..train import TrainConfig
 from .errors import NpmlpError
 from .files import atomic_open
 from .registry import MODELS
@@ -18,6 +21,7 @@ PREFIX = "npmlp-checkpoint-"
 VERSION = 2
 FORMAT = f"{PREFIX}{VERSION}"
 RESERVED = {"meta", "lossi"}   # array names that are not the model's
+VARIANCE = re.compile(r"var")   # buffers that are variances (bnvar, running_var1...): never negative
 
 
 def save_checkpoint(path, model, vocab: Vocab, meta: dict, lossi=None) -> None:
@@ -36,30 +40,36 @@ def save_checkpoint(path, model, vocab: Vocab, meta: dict, lossi=None) -> None:
         np.savez(f, **arrays)
 
 
-def _read_arrays(path, name: str) -> dict:
-    """Every array of the .npz, read in full with allow_pickle=False, or NpmlpError."""
-    corrupt = f"checkpoint {name} is corrupt or truncated; retrain or use another copy"
+def read_npz(path, kind: str = "checkpoint", fix: str = "retrain or use another copy") -> dict:
+    """Every array of an .npz that npmlp wrote (a checkpoint, or a side file such as --diagnose's
+    update_ratio.npz: `kind` names it in the messages), read in full with allow_pickle=False, or
+    NpmlpError ending with `fix`. The one way npmlp reads its .npz files: it never runs code."""
+    name = str(path)
+    corrupt = f"{kind} {name} is corrupt or truncated; {fix}"
+    also = "" if kind == "checkpoint" else f"; {fix}"     # a side file's data may still be had from a copy
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
     except FileNotFoundError:
-        raise NpmlpError(f"checkpoint {name} does not exist; give a run directory written by `npmlp train`") from None
+        raise NpmlpError(f"{kind} {name} does not exist; give a run directory written by `npmlp train`") from None
     except IsADirectoryError:
-        raise NpmlpError(f"{name} is a directory, not a checkpoint file") from None
+        raise NpmlpError(f"{name} is a directory, not {'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+                         + ("" if kind.endswith(" file") else " file")) from None
     except OSError as e:
-        raise NpmlpError(f"cannot read checkpoint {name}: {e.strerror}") from None
+        raise NpmlpError(f"cannot read {kind} {name}: {e.strerror}") from None
     if magic[:1] == b"\x80":  # the first byte of a pickle (protocol 2+): np.load would unpickle it
-        raise NpmlpError(f"{name} is a Python pickle, not an npmlp checkpoint; refusing to load it "
-                         f"(unpickling can run code)")
+        raise NpmlpError(f"{name} is a Python pickle, not an npmlp {kind}; refusing to load it "
+                         f"(unpickling can run code)" + also)
     if magic != b"PK\x03\x04":  # every .npz is a zip archive
-        raise NpmlpError(f"{name} is not an npmlp checkpoint (.npz); give a model.npz written by `npmlp train`")
+        raise NpmlpError(f"{name} is not an npmlp {kind} (.npz); " + (
+            "give a model.npz written by `npmlp train`" if kind == "checkpoint" else fix))
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}  # read everything now: a bad member fails here, not later
     except ValueError as e:
         if "pickle" in str(e).lower():
-            raise NpmlpError(f"checkpoint {name} holds pickled Python objects; refusing to load it "
-                             f"(unpickling can run code)") from None
+            raise NpmlpError(f"{kind} {name} holds pickled Python objects; refusing to load it "
+                             f"(unpickling can run code)" + also) from None
         raise NpmlpError(corrupt) from None
     except Exception:  # whatever a damaged zip or npy header makes the parsers raise (fuzzed in tests)
         raise NpmlpError(corrupt) from None
@@ -78,11 +88,41 @@ def _model_meta(meta) -> tuple[type, dict]:
     return MODELS["mlp"], meta["sizes"]
 
 
+def _check_training_state(name: str, meta: dict, cls, n_losses: int) -> None:
+    """The training config, the run record and the step: what `npmlp train` wrote beside the
+    model, checked for every command (a step past the run's end or a loss history of another
+    length is damage, whichever command meets it first)."""
+    def number(v, kind) -> bool:       # JSON's true is not a number of steps
+        return isinstance(v, kind) and not isinstance(v, bool)
+
+    try:
+        cfg = TrainConfig(**meta["train"])
+        info, step = meta["run"], meta["step"]
+        ok = (number(step, int)
+              and isinstance(info.get("split_seed"), (int, type(None)))
+              and isinstance(info.get("data"), (str, type(None)))
+              and isinstance(info.get("data_sha256"), (str, type(None)))
+              and info.get("engine") in fast.ENGINES
+              and (not cls.INITS or info.get("init") in cls.INITS)
+              and all(number(info[k], int) and info[k] >= 0 for k in ("parts", "arithmetic") if k in info)
+              and ("seconds" not in info or number(info["seconds"], (int, float)) and 0 <= info["seconds"] < 1e12)
+              and isinstance(info.get("diagnose", False), bool))
+    except (KeyError, TypeError, ValueError, AttributeError):  # a field missing, of a wrong type...
+        ok = False
+    if not ok:
+        raise NpmlpError(f"checkpoint {name} has missing or malformed training state (config, step, run record); "
+                         f"the file is damaged or was not written by npmlp")
+    if not 0 <= step <= cfg.steps:
+        raise NpmlpError(f"checkpoint {name} is at step {step:,} of a {cfg.steps:,}-step run; the file is damaged")
+    if n_losses != step:
+        raise NpmlpError(f"checkpoint {name} holds {n_losses:,} losses for {step:,} steps; the file is damaged")
+
+
 def load_checkpoint(path):
     """-> (model, vocab, meta, lossi or None). Raises NpmlpError naming what is wrong; a model is
     built only from a file that passed every check."""
     name = str(path)
-    files = _read_arrays(path, name)
+    files = read_npz(path)
     if "meta" not in files:
         raise NpmlpError(f"checkpoint {name} lacks meta; it was not written by npmlp")
     try:
@@ -104,7 +144,12 @@ def load_checkpoint(path):
         ok = (isinstance(itos, list) and itos[:1] == ["."] and len(set(itos)) == len(itos)
               and all(isinstance(c, str) and len(c) == 1 for c in itos)
               and min(sizes.values()) >= 0 and min(sizes[k] for k in ("block_size", "n_embd", "n_hidden")) >= 1
-              and dtype in (np.float32, np.float64))
+              and dtype in (np.float32, np.float64)
+              # each size is an array's dimension or counts arrays, so none exceeds all of the file's
+              # elements: a tampered n_layers of 10^9 is refused before its shapes are listed
+              and max(sizes.values()) <= sum(max(a.size, 1) for a in files.values()))
+        if not ok:
+            raise ValueError(sizes)
         pshapes = cls.shapes(len(itos), **sizes)
         want = {**pshapes, **cls.buffer_shapes(len(itos), **sizes)}
     except Exception:  # a key missing, a value of the wrong type, an unknown model or size...
@@ -133,10 +178,14 @@ def load_checkpoint(path):
             raise NpmlpError(f"checkpoint {name}: {k} has dtype {a.dtype}, expected {dtype}")
         if not np.isfinite(a).all():
             raise NpmlpError(f"checkpoint {name}: {k} contains NaN or inf; the file is damaged")
+        if VARIANCE.search(k) and k not in pshapes and (a < 0).any():
+            raise NpmlpError(f"checkpoint {name}: {k} holds negative values ({a.min():.4g}), and a variance "
+                             f"cannot be negative; the file is damaged")
     lossi = files.get("lossi")
     if lossi is not None and (lossi.ndim != 1 or lossi.dtype != np.float32 or not np.isfinite(lossi).all()):
         raise NpmlpError(f"checkpoint {name}: the loss history lossi is not a finite float32 vector "
                          f"(shape {lossi.shape}, dtype {lossi.dtype}); the file is damaged")
+    _check_training_state(name, meta, cls, 0 if lossi is None else len(lossi))
     model = cls.from_params({k: files[k] for k in pshapes}, sizes)
     for k, a in model.buffers.items():
         a[...] = files[k]

@@ -3,6 +3,7 @@ the reading tools, lines out. A user's mistake ends in one line on stderr and ex
 1 (runtime); never a traceback."""
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -15,16 +16,15 @@ from .. import __version__, fast
 from ..data import DataError
 from ..fast.parallel import HelperFailed
 from ..gradcheck import minibatch
-from ..mlp import SEED
-from ..train import TrainConfig, evaluate, sample
+from ..train import TrainConfig, evaluate, sample_stream
 from . import rundir
 from .checkpoint import load_checkpoint
 from .errors import NpmlpError, UsageError
-from .files import claim, make_out_dir
+from .files import claim, make_out_dir, output_folder
 from .options import (DTYPES, MODEL_OPTIONS, TRAIN, TRAIN_OPTIONS, Parser, add_batch_arg, add_data_args,
-                      add_engine_args, add_model_args, check_batch, check_engine, flag, fraction,
-                      model_options, non_negative_int, positive_float, positive_int, train_config,
-                      typed_options)
+                      add_engine_args, add_model_args, check_batch, check_engine, check_memory, flag, fraction,
+                      model_options, non_negative_int, option_text, positive_float, positive_int,
+                      train_config, typed_options)
 from .registry import make_model
 
 # ----------------------------------------------------------------------------- output
@@ -59,30 +59,42 @@ class StopFlag:
             signal.signal(s, h)
 
 
-def new_run(args, out) -> rundir.Run:
-    kind, sizes, init = model_options(args, args.argv)
+def cmd_train(args):
+    return resume_run(args) if args.resume else new_run(args)
+
+
+def new_run(args):
+    out = Path(args.out or time.strftime("runs/%Y%m%d-%H%M%S"))
+    kind, sizes, init = model_options(args, args.argv)   # every check that needs no files: before any is made
     engine = check_engine(kind, args.engine, args.processes, sizes)
     cfg = train_config(args, kind)
-    return rundir.Run.new(out, kind, sizes, cfg, args.data, args.split_seed, DTYPES[args.dtype], engine, init,
-                          args.diagnose)
-
-
-def cmd_train(args):
-    if args.resume:
-        out = Path(args.resume)
-        if args.out and Path(args.out) != out:
-            raise UsageError(f"--out {args.out} differs from the run's {out}; --resume continues {out} in place: "
-                             f"drop --out")
+    rundir.refuse_existing(out)
+    with output_folder(out):                      # then the folder, before any work (removed if nothing is saved)
+        run = rundir.Run.new(out, kind, sizes, cfg, args.data, args.split_seed, DTYPES[args.dtype], engine, init,
+                             args.diagnose, typed_options(args.argv))
         claimed: list[str] = []
         with claim(out, claimed):
-            typed = {k: getattr(args, k) for k in typed_options(args.argv) & RESUME_CHECKS}
-            return train_and_finish(args, rundir.Run.resume(out, typed, args.data, args.diagnose), claimed)
-    out = Path(args.out or time.strftime("runs/%Y%m%d-%H%M%S"))
-    run = new_run(args, out)                      # every check that needs no files: before any is made
-    claimed = []
-    with claim(out, claimed):
-        rundir.refuse_existing(out)               # again: a run may have started meanwhile
-        return train_and_finish(args, run, claimed)
+            rundir.refuse_existing(out)           # again: a run may have started meanwhile
+            return train_and_finish(args, run, claimed)
+
+
+def resume_run(args):
+    out = Path(args.resume)
+    if args.out and Path(args.out) != out:
+        raise UsageError(f"--out {args.out} differs from the run's {out}; --resume continues {out} in place: "
+                         f"drop --out")
+    typed = {k: getattr(args, k) for k in typed_options(args.argv) & RESUME_CHECKS}
+    fix = (f"--resume continues a run in place: make {out} writable, or copy the run (cp -r {shlex.quote(str(out))} "
+           f"NEW) and resume the copy")
+    try:
+        if out.is_dir():
+            make_out_dir(out, fix)                # only a probe: the folder exists
+    except UsageError:                            # a finished or damaged run says so, not its folder
+        rundir.load_resumable(out, typed, args.diagnose)
+        raise
+    claimed: list[str] = []
+    with claim(out, claimed, fix):
+        return train_and_finish(args, rundir.Run.resume(out, typed, args.data, args.diagnose), claimed)
 
 
 RESUME_CHECKS = {*MODEL_OPTIONS, *TRAIN_OPTIONS, "dtype", "seed", "split_seed", "engine"}   # a resume keeps the run's own
@@ -120,6 +132,10 @@ def train_and_finish(args, run: rundir.Run, claimed) -> int:
               f"evaluation not finished: run `npmlp train --resume {where}` to evaluate and draw the figures"),
               file=sys.stderr)
         return 130
+    except NpmlpError as e:                       # metrics.json or a figure could not be written
+        raise NpmlpError(f"{e}; training finished and saved in {run.ckpt}: " + (
+            f"`npmlp plot {where} --out DIR` draws the figures" if (run.out / "metrics.json").exists() else
+            f"`npmlp train --resume {where}` evaluates and draws the figures once {run.out} can be written")) from None
     n = run.cfg.steps - run.start
     print(f"train loss {metrics['train_loss']:.4f}   dev loss {metrics['dev_loss']:.4f}   test loss "
           f"{metrics['test_loss']:.4f}   ({n:,} step{'s' * (n != 1)} in {run.train_seconds:.1f}s)")
@@ -156,37 +172,33 @@ def load_run(path):
     return (*load_checkpoint(ckpt), ckpt)
 
 
-def run_splits(args, meta, model, vocab):
-    data = rundir.run_splits(args.data, meta, model, vocab)
+def run_splits(args, meta, model, vocab, ckpt, batch_size: int = 1):
+    """The run's rows (rundir.run_splits), refused before they are built if they and a batch of
+    batch_size rows cannot fit in memory."""
+    data = rundir.run_splits(args.data, meta, model, vocab, batch_size, subject=f"the run in {ckpt}")
     notes(args, data.notes)
     return data
-
-
-def run_config(meta, ckpt):
-    try:
-        return TrainConfig(**meta["train"])
-    except (KeyError, TypeError, ValueError):
-        raise NpmlpError(f"checkpoint {ckpt} has no valid training config; it was not written by "
-                         f"`npmlp train`") from None
 
 
 def cmd_gradcheck(args):
     from .. import gradcheck
     dtype = DTYPES[args.dtype]
     if args.run:
-        typed = [flag(k) for k in typed_options(args.argv) if k in MODEL_OPTIONS]
-        if typed:
+        typed = [flag(k) for k in typed_options(args.argv) if k in (*MODEL_OPTIONS, "split_seed")]
+        if typed:   # the run's own model and split are checked
             raise UsageError(f"{typed[0]} sets a fresh model; drop it when checking --run {args.run}")
         model, vocab, meta, _, ckpt = load_run(args.run)
-        data = run_splits(args, meta, model, vocab)
+        data = run_splits(args, meta, model, vocab, ckpt, args.batch_size)
         model = model.like({k: v.astype(dtype) for k, v in model.params.items()})
         what = f"the model in {ckpt}"
     else:
         kind, sizes, init = model_options(args, args.argv)
-        data = rundir.splits(args.data, args.split_seed, sizes["block_size"])
+        data = rundir.splits(args.data, args.split_seed, sizes["block_size"], check=lambda n_rows, vocab: check_memory(
+            kind, sizes, vocab, n_rows, args.batch_size, typed=typed_options(args.argv)))
         notes(args, data.notes)
         model = make_model(kind, data.vocab.size, sizes, args.seed, dtype, init)
         what = f"a fresh {kind} model" + (f" (--init {init}, seed {args.seed})" if init else f" (seed {args.seed})")
+    check_batch(args.batch_size, model, len(data.train[0]))
     X, Y = minibatch(*data.train, args.batch_size, args.seed)
     grads = fast.gradients(model, X, Y) if fast.default_engine(model.kind, model.sizes) == "fast" else None
     rep = gradcheck.report(model, X, Y, coords=args.coords, seed=args.seed, fast=grads)
@@ -209,56 +221,93 @@ def cmd_lr_find(args):
     from .progress import Progress
     if args.steps < 10:
         raise UsageError(f"--steps {args.steps} is too few for a sweep from 10^-3 to 10^0; use at least 10")
-    out = make_out_dir(Path(args.out or time.strftime("runs/lr-find-%Y%m%d-%H%M%S")))
     kind, sizes, init = model_options(args, args.argv)
     engine = check_engine(kind, args.engine, args.processes, sizes)
-    data = rundir.splits(args.data, args.split_seed, sizes["block_size"])
-    notes(args, data.notes)
-    model = make_model(kind, data.vocab.size, sizes, args.seed, DTYPES[args.dtype], init)
-    check_batch(args.batch_size, model, len(data.train[0]))
-    lre = np.linspace(-3, 0, args.steps)                      # the lecture's lre; lrs = 10**lre
-    # the helper processes fork before the progress bar starts a thread
-    with fast.steps(engine, model, args.batch_size, args.processes) as steps, np.errstate(over="ignore", invalid="ignore"), \
-            Progress(args.steps, quiet=args.quiet, every=max(1, args.steps // 100), desc="lr-find") as bar:
-        losses = lrfind.sweep(steps, *data.train, lre, args.batch_size, args.seed,
-                              on_step=lambda i, loss, lr: bar.step(i, loss, lr))
-    ran = int(np.isfinite(losses).sum())
-    if ran < 2:
-        raise NpmlpError("the loss was NaN/inf from the first steps of the sweep; check the data and --init")
-    suggested, best, smoothed = lrfind.suggest(lre[:ran], losses[:ran])
-    path = plots.save(plots.lr_find_figure(lre[:ran], losses[:ran], smoothed, best, suggested), out / "lr_find.png")
+    with output_folder(Path(args.out or time.strftime("runs/lr-find-%Y%m%d-%H%M%S"))) as out:
+        data = rundir.splits(args.data, args.split_seed, sizes["block_size"], check=lambda n_rows, vocab: check_memory(
+            kind, sizes, vocab, n_rows, args.batch_size, args.steps, typed=typed_options(args.argv)))
+        notes(args, data.notes)
+        model = make_model(kind, data.vocab.size, sizes, args.seed, DTYPES[args.dtype], init)
+        check_batch(args.batch_size, model, len(data.train[0]))
+        lre = np.linspace(-3, 0, args.steps)                      # the lecture's lre; lrs = 10**lre
+        # the helper processes fork before the progress bar starts a thread
+        with fast.steps(engine, model, args.batch_size, args.processes) as steps, \
+                np.errstate(over="ignore", invalid="ignore"), \
+                Progress(args.steps, quiet=args.quiet, every=max(1, args.steps // 100), desc="lr-find") as bar:
+            losses = lrfind.sweep(steps, *data.train, lre, args.batch_size, args.seed,
+                                  on_step=lambda i, loss, lr: bar.step(i, loss, lr))
+        ran = int(np.isfinite(losses).sum())
+        if ran < 2:
+            raise NpmlpError("the loss was NaN/inf from the first steps of the sweep; check the data and --init")
+        suggested, best, smoothed = lrfind.suggest(lre[:ran], losses[:ran])
+        path = plots.save(plots.lr_find_figure(lre[:ran], losses[:ran], smoothed, best, suggested),
+                          out / "lr_find.png")
     if ran < args.steps:
         print(f"the loss diverged at lr {10 ** lre[ran]:.3g}; the sweep stopped after {ran} steps")
     print(f"lowest smoothed loss {np.nanmin(smoothed):.3f} at lr 10^{best:.2f} = {10 ** best:.3g}")
+    swept = [option_text(k, shlex.quote(str(getattr(args, k))) if k == "data" else getattr(args, k))
+             for k in SWEPT if k in typed_options(args.argv)]
     print(f"suggested learning rate: {10 ** suggested:.3g} (10^{suggested:.2f}, "
-          f"{lrfind.MARGIN:g} below the minimum's exponent): npmlp train --lr {10 ** suggested:.2g}")
+          f"{lrfind.MARGIN:g} below the minimum's exponent): "
+          + " ".join(["npmlp train", *filter(None, swept), f"--lr {10 ** suggested:.2g}"]))
     print("wrote:", path, sep="\n  ")
 
 
+SWEPT = (*MODEL_OPTIONS, "dtype", "seed", "batch_size", "engine", "data", "split_seed")   # lr-find's, for train
+
+
 def cmd_sample(args):
-    model, vocab, meta, _, _ = load_run(args.run_dir)
-    seed = args.seed if args.seed is not None else int((meta.get("train") or {}).get("seed", SEED)) + 10
-    for name in sample(model, vocab, args.n, seed=seed, temperature=args.temperature):
-        print(name)
+    """Each name printed as it is drawn (train.sample_stream): -n 10000000 runs in constant memory;
+    Ctrl-C, or a reader that goes away (`| head`), stops it."""
+    model, vocab, meta, _, ckpt = load_run(args.run_dir)
+    seed = args.seed if args.seed is not None else int(meta["train"]["seed"]) + 10
+    count = 0
+    try:
+        for name in sample_stream(model, vocab, args.n, seed=seed, temperature=args.temperature):
+            sys.stdout.write(name + "\n")           # one write: Ctrl-C never cuts a name in two
+            count += 1
+            if getattr(sys.stdout, "reader_gone", False):
+                break
+    except ValueError as e:
+        raise NpmlpError(f"cannot sample from {ckpt}: {e}; the checkpoint is damaged, or diverged: retrain "
+                         f"with a lower --lr") from None
+    except KeyboardInterrupt:
+        print(f"npmlp: interrupted after {count:,} of {args.n:,} names", file=sys.stderr)
+        return 130
 
 
 def cmd_eval(args):
-    model, vocab, meta, _, _ = load_run(args.run_dir)
-    data = run_splits(args, meta, model, vocab)
+    model, vocab, meta, _, ckpt = load_run(args.run_dir)
+    data = run_splits(args, meta, model, vocab, ckpt)
     with np.errstate(over="ignore", invalid="ignore"):
         losses = {k: evaluate(model, *xy) for k, xy in data.items()}
+    bad = [k for k, v in losses.items() if not np.isfinite(v)]
+    if bad:
+        raise NpmlpError(f"the model in {ckpt} gives a NaN/inf loss on the {' and '.join(bad)} split: its "
+                         f"parameters overflow; the checkpoint is damaged, or diverged: retrain with a lower --lr")
     print("   ".join(f"{k} loss {v:.4f}" for k, v in losses.items()))
+
+
+def figures_folder(args, ckpt):
+    """Where plot and diagnose write: --out, else the run directory (checked, like every output
+    folder, before any work: output_folder)."""
+    if args.out:
+        return output_folder(Path(args.out))
+    return output_folder(ckpt.parent, "give --out DIR to write the figures elsewhere")
 
 
 def cmd_plot(args):
     from . import plots
     model, vocab, meta, lossi, ckpt = load_run(args.run_dir)
-    cfg = run_config(meta, ckpt)
-    data = run_splits(args, meta, model, vocab)
-    batch = minibatch(*data.train, cfg.batch_size, args.seed)
-    out = make_out_dir(Path(args.out)) if args.out else ckpt.parent
-    missing: list[str] = []
-    written = plots.write_run_figures(out, model, vocab, lossi, cfg, pca=args.pca, batch=batch, notes=missing)
+    cfg = TrainConfig(**meta["train"])           # load_checkpoint checked it
+    if args.pca and model.n_embd < 2:
+        raise UsageError(f"--pca: the model in {ckpt} embeds each character in {model.n_embd} dimension, "
+                         f"which has no principal components to choose; drop --pca")
+    with figures_folder(args, ckpt) as out:
+        data = run_splits(args, meta, model, vocab, ckpt, cfg.batch_size)
+        batch = minibatch(*data.train, cfg.batch_size, args.seed)
+        missing: list[str] = []
+        written = plots.write_run_figures(out, model, vocab, lossi, cfg, pca=args.pca, batch=batch, notes=missing)
     notes(args, missing)
     print("wrote:", *written, sep="\n  ")
 
@@ -266,19 +315,29 @@ def cmd_plot(args):
 def cmd_diagnose(args):
     from . import diagnose, plots
     model, vocab, meta, _, ckpt = load_run(args.run_dir)
-    cfg = run_config(meta, ckpt)
-    data = run_splits(args, meta, model, vocab)
-    readings = diagnose.read(model, *minibatch(*data.train, max(cfg.batch_size, 2), args.seed))
-    ratios = diagnose.UpdateRatios.load(ckpt.parent / diagnose.RATIOS)
+    cfg = TrainConfig(**meta["train"])           # load_checkpoint checked it
+    side = ckpt.parent / diagnose.RATIOS
+    ratios = diagnose.UpdateRatios.load(side, model.params, meta["step"])   # checked like the checkpoint
+    recorded = meta["run"].get("diagnose", False)
+    with figures_folder(args, ckpt) as out:
+        batch = max(cfg.batch_size, 2)
+        data = run_splits(args, meta, model, vocab, ckpt, batch)
+        readings = diagnose.read(model, *minibatch(*data.train, batch, args.seed))
+        missing: list[str] = []
+        written = plots.write_diagnose_figures(out, readings, ratios, model.params, missing)
+    # the figures first: the tables go to stdout, which a reader may close (`| head`)
     print(f"{model.kind} model in {ckpt}, step {meta['step']:,} of {cfg.steps:,}; one minibatch of "
-          f"{max(cfg.batch_size, 2)} training rows (seed {args.seed})\n")
+          f"{batch} training rows (seed {args.seed})\n")
     print(diagnose.tables(readings))
-    print("\n" + (diagnose.ratio_summary(ratios, model.params) if ratios is not None and ratios.steps else
-                  "update:data: not recorded; train with `npmlp train --diagnose` to sample it every "
-                  f"{diagnose.EVERY} steps"))
-    out = make_out_dir(Path(args.out)) if args.out else ckpt.parent
-    missing: list[str] = []
-    written = plots.write_diagnose_figures(out, readings, ratios, model.params, missing)
+    if ratios is not None and ratios.steps:
+        print("\n" + diagnose.ratio_summary(ratios, model.params))
+    elif recorded and ratios is None:
+        print(f"\nupdate:data: sampled by --diagnose into {side}, which is missing")
+        print(f"npmlp: note: {side} is missing: the update:data ratios this run recorded (--diagnose) are lost",
+              file=sys.stderr)                  # about the run itself: shown under --quiet too
+    else:
+        print(f"\nupdate:data: not recorded; train with `npmlp train --diagnose` to sample it every "
+              f"{diagnose.EVERY} steps")
     notes(args, missing)
     print("wrote:", *written, sep="\n  ")
 
@@ -373,16 +432,63 @@ def build_parser():
     return parser
 
 
+class Stdout:
+    """sys.stdout while a command runs. A reader that goes away (`npmlp diagnose RUN | head -1`), or
+    a stdout closed from the start (`>&-`), is no error of the command: the rest of its output is
+    dropped (file descriptor 1 pointed at /dev/null, so nothing fails at exit either), the command
+    still writes its files and exits as it would have. Any other failure to write (`> /dev/full`)
+    is kept in `failed`, for main to report once the files are written. `reader_gone` tells a
+    command whose only product is stdout (sample) to stop."""
+
+    def __init__(self, stream):
+        self.stream, self.reader_gone, self.failed = stream, stream is None, None
+
+    def write(self, text):
+        if not self.reader_gone:
+            try:
+                self.stream.write(text)
+            except OSError as e:
+                self._gone(e)
+        return len(text)
+
+    def flush(self):
+        if not self.reader_gone:
+            try:
+                self.stream.flush()
+            except OSError as e:
+                self._gone(e)
+
+    def _gone(self, e: OSError):
+        self.reader_gone = True
+        if not isinstance(e, BrokenPipeError):
+            self.failed = e
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):   # not a real file (pytest's capture): nothing to redirect
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(map(str, argv))
     args = build_parser().parse_args(argv)
     args.argv = argv
     from threadpoolctl import threadpool_limits
+    stdout = sys.stdout = Stdout(sys.stdout)
     try:
         # every product npmlp makes is small: a second BLAS thread gains little on an idle machine
         # and, on a busy one, waits for a core, making every product many times slower
         with threadpool_limits(1, user_api="blas"):
-            return args.func(args) or 0
+            code = args.func(args) or 0
+        stdout.flush()
+        if stdout.failed is not None and code == 0:
+            raise NpmlpError(f"cannot write to stdout: {stdout.failed.strerror or stdout.failed}; the printed lines "
+                             f"are lost (the files, if any, are written)")
+        return code
     except (NpmlpError, DataError) as e:
         print(f"npmlp: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -392,8 +498,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("npmlp: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 1
+    finally:
+        stdout.flush()
+        sys.stdout = stdout.stream if stdout.stream is not None else sys.__stdout__
 
 
 if __name__ == "__main__":

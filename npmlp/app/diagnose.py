@@ -13,11 +13,15 @@ Legend: B batch. All readings come from the reference tier's forward and backwar
 from __future__ import annotations
 
 import contextlib
+import itertools
+import warnings
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from ..train import batch_rows
+from .errors import NpmlpError
 from .files import atomic_open
 
 SATURATED = 0.97
@@ -79,18 +83,19 @@ def _layer(name, a, saturated=True):
 
 
 def read(model, X, Y) -> Readings:
-    """The readings of one minibatch X (B, T), Y (B,)."""
-    with frozen(model):
+    """The readings of one minibatch X (B, T), Y (B,). A diverged run's NaN/inf are read as they
+    are (the tables print nan, the figures leave them out), without NumPy's warnings."""
+    with frozen(model), np.errstate(all="ignore"):
         loss, cache = model.forward(X, Y)
         grads, dacts = model.backward(cache)
-    names = tanh_names(model)
-    acts = [_layer(n, cache[n]) for n in names]
-    grads_in = [_layer(n, dacts[n], saturated=False) for n in names]
-    weights = []
-    for k, p in model.params.items():
-        if p.ndim == 2:
-            g = np.asarray(grads[k], np.float64).ravel()
-            weights.append(Weight(k, p.shape, g, float(g.mean()), float(g.std()), grad_data(g, p)))
+        names = tanh_names(model)
+        acts = [_layer(n, cache[n]) for n in names]
+        grads_in = [_layer(n, dacts[n], saturated=False) for n in names]
+        weights = []
+        for k, p in model.params.items():
+            if p.ndim == 2:
+                g = np.asarray(grads[k], np.float64).ravel()
+                weights.append(Weight(k, p.shape, g, float(g.mean()), float(g.std()), grad_data(g, p)))
     return Readings(loss, acts, grads_in, weights)
 
 
@@ -139,13 +144,48 @@ class UpdateRatios:
                      ratios=np.array(self.ratios, np.float64).reshape(len(self.steps), len(self.names)))
 
     @classmethod
-    def load(cls, path):
-        """The ratios saved in `path`, or None if there are none or the file is unreadable."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return cls([str(n) for n in z["names"]], z["steps"].tolist(), list(z["ratios"]))
-        except (OSError, KeyError, ValueError):
+    def load(cls, path, names=None, step: int | None = None) -> UpdateRatios | None:
+        """The ratios saved in `path`, None if there is no such file; checked as a checkpoint is
+        (checkpoint.read_npz, then every field): NpmlpError naming what is wrong, never samples
+        silently dropped. names: the model's parameters, which the file must list; step: the
+        checkpoint's, which the samples must reach (every EVERY steps up to the last before it)."""
+        from .checkpoint import read_npz
+        path = Path(path)
+        if not path.exists():
             return None
+        fix = "restore it from a copy, or move it away to go on without the update:data ratios recorded so far"
+        a = read_npz(path, "update:data ratios file", fix)
+
+        def bad(what):
+            return NpmlpError(f"update:data ratios file {path} {what}; {fix}")
+
+        if set(a) != {"names", "steps", "ratios"}:
+            raise bad(f"holds arrays {', '.join(sorted(a)) or 'none'}, not names, steps and ratios")
+        names_, steps, ratios = a["names"], a["steps"], a["ratios"]
+        if names_.ndim != 1 or names_.dtype.kind != "U":
+            raise bad(f"has names of shape {names_.shape} and dtype {names_.dtype}, not a list of parameter names")
+        if names is not None and list(names_) != list(names):
+            raise bad(f"names the parameters {', '.join(map(str, names_[:6]))}"
+                      f"{'...' if len(names_) > 6 else ''}, not the model's {', '.join(list(names)[:6])}"
+                      f"{'...' if len(names) > 6 else ''}")
+        if steps.ndim != 1 or steps.dtype.kind not in "iu":
+            raise bad(f"has steps of shape {steps.shape} and dtype {steps.dtype}, not a list of step numbers")
+        if ratios.shape != (len(steps), len(names_)) or ratios.dtype.kind != "f":
+            raise bad(f"has ratios of shape {ratios.shape} and dtype {ratios.dtype}, expected float "
+                      f"({len(steps)}, {len(names_)}) for {len(steps)} samples of {len(names_)} parameters")
+        if np.isinf(ratios).any():
+            raise bad("holds infinite ratios (a zero spread is saved as NaN, never inf)")
+        steps = steps.tolist()
+        if any(s < 0 or s % EVERY for s in steps) or any(b <= a_ for a_, b in itertools.pairwise(steps)):
+            raise bad(f"has steps {steps[:4]}...; samples are taken every {EVERY} steps, in order")
+        u = cls([str(n) for n in names_], steps, list(ratios.astype(np.float64)))
+        if step is not None:
+            kept = u.until(step).steps
+            last = (step - 1) // EVERY * EVERY             # the last sample before the checkpoint's step
+            if kept and kept != list(range(kept[0], last + 1, EVERY)):
+                raise bad(f"has samples from step {kept[0]:,} to {kept[-1]:,} with gaps or ending early, while "
+                          f"the checkpoint is at step {step:,} (one sample every {EVERY} steps up to {last:,})")
+        return u
 
 
 def ratio_summary(u: UpdateRatios, params: dict, last: int = 10) -> str:
@@ -155,6 +195,8 @@ def ratio_summary(u: UpdateRatios, params: dict, last: int = 10) -> str:
     ratios = np.array(u.ratios).reshape(len(u.steps), len(u.names))[-last:]
     lines = [(f"update:data, log10, mean of the last {len(ratios)} samples (every {EVERY} steps, to step "
              f"{u.steps[-1]:,}); healthy near {GUIDE:g}")]
-    lines += [f"  {k:8s}  {np.nanmean(ratios[:, j]):+.2f}" for j, k in enumerate(u.names)
-              if np.ndim(params.get(k)) == 2]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # a 1-wide layer's ratios are all NaN: its mean is nan
+        lines += [f"  {k:8s}  {np.nanmean(ratios[:, j]):+.2f}" for j, k in enumerate(u.names)
+                  if np.ndim(params.get(k)) == 2]
     return "\n".join(lines)

@@ -150,6 +150,14 @@ def flag(name: str) -> str:
     return "--no-batchnorm" if name == "batchnorm" else "--" + name.replace("_", "-")
 
 
+def option_text(name: str, value) -> str:
+    """`name` = value as typed on a command line: '--lr 0.5', '--split-seed none', '--no-batchnorm'
+    for batchnorm 0 (batchnorm 1 is the default, typed as nothing: '')."""
+    if name == "batchnorm":
+        return "" if value else flag(name)
+    return f"{flag(name)} {'none' if value is None else value}"
+
+
 # ----------------------------------------------------------------------------- checks
 
 def model_options(args, argv) -> tuple[str, dict, str | None]:
@@ -217,21 +225,96 @@ def check_batch(batch_size: int, model, n_rows: int) -> None:
                          f"a batch's own statistics; use at least {model.min_batch}")
 
 
-def check_memory(kind: str, sizes: dict, vocab_size: int, batch_size: int, steps: int) -> None:
-    """Refuse sizes that cannot fit in this machine's memory: the kernel would kill the process
-    mid-run (memory is overcommitted) instead of letting NumPy raise MemoryError."""
+def machine_memory() -> int | None:
+    """Bytes of memory on this machine (None if the system does not say)."""
     try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_need(kind: str, sizes: dict, vocab, n_rows: int = 0, batch_size: int = 1, steps: int = 0) -> dict:
+    """Bytes a command needs at its peak, by what needs them:
+    'model': the parameters as float64 draws, their copies for divergence, the fast engine's copy
+             and its chunks' updates;
+    'rows':  the names' n_rows rows of T + 1 indices, twice while build_dataset copies them;
+    'step':  a training step's arrays for a batch of batch_size rows, forward and backward;
+    'eval':  the arrays of the rows evaluated (or calibrated) at once, every layer's output kept;
+    'steps': the loss of each step (and, for lr-find, its rate and smoothed loss)."""
+    cls = model_class(kind)
+    P = num_params(kind, sizes, vocab.size)
+    T, E, H, L, V = sizes["block_size"], sizes["n_embd"], sizes["n_hidden"], sizes.get("n_layers", 1), vocab.size
+    B = batch_size
+    return {"model": P * 8 * 6 + -(-B // fast.CHUNK) * P * 8,
+            "rows": n_rows * (T + 1) * np.dtype(vocab.index_dtype()).itemsize * 2,
+            "step": B * (T * E + 6 * H * L + 4 * V + T * V) * 8 * 2 + train.BLOCK * B * 8 + fast.GATHER * (T + 1) * 8,
+            "eval": eval_rows(cls) * (T * E + 3 * H * L + 3 * V) * 8 * 2,
+            "steps": steps * 4 * 9}
+
+
+def num_params(kind: str, sizes: dict, vocab_size: int) -> int:
+    """The model's parameter count, from its shapes; a stack's (n_layers) from those of one and two
+    layers, the count growing by the same amount with each layer: listing the shapes of 10^9 layers
+    would itself exhaust the memory this estimate protects."""
+    def count(**change) -> int:
+        return sum(math.prod(v) for v in model_class(kind).shapes(vocab_size, **{**sizes, **change}).values())
+
+    L = sizes.get("n_layers")
+    if L is None or L <= 2:
+        return count()
+    one, two = count(n_layers=1), count(n_layers=2)
+    return one + (L - 1) * (two - one)
+
+
+def eval_rows(cls) -> int:
+    """Rows evaluated at once: train.evaluate's chunk, or the model's calibration chunk if larger."""
+    return max(train.EVAL_CHUNK, getattr(cls, "CALIBRATE_CHUNK", 0))
+
+
+# what each part of memory_need holds, and the options that size it (the typed ones are named)
+NEEDS = {"model": ("the model's {P:,} parameters and their copies", ("block_size", "n_embd", "n_hidden", "n_layers")),
+         "rows": ("the names' {N:,} rows of {T1:,} indices", ("block_size",)),
+         "step": ("a training step's arrays for a batch of {B:,} rows",
+                  ("batch_size", "block_size", "n_embd", "n_hidden", "n_layers")),
+         "eval": ("the arrays of {R:,} rows evaluated at once", ("block_size", "n_embd", "n_hidden", "n_layers")),
+         "steps": ("the losses of {S:,} steps", ("steps",))}
+
+
+def check_memory(kind: str, sizes: dict, vocab, n_rows: int = 0, batch_size: int = 1, steps: int = 0,
+                 typed: set | None = None, subject: str | None = None) -> None:
+    """Refuse a command whose arrays cannot fit in this machine's memory, before they are made:
+    memory is overcommitted, so instead of NumPy's MemoryError the kernel would kill the process
+    mid-run (or NumPy would fail after minutes of work). Every command that builds the rows or a
+    model calls it, with the names' row count, before build_dataset runs (rundir.splits).
+    The message names the options (typed: those on the command line) that size the largest part,
+    or, for a run read from a checkpoint, `subject` and its sizes."""
+    total = machine_memory()
+    need = memory_need(kind, sizes, vocab, n_rows, batch_size, steps)
+    if total is None or sum(need.values()) <= 0.8 * total:
         return
-    P = sum(math.prod(s) for s in model_class(kind).shapes(vocab_size, **sizes).values())
-    T, H, L, V, B = sizes["block_size"], sizes["n_hidden"], sizes.get("n_layers", 1), vocab_size, batch_size
-    rows, chunks = min(B, fast.CHUNK), -(-B // fast.CHUNK)
-    need = (P * 8 * 6                                             # float64 draws, params, snapshots, engine
-            + chunks * P * 8                                      # each chunk's update (fast.Chunks)
-            + steps * 4                                           # lossi
-            + train.BLOCK * B * 8 + fast.GATHER * (T + 1) * 8     # a block's indices, the gathered rows
-            + max(rows, B) * (T * sizes["n_embd"] + 6 * H * L + 4 * V + T * V) * 8 * 2)  # a step's arrays
-    if need > 0.8 * total:
-        raise UsageError(f"--n-embd {sizes['n_embd']} --n-hidden {H} --steps {steps:,} need about "
-                         f"{need / 2**30:.1f} GiB, more than this machine's {total / 2**30:.1f} GiB; use smaller values")
+    part = max(need, key=need.get)
+    what, options = NEEDS[part]
+    P = num_params(kind, sizes, vocab.size)
+    what = what.format(P=P, N=n_rows, T1=sizes["block_size"] + 1, B=batch_size, S=steps,
+                       R=eval_rows(model_class(kind)))
+    values = {**sizes, "batch_size": batch_size, "steps": steps}
+    options = [k for k in options if k in values]
+    def gib(b):
+        return f"{b / 2**30:.1f} GiB"
+
+    if subject is not None:                  # a trained run: its sizes are not options here
+        shown = f"{subject} ({', '.join(f'{k} {values[k]:,}' for k in options if k in sizes)})"
+        fix = "use a machine with more memory"
+        verb = "needs"
+    else:
+        # the typed options that make it larger than their defaults, else the typed ones, else all
+        defaults = {**model_class(kind).DEFAULTS, "batch_size": TRAIN.batch_size, "steps": TRAIN.steps}
+        mine = [k for k in options if k in (typed or ())]
+        named = [k for k in mine if values[k] > defaults.get(k, 0)] or mine or options
+        shown = " ".join(option_text(k, values[k]) for k in named)
+        if kind != "mlp" and part != "steps":
+            shown = f"--model {kind} {shown}"
+        fix = f"use a smaller {' or '.join(flag(k) for k in named)}"
+        verb = "need" if len(named) > 1 else "needs"
+    raise UsageError(f"not enough memory: {shown} {verb} about {gib(sum(need.values()))}, {gib(need[part])} of it "
+                     f"for {what}; this machine has {gib(total)} and npmlp uses at most 80% of it; {fix}")

@@ -23,7 +23,7 @@ from matplotlib.text import Text
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
 from .diagnose import EVERY, GUIDE, SATURATED, Readings, UpdateRatios, grad_data
-from .files import atomic_open
+from .files import atomic_open, cannot_write
 
 DPI = 100
 BAND_BINS = 3000   # loss curves longer than 2x this draw the per-step losses as a min..max band
@@ -36,10 +36,13 @@ def save(fig: Figure, path, notes: list[str] | None = None) -> Path:
     naming the file, for the CLI to print as `npmlp: note: ...`."""
     path = Path(path)
     missing = note_missing_glyphs(fig)
-    with atomic_open(path, "wb") as f, warnings.catch_warnings(record=True) as caught:
-        # one warning per glyph per figure would flood stderr: the note says it once
-        warnings.filterwarnings("always", message="Glyph .* missing from", category=UserWarning)
-        fig.savefig(f, format="png", dpi=DPI)
+    try:
+        with atomic_open(path, "wb") as f, warnings.catch_warnings(record=True) as caught:
+            # one warning per glyph per figure would flood stderr: the note says it once
+            warnings.filterwarnings("always", message="Glyph .* missing from", category=UserWarning)
+            fig.savefig(f, format="png", dpi=DPI)
+    except OSError as e:                 # the folder passed make_out_dir: a full disk, or made read-only since
+        raise cannot_write(path, e) from None
     for w in caught:
         m = GLYPH_WARNING.match(str(w.message))
         if m is None:
@@ -196,10 +199,11 @@ def loss_figure(lossi, decay_step: int | None = None, lr: float | None = None,
 
 def embedding_2d(C, pca: bool = False):
     """C (V, E) -> (points (V, 2), x label, y label). Raw C[:, 0], C[:, 1] as the lecture, or the
-    two principal components (SVD of the centred rows) when pca and E > 2."""
+    two principal components (SVD of the centred rows) when pca (E >= 2: of two dimensions, the
+    rotation that puts the most variance on the x axis). E == 1: C[:, 0] on a line."""
     C = np.asarray(C, np.float64)
     V, E = C.shape
-    if pca and E > 2:
+    if pca and E >= 2:
         Z = C - C.mean(axis=0)                               # (V, E)
         _, S, Vt = np.linalg.svd(Z, full_matrices=False)     # Vt (E, E): principal directions
         var = S ** 2 / (S ** 2).sum()
@@ -219,8 +223,8 @@ def embedding_figure(C, itos, pca: bool = False) -> Figure:
     for i, ch in enumerate(itos):
         ax.text(pts[i, 0], pts[i, 1], ch, ha="center", va="center", color="white", fontsize=13,
                 fontweight="bold")
-    how = "first two principal components" if pca and E > 2 else (
-        "dimensions 0 and 1" + (f" of {E}" if E > 2 else ""))
+    how = ("first two principal components" if pca and E >= 2 else "its one dimension" if E == 1 else
+           "dimensions 0 and 1" + (f" of {E}" if E > 2 else ""))
     ax.set(title=f"Character embeddings C: {how}", xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.margins(0.08)
@@ -230,49 +234,69 @@ def embedding_figure(C, itos, pca: bool = False) -> Figure:
 
 # ----------------------------------------------------------------------------- gradients
 
+HISTOGRAMS = 7    # the gradient figure's histogram panels at most: a deeper net shows 7 of its matrices
+
+
 def gradient_figure(model, X, Y, itos) -> Figure:
     """One minibatch X (B, T), Y (B,) through model.forward/backward:
     left, dlogits (B, V) as an image, one column per character (the target's entry is negative,
     every other entry is its probability / B); right, a histogram of each parameter's gradient
-    with its grad:data ratio std(grad) / std(param)."""
-    loss, cache = model.forward(X, Y)
-    grads, dacts = model.backward(cache)
-    dlogits = dacts["logits"]                                # (B, V)
-    B, V = dlogits.shape
-    # every parameter of the lecture's models; of a deeper one, its weight matrices
-    names = [k for k in model.params if len(model.params) <= 7 or model.params[k].ndim == 2]
+    (of a deeper network, of HISTOGRAMS weight matrices spread over its depth) and every one's
+    grad:data ratio std(grad) / std(param). NaN/inf gradients (a diverged run's) are left out and counted."""
+    with np.errstate(all="ignore"):                          # a diverged run's NaN/inf are shown, not warned
+        loss, cache = model.forward(X, Y)
+        grads, dacts = model.backward(cache)
+        dlogits = dacts["logits"]                            # (B, V)
+        B, V = dlogits.shape
+        # every parameter of the lecture's models; of a deeper one, its weight matrices
+        every = [k for k in model.params if len(model.params) <= 7 or model.params[k].ndim == 2]
+        ratios = {k: grad_data(g, model.params[k]) if g.size else float("nan")
+                  for k, g in ((k, _finite(grads[k])[0]) for k in every)}
+    pick = np.unique(np.linspace(0, len(every) - 1, min(len(every), HISTOGRAMS)).round().astype(int))
+    names = [every[i] for i in pick]
     cols = -(-(len(names) + 1) // 2)                         # two rows: the histograms, then the ratios
 
     fig = Figure(figsize=(9 + 3 * cols, 8), layout="constrained")
     gs = fig.add_gridspec(2, 2 + cols, width_ratios=(1.1, 1.1) + (1,) * cols, wspace=0.08)
     ax = fig.add_subplot(gs[:, :2])
-    lim = float(np.abs(dlogits).max()) or 1.0
+    shown, dropped = _finite(dlogits)
+    lim = float(np.abs(shown).max(initial=0.0)) or 1.0
     im = ax.imshow(dlogits, cmap="RdBu", norm=TwoSlopeNorm(0, -lim, lim), aspect="auto",
                    interpolation="nearest")
     ax.set_xticks(range(V), list(itos), fontsize=9)
-    ax.set(title=f"dlogits, one minibatch (loss {loss:.3f})\nred: the target (negative), blue: "
+    ax.set(title=f"dlogits, one minibatch (loss {loss:.3f}){dropped}\nred: the target (negative), blue: "
                  f"probability / {B}", xlabel="character", ylabel="example in the batch")
     fig.colorbar(im, ax=ax, shrink=0.8, label="dloss / dlogits")
 
-    ratios = {}
     for i, k in enumerate(names):
-        g = grads[k].ravel()
-        ratios[k] = grad_data(g, model.params[k])
+        g, dropped = _finite(grads[k])
         a = fig.add_subplot(gs[i // cols, 2 + i % cols])
-        a.hist(g, bins=60, color="tab:blue", log=g.size > 1000)   # log counts: see the tails
-        a.set_title(f"d{k} {tuple(grads[k].shape)}\ngrad:data {ratios[k]:.2e}", fontsize=11)
+        if g.size:
+            a.hist(g, bins=60, color="tab:blue", log=g.size > 1000)   # log counts: see the tails
+        a.set_title(f"d{k} {tuple(grads[k].shape)}\ngrad:data {ratios[k]:.2e}" + (
+            f"\n{dropped.strip(' ()')}" if dropped else ""), fontsize=11)   # a line of its own: the columns are narrow
         a.set_xlabel("gradient value")
         a.tick_params(labelsize=8)
     a = fig.add_subplot(gs[1, 1 + cols])
-    names = list(ratios)[::-1]
-    a.barh(names, [ratios[k] for k in names], color="tab:orange")
-    for i, k in enumerate(names):
-        a.text(ratios[k], i, f" {ratios[k]:.1e}", va="center", fontsize=9)
-    a.set_xlim(0, np.nanmax(list(ratios.values()) + [1e-12]) * 1.45)
+    values = [ratios[k] for k in every]
+    if len(every) <= 12:
+        a.barh(every[::-1], values[::-1], color="tab:orange")
+        for i, v in enumerate(values[::-1]):
+            a.text(v if np.isfinite(v) else 0, i, f" {v:.1e}", va="center", fontsize=9, clip_on=True)
+        a.set_xlim(0, np.nanmax(values + [1e-12]) * 1.45)
+        a.set_ylim(-0.5, len(every) - 0.5)                   # every bar, NaN ones (no width) too
+        a.grid(alpha=0.3, axis="x")
+    else:                                                    # a deep net: the ratio along its depth
+        a.plot(range(1, len(every) + 1), values, color="tab:orange", marker="o", ms=2, lw=1)
+        if np.nanmin(values + [np.inf]) > 0:
+            a.set_yscale("log")                              # ratios across a deep net span decades
+        a.set_xlabel(f"weight matrix, {every[0]} to {every[-1]}")
+        a.grid(alpha=0.3)
     a.set_title("grad:data ratio\nstd(grad) / std(param)", fontsize=11)
     a.tick_params(labelsize=8)
-    a.grid(alpha=0.3, axis="x")
-    fig.suptitle("Gradients of one minibatch: dlogits, and a histogram of each parameter's gradient (count)", fontsize=14)
+    of = "" if len(names) == len(every) else f" ({len(names)} of its {len(every)} matrices, spread over depth)"
+    fig.suptitle(f"Gradients of one minibatch: dlogits, and a histogram of each parameter's gradient (count){of}",
+                 fontsize=14)
     note_missing_glyphs(fig)
     return fig
 
@@ -299,13 +323,51 @@ def lr_find_figure(lre, losses, smoothed, best: float, suggested: float) -> Figu
 
 # ----------------------------------------------------------------------------- diagnose: part 3's figures
 
-def _histograms(title: str, xlabel: str, curves):
-    """One axes with a density curve (100 bins) per (values, label) of `curves`."""
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
+LEGEND_MAX = 10   # more curves than this are coloured by depth, with a colorbar instead of a legend
+
+
+def _curves(ax, fig, curves, draw, noun: str = "layers"):
+    """Draw each (x, y, label) of `curves` with draw(ax, x, y, color, label): up to LEGEND_MAX in
+    tab10's colours with a legend (outside the axes, below), more in a colour map by depth with a
+    colorbar naming the first and the last, so a 100-layer network keeps its plot readable."""
+    if len(curves) <= LEGEND_MAX:
+        for (x, y, label), color in zip(curves, matplotlib.colormaps["tab10"].colors):
+            draw(ax, x, y, color, label)
+        if curves:
+            fig.legend(loc="outside lower center", ncols=min(len(curves), 2 if len(curves[0][2]) > 30 else 5),
+                       fontsize=9, frameon=False)
+        return
+    cmap = matplotlib.colormaps["viridis"]
+    for i, (x, y, _) in enumerate(curves):
+        draw(ax, x, y, cmap(i / (len(curves) - 1)), None)
+    bar = fig.colorbar(matplotlib.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(0, len(curves) - 1)),
+                       ax=ax, pad=0.01)
+    bar.set_ticks([0, len(curves) - 1], labels=[curves[0][2].split(":")[0], curves[-1][2].split(":")[0]])
+    bar.set_label(f"{len(curves)} {noun}, first to last")
+
+
+def _finite(values):
+    """The finite values, and a note for the label if some were not (a diverged run's NaN/inf)."""
+    values = np.asarray(values, np.float64).ravel()
+    ok = np.isfinite(values)
+    return values[ok], "" if ok.all() else f" ({int((~ok).sum()):,} NaN/inf left out)"
+
+
+def _histograms(title: str, xlabel: str, curves, xlim=None, noun: str = "layers"):
+    """One axes with a density curve (100 bins) per (values, label) of `curves`; values that are
+    not finite are left out (and counted in the label), a constant or empty layer is a spike or nothing."""
+    fig = Figure(figsize=(12, 5.5), layout="constrained")
     ax = fig.add_subplot()
+    lines = []
     for values, label in curves:
-        hy, hx = np.histogram(values, bins=100, density=True)
-        ax.plot((hx[:-1] + hx[1:]) / 2, hy, lw=1.4, label=label)
+        values, dropped = _finite(values)
+        if values.size:
+            hy, hx = np.histogram(values, bins=100, density=True, range=xlim)
+            x = (hx[:-1] + hx[1:]) / 2
+        else:
+            x = hy = np.zeros(0)
+        lines.append((x, hy, label + dropped))
+    _curves(ax, fig, lines, lambda ax, x, y, color, label: ax.plot(x, y, lw=1.4, color=color, label=label), noun)
     ax.set(title=title, xlabel=xlabel, ylabel="density")
     ax.grid(alpha=0.3)
     return fig, ax
@@ -314,46 +376,49 @@ def _histograms(title: str, xlabel: str, curves):
 def activations_figure(r: Readings):
     fig, ax = _histograms("activation distribution (forward): each tanh layer's outputs", "tanh output", [
         (a.values, f"{a.name}: mean {a.mean:+.2f}, std {a.std:.2f}, saturated {100 * a.saturated:.2f}%")
-        for a in r.activations])
+        for a in r.activations], xlim=(-1, 1))
     ax.axvspan(SATURATED, 1, color="tab:red", alpha=0.08)
-    ax.axvspan(-1, -SATURATED, color="tab:red", alpha=0.08, label=f"saturated: |h| > {SATURATED}")
+    ax.axvspan(-1, -SATURATED, color="tab:red", alpha=0.08)
+    ax.text(0.995, 0.98, f"shaded: saturated, |h| > {SATURATED}", transform=ax.transAxes, ha="right", va="top",
+            fontsize=9, color="tab:red")
     ax.set_xlim(-1.05, 1.05)
-    ax.legend(fontsize=9)
     return fig
 
 
 def activation_grads_figure(r: Readings):
-    fig, ax = _histograms("gradient distribution (backward): the gradient reaching each tanh layer's output",
-                          "gradient", [(g.values, f"{g.name}: mean {g.mean:+.2e}, std {g.std:.2e}")
-                                       for g in r.gradients])
-    ax.legend(fontsize=9)
+    fig, _ = _histograms("gradient distribution (backward): the gradient reaching each tanh layer's output",
+                         "gradient", [(g.values, f"{g.name}: mean {g.mean:+.2e}, std {g.std:.2e}")
+                                      for g in r.gradients])
     return fig
 
 
 def weight_grads_figure(r: Readings):
-    fig, ax = _histograms("weights gradient distribution, with each matrix's grad:data ratio std(grad) / std(weight)",
-                          "gradient", [(w.grad, f"{w.name} {w.shape}: std {w.std:.2e}, grad:data {w.ratio:.2e}")
-                                       for w in r.weights])
-    ax.legend(fontsize=9)
+    fig, _ = _histograms("weights gradient distribution, with each matrix's grad:data ratio std(grad) / std(weight)",
+                         "gradient", [(w.grad, f"{w.name} {w.shape}: std {w.std:.2e}, grad:data {w.ratio:.2e}")
+                                      for w in r.weights], noun="weight matrices")
     return fig
 
 
 def update_ratio_figure(u: UpdateRatios, params: dict):
     """log10 update:data of each weight matrix over training (the other parameters faint), with
-    the -3 guide line."""
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    the -3 guide line; each sample marked when there are few (a single one is a point)."""
+    fig = Figure(figsize=(12, 5.5), layout="constrained")
     ax = fig.add_subplot()
     ratios = np.array(u.ratios).reshape(len(u.steps), len(u.names))
-    colors = iter(matplotlib.colormaps["tab10"].colors * 3)
+    marker = "o" if len(u.steps) <= 20 else None
     for j, k in enumerate(u.names):
-        if np.ndim(params.get(k)) == 2:
-            ax.plot(u.steps, ratios[:, j], lw=1.5, color=next(colors), label=k)
-        else:
-            ax.plot(u.steps, ratios[:, j], lw=0.6, color="0.6", alpha=0.5)
-    ax.axhline(GUIDE, color="k", lw=1.2, label="-3: updates of a thousandth")
+        if np.ndim(params.get(k)) != 2:
+            ax.plot(u.steps, ratios[:, j], lw=0.6, color="0.6", alpha=0.5, marker=marker, ms=3)
+    weights = [(u.steps, ratios[:, j], k) for j, k in enumerate(u.names) if np.ndim(params.get(k)) == 2]
+    _curves(ax, fig, weights, lambda ax, x, y, color, label: ax.plot(x, y, lw=1.5, color=color, label=label,
+                                                                      marker=marker, ms=5), "weight matrices")
+    ax.axhline(GUIDE, color="k", lw=1.2)
+    ax.text(0.005, GUIDE, " -3: updates of a thousandth", transform=ax.get_yaxis_transform(), va="bottom", fontsize=9)
+    if len(u.steps) == 1:
+        ax.set_xlim(u.steps[0] - EVERY, u.steps[0] + EVERY)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(title=f"update:data ratio, log10(std(lr * grad) / std(param)), every {EVERY} steps "
                  f"(weight matrices in colour, the other parameters grey)", xlabel="step", ylabel="log10 ratio")
-    ax.legend(fontsize=9, ncol=2)
     ax.grid(alpha=0.3)
     return fig
 

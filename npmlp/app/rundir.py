@@ -20,9 +20,9 @@ from ..fast.dataset import build_dataset
 from ..train import Diverged, TrainConfig
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import NpmlpError, UsageError
-from .files import atomic_write_json
-from .options import check_batch, check_memory
-from .registry import make_model
+from .files import atomic_write_json, cannot_write
+from .options import MODEL_OPTIONS, check_batch, check_memory, flag, option_text
+from .registry import MODELS, make_model
 
 SNAPSHOT = 1000   # steps between copies of the model kept to replay a divergence from
 
@@ -39,21 +39,33 @@ def run_data(data, info: dict):
     return path
 
 
-def run_splits(data, meta, model, vocab) -> Splits:
-    """The rows a run was trained and evaluated on: its data file (or `data`) and split seed."""
+def run_splits(data, meta, model, vocab, batch_size: int = 1, steps: int = 0, subject: str = "this run") -> Splits:
+    """The rows a run was trained and evaluated on: its data file (or `data`) and split seed;
+    refused before they are built if they, the model and a batch of batch_size rows (and `steps`
+    losses) cannot fit in memory (options.check_memory; `subject` names the run there)."""
     info = meta.get("run") or {}
     return splits(run_data(data, info), info.get("split_seed", SPLIT_SEED), model.block_size, vocab,
-                  digest=info.get("data_sha256"))
+                  digest=info.get("data_sha256"),
+                  check=lambda n_rows, v: check_memory(model.kind, model.sizes, v, n_rows, batch_size, steps,
+                                                       subject=subject))
 
 
-def splits(data, split_seed, block_size, vocab=None, digest=None) -> Splits:
-    """data.Splits with the rows built vectorised (fast.dataset), as every command reads them."""
-    return Splits(data, split_seed, block_size, vocab, digest, build=build_dataset)
+def splits(data, split_seed, block_size, vocab=None, digest=None, check=None) -> Splits:
+    """data.Splits with the rows built vectorised (fast.dataset), as every command reads them;
+    check(n_rows, vocab) runs before any row is built (the memory check)."""
+    return Splits(data, split_seed, block_size, vocab, digest, build=build_dataset, check=check)
 
 
 def refuse_existing(out: Path) -> None:
-    if (out / "model.npz").exists():
+    """A new run never writes over another's files: its checkpoint, or the metrics and update:data
+    ratios a run left without one (a later `npmlp diagnose` would read them as the new run's)."""
+    if (out / "model.npz").is_file():
         raise UsageError(f"{out} already holds a run; choose another --out, or continue it with --resume {out}")
+    from .diagnose import RATIOS
+    left = [name for name in ("model.npz", "metrics.json", RATIOS) if (out / name).exists()]
+    if left:
+        raise UsageError(f"{out} holds {' and '.join(left)} of another run (but no checkpoint to resume); "
+                         f"choose another --out")
 
 
 # ----------------------------------------------------------------------------- a run
@@ -64,7 +76,7 @@ class Run:
     and its arithmetic, training seconds so far), the loss history and the next step."""
 
     def __init__(self, out: Path, model, vocab, cfg: TrainConfig, info: dict, lossi, start: int, data: Splits,
-                 diagnose: bool = False):
+                 ratios=None):
         self.out, self.ckpt = out, out / "model.npz"
         self.model, self.vocab, self.cfg, self.info, self.data = model, vocab, cfg, info, data
         self.lossi, self.start, self.step = lossi, start, start
@@ -74,41 +86,43 @@ class Run:
         self.seconds = info.get("seconds", 0.0)    # training time of the earlier parts ...
         self.parts = info.get("parts", 1 if start else 0) + 1   # ... and this one
         self._t0 = self._t1 = None                 # when this part's training began and ended
-        self.ratios = None                         # diagnose.UpdateRatios, sampled while training
-        if diagnose or info.get("diagnose"):
-            from .diagnose import RATIOS, UpdateRatios
+        self.ratios = ratios                       # diagnose.UpdateRatios, sampled while training (--diagnose)
+        if ratios is not None:
             info["diagnose"] = True
-            kept = UpdateRatios.load(out / RATIOS) if start else None
-            self.ratios = kept.until(start) if kept is not None else UpdateRatios(model.params)
 
     @classmethod
     def new(cls, out: Path, kind: str, sizes: dict, cfg: TrainConfig, data=None, split_seed=SPLIT_SEED,
-            dtype=np.float32, engine=None, init=None, diagnose=False):
+            dtype=np.float32, engine=None, init=None, diagnose=False, typed=None):
         """A fresh run of model `kind` in `out` (which must not hold one). init: the MLP's init
-        scheme ('lecture' or 'kaiming'); the other models have their lecture's own."""
+        scheme ('lecture' or 'kaiming'); the other models have their lecture's own. typed: the
+        options on the command line, for the memory check's message."""
         refuse_existing(out)
-        rows = splits(data, split_seed, sizes["block_size"])
-        check_memory(kind, sizes, rows.vocab.size, cfg.batch_size, cfg.steps)
+        rows = splits(data, split_seed, sizes["block_size"], check=lambda n_rows, vocab: check_memory(
+            kind, sizes, vocab, n_rows, cfg.batch_size, cfg.steps, typed=typed or set()))
         model = make_model(kind, rows.vocab.size, sizes, cfg.seed, dtype, init)
         engine = engine or fast.default_engine(kind, sizes)
         info = {"data": str(rows.source.resolve()) if rows.source else None, "split_seed": split_seed,
                 "init": init, "data_sha256": rows.digest, "engine": engine,
                 "arithmetic": fast.ARITHMETIC[engine], "seconds": 0.0, "parts": 0}
-        return cls(out, model, rows.vocab, cfg, info, np.zeros(cfg.steps, np.float32), 0, rows, diagnose)
+        ratios = None
+        if diagnose:
+            from .diagnose import UpdateRatios
+            ratios = UpdateRatios(model.params)
+        return cls(out, model, rows.vocab, cfg, info, np.zeros(cfg.steps, np.float32), 0, rows, ratios)
 
     @classmethod
     def resume(cls, out: Path, typed: dict, data=None, diagnose=False):
         """The run in `out`, ready to continue. typed: the options given on the command line
         (name -> value); one that differs from the run's own is refused."""
-        model, vocab, meta, lossi = _load_resumable(out)
+        model, vocab, meta, lossi, ratios, notes = load_resumable(out, typed, diagnose)
         cfg = TrainConfig(**meta["train"])
         info = dict(meta["run"])
-        _check_typed(typed, out, model, cfg, info)
-        rows = run_splits(data, meta, model, vocab)
+        rows = run_splits(data, meta, model, vocab, cfg.batch_size, cfg.steps, subject=f"the run in {out}")
         if data:                                    # the same names from a new place: remember it
             info["data"] = str(Path(data).resolve())
         run = cls(out, model, vocab, cfg, info, np.concatenate(
-            [lossi, np.zeros(cfg.steps - meta["step"], np.float32)]), meta["step"], rows, diagnose)
+            [lossi, np.zeros(cfg.steps - meta["step"], np.float32)]), meta["step"], rows, ratios)
+        run.notes += notes
         if info.get("arithmetic", 1) != fast.ARITHMETIC[info["engine"]]:   # runs before the key were 1
             run.notes.append(f"{out} was trained by an older npmlp whose steps round differently; it continues "
                              f"correctly, but not bit-identically to an uninterrupted run of that version")
@@ -137,10 +151,10 @@ class Run:
         if hasattr(self.model, "calibrate"):   # statistics for inference, from the training split
             self.model.calibrate(self.data.train[0])
         try:
-            save_checkpoint(self.ckpt, self.model, self.vocab, meta, self.lossi[:step])
-            if self.ratios is not None:
+            if self.ratios is not None:   # first: the side file then holds at least the checkpoint's samples
                 from .diagnose import RATIOS
                 self.ratios.until(step).save(self.out / RATIOS)
+            save_checkpoint(self.ckpt, self.model, self.vocab, meta, self.lossi[:step])
         except OSError as e:  # the write is atomic: an older model.npz, if any, is still intact
             raise NpmlpError(f"cannot write {self.ckpt}: {e.strerror}; free space or fix permissions, "
                              f"then resume from the last saved checkpoint") from None
@@ -225,45 +239,53 @@ class Run:
                    "samples": names}
         for k in ("seconds", "parts"):
             metrics["config"].pop(k, None)
-        atomic_write_json(self.out / "metrics.json", metrics)
+        try:
+            atomic_write_json(self.out / "metrics.json", metrics)
+        except OSError as e:
+            raise cannot_write(self.out / "metrics.json", e) from None
         return metrics
 
 
-def _load_resumable(out: Path):
+def load_resumable(out: Path, typed: dict, diagnose: bool = False):
+    """Everything --resume needs from `out`, checked: the checkpoint (load_checkpoint), that the run
+    is not finished, that the typed options are the run's own, and (with --diagnose) the update:data
+    ratios sampled so far (diagnose.UpdateRatios.load). -> (model, vocab, meta, lossi, ratios or
+    None, notes about the run). cli.py calls it once before claiming the folder, so a run that
+    cannot be resumed is refused as such, whatever the folder's state."""
     ckpt = out / "model.npz"
     if not ckpt.is_file():
         raise UsageError(f"--resume {out}: no model.npz there; give a run directory written by `npmlp train`")
     model, vocab, meta, lossi = load_checkpoint(ckpt)
-    try:
-        cfg = TrainConfig(**meta["train"])
-        info, start = meta["run"], meta["step"]
-        ok = (isinstance(start, int) and 0 <= start <= cfg.steps
-              and isinstance(info.get("split_seed"), (int, type(None)))
-              and isinstance(info.get("data"), (str, type(None))) and info.get("engine") in fast.ENGINES
-              and (model.kind != "mlp" or info.get("init") in ("lecture", "kaiming")))
-    except (KeyError, TypeError, ValueError, AttributeError, NpmlpError):  # a field missing, of a wrong type...
-        ok = False
-    if not ok:
-        raise NpmlpError(f"checkpoint {ckpt} has missing or malformed training state (config, step); "
-                         f"it cannot be resumed")
+    cfg, info, start = TrainConfig(**meta["train"]), meta["run"], meta["step"]
     lossi = np.zeros(0, np.float32) if lossi is None else lossi
-    if len(lossi) != start:
-        raise NpmlpError(f"checkpoint {ckpt} holds {len(lossi):,} losses for {start:,} steps; the file is "
-                         f"damaged and cannot be resumed")
     if start >= cfg.steps and (out / "metrics.json").exists():  # without it: stopped during evaluation
         where = shlex.quote(str(out))
         raise UsageError(f"{out} finished all {cfg.steps:,} steps already; nothing to resume (its losses: "
                          f"npmlp eval {where}; its figures: npmlp plot {where})")
-    return model, vocab, meta, lossi
+    _check_typed(typed, out, model, cfg, info)
+    ratios, notes = None, []
+    if diagnose or info.get("diagnose"):
+        from .diagnose import RATIOS, UpdateRatios
+        kept = UpdateRatios.load(out / RATIOS, model.params, start) if start else None
+        if kept is None and info.get("diagnose") and start:
+            notes.append(f"{out / RATIOS}, where this run kept its update:data ratios (--diagnose), is missing: "
+                         f"the samples before step {start:,} are lost; sampling goes on from step {start:,}")
+        ratios = kept.until(start) if kept is not None else UpdateRatios(model.params)
+    return model, vocab, meta, lossi, ratios, notes
 
 
 def _check_typed(typed: dict, out: Path, model, cfg: TrainConfig, info: dict) -> None:
-    """--resume continues a run with its own options: refuse a typed option that says otherwise."""
+    """--resume continues a run with its own options: refuse a typed option that says otherwise,
+    or that the run's model does not have."""
     theirs = {**cfg.to_dict(), **model.sizes, "model": model.kind, "dtype": str(model.dtype),
               "init": info.get("init"), "split_seed": info["split_seed"], "engine": info["engine"]}
-    shown = lambda v: "none" if v is None else v
     for key, mine in typed.items():
+        if key not in theirs and key in MODEL_OPTIONS:
+            owners = " and ".join(k for k, c in MODELS.items() if key in c.DEFAULTS)
+            raise UsageError(f"{flag(key)} applies to the {owners} model only, and {out} holds a {model.kind} model; "
+                             f"--resume continues it with its own options: drop {flag(key)}")
         if key in theirs and mine != theirs[key]:
-            flag = "--" + key.replace("_", "-")
-            raise UsageError(f"{flag} {shown(mine)} differs from the run's {shown(theirs[key])}; --resume continues "
-                             f"{out} with its own options: drop {flag}, or start a new run with another --out")
+            their = ("BatchNorm" if theirs[key] else "none") if key == "batchnorm" else theirs[key]
+            raise UsageError(f"{option_text(key, mine)} differs from the run's {'none' if their is None else their}; "
+                             f"--resume continues {out} with its own options: drop {flag(key)}, or start a new run "
+                             f"with another --out")
