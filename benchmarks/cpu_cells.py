@@ -2,11 +2,11 @@
 in one process, so that other programs on a shared machine (which stretch wall time) move each
 peer alike.
 
-    git show COMMIT:npmlp/fast.py > /tmp/fast_before.py
-    taskset -c 0 python -m benchmarks.cpu_cells /tmp/fast_before.py [--repeats 9]
+    git show COMMIT:npmlp/fast/engine.py > /tmp/engine_before.py
+    taskset -c 0 python -m benchmarks.cpu_cells /tmp/engine_before.py [--repeats 9]
 
-The older file is loaded as a module of the installed npmlp (its relative imports must still
-resolve). Each cell (H 200, 1000 x B 1, 32, 256, 1024, 4096) runs blocks of ~60,000 row-steps per
+The older file is loaded as a module of the installed npmlp's fast tier (its relative imports must
+still resolve: an engine.py of the current layout, npmlp/fast/). Each cell (H 200, 1000 x B 1, 32, 256, 1024, 4096) runs blocks of ~60,000 row-steps per
 peer, the order reversed every repeat, and prints the medians of process CPU µs per step and
 the medians of the per-repeat ratios. JAX runs with one thread, as bench.py's one-core setting.
 """
@@ -20,25 +20,25 @@ import time
 
 
 def load_engine(path):
-    spec = importlib.util.spec_from_file_location("npmlp.fast_before", path)
+    spec = importlib.util.spec_from_file_location("npmlp.fast.engine_before", path)
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["npmlp.fast_before"] = mod
+    sys.modules["npmlp.fast.engine_before"] = mod
     spec.loader.exec_module(mod)
     return mod
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.cpu_cells", description=__doc__.split("\n\n")[0])
-    p.add_argument("before", help="an older npmlp/fast.py")
+    p.add_argument("before", help="an older npmlp/fast/engine.py")
     p.add_argument("--repeats", type=int, default=9)
     a = p.parse_args(argv)
     os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = "1"
     import numpy as np
 
-    import npmlp.fast as after
+    import npmlp.fast.engine as after
     from npmlp.data import Vocab, build_dataset, load_words, split_words
-    from npmlp.model import MLP
+    from npmlp.mlp import MLP
     from npmlp.train import TrainConfig
 
     from .peers import Batches, make_jax

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from helpers import HAVE_TORCH, REPO, make_names
 
-from npmlp import fast
+from npmlp.fast import engine as fast
 from npmlp.data import Vocab
 
 sys.path.insert(0, str(REPO))                    # `benchmarks` lives beside `npmlp`, not installed

@@ -599,8 +599,9 @@ def _(h):
     out = h.tmp / "sweep"
     r = h.main("lr-find", "--data", h.names, "--model", "bn", "--batch-size", "1", "--out", out, *TINY)
     assert_user_error(r, 2, "--batch-size 1", "at least 2")       # was a ZeroDivisionError in the fast engine
-    r = h.main("lr-find", "--data", h.names, "--model", "deep", "--engine", "fast", "--out", out, *TINY)
-    assert_user_error(r, 2, "no fast engine")
+    r = h.main("lr-find", "--data", h.names, "--model", "wavenet", "--batchnorm-over-batch-only", "--engine", "fast",
+               "--block-size", "4", "--out", out, *TINY)
+    assert_user_error(r, 2, "--engine fast", "reference engine only", "drop --engine fast")
     assert not out.exists()
 
 

@@ -104,7 +104,9 @@ def _check_training_state(name: str, meta: dict, cls, n_losses: int) -> None:
               and isinstance(info.get("data_sha256"), (str, type(None)))
               and info.get("engine") in fast.ENGINES
               and (not cls.INITS or info.get("init") in cls.INITS)
-              and all(number(info[k], int) and info[k] >= 0 for k in ("parts", "arithmetic") if k in info)
+              and ("parts" not in info or number(info["parts"], int) and info["parts"] >= 0)
+              and ("arithmetic" not in info or isinstance(info["arithmetic"], str)   # fast.ARITHMETIC's values
+                   or number(info["arithmetic"], int) and info["arithmetic"] >= 0)
               and ("seconds" not in info or number(info["seconds"], (int, float)) and 0 <= info["seconds"] < 1e12)
               and isinstance(info.get("diagnose", False), bool))
     except (KeyError, TypeError, ValueError, AttributeError):  # a field missing, of a wrong type...
