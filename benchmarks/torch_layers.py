@@ -23,7 +23,6 @@ running statistics with momentum 0.1. It prints, one `key value` a line:
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -32,18 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the npmlp besid
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python benchmarks/torch_layers.py", description=__doc__.split("\n\n")[0])
+    from benchmarks.torch_lecture import checked, program_parser
+    p = program_parser("torch_layers.py", __doc__)
     p.add_argument("--model", choices=("deep", "wavenet"), default="deep", help="part 3's or part 5's network")
-    p.add_argument("--steps", type=int, default=200_000, help="SGD steps (default 200000, the lectures')")
-    p.add_argument("--batch-size", type=int, default=32, help="minibatch size (default 32)")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads(N) (default: torch's own choice)")
-    p.add_argument("--data", help="names file (default: $NPMLP_DATA, then npmlp's cached download)")
-    a = p.parse_args(argv)
-    for name in ("steps", "batch_size", "threads"):
-        v = getattr(a, name)
-        if v is not None and v < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    return a
+    return checked(p, argv)
 
 
 def lecture_layers(torch):

@@ -28,20 +28,31 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the npmlp beside this folder
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python benchmarks/torch_lecture.py", description=__doc__.split("\n\n")[0])
+def program_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The options every torch program here shares: steps, batch size, threads, names file."""
+    p = argparse.ArgumentParser(prog=f"python benchmarks/{prog}", description=doc.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=200_000, help="SGD steps (default 200000, the lecture's)")
     p.add_argument("--batch-size", type=int, default=32, help="minibatch size (default 32)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads(N) (default: torch's own choice)")
     p.add_argument("--data", help="names file (default: $NPMLP_DATA, then npmlp's cached download)")
-    p.add_argument("--flush-denormal", action="store_true",
-                   help="torch.set_flush_denormal(True) (the lecture does not; the benchmark's torch peers do)")
+    return p
+
+
+def checked(p: argparse.ArgumentParser, argv=None):
+    """p's arguments, the counts at least 1 (else argparse's one-line error, exit 2)."""
     a = p.parse_args(argv)
     for name in ("steps", "batch_size", "threads"):
         v = getattr(a, name)
         if v is not None and v < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {v}")
     return a
+
+
+def parse_args(argv=None):
+    p = program_parser("torch_lecture.py", __doc__)
+    p.add_argument("--flush-denormal", action="store_true",
+                   help="torch.set_flush_denormal(True) (the lecture does not; the benchmark's torch peers do)")
+    return checked(p, argv)
 
 
 def main(argv=None):
