@@ -277,11 +277,14 @@ def test_check_pair_legend_says_why_torch_has_no_column():
     forward, backward = _tanh_pair()
     rep = gradcheck.check_pair(forward, backward, np.random.default_rng(3).standard_normal((4, 3)))
     assert rep.ok
-    if HAVE_TORCH:
-        assert "torch: not checked (pass torch_forward to add this column)" in rep.text
-        assert "not installed" not in rep.text
-    else:
-        assert "torch: not installed" in rep.text
+    # torch_forward left out: the column was not asked for (installed or not, torch is not the reason)
+    assert "torch: not checked (pass torch_forward to add this column)" in rep.text
+    assert "not installed" not in rep.text
+    if not HAVE_TORCH:                            # the model report, which asks for torch itself, says why
+        model = MLP.init(27, 3, 4, 8, dtype=np.float64)
+        rng = np.random.default_rng(0)
+        rows = gradcheck.report(model, rng.integers(0, 27, (6, 3)), rng.integers(0, 27, 6), coords=2).rows
+        assert "torch: not installed" in gradcheck.format_table(rows, np.float64)
 
 
 # ----------------------------------------------------------------------------- no false failures, no false passes
