@@ -150,15 +150,18 @@ def test_sample_prints_as_it_draws_and_ctrl_c_stops_it_cleanly(run_dir, tmp_path
     import time
     out = tmp_path / "names.txt"
     with open(out, "w") as f:
+        # SIGINT as Ctrl-C finds it in a terminal: a shell's background job (CI runs a suite as one)
+        # starts its children with SIGINT ignored, and such a child rightly never sees it
         p = subprocess.Popen([sys.executable, "-m", "npmlp", "sample", str(run_dir), "-n", str(10**23)],
-                             stdout=f, stderr=subprocess.PIPE, text=True)
+                             stdout=f, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 120
             while out.stat().st_size < 50_000 and p.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)                   # until the names fill a few of stdout's buffers
             p.send_signal(signal.SIGINT)
-            err = p.stderr.read()
-            code = p.wait(timeout=60)
+            _, err = p.communicate(timeout=60)     # a bound: never a suite that hangs
+            code = p.returncode
         finally:
             p.kill()
     assert code == 130, err
