@@ -48,6 +48,14 @@ def checked(p: argparse.ArgumentParser, argv=None):
     return a
 
 
+def report(train_loss: float, dev_loss: float, seconds: float) -> int:
+    """The `key value` lines every torch program here prints (see the module's docstring)."""
+    print(f"train_loss {train_loss:.8f}")
+    print(f"dev_loss {dev_loss:.8f}")
+    print(f"train_seconds {seconds:.3f}")
+    return 0
+
+
 def parse_args(argv=None):
     p = program_parser("torch_lecture.py", __doc__)
     p.add_argument("--flush-denormal", action="store_true",
@@ -118,10 +126,7 @@ def main(argv=None):
         logits = h @ W2 + b2                                      # (N, V)
         return F.cross_entropy(logits, Y).item()
 
-    print(f"train_loss {split_loss(Xtr, Ytr):.8f}")
-    print(f"dev_loss {split_loss(Xdev, Ydev):.8f}")
-    print(f"train_seconds {seconds:.3f}")
-    return 0
+    return report(split_loss(Xtr, Ytr), split_loss(Xdev, Ydev), seconds)
 
 
 if __name__ == "__main__":
