@@ -1,14 +1,17 @@
 """CPU benchmark: npmlp's training step (the fast engine, and the readable reference loop) against
-torch eager, torch with a hand-written backward, torch.compile and JAX jit, plus the same for the bn
-model of makemore part 4 (BatchNorm; against torch eager and torch.compile), full-split evaluation,
-a per-op profile of the fast step, and whole-process runs of `npmlp train` and of the lecture's
+torch eager, torch with a hand-written backward, torch.compile and JAX jit, plus the same against
+torch eager and torch.compile for the models of makemore parts 3-5 (bn: part 4's BatchNorm MLP;
+deep: part 3's six Linear -> BatchNorm1d layers; wavenet: part 5's), full-split evaluation, a
+per-op profile of the fast step, and whole-process runs of `npmlp train` and of the lecture's
 torch loop (benchmarks/torch_lecture.py).
 
     python -m benchmarks.bench                      # the full sweep, results in benchmarks/results/
     python -m benchmarks.bench --help               # smaller sweeps, other peers, other output
 
 Legend: B batch, H n_hidden; the model is the lecture's (block_size 3, n_embd 10, vocab 27), float32;
-the bn section's is npmlp.bn.BNMLP of the same sizes (`--bn-hidden`, `--bn-batch-sizes`).
+the bn section's is npmlp.bn.BNMLP of the same sizes (`--bn-hidden`, `--bn-batch-sizes`), the deep
+and wavenet sections' are the registry's models with their defaults but n_hidden (`--deep-hidden`,
+`--deep-batch-sizes`, `--wavenet-hidden`, `--wavenet-batch-sizes`).
 
 How it measures (see benchmarks/README.md):
   - each thread setting runs in its own subprocess, because thread counts must be fixed before
@@ -47,6 +50,12 @@ REPO = Path(__file__).resolve().parents[1]
 T, E = 3, 10                                     # the lecture's block_size and n_embd
 from npmlp.mlp import SEED  # the lecture's (imported after the sys.path line above)
 
+# the sections after the lecture model's cells: each model's kind (npmlp.app.registry), its default
+# n_hidden values and batch sizes (options --KIND-hidden, --KIND-batch-sizes), and what it is
+SECTIONS = {"bn": ([200, 1000], [32, 256], "makemore part 4's BatchNorm MLP"),
+            "deep": ([100], [32, 256], "makemore part 3's six Linear -> BatchNorm1d layers"),
+            "wavenet": ([128], [32, 256], "makemore part 5's WaveNet")}
+
 AGREE_STEPS = 3
 AGREE_RTOL = 1e-4                                # float32 losses after 3 identical steps
 
@@ -55,6 +64,20 @@ def flops_per_step(B, H, V, T=T, E=E):
     """Matmul FLOPs of one step: forward x@W1 (2*B*T*E*H) and h@W2 (2*B*H*V); the backward has two
     matmuls of the same size per forward one (the input's and the weight's gradient)."""
     return 6 * B * H * (T * E + V)
+
+
+def layers_flops(model, B):
+    """Matmul FLOPs of one step of a layer-object network (deep, wavenet): each Linear (I, O) runs on
+    B rows times the positions left after flattening its input, 2 FLOPs per multiply-add, and the
+    backward's two matmuls per forward one; BatchNorm adds none."""
+    width, positions, total = model.n_embd, model.block_size, 0
+    for layer in model.net.layers:
+        if type(layer).__name__ == "Linear":
+            I, O = model.params[layer.W].shape
+            positions //= I // width                 # deep flattens the whole context, wavenet two at a time
+            total += 6 * B * positions * I * O
+            width = O
+    return total
 
 
 # ============================================================================= worker (one thread setting)
@@ -112,24 +135,34 @@ def _timed(f):
     return time.perf_counter() - t
 
 
-def load_split(data):
-    """The lecture's training split: X (N, T), Y (N,) uint8, and the vocab size."""
+def load_split(data, block_size=T):
+    """The lecture's training split with a context of block_size: X (N, block_size), Y (N,) uint8,
+    and the vocab size."""
     from npmlp.data import Vocab, build_dataset, load_words, split_words
     words = load_words(data)
     vocab = Vocab.from_words(words)
-    Xtr, Ytr = build_dataset(split_words(words)[0], vocab, T)
+    Xtr, Ytr = build_dataset(split_words(words)[0], vocab, block_size)
     return Xtr, Ytr, vocab.size
+
+
+def init_model(model, V, H):
+    """A fresh `model` of npmlp.app.registry with n_hidden H: the lecture's T and E for mlp and bn,
+    the model's own defaults for the rest (deep: block 3, n_embd 10; wavenet: block 8, n_embd 24)."""
+    from npmlp.app.registry import model_class
+    if model in ("mlp", "bn"):
+        return model_class(model).init(V, T, E, H, seed=SEED)
+    return model_class(model).init(V, n_hidden=H, seed=SEED)
 
 
 def bench_config(peers, X, Y, V, B, H, a, model="mlp"):
     """Agreement check, warm-up and alternating timed repeats of every peer at one (B, H), on the
-    `model` of npmlp.app.registry ("mlp": the lecture's; "bn": makemore part 4's, peers.BN_MAKERS)."""
-    from npmlp.app.registry import model_class
-
+    `model` of npmlp.app.registry ("mlp": the lecture's; "bn", "deep", "wavenet": the sections',
+    peers.MAKERS_OF); X (N, T) must have the model's block_size."""
     from .peers import MAKERS_OF, Batches
 
     makers = MAKERS_OF[model]
-    init = {k: v.copy() for k, v in model_class(model).init(V, T, E, H, seed=SEED).params.items()}
+    fresh = init_model(model, V, H)
+    init = {k: v.copy() for k, v in fresh.params.items()}
     batches = Batches(SEED, len(X), B)
     total = 10 ** 7 // max(B, 1) + 10 ** 5        # upper bound on the steps any peer runs here
     runs, nxt, res = {}, {}, {}
@@ -169,7 +202,7 @@ def bench_config(peers, X, Y, V, B, H, a, model="mlp"):
             runs[p](nxt[p], n)
             res[p]["us"].append((time.perf_counter() - t) / n * 1e6)
             nxt[p] += n
-    fl = flops_per_step(B, H, V)
+    fl = flops_per_step(B, H, V) if model in ("mlp", "bn") else layers_flops(fresh, B)   # BatchNorm adds no matmul
     base = statistics.median(res["torch_eager"]["us"]) if "torch_eager" in res else None
     for p in peers:
         us = res[p]["us"]
@@ -181,7 +214,7 @@ def bench_config(peers, X, Y, V, B, H, a, model="mlp"):
     for run in runs.values():
         getattr(run, "close", lambda: None)()      # npmlp's helper processes
     del runs
-    return {"B": B, "H": H, "model": model, "flops": fl, "peers": res}     # BatchNorm adds no matmul
+    return {"B": B, "H": H, "model": model, "flops": fl, "peers": res}
 
 
 def bench_eval(X, Y, V, H, peers, repeats):
@@ -240,8 +273,10 @@ def worker(cfg_path):
     # processes (parallel.py) run NumPy only and never touch JAX's threads or locks
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     a = argparse.Namespace(**json.loads(Path(cfg_path).read_text()))
+    from npmlp.app.registry import model_class
+
     from .opprofile import profile_step
-    from .peers import BN_MAKERS, TORCH_PEERS, available
+    from .peers import MAKERS_OF, TORCH_PEERS, available
 
     with_torch = any(p in TORCH_PEERS for p in a.peers)
     rep = {"threads": a.threads, "label": a.label, "load_before": os.getloadavg()}
@@ -272,15 +307,21 @@ def worker(cfg_path):
             rep["configs"].append(c)
             parts = "  ".join(f"{p} {c['peers'][p]['median_us']:.1f}" for p in peers)
             log(f"[{a.label}] B={B} H={H}: us/step  {parts}   ({time.perf_counter() - t:.0f}s)")
-    bn_peers = [p for p in peers if p in BN_MAKERS]
-    rep["bn_configs"] = []
-    for H in a.bn_hidden:
-        for B in a.bn_batch_sizes:
-            t = time.perf_counter()
-            c = bench_config(bn_peers, X, Y, V, B, H, a, model="bn")
-            rep["bn_configs"].append(c)
-            parts = "  ".join(f"{p} {c['peers'][p]['median_us']:.1f}" for p in bn_peers)
-            log(f"[{a.label}] bn B={B} H={H}: us/step  {parts}   ({time.perf_counter() - t:.0f}s)")
+    for kind in SECTIONS:                          # bn, deep, wavenet: JSON "<kind>_configs"
+        kind_peers = [p for p in peers if p in MAKERS_OF[kind]]
+        rep[f"{kind}_configs"] = []
+        sizes = getattr(a, f"{kind}_batch_sizes")
+        if not sizes:
+            continue
+        block = model_class(kind).DEFAULTS["block_size"]                 # the wavenet's is 8
+        Xk, Yk = (X, Y) if block == T else load_split(a.data, block)[:2]
+        for H in getattr(a, f"{kind}_hidden"):
+            for B in sizes:
+                t = time.perf_counter()
+                c = bench_config(kind_peers, Xk, Yk, V, B, H, a, model=kind)
+                rep[f"{kind}_configs"].append(c)
+                parts = "  ".join(f"{p} {c['peers'][p]['median_us']:.1f}" for p in kind_peers)
+                log(f"[{a.label}] {kind} B={B} H={H}: us/step  {parts}   ({time.perf_counter() - t:.0f}s)")
     rep["eval"] = []
     for H in a.eval_hidden:
         e = bench_eval(X, Y, V, H, peers, a.eval_repeats)
@@ -371,11 +412,13 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per peer and configuration (default 5)")
     p.add_argument("--min-time", type=float, default=0.25, help="seconds per timed repeat (default 0.25)")
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--bn-hidden", type=int, nargs="*", default=[200, 1000],
-                   help="n_hidden values of the bn model's section (makemore part 4; default 200 1000)")
-    p.add_argument("--bn-batch-sizes", type=int, nargs="*", default=[32, 256],
-                   help="batch sizes of the bn model's section, each at least 2 (default 32 256); none or 0 "
-                   "to skip it. Its peers: npmlp, npmlp_reference, torch_eager, torch_compile, where asked for")
+    for kind, (hidden, sizes, what) in SECTIONS.items():
+        p.add_argument(f"--{kind}-hidden", type=int, nargs="*", default=hidden,
+                       help=f"n_hidden values of the {kind} section ({what}; default {' '.join(map(str, hidden))})")
+        p.add_argument(f"--{kind}-batch-sizes", type=int, nargs="*", default=sizes,
+                       help=f"batch sizes of the {kind} section, each at least 2 (default "
+                       f"{' '.join(map(str, sizes))}); none or 0 to skip it. Its peers: npmlp, npmlp_reference, "
+                       "torch_eager, torch_compile, where asked for")
     p.add_argument("--eval-hidden", type=int, nargs="*", default=[200], help="H values of the eval timing")
     p.add_argument("--eval-repeats", type=int, default=5)
     p.add_argument("--profile-batch-sizes", type=int, nargs="*", default=[32, 4096],
@@ -398,12 +441,14 @@ def parse_args(argv=None):
     bad = [x for x in a.peers if x not in PEERS]
     if bad:
         p.error(f"unknown peer(s) {bad}; choose from {', '.join(PEERS)}")
-    a.bn_batch_sizes = [b for b in a.bn_batch_sizes if b != 0]
-    if any(b < 2 for b in a.bn_batch_sizes):
-        p.error(f"--bn-batch-sizes {' '.join(map(str, a.bn_batch_sizes))}: the bn model normalises with a "
-                "batch's own variance, which needs at least 2 rows (0 skips the section)")
-    if any(h < 1 for h in a.bn_hidden):
-        p.error("--bn-hidden values must be >= 1")
+    for kind in SECTIONS:
+        sizes = [b for b in getattr(a, f"{kind}_batch_sizes") if b != 0]
+        setattr(a, f"{kind}_batch_sizes", sizes)
+        if any(b < 2 for b in sizes):
+            p.error(f"--{kind}-batch-sizes {' '.join(map(str, sizes))}: the {kind} model normalises with a "
+                    "batch's own variance, which needs at least 2 rows (0 skips the section)")
+        if any(h < 1 for h in getattr(a, f"{kind}_hidden")):
+            p.error(f"--{kind}-hidden values must be >= 1")
     return a
 
 
@@ -462,7 +507,9 @@ def main(argv=None):
     data = str(Path(a.data).resolve()) if a.data else None
     report = {"command": "python -m benchmarks.bench " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": machine_description(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "settings": {k: getattr(a, k) for k in ("batch_sizes", "hidden", "bn_hidden", "bn_batch_sizes",
+              "settings": {k: getattr(a, k) for k in ("batch_sizes", "hidden",
+                                                      *(f"{kind}_{o}" for kind in SECTIONS
+                                                        for o in ("hidden", "batch_sizes")),
                                                       "threads", "peers", "repeats", "min_time", "lr",
                                                       "e2e_steps", "e2e_batch_size")},
               "runs": [], "e2e": []}

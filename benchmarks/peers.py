@@ -24,8 +24,21 @@ has its own makers, BN_MAKERS, with the same contract; `init` then holds BNMLP's
   torch_eager      part 4's loop: hprebn.mean / .var(unbiased=True), (bnvar + 1e-5)**-0.5, gain and
                    bias, tanh, F.cross_entropy, loss.backward(), p.data += -lr * p.grad
   torch_compile    torch.compile of that step whole, its gradient by torch.func.grad_and_value
+
+The layer-object networks (makemore part 3's deep.Deep, part 5's wavenet.Wavenet) share one set of
+makers, LAYERS_MAKERS, with the same contract; `kind` says which model, `init` holds its params:
+
+  npmlp            the fast engine's StackEngine (npmlp/fast/stack.py; never chunked)
+  npmlp_reference  npmlp.train.sgd on the model: its Sequential of layer objects, layer by layer
+  torch_eager      the lectures' layer loop: benchmarks/torch_layers.py's Linear, BatchNorm1d, Tanh,
+                   Embedding and FlattenConsecutive built from the npmlp model (torch_network),
+                   `for layer in layers: x = layer(x)`, F.cross_entropy, loss.backward(), the update
+  torch_compile    torch.compile of the same layers' maths as one pure function of the parameters
+                   and running statistics, its gradient by torch.func.grad_and_value
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -281,6 +294,143 @@ def make_bn_torch_compile(init, X, Y, batches, lr, total_steps):
     return compiled_loop(step, state, Xt, Yt, batches, lr)
 
 
+# ----------------------------------------------------------------------------- the layer objects (parts 3, 5)
+
+def _layers_model(kind, init):
+    """The npmlp model of `kind` with the parameters `init` and fresh running statistics (mean 0,
+    variance 1), as every peer of a cell starts."""
+    from npmlp.app.registry import model_class
+    return model_class(kind)(init)                # the constructor copies the arrays
+
+
+def make_layers_npmlp(kind, init, X, Y, batches, lr, total_steps):
+    """The fast engine on a layer-object network (fast/stack.py's StackEngine; never chunked)."""
+    return _npmlp_peer("fast", init, X, Y, batches, lr, total_steps, kind=kind)
+
+
+def make_layers_npmlp_reference(kind, init, X, Y, batches, lr, total_steps):
+    """npmlp.train.sgd on the model: its layer objects' forward and backward, one by one."""
+    return _npmlp_peer("reference", init, X, Y, batches, lr, total_steps, kind=kind)
+
+
+def make_layers_torch_eager(kind, init, X, Y, batches, lr, total_steps):
+    """The lectures' loop over layer objects (benchmarks/torch_layers.py's classes, with the npmlp
+    model's initial values): every layer in turn, F.cross_entropy, autograd's backward, the update.
+    The BatchNorm layers update their running statistics each step, as npmlp's do."""
+    import torch
+    import torch.nn.functional as F
+
+    from .torch_layers import torch_network
+    layers = torch_network(_layers_model(kind, init), torch)
+    parameters = [p for layer in layers for p in layer.parameters()]
+    Xt, Yt = torch.from_numpy(X.astype(np.int64)), torch.from_numpy(Y.astype(np.int64))
+
+    def layer_loop_loss(Xb, Yb):
+        x = Xb
+        for layer in layers:
+            x = layer(x)
+        return F.cross_entropy(x, Yb)
+
+    run = autograd_loop(parameters, layer_loop_loss, Xt, Yt, batches, lr)
+    run.layers = layers
+    return run
+
+
+def layer_recipe(layers):
+    """torch_network's layers as plain tuples, for a pure function to read (torch.func and
+    torch.compile want no tensors stored on objects): ("emb",), ("flatten", n), ("linear", bias),
+    ("bn", unbiased, eps, momentum), ("tanh",); and their parameters and running statistics."""
+    recipe, params, stats = [], [], []
+    for layer in layers:
+        kind = type(layer).__name__
+        if kind == "Embedding":
+            recipe.append(("emb",))
+        elif kind == "FlattenConsecutive":
+            recipe.append(("flatten", layer.n))
+        elif kind == "Linear":
+            recipe.append(("linear", layer.bias is not None))
+        elif kind == "BatchNorm1d":
+            recipe.append(("bn", layer.unbiased, layer.eps, layer.momentum))
+            stats += [layer.running_mean, layer.running_var]
+        elif kind == "Tanh":
+            recipe.append(("tanh",))
+        else:
+            raise ValueError(f"no recipe for a {kind} layer")
+        params += [p.detach().clone() for p in layer.parameters()]
+    return recipe, params, [s.clone() for s in stats]
+
+
+def recipe_loss(recipe, params, stats, Xb, Yb):
+    """The layer loop of torch_layers.py, the same operations in the same order, as a pure function:
+    -> (loss, the new running statistics). Legend: x is (B, T', C) before the last flatten, (B, C)
+    after it."""
+    import torch
+    import torch.nn.functional as F
+    P, S, new_stats = iter(params), iter(stats), []
+    x = Xb                                                      # (B, T)
+    for step in recipe:
+        if step[0] == "emb":
+            x = next(P)[x]                                      # (B, T, E)
+        elif step[0] == "flatten":
+            B, T, C = x.shape
+            x = x.view(B, T // step[1], C * step[1])            # (B, T/n, C*n)
+            if x.shape[1] == 1:
+                x = x.squeeze(1)                                # (B, C*n)
+        elif step[0] == "linear":
+            x = x @ next(P)
+            if step[1]:
+                x = x + next(P)
+        elif step[0] == "bn":
+            _, unbiased, eps, m = step
+            gamma, beta, running_mean, running_var = next(P), next(P), next(S), next(S)
+            dim = 0 if x.ndim == 2 else (0, 1)                  # part 5: every axis but the channels
+            xmean = x.mean(dim, keepdim=True)
+            xvar = x.var(dim, keepdim=True, unbiased=unbiased)
+            # the running statistics take no gradient (torch_layers updates them under no_grad)
+            new_stats += [(1 - m) * running_mean + m * xmean.detach().reshape(-1),
+                          (1 - m) * running_var + m * x.detach().var(dim, unbiased=True).reshape(-1)]
+            x = gamma * (x - xmean) / torch.sqrt(xvar + eps) + beta
+        elif step[0] == "tanh":
+            x = torch.tanh(x)
+    return F.cross_entropy(x, Yb), new_stats
+
+
+def layers_compiled_step(recipe, n_params, Xt, Yt, ix, lr: float, *state):
+    """torch_eager's step on the layers as one function for torch.compile: gather, forward,
+    autograd's backward (torch.func.grad_and_value), update; state is the parameters, then the
+    running statistics. It returns the loss and the new state, as compiled_step does."""
+    import torch
+    params, stats = state[:n_params], state[n_params:]
+    grads, (loss, new_stats) = torch.func.grad_and_value(
+        lambda p: recipe_loss(recipe, p, stats, Xt[ix], Yt[ix]), has_aux=True)(params)
+    return loss, [p - lr * g for p, g in zip(params, grads)] + list(new_stats)
+
+
+def make_layers_torch_compile(kind, init, X, Y, batches, lr, total_steps):
+    """torch.compile (inductor, default mode) of layers_compiled_step, the running statistics
+    included; the first call is the compile."""
+    import torch
+
+    from .torch_layers import torch_network
+    torch._dynamo.reset()
+    recipe, params, stats = layer_recipe(torch_network(_layers_model(kind, init), torch))
+    step = torch.compile(functools.partial(layers_compiled_step, recipe, len(params)), dynamic=False,
+                         fullgraph=True)
+    state = params + stats
+    Xt, Yt = torch.from_numpy(X.astype(np.int64)), torch.from_numpy(Y.astype(np.int64))
+
+    def run(start, n):
+        losses = []
+        for k in range(start, start + n):
+            loss, state[:] = step(Xt, Yt, batches.torch(k), lr, *state)
+            losses.append(loss.item())
+        return losses
+
+    wrapped = flush_denormals(run)
+    wrapped.state = state                          # parameters, then running statistics
+    return wrapped
+
+
 # ----------------------------------------------------------------------------- JAX
 
 def make_jax(init, X, Y, batches, lr, total_steps):
@@ -329,7 +479,13 @@ MAKERS = {"npmlp": make_npmlp, "npmlp_reference": make_npmlp_reference, "torch_e
 # bn section only if it is here)
 BN_MAKERS = {"npmlp": make_bn_npmlp, "npmlp_reference": make_bn_npmlp_reference,
              "torch_eager": make_bn_torch_eager, "torch_compile": make_bn_torch_compile}
-MAKERS_OF = {"mlp": MAKERS, "bn": BN_MAKERS}
+
+# the deep and wavenet sections' peers, each maker given the model's kind first
+LAYERS_MAKERS = {"npmlp": make_layers_npmlp, "npmlp_reference": make_layers_npmlp_reference,
+                 "torch_eager": make_layers_torch_eager, "torch_compile": make_layers_torch_compile}
+MAKERS_OF = {"mlp": MAKERS, "bn": BN_MAKERS,
+             **{kind: {p: functools.partial(f, kind) for p, f in LAYERS_MAKERS.items()}
+                for kind in ("deep", "wavenet")}}
 
 
 TORCH_PEERS = ("torch_eager", "torch_manual", "torch_compile")

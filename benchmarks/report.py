@@ -21,8 +21,8 @@ def _range(med, lo, hi):
 
 
 def peers_in(report, key="configs"):
-    """The peers that ran in the report's `key` cells ("configs": the lecture's MLP; "bn_configs":
-    the bn model's), in PEERS order."""
+    """The peers that ran in the report's `key` cells ("configs": the lecture's MLP; "bn_configs",
+    "deep_configs", "wavenet_configs": the sections'), in PEERS order."""
     seen = {p for run in report["runs"] for c in run.get(key, []) for p in c["peers"]}
     return [p for p in PEERS if p in seen]
 
@@ -80,43 +80,70 @@ def step_table(run, peers):
     return "\n".join(lines)
 
 
-BN_WHAT = {"npmlp": "the fast engine's BNEngine (the whole batch at once, never chunked, so no helper processes)",
-           "npmlp_reference": "`train.sgd` on BNMLP (the atom-by-atom backward of bn.py)",
-           "torch_eager": ("part 4's loop (`hprebn.mean`, `hprebn.var(unbiased=True)`, `(bnvar + 1e-5)**-0.5`, "
-                           "gain and bias, tanh, `F.cross_entropy`, `loss.backward()`, `p.data += -lr * p.grad`)"),
-           "torch_compile": ("torch eager's step compiled whole, its gradient by `torch.func.grad_and_value`, "
-                             "returning new parameters")}
+# each section's title, its model in a sentence, and what each of its peers runs
+LAYERS_WHAT = {"npmlp": ("the fast engine's StackEngine (npmlp/fast/stack.py: the layers fused block by block, "
+                         "the whole batch at once, so no helper processes)"),
+               "npmlp_reference": "`train.sgd` on the model: its layer objects' forward and backward, one by one",
+               "torch_eager": ("the lecture's layer loop: benchmarks/torch_layers.py's classes built from the npmlp "
+                               "model, `for layer in layers: x = layer(x)`, `F.cross_entropy`, `loss.backward()`, "
+                               "`p.data += -lr * p.grad`, the running statistics updated under `no_grad`"),
+               "torch_compile": ("the same layers' operations as one pure function compiled whole, its gradient by "
+                                 "`torch.func.grad_and_value`, returning the new parameters and running statistics")}
+SECTION_TEXT = {
+    "bn": ("bn model (makemore part 4)",
+           "Part 4's network: the lecture's MLP with a BatchNorm between the first linear layer and tanh "
+           "(npmlp.bn.BNMLP: C, W1, b1, bngain, bnbias, W2, b2; the batch's mean and Bessel-corrected "
+           "variance, eps 1e-5)",
+           {"npmlp": "the fast engine's BNEngine (the whole batch at once, never chunked, so no helper processes)",
+            "npmlp_reference": "`train.sgd` on BNMLP (the atom-by-atom backward of bn.py)",
+            "torch_eager": ("part 4's loop (`hprebn.mean`, `hprebn.var(unbiased=True)`, `(bnvar + 1e-5)**-0.5`, "
+                            "gain and bias, tanh, `F.cross_entropy`, `loss.backward()`, `p.data += -lr * p.grad`)"),
+            "torch_compile": ("torch eager's step compiled whole, its gradient by `torch.func.grad_and_value`, "
+                              "returning new parameters")}),
+    "deep": ("deep model (makemore part 3)",
+             "Part 3's network: the context's embeddings flattened (block 3, n_embd 10), five hidden layers of "
+             "Linear (no bias) -> BatchNorm1d -> tanh, H wide, then Linear -> BatchNorm1d to the vocab "
+             "(npmlp.deep.Deep; the batch's mean and biased variance, as torch.nn.BatchNorm1d, eps 1e-5, and "
+             "running statistics with momentum 0.1 updated every step)",
+             LAYERS_WHAT),
+    "wavenet": ("wavenet model (makemore part 5)",
+                "Part 5's network: block 8, n_embd 24, three levels of FlattenConsecutive(2) -> Linear (no bias) "
+                "-> BatchNorm1d over every axis but the channels (the unbiased variance) -> tanh, H wide, then "
+                "Linear to the vocab (npmlp.wavenet.Wavenet; running statistics with momentum 0.1 updated every "
+                "step)",
+                LAYERS_WHAT)}
 
 
-def bn_markdown(report):
-    """The bn model's section: one small table, a row per (setting, H, B); [] when it did not run."""
-    peers = peers_in(report, "bn_configs")
+def section_markdown(report, kind):
+    """The `kind` model's section (bn, deep, wavenet): one small table, a row per (setting, H, B);
+    [] when it did not run."""
+    key = f"{kind}_configs"
+    peers = peers_in(report, key)
     if not peers:
         return []
+    title, model, what = SECTION_TEXT[kind]
     ref = "npmlp_reference" in peers
     asked = report.get("settings", {}).get("peers", [])
     without = [SHORT[p] for p in asked if p in PEERS and p not in peers
                and not any(p in run.get("skipped", {}) for run in report["runs"])]
-    L = ["## bn model (makemore part 4)", "",
-         ("Part 4's network: the lecture's MLP with a BatchNorm between the first linear layer and tanh "
-          "(npmlp.bn.BNMLP: C, W1, b1, bngain, bnbias, W2, b2; the batch's mean and Bessel-corrected "
-          "variance, eps 1e-5), float32, every peer from the same `BNMLP.init` parameters and minibatch "
-          "rows, its first three losses matched to npmlp's (rtol 1e-4) before timing; measured as the "
-          "tables above. " + "; ".join(f"{SHORT[p]}: {BN_WHAT[p]}" for p in peers) + "."
-          + (f" No bn version of: {', '.join(without)}." if without else "")), "",
+    L = [f"## {title}", "",
+         (f"{model}, float32, every peer from the same `init` parameters and minibatch rows, its first three "
+          "losses matched to npmlp's (rtol 1e-4) before timing; measured as the tables above. "
+          + "; ".join(f"{SHORT[p]}: {what[p]}" for p in peers) + "."
+          + (f" No {kind} version of: {', '.join(without)}." if without else "")), "",
          "| setting | H | B | " + " | ".join(SHORT[p] for p in peers) + (" | fast vs reference" if ref else "") + " |",
          "|---|---:|---:|" + "---:|" * (len(peers) + ref)]
     for run in report["runs"]:
-        for c in run.get("bn_configs", []):
+        for c in run.get(key, []):
             L.append(f"| {run['label']} | {c['H']} | {c['B']} | " + " | ".join(step_cells(c, peers)) + " |")
     L.append("")
     comp = [(run["label"], c["H"], c["B"], c["peers"]["torch_compile"]["compile_s"]) for run in report["runs"]
-            for c in run.get("bn_configs", []) if "torch_compile" in c["peers"]]
+            for c in run.get(key, []) if "torch_compile" in c["peers"]]
     if comp:
         L += ["Compile time of the first step (not in the table): " +
               "; ".join(f"{s}, H={h} B={b}: {t:.1f} s" for s, h, b, t in comp) + ".", ""]
-    lost = losses(report, "bn_configs")
-    cells = sum(len(r.get("bn_configs", [])) for r in report["runs"])
+    lost = losses(report, key)
+    cells = sum(len(r.get(key, [])) for r in report["runs"])
     if any(p not in ("npmlp", "npmlp_reference") for p in peers):
         L.append(f"npmlp has the fastest median of the libraries in {cells - len(lost)} of {cells} cells"
                  + (": it loses at " + "; ".join(f"{s}, H={h}, B={b} ({SHORT[p]} {_us(t)}, npmlp {_us(n)}, "
@@ -190,7 +217,8 @@ def markdown(report, png_name="bench.png"):
               f"The fast engine's step against the reference loop's, median over median: ×{min(x for *_, x in sped):.2f}"
               f"–×{max(x for *_, x in sped):.2f} over {len(sped)} cells"
               + (f"; the reference loop is faster at {', '.join(slower)}." if slower else "."), ""]
-    L += bn_markdown(report)
+    for kind in SECTION_TEXT:
+        L += section_markdown(report, kind)
     if report.get("e2e"):
         L += e2e_markdown(report["e2e"])
     profs = [(run["label"], p) for run in report["runs"] for p in run.get("profiles", [])]

@@ -1,7 +1,8 @@
 """The benchmark command on a tiny sweep, so it never rots: it runs, every peer agrees with npmlp
 before it is timed, and the JSON, Markdown and PNG it writes exist and parse; the lecture's torch
 loop as a program (benchmarks/torch_lecture.py) trains exactly what npmlp's reference loop trains.
-The bn section (makemore part 4's model) runs one tiny cell, B=8, H=8, with the same checks.
+The sections of makemore parts 3-5's models (bn, deep, wavenet) run one tiny cell each, B=8, H=8,
+with the same checks; the deep and wavenet torch peers keep the running statistics npmlp keeps.
 
 The sweep runs npmlp (the fast engine) and npmlp_reference always, torch_eager and torch_manual when
 torch is installed, and asks for JAX (which runs if installed, else the report says it was skipped
@@ -21,22 +22,32 @@ import numpy as np
 import pytest
 from helpers import HAVE_TORCH, REPO, make_names
 
-from npmlp.fast import engine as fast
 from npmlp.data import Vocab
+from npmlp.fast import engine as fast_engine
 
 sys.path.insert(0, str(REPO))                    # `benchmarks` lives beside `npmlp`, not installed
-from benchmarks.bench import flops_per_step
+from benchmarks.bench import flops_per_step, layers_flops
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
 TORCH_PEERS = ["torch_eager", "torch_manual"] if HAVE_TORCH else []
 TINY = ["--hidden", "8", "--threads", "1", "--min-time", "0.01", "--eval-hidden", "8", "--eval-repeats", "1",
-        "--bn-hidden", "8", "--bn-batch-sizes", "8"]
-BN_PEERS = {"npmlp", "npmlp_reference", "torch_eager", "torch_compile"}     # peers.BN_MAKERS
+        "--bn-hidden", "8", "--bn-batch-sizes", "8", "--deep-hidden", "8", "--deep-batch-sizes", "8",
+        "--wavenet-hidden", "8", "--wavenet-batch-sizes", "8"]
+SECTION_PEERS = {"npmlp", "npmlp_reference", "torch_eager", "torch_compile"}   # peers.MAKERS_OF of bn, deep, wavenet
 
 
 def test_flops_formula_is_the_lectures_342_B_H():
     for B, H in ((32, 200), (1, 1), (4096, 1000)):
         assert flops_per_step(B, H, 27) == 342 * B * H       # T=3, E=10, V=27
+
+
+def test_flops_of_the_layer_networks_count_each_linear_on_its_positions():
+    from npmlp.deep import Deep
+    from npmlp.wavenet import Wavenet
+    # deep: (3*10 -> 100), four (100 -> 100), (100 -> 27), each on B rows
+    assert layers_flops(Deep.init(27), 32) == 6 * 32 * (30 * 100 + 4 * 100 * 100 + 100 * 27)
+    # wavenet: 4 positions of (2*24 -> 128), 2 of (2*128 -> 128), 1 of (2*128 -> 128), then (128 -> 27)
+    assert layers_flops(Wavenet.init(27), 32) == 6 * 32 * (4 * 48 * 128 + 2 * 256 * 128 + 256 * 128 + 128 * 27)
 
 
 @pytest.fixture(scope="module")
@@ -88,21 +99,24 @@ def test_writes_json_with_every_number(bench_run):
         npmlp = c["peers"]["npmlp"]
         assert npmlp["speedup_vs_reference"] == pytest.approx(
             c["peers"]["npmlp_reference"]["median_us"] / npmlp["median_us"])
-    (bn,) = run["bn_configs"]
-    assert (bn["H"], bn["B"], bn["model"]) == (8, 8, "bn") and bn["flops"] == flops_per_step(8, 8, V)
-    assert sorted(bn["peers"]) == sorted(p for p in ran if p in BN_PEERS)
-    for p, res in bn["peers"].items():
-        assert len(res["us"]) == 2 and res["min_us"] <= res["median_us"] <= res["max_us"], p
-        assert len(res["agree_losses"]) == 3 and res["agree_max_rel"] <= 1e-4, (p, res["agree_losses"])
-    assert bn["peers"]["npmlp"]["speedup_vs_reference"] == pytest.approx(
-        bn["peers"]["npmlp_reference"]["median_us"] / bn["peers"]["npmlp"]["median_us"])
+    from benchmarks.bench import init_model
+    for kind in ("bn", "deep", "wavenet"):
+        (c,) = run[f"{kind}_configs"]
+        flops = flops_per_step(8, 8, V) if kind == "bn" else layers_flops(init_model(kind, V, 8), 8)
+        assert (c["H"], c["B"], c["model"], c["flops"]) == (8, 8, kind, flops)
+        assert sorted(c["peers"]) == sorted(p for p in ran if p in SECTION_PEERS), kind
+        for p, res in c["peers"].items():
+            assert len(res["us"]) == 2 and res["min_us"] <= res["median_us"] <= res["max_us"], (kind, p)
+            assert len(res["agree_losses"]) == 3 and res["agree_max_rel"] <= 1e-4, (kind, p, res["agree_losses"])
+        assert c["peers"]["npmlp"]["speedup_vs_reference"] == pytest.approx(
+            c["peers"]["npmlp_reference"]["median_us"] / c["peers"]["npmlp"]["median_us"])
     (ev,) = run["eval"]
     assert ev["max_rel_diff"] <= 1e-5 and ev["ms"]["npmlp"]["median"] > 0
     (prof,) = run["profiles"]
     assert prof["plain_step_us"] > 0 and prof["instrumented_step_us"] > 0
     ops = {(row["layer"], row["op"].split()[0]) for row in prof["rows"]}
     assert {("forward_loss", "np.dot"), ("backward", "np.dot")} <= ops
-    assert ("forward_loss", "np.tanh" if fast.TANH[np.dtype(np.float32)] == "np.tanh" else "np.exp") in ops
+    assert ("forward_loss", "np.tanh" if fast_engine.TANH[np.dtype(np.float32)] == "np.tanh" else "np.exp") in ops
     e2e = {e["program"]: e for e in rep["e2e"]}
     assert sorted(e2e) == sorted(["npmlp train", *(["torch lecture"] if HAVE_TORCH else [])])
     for e in e2e.values():
@@ -113,7 +127,8 @@ def test_torch_peers_match_npmlp_and_set_the_ratio(bench_run):
     pytest.importorskip("torch")
     _, out, _, _ = bench_run
     rep = json.loads((out / "smoke.json").read_text())
-    for c in rep["runs"][0]["configs"] + rep["runs"][0]["bn_configs"]:
+    run = rep["runs"][0]
+    for c in run["configs"] + run["bn_configs"] + run["deep_configs"] + run["wavenet_configs"]:
         assert c["peers"]["torch_eager"]["ratio_vs_torch_eager"] == pytest.approx(1.0)
         assert c["peers"]["npmlp"]["ratio_vs_torch_eager"] > 0
     a, b = (e for e in rep["e2e"])                   # the same run in two programs: the same dev loss
@@ -138,7 +153,8 @@ def test_writes_markdown_and_png(bench_run):
     assert "## Where npmlp loses" in md and "## What the fast engine's tricks buy" in md and "smoke.png" in md
     assert "## Per-op profile" in md and "## End to end" in md and "| npmlp train | 1 core |" in md
     assert "## bn model (makemore part 4)" in md and "| setting | H | B | npmlp | npmlp reference |" in md
-    assert "| 1 core | 8 | 8 |" in md
+    assert "## deep model (makemore part 3)" in md and "## wavenet model (makemore part 5)" in md
+    assert md.count("| 1 core | 8 | 8 |") == 3
     if HAVE_TORCH:
         assert "| torch lecture | 1 core |" in md and "pair by pair" in md
     png = (out / "smoke.png").read_bytes()
@@ -166,7 +182,8 @@ def test_npmlp_peers_alone_never_import_torch(tmp_path, names):
     (run,) = rep["runs"]
     assert "torch_threads" not in run["thread_report"]
     assert sorted(run["configs"][0]["peers"]) == ["npmlp", "npmlp_reference"]
-    assert sorted(run["bn_configs"][0]["peers"]) == ["npmlp", "npmlp_reference"]
+    for kind in ("bn", "deep", "wavenet"):
+        assert sorted(run[f"{kind}_configs"][0]["peers"]) == ["npmlp", "npmlp_reference"], kind
     assert [e["program"] for e in rep["e2e"]] == ["npmlp train"]
     md = (out / "np.md").read_text()
     assert "No other library ran" in md and "torch lecture" not in md, r.stdout
@@ -200,23 +217,61 @@ def test_torch_lecture_refuses_a_bad_option():
     assert r.returncode == 2 and "--steps must be >= 1" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_bn_section_skips_with_0_or_no_sizes_and_refuses_a_batch_of_1(bench_run, capsys):
+@pytest.mark.parametrize("kind, hidden", [("bn", [200, 1000]), ("deep", [100]), ("wavenet", [128])])
+def test_a_section_skips_with_0_or_no_sizes_and_refuses_a_batch_of_1(bench_run, capsys, kind, hidden):
     from benchmarks.bench import parse_args
     from benchmarks.report import markdown
-    assert parse_args([]).bn_batch_sizes == [32, 256] and parse_args([]).bn_hidden == [200, 1000]
-    assert parse_args(["--bn-batch-sizes", "0"]).bn_batch_sizes == []
-    assert parse_args(["--bn-batch-sizes"]).bn_batch_sizes == []
+    sizes = f"{kind}_batch_sizes"
+    assert getattr(parse_args([]), sizes) == [32, 256] and getattr(parse_args([]), f"{kind}_hidden") == hidden
+    assert getattr(parse_args([f"--{kind}-batch-sizes", "0"]), sizes) == []
+    assert getattr(parse_args([f"--{kind}-batch-sizes"]), sizes) == []
     with pytest.raises(SystemExit) as e:
-        parse_args(["--bn-batch-sizes", "1"])
+        parse_args([f"--{kind}-batch-sizes", "1"])
     assert e.value.code == 2 and "at least 2 rows" in capsys.readouterr().err
-    _, out, _, _ = bench_run                         # a report without the section has no bn table
+    _, out, _, _ = bench_run                         # a report without the section has no table of it
     rep = json.loads((out / "smoke.json").read_text())
+    title = f"## {kind} model"
+    assert title in markdown(rep)
     for run in rep["runs"]:
-        run["bn_configs"] = []
-    assert "bn model" not in markdown(rep)
+        run[f"{kind}_configs"] = []
+    assert title not in markdown(rep)
     for run in rep["runs"]:                          # nor has one from before the section existed
-        del run["bn_configs"]
-    assert "bn model" not in markdown(rep)
+        del run[f"{kind}_configs"]
+    assert title not in markdown(rep)
+
+
+@pytest.mark.parametrize("kind", ["deep", "wavenet"])
+def test_layer_peers_keep_the_running_statistics_npmlp_keeps(names, kind):
+    """The torch peers of the deep and wavenet sections update their BatchNorm's running mean and
+    variance every step, as npmlp's engines do: after 5 steps they agree to float32 rounding.
+    torch.compile's peer is checked too with NPMLP_BENCH_SMOKE_COMPILE=1 (its compile takes seconds)."""
+    pytest.importorskip("torch")
+    from benchmarks.bench import init_model, load_split
+    from benchmarks.peers import MAKERS_OF, Batches
+    path, V = names
+    model = init_model(kind, V, 8)
+    X, Y, _ = load_split(str(path), model.block_size)
+    batches = Batches(42, len(X), 8)
+    peers = ["npmlp", "npmlp_reference", "torch_eager"]
+    if os.environ.get("NPMLP_BENCH_SMOKE_COMPILE"):
+        peers.append("torch_compile")
+    runs = {p: MAKERS_OF[kind][p](model.params, X, Y, batches, 0.1, 100) for p in peers}
+    losses = {p: run(0, 5) for p, run in runs.items()}
+    names_ = list(model.buffers)                     # running_mean1, running_var1, ...
+    stats = {p: runs[p].model.buffers for p in ("npmlp", "npmlp_reference")}
+    stats["torch_eager"] = dict(zip(names_, (t.numpy() for layer in runs["torch_eager"].layers
+                                             if type(layer).__name__ == "BatchNorm1d"
+                                             for t in (layer.running_mean, layer.running_var))))
+    if "torch_compile" in runs:
+        stats["torch_compile"] = dict(zip(names_, (t.numpy() for t in runs["torch_compile"].state[-len(names_):])))
+    ref = stats["npmlp_reference"]
+    for p in peers:
+        assert losses[p] == pytest.approx(losses["npmlp_reference"], rel=1e-5), p
+        for k in names_:
+            assert not np.allclose(ref[k], model.buffers[k])        # five steps moved them
+            np.testing.assert_allclose(stats[p][k], ref[k], rtol=2e-5, atol=1e-6, err_msg=f"{p} {k}")
+    for run in runs.values():
+        getattr(run, "close", lambda: None)()
 
 
 def test_unknown_peer_is_a_usage_error():
