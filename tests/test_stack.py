@@ -164,3 +164,18 @@ def test_a_layer_the_engine_does_not_fuse_is_refused_in_one_sentence():
     model.net.layers.insert(1, type("Dropout", (), {"name": "dropout1"})())
     with pytest.raises(ValueError, match="does not fuse a Dropout here"):
         StackEngine(model)
+
+
+@pytest.mark.parametrize("kind,sizes", [("deep", {"n_layers": 3, "n_hidden": 20}), ("deep", {"batchnorm": 0}),
+                                        ("wavenet", {"n_hidden": 16}), ("wavenet", {"flatten": 8, "n_hidden": 12})])
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 2e-6)])
+def test_inference_with_each_batchnorm_folded_equals_the_reference(kind, sizes, dtype, rtol):
+    """fast.evaluate (stack.inference_loss) against train.evaluate: after a few steps, so the
+    running statistics are not their initial 0 and 1, over more rows than one of its chunks."""
+    import npmlp.fast
+    model = fresh(kind, sizes, dtype=dtype, seed=6)
+    X, Y = data(model.vocab_size, model.block_size, 4, N=9000)
+    fast.sgd(model, X, Y, TrainConfig(steps=30, batch_size=64, seed=2))
+    ref = train.evaluate(model, X, Y)
+    check("loss", npmlp.fast.evaluate(model, X, Y), ref, rtol)
+    check("loss (reference engine)", npmlp.fast.evaluate(model, X, Y, "reference"), ref, 0)

@@ -16,7 +16,7 @@ from .. import __version__, fast
 from ..data import DataError
 from ..fast.parallel import HelperFailed
 from ..gradcheck import minibatch
-from ..train import TrainConfig, evaluate, sample_stream
+from ..train import TrainConfig, sample_stream
 from . import rundir
 from .checkpoint import load_checkpoint
 from .errors import NpmlpError, UsageError
@@ -280,7 +280,7 @@ def cmd_eval(args):
     model, vocab, meta, _, ckpt = load_run(args.run_dir)
     data = run_splits(args, meta, model, vocab, ckpt)
     with np.errstate(over="ignore", invalid="ignore"):
-        losses = {k: evaluate(model, *xy) for k, xy in data.items()}
+        losses = {k: fast.evaluate(model, *xy, meta["run"]["engine"]) for k, xy in data.items()}   # as the run did
     bad = [k for k, v in losses.items() if not np.isfinite(v)]
     if bad:
         raise NpmlpError(f"the model in {ckpt} gives a NaN/inf loss on the {' and '.join(bad)} split: its "

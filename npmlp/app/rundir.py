@@ -227,7 +227,7 @@ class Run:
     def finish(self) -> dict:
         """The end of a finished run: evaluate every split, sample 20 names, write metrics.json."""
         with np.errstate(over="ignore", invalid="ignore"):
-            losses = {f"{k}_loss": train.evaluate(self.model, *xy) for k, xy in self.data.items()}
+            losses = {f"{k}_loss": fast.evaluate(self.model, *xy, self.info["engine"]) for k, xy in self.data.items()}
             names = train.sample(self.model, self.vocab, 20, seed=self.cfg.seed + 10)
         seconds = round(self.seconds + self.train_seconds, 3)     # every part's training time
         metrics = {**{k: v if np.isfinite(v) else None for k, v in losses.items()},  # JSON has no NaN

@@ -20,7 +20,7 @@ from .engine import CHUNK, GATHER, MODELS, gradients
 ENGINES = ("fast", "reference")
 ARITHMETIC = {"fast": FAST_ARITHMETIC, "reference": 1}   # each engine's rounding version (see engine.py)
 
-__all__ = ["ARITHMETIC", "CHUNK", "ENGINES", "GATHER", "MODELS", "default_engine", "gradients", "steps"]
+__all__ = ["ARITHMETIC", "CHUNK", "ENGINES", "GATHER", "MODELS", "default_engine", "evaluate", "gradients", "steps"]
 
 
 # sizes that only the reference trains: the fast engine normalises a BatchNorm over every row
@@ -48,3 +48,14 @@ def steps(engine: str, model, batch_size: int, processes: int | None = None):
             yield functools.partial(_engine.sgd, model, pool=pool)
     else:
         yield functools.partial(train.sgd, model)
+
+
+def evaluate(model, X, Y, engine: str = "fast") -> float:
+    """train.evaluate's mean loss in inference mode, by `engine`: the fast one folds each
+    BatchNorm of a layer-object network into the Linear before it (stack.inference_loss); every
+    other case runs train.evaluate itself."""
+    from .engine import ENGINES
+    from .stack import StackEngine, inference_loss
+    if engine == "fast" and ENGINES.get(model.kind) is StackEngine and default_engine(model.kind, model.sizes) == "fast":
+        return inference_loss(model, X, Y)
+    return train.evaluate(model, X, Y)

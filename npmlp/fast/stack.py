@@ -119,29 +119,43 @@ class StackEngine:
             return bufs
         dt, rows = self.dtype, B * self.T
         emb = np.empty((rows, self.E), dt)                           # (B*T, E) C[X], row by row
-        x, dx, per = emb, np.empty_like(emb), []
+        x, dx, per, w, k = emb, np.empty_like(emb), [], self.w, 0
         for blk in self.blocks:
             rows //= blk.fold
+            # every array a step reads, bound here once (a lookup by name costs a call each step)
+            W = getattr(w, blk.W)
             a = SimpleNamespace(x=x.reshape(rows, blk.I), dx=dx.reshape(rows, blk.I),   # views: the fold
+                                xT=x.reshape(rows, blk.I).T, W=W, WT=W.T,
+                                b=getattr(w, blk.b) if blk.b is not None else None,
                                 pre=np.empty((rows, blk.O), dt), t=np.empty((rows, blk.O), dt),
-                                dpre=np.empty((rows, blk.O), dt))
+                                dpre=np.empty((rows, blk.O), dt), n=rows,
+                                # a sum over the rows is a product with ones: BLAS's gemv beats
+                                # np.add.reduce(axis=0) several times on these shapes
+                                ones=np.ones(rows, dt), ones_n=np.full(rows, 1 / rows, dt))
             if blk.bn is not None:
                 a.xmu, a.y = np.empty((rows, blk.O), dt), np.empty((rows, blk.O), dt)
                 a.scale, a.vi, a.c1, a.c2 = (np.empty(blk.O, dt) for _ in range(4))
+                a.gamma, a.beta = getattr(w, blk.bn.gamma), getattr(w, blk.bn.beta)
+                a.mean, a.ssq = self.batch_views[k]
+                k += 1
+                a.m = rows - 1 if blk.bn.unbiased else rows                 # var = ssq / m
+                a.sqrt_m, a.eps_m, a.inv_n, a.bessel_n = math.sqrt(a.m), a.m * BN_EPS, 1 / rows, 1 / a.m
             a.out = np.empty((rows, blk.O), dt) if blk.tanh else (a.y if blk.bn is not None else a.pre)
             a.dout = np.empty((rows, blk.O), dt)                    # the gradient reaching the output
             per.append(a)
             x, dx = a.out, a.dout
         # the momentum of every running statistic, and the 1 / (n - 1) that turns a block's sum of
         # squared deviations into the unbiased variance
+        onehot, counts = np.zeros((B * self.T, self.V), dt), np.empty((B, self.V), dt)
         coef = np.empty_like(self.batch)
         for (mean, ssq), a in zip(self.batch_views, (a for blk, a in zip(self.blocks, per) if blk.bn is not None)):
             coef[_span(self.batch, mean)] = MOMENTUM
             coef[_span(self.batch, ssq)] = MOMENTUM / (len(a.pre) - 1)
         bufs = self._bufs[B] = SimpleNamespace(
             emb=emb, coef=coef, demb=per[0].dx.reshape(B * self.T, self.E), blocks=per, logits=per[-1].out,
-            dlogits=per[-1].dout, maxes=np.empty((B, 1), dt), sums=np.empty((B, 1), dt),
-            counts=np.empty((B, self.V), dt), onehot=np.zeros((B * self.T, self.V), dt),
+            dlogits=per[-1].dout, dlogits_flat=per[-1].dout.reshape(-1), maxes=np.empty((B, 1), dt),
+            sums=np.empty(B, dt), counts=counts, counts_flat=counts.reshape(-1), ones_V=np.ones(self.V, dt),
+            rows_V=np.arange(B) * self.V, target=np.empty(B, np.intp), onehot=onehot, onehot_t=onehot.T, onehot_flat=onehot.reshape(-1),
             rows=np.arange(B), rows_v=np.arange(B * self.T) * self.V, hot=None)
         return bufs
 
@@ -153,33 +167,29 @@ class StackEngine:
         running statistics moved as the reference's layers move them): (mean loss, the buffers).
         hot (B*T,): where onehot(X) has its ones ((row * T + t) * V + x; Chunks.gather makes them
         for many steps at once; None: made here); pick is engine.Engine's and not used here."""
-        B, w = len(xb), self.w
+        B = len(xb)
         b = self._buffers(B)
         b.hot = xb.reshape(-1) + b.rows_v if hot is None else hot
-        np.take(w.C, xb.reshape(-1), axis=0, out=b.emb)                 # (B*T, E)
-        k = 0
+        self.w.C.take(xb.reshape(-1), 0, b.emb)                         # (B*T, E)
+        # ufuncs take `out` by position: a keyword costs more than the arithmetic on these arrays
         for blk, a in zip(self.blocks, b.blocks):
-            np.matmul(a.x, getattr(w, blk.W), out=a.pre)                 # (n, O) x @ W
-            if blk.b is not None:
-                a.pre += getattr(w, blk.b)                               # (n, O) + b
+            np.dot(a.x, a.W, a.pre)                                      # (n, O) x @ W
+            if a.b is not None:
+                np.add(a.pre, a.b, a.pre)                                # (n, O) + b
             if blk.bn is not None:
-                mean, ssq = self.batch_views[k]
-                k += 1
-                n = len(a.pre)
-                np.add.reduce(a.pre, axis=0, out=mean)
-                mean *= 1 / n                                            # (O,) the batch mean
-                np.subtract(a.pre, mean, out=a.xmu)                      # (n, O) x - mean
-                np.square(a.xmu, out=a.t)
-                np.add.reduce(a.t, axis=0, out=ssq)                      # (O,) sum of squared deviations
-                m = n - 1 if blk.bn.unbiased else n                      # var = ssq / m
-                np.add(ssq, m * BN_EPS, out=a.vi)                        # 1 / sqrt(ssq / m + eps) is
-                np.sqrt(a.vi, out=a.vi)                                  #   sqrt(m) / sqrt(ssq + m * eps):
-                np.divide(math.sqrt(m), a.vi, out=a.vi)                  #   (O,) one call fewer
-                np.multiply(a.vi, getattr(w, blk.bn.gamma), out=a.scale)  # (O,) gamma / sqrt(var + eps)
-                np.multiply(a.xmu, a.scale, out=a.y)
-                a.y += getattr(w, blk.bn.beta)                           # (n, O) gamma * xhat + beta
+                mean, ssq, vi = a.mean, a.ssq, a.vi
+                np.dot(a.ones_n, a.pre, mean)                            # (O,) the batch mean
+                np.subtract(a.pre, mean, a.xmu)                          # (n, O) x - mean
+                np.square(a.xmu, a.t)
+                np.dot(a.ones, a.t, ssq)                                 # (O,) sum of squared deviations
+                np.add(ssq, a.eps_m, vi)                                 # 1 / sqrt(ssq / m + eps) is
+                np.sqrt(vi, vi)                                          #   sqrt(m) / sqrt(ssq + m * eps):
+                np.divide(a.sqrt_m, vi, vi)                              #   (O,) one call fewer
+                np.multiply(vi, a.gamma, a.scale)                        # (O,) gamma / sqrt(var + eps)
+                np.multiply(a.xmu, a.scale, a.y)
+                np.add(a.y, a.beta, a.y)                                 # (n, O) gamma * xhat + beta
             if blk.tanh:
-                np.tanh(a.y if blk.bn is not None else a.pre, out=a.out)  # (n, O)
+                np.tanh(a.y if blk.bn is not None else a.pre, a.out)     # (n, O)
         if self.stats:
             # running = (1 - momentum) * running + momentum * the batch's statistic, every BatchNorm
             # at once; the same multiply turns sums of squared deviations into unbiased variances
@@ -190,55 +200,83 @@ class StackEngine:
 
     def _cross_entropy(self, b, yb) -> float:
         c = b.counts
-        np.maximum.reduce(b.logits, axis=1, keepdims=True, out=b.maxes)    # (B, 1)
-        np.subtract(b.logits, b.maxes, out=c)                           # (B, V) logits - max
-        picked = c[b.rows, yb]                                          # (B,) the targets' shifted logits
-        np.exp(c, out=c)                                                # (B, V) counts
-        np.add.reduce(c, axis=1, keepdims=True, out=b.sums)             # (B, 1)
-        nll = np.log(b.sums[:, 0])
+        np.maximum.reduce(b.logits, 1, None, b.maxes, True)             # (B, 1)
+        np.subtract(b.logits, b.maxes, c)                               # (B, V) logits - max
+        np.add(b.rows_V, yb, b.target)                                  # (B,) where each target sits in c
+        picked = b.counts_flat.take(b.target)                           # (B,) the targets' shifted logits
+        np.exp(c, c)                                                    # (B, V) counts
+        np.dot(c, b.ones_V, b.sums)                                     # (B,) counts.sum(1), by BLAS
+        nll = np.log(b.sums)
         nll -= picked                                                   # (B,) -log softmax[y]
         return float(np.add.reduce(nll)) / len(yb)
 
     def backward(self, b, xb, yb, dloss: float, g) -> None:
         """After forward_loss(xb, yb) gave b: dloss * the gradient of the mean loss into g (views()
         of a gradient vector)."""
-        B, w = len(yb), self.w
-        np.multiply(b.counts, (dloss / B) / b.sums, out=b.dlogits)      # (B, V) dloss * softmax / B
-        b.dlogits[b.rows, yb] -= dloss / B                              #   minus dloss * onehot(Y) / B
+        B = len(yb)
+        np.multiply(b.counts, ((dloss / B) / b.sums)[:, None], b.dlogits)   # (B, V) dloss * softmax / B
+        b.dlogits_flat[b.target] -= dloss / B                           #   minus dloss * onehot(Y) / B
         for blk, a in zip(reversed(self.blocks), reversed(b.blocks)):
             d = a.dout
             if blk.tanh:                                                # through tanh: (1 - h^2) * dout
-                np.square(a.out, out=a.t)
-                np.subtract(1, a.t, out=a.t)
-                a.t *= a.dout
+                np.square(a.out, a.t)
+                np.subtract(1, a.t, a.t)
+                np.multiply(a.t, d, a.t)
                 d = a.t
             if blk.bn is not None:
-                n = len(a.pre)
-                dgamma, dbeta = getattr(g, blk.bn.gamma), getattr(g, blk.bn.beta)
-                np.add.reduce(d, axis=0, out=dbeta)                     # (O,)
-                np.multiply(a.xmu, d, out=a.dpre)
-                np.add.reduce(a.dpre, axis=0, out=dgamma)
-                dgamma *= a.vi                                          # (O,) sum(xhat * dout)
+                dgamma, dbeta, c1, c2 = getattr(g, blk.bn.gamma), getattr(g, blk.bn.beta), a.c1, a.c2
+                np.dot(a.ones, d, dbeta)                                # (O,)
+                np.multiply(a.xmu, d, a.dpre)
+                np.dot(a.ones, a.dpre, dgamma)
+                np.multiply(dgamma, a.vi, dgamma)                       # (O,) sum(xhat * dout)
                 # dpre = scale * (dout - dbeta / n - xhat * dgamma * bessel / n), xhat = xmu * vi
-                np.multiply(a.vi, dgamma, out=a.c2)
-                a.c2 *= (1 / (n - 1)) if blk.bn.unbiased else (1 / n)   # bessel / n
-                np.multiply(dbeta, 1 / n, out=a.c1)
-                np.multiply(a.xmu, a.c2, out=a.dpre)
-                a.dpre += a.c1
-                np.subtract(d, a.dpre, out=a.dpre)
-                a.dpre *= a.scale                                       # (n, O)
+                np.multiply(a.vi, dgamma, c2)
+                np.multiply(c2, a.bessel_n, c2)                         # bessel / n = 1 / m
+                np.multiply(dbeta, a.inv_n, c1)
+                np.multiply(a.xmu, c2, a.dpre)
+                np.add(a.dpre, c1, a.dpre)
+                np.subtract(d, a.dpre, a.dpre)
+                np.multiply(a.dpre, a.scale, a.dpre)                    # (n, O)
                 d = a.dpre
-            if blk.b is not None:
-                np.add.reduce(d, axis=0, out=getattr(g, blk.b))         # (O,)
-            np.matmul(a.x.T, d, out=getattr(g, blk.W))                  # (I, O) x.T @ dpre
-            np.matmul(d, getattr(w, blk.W).T, out=a.dx)                 # (n, I), into the layer below
+            if a.b is not None:
+                np.dot(a.ones, d, getattr(g, blk.b))                    # (O,)
+            np.dot(a.xT, d, getattr(g, blk.W))                          # (I, O) x.T @ dpre
+            np.dot(d, a.WT, a.dx)                                       # (n, I), into the layer below
         # dC = onehot(X).T @ demb: BLAS adds the rows of repeated characters
         b.onehot.fill(0)
-        b.onehot.reshape(-1)[b.hot] = 1                                 # (B*T, V)
-        np.matmul(b.onehot.T, b.demb, out=g.C)                          # (V, E)
+        b.onehot_flat[b.hot] = 1                                        # (B*T, V)
+        np.dot(b.onehot_t, b.demb, g.C)                                 # (V, E)
 
 
 def _span(whole, part) -> slice:
     """Where the view `part` lies in the vector `whole`."""
     start = (part.__array_interface__["data"][0] - whole.__array_interface__["data"][0]) // whole.itemsize
     return slice(start, start + part.size)
+
+
+def inference_loss(model, X, Y, chunk: int = 4096) -> float:
+    """The mean loss of the rows X (N, T), Y (N,) in inference mode, as train.evaluate(model, ...)
+    computes it, faster: each BatchNorm, which at inference is a fixed affine map of its input
+    (running statistics), is folded into the Linear before it, W' = W * s and b' = (b - mean) * s
+    + beta with s = gamma / sqrt(running var + eps), so a block is one product, one add and tanh."""
+    blocks = []
+    for blk in plan(model):
+        W = model.params[blk.W]                                         # (I, O)
+        b = model.params[blk.b] if blk.b is not None else np.zeros(W.shape[1], W.dtype)
+        if blk.bn is not None:
+            s = model.params[blk.bn.gamma] / np.sqrt(model.buffers[blk.bn.var] + BN_EPS)   # (O,)
+            W, b = W * s, (b - model.buffers[blk.bn.mean]) * s + model.params[blk.bn.beta]
+        blocks.append((W.astype(model.dtype), b.astype(model.dtype), blk.tanh))
+    C, total = model.params["C"], 0.0
+    for i in range(0, len(X), chunk):
+        xb, yb = np.asarray(X[i:i + chunk], np.intp), np.asarray(Y[i:i + chunk], np.intp)
+        x = C.take(xb.reshape(-1), 0)                                   # (n*T, E)
+        for W, b, tanh in blocks:
+            x = np.dot(x.reshape(-1, len(W)), W)                        # (rows, O) the fold as a reshape
+            x += b
+            if tanh:
+                np.tanh(x, x)
+        x -= x.max(1, keepdims=True)                                    # (n, V) logits - max
+        rows = np.arange(len(yb))
+        total += float(np.sum(np.log(np.exp(x).sum(1)) - x[rows, yb], dtype=np.float64))   # -log softmax[y]
+    return total / len(X) if len(X) else float("nan")
