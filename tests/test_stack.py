@@ -179,3 +179,23 @@ def test_inference_with_each_batchnorm_folded_equals_the_reference(kind, sizes, 
     ref = train.evaluate(model, X, Y)
     check("loss", npmlp.fast.evaluate(model, X, Y), ref, rtol)
     check("loss (reference engine)", npmlp.fast.evaluate(model, X, Y, "reference"), ref, 0)
+
+
+@pytest.mark.parametrize("kind,sizes,V", [("wavenet", {"n_hidden": 16}, 27), ("deep", {"n_layers": 2, "n_hidden": 8}, 27),
+                                          ("deep", {"block_size": 9, "n_embd": 2, "n_layers": 1, "n_hidden": 8}, 256)])
+@pytest.mark.parametrize("pool", [None, 50])
+def test_inference_once_per_distinct_window_equals_the_reference(kind, sizes, V, pool):
+    """stack.inference_loss runs each block once per distinct window: rows drawn from a pool of 50
+    (every level repeats) or uniformly (the upper levels hardly do), in chunks of 1,000 rows and
+    whole. 256 characters in a window of 9 number 2^72 windows: without the key renumbered on the
+    way, int64 would drop the first character, and the rows that differ only there would meet."""
+    from npmlp.fast.stack import inference_loss
+    model = fresh(kind, sizes, seed=3, V=V)
+    X, Y = data(model.vocab_size, model.block_size, 5, N=3000)
+    if pool is not None:
+        X = X[np.random.default_rng(0).integers(0, pool, len(X))]
+    X[::2, 1:] = X[1::2, 1:]                      # pairs of rows that differ in the first character only
+    fast.sgd(model, X, Y, TrainConfig(steps=20, batch_size=64, seed=2))
+    ref = train.evaluate(model, X, Y)
+    for chunk in (1000, len(X)):
+        check(f"loss, chunks of {chunk}", inference_loss(model, X, Y, chunk), ref, 1e-12)

@@ -261,17 +261,31 @@ def cmd_sample(args):
     Ctrl-C, or a reader that goes away (`| head`), stops it."""
     model, vocab, meta, _, ckpt = load_run(args.run_dir)
     seed = args.seed if args.seed is not None else int(meta["train"]["seed"]) + 10
-    count = 0
+    count, stop = 0, []
+
+    def on_ctrl_c(signum, frame):
+        # Ctrl-C stops the loop between two names, so the count is exact (an exception could land
+        # between a name's write and its count); a second Ctrl-C stops at once, even a blocked write
+        stop.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN     # a background job's: leave it so
+    previous = None if ignored else signal.signal(signal.SIGINT, on_ctrl_c)
     try:
         for name in sample_stream(model, vocab, args.n, seed=seed, temperature=args.temperature):
             sys.stdout.write(name + "\n")           # one write: Ctrl-C never cuts a name in two
             count += 1
-            if getattr(sys.stdout, "reader_gone", False):
+            if stop or getattr(sys.stdout, "reader_gone", False):
                 break
     except ValueError as e:
         raise NpmlpError(f"cannot sample from {ckpt}: {e}; the checkpoint is damaged, or diverged: retrain "
                          f"with a lower --lr") from None
     except KeyboardInterrupt:
+        stop.append(signal.SIGINT)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if stop:
         print(f"npmlp: interrupted after {count:,} of {args.n:,} names", file=sys.stderr)
         return 130
 

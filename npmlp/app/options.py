@@ -267,8 +267,9 @@ def num_params(kind: str, sizes: dict, vocab_size: int) -> int:
 
 
 def eval_rows(cls) -> int:
-    """Rows evaluated at once: train.evaluate's chunk, or the model's calibration chunk if larger."""
-    return max(train.EVAL_CHUNK, getattr(cls, "CALIBRATE_CHUNK", 0))
+    """Rows evaluated at once: the evaluation's chunk (fast.eval_rows), or the model's calibration
+    chunk if larger."""
+    return max(fast.eval_rows(cls.kind), getattr(cls, "CALIBRATE_CHUNK", 0))
 
 
 # what each part of memory_need holds, and the options that size it (the typed ones are named)

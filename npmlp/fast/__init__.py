@@ -20,7 +20,7 @@ from .engine import CHUNK, GATHER, MODELS, gradients
 ENGINES = ("fast", "reference")
 ARITHMETIC = {"fast": FAST_ARITHMETIC, "reference": 1}   # each engine's rounding version (see engine.py)
 
-__all__ = ["ARITHMETIC", "CHUNK", "ENGINES", "GATHER", "MODELS", "default_engine", "evaluate", "gradients", "steps"]
+__all__ = ["ARITHMETIC", "CHUNK", "ENGINES", "GATHER", "MODELS", "default_engine", "eval_rows", "evaluate", "gradients", "steps"]
 
 
 # sizes that only the reference trains: the fast engine normalises a BatchNorm over every row
@@ -50,10 +50,17 @@ def steps(engine: str, model, batch_size: int, processes: int | None = None):
         yield functools.partial(train.sgd, model)
 
 
+def eval_rows(kind: str) -> int:
+    """Rows evaluate() runs through a model of `kind` at once (by default, the fast engine)."""
+    from .engine import ENGINES
+    from .stack import EVAL_CHUNK, StackEngine
+    return EVAL_CHUNK if ENGINES.get(kind) is StackEngine else train.EVAL_CHUNK
+
+
 def evaluate(model, X, Y, engine: str = "fast") -> float:
-    """train.evaluate's mean loss in inference mode, by `engine`: the fast one folds each
-    BatchNorm of a layer-object network into the Linear before it (stack.inference_loss); every
-    other case runs train.evaluate itself."""
+    """train.evaluate's mean loss in inference mode, by `engine`: for a layer-object network the
+    fast one folds each BatchNorm into the Linear before it and runs each block once per distinct
+    window of characters (stack.inference_loss); every other case runs train.evaluate itself."""
     from .engine import ENGINES
     from .stack import StackEngine, inference_loss
     if engine == "fast" and ENGINES.get(model.kind) is StackEngine and default_engine(model.kind, model.sizes) == "fast":

@@ -30,6 +30,7 @@ import numpy as np
 from ..layers import BN_EPS
 
 MOMENTUM = 0.1     # deep.BatchNorm1d's
+EVAL_CHUNK = 65536  # rows inference_loss takes at once: the more rows, the more windows repeat
 
 
 class Block(SimpleNamespace):
@@ -254,11 +255,15 @@ def _span(whole, part) -> slice:
     return slice(start, start + part.size)
 
 
-def inference_loss(model, X, Y, chunk: int = 4096) -> float:
+def inference_loss(model, X, Y, chunk: int = EVAL_CHUNK) -> float:
     """The mean loss of the rows X (N, T), Y (N,) in inference mode, as train.evaluate(model, ...)
-    computes it, faster: each BatchNorm, which at inference is a fixed affine map of its input
-    (running statistics), is folded into the Linear before it, W' = W * s and b' = (b - mean) * s
-    + beta with s = gamma / sqrt(running var + eps), so a block is one product, one add and tanh."""
+    computes it, faster, by two tricks:
+      - each BatchNorm, which at inference is a fixed affine map of its input (running statistics),
+        is folded into the Linear before it, W' = W * s and b' = (b - mean) * s + beta with
+        s = gamma / sqrt(running var + eps), so a block is one product, one add and tanh;
+      - a block's output depends only on the characters under it, and the names repeat them (the
+        wavenet's 730,500 training pairs hold 595 distinct ones, its 365,250 windows of four 20,243):
+        each block runs once per distinct window of the chunk, and the rows above index its results."""
     blocks = []
     for blk in plan(model):
         W = model.params[blk.W]                                         # (I, O)
@@ -266,17 +271,38 @@ def inference_loss(model, X, Y, chunk: int = 4096) -> float:
         if blk.bn is not None:
             s = model.params[blk.bn.gamma] / np.sqrt(model.buffers[blk.bn.var] + BN_EPS)   # (O,)
             W, b = W * s, (b - model.buffers[blk.bn.mean]) * s + model.params[blk.bn.beta]
-        blocks.append((W.astype(model.dtype), b.astype(model.dtype), blk.tanh))
+        blocks.append((W.astype(model.dtype), b.astype(model.dtype), blk.fold, blk.tanh))
     C, total = model.params["C"], 0.0
     for i in range(0, len(X), chunk):
         xb, yb = np.asarray(X[i:i + chunk], np.intp), np.asarray(Y[i:i + chunk], np.intp)
-        x = C.take(xb.reshape(-1), 0)                                   # (n*T, E)
-        for W, b, tanh in blocks:
-            x = np.dot(x.reshape(-1, len(W)), W)                        # (rows, O) the fold as a reshape
+        # x (U, width): the distinct rows of this level; at (rows,): which of them each row is
+        x, at = C, xb.reshape(-1)                                       # level 0: every character
+        for W, b, fold, tanh in blocks:
+            groups = at.reshape(-1, fold)                               # (rows, fold) the rows it fuses
+            key, size = groups[:, 0], len(x)                            # each group as a number < size
+            for j in range(1, fold):
+                if size * len(x) >= 2 ** 62:                            # renumber before int64 overflows
+                    size, key = _distinct(key, size)
+                key, size = key * len(x) + groups[:, j], size * len(x)
+            count, at = _distinct(key, size)                            # at (rows,): which distinct group
+            first = np.empty(count, np.intp)
+            first[at] = np.arange(len(at))                              # (count,) a row of each
+            x = np.dot(x[groups[first]].reshape(count, -1), W)          # (count, O) each group once
             x += b
             if tanh:
                 np.tanh(x, x)
-        x -= x.max(1, keepdims=True)                                    # (n, V) logits - max
-        rows = np.arange(len(yb))
-        total += float(np.sum(np.log(np.exp(x).sum(1)) - x[rows, yb], dtype=np.float64))   # -log softmax[y]
+        x -= x.max(1, keepdims=True)                                    # (U, V) logits - max
+        nll = np.log(np.exp(x).sum(1))[at] - x[at, yb]                  # (n,) -log softmax[y]
+        total += float(np.sum(nll, dtype=np.float64))
     return total / len(X) if len(X) else float("nan")
+
+
+def _distinct(key, size: int) -> tuple[int, np.ndarray]:
+    """(how many distinct values key (n,) holds, each one's rank among them); 0 <= key < size."""
+    if size <= 4 * len(key):                                            # a table of every value:
+        seen = np.zeros(size, bool)                                     #   no sort
+        seen[key] = True
+        rank = np.cumsum(seen) - 1
+        return int(rank[-1]) + 1, rank[key]
+    values = np.unique(key)
+    return len(values), np.searchsorted(values, key)
