@@ -239,7 +239,8 @@ def memory_need(kind: str, sizes: dict, vocab, n_rows: int = 0, batch_size: int 
              and its chunks' updates;
     'rows':  the names' n_rows rows of T + 1 indices, twice while build_dataset copies them;
     'step':  a training step's arrays for a batch of batch_size rows, forward and backward;
-    'eval':  the arrays of the rows evaluated (or calibrated) at once, every layer's output kept;
+    'eval':  the arrays of the rows evaluated (or calibrated) at once, every layer's output kept
+             (or the fast evaluation's budget, if larger);
     'steps': the loss of each step (and, for lr-find, its rate and smoothed loss)."""
     cls = model_class(kind)
     P = num_params(kind, sizes, vocab.size)
@@ -248,7 +249,7 @@ def memory_need(kind: str, sizes: dict, vocab, n_rows: int = 0, batch_size: int 
     return {"model": P * 8 * 6 + -(-B // fast.CHUNK) * P * 8,
             "rows": n_rows * (T + 1) * np.dtype(vocab.index_dtype()).itemsize * 2,
             "step": B * (T * E + 6 * H * L + 4 * V + T * V) * 8 * 2 + train.BLOCK * B * 8 + fast.GATHER * (T + 1) * 8,
-            "eval": eval_rows(cls) * (T * E + 3 * H * L + 3 * V) * 8 * 2,
+            "eval": max(eval_rows(cls) * (T * E + 3 * H * L + 3 * V) * 8 * 2, fast.eval_bytes(kind)),
             "steps": steps * 4 * 9}
 
 
@@ -267,9 +268,8 @@ def num_params(kind: str, sizes: dict, vocab_size: int) -> int:
 
 
 def eval_rows(cls) -> int:
-    """Rows evaluated at once: the evaluation's chunk (fast.eval_rows), or the model's calibration
-    chunk if larger."""
-    return max(fast.eval_rows(cls.kind), getattr(cls, "CALIBRATE_CHUNK", 0))
+    """Rows evaluated at once: train.evaluate's chunk, or the model's calibration chunk if larger."""
+    return max(train.EVAL_CHUNK, getattr(cls, "CALIBRATE_CHUNK", 0))
 
 
 # what each part of memory_need holds, and the options that size it (the typed ones are named)

@@ -20,7 +20,7 @@ from .engine import CHUNK, GATHER, MODELS, gradients
 ENGINES = ("fast", "reference")
 ARITHMETIC = {"fast": FAST_ARITHMETIC, "reference": 1}   # each engine's rounding version (see engine.py)
 
-__all__ = ["ARITHMETIC", "CHUNK", "ENGINES", "GATHER", "MODELS", "default_engine", "eval_rows", "evaluate", "gradients", "steps"]
+__all__ = ["ARITHMETIC", "CHUNK", "ENGINES", "GATHER", "MODELS", "default_engine", "eval_bytes", "evaluate", "gradients", "steps"]
 
 
 # sizes that only the reference trains: the fast engine normalises a BatchNorm over every row
@@ -50,11 +50,12 @@ def steps(engine: str, model, batch_size: int, processes: int | None = None):
         yield functools.partial(train.sgd, model)
 
 
-def eval_rows(kind: str) -> int:
-    """Rows evaluate() runs through a model of `kind` at once (by default, the fast engine)."""
+def eval_bytes(kind: str) -> int:
+    """What evaluate() may hold at once for a model of `kind` beyond train.evaluate's chunk (the
+    fast engine's evaluation sizes its chunks to stack.EVAL_BYTES)."""
     from .engine import ENGINES
-    from .stack import EVAL_CHUNK, StackEngine
-    return EVAL_CHUNK if ENGINES.get(kind) is StackEngine else train.EVAL_CHUNK
+    from .stack import EVAL_BYTES, StackEngine
+    return EVAL_BYTES if ENGINES.get(kind) is StackEngine else 0
 
 
 def evaluate(model, X, Y, engine: str = "fast") -> float:

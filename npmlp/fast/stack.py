@@ -30,7 +30,8 @@ import numpy as np
 from ..layers import BN_EPS
 
 MOMENTUM = 0.1     # deep.BatchNorm1d's
-EVAL_CHUNK = 65536  # rows inference_loss takes at once: the more rows, the more windows repeat
+EVAL_ROWS = 1024, 65536   # rows inference_loss takes at once, at least and at most (more rows: more repeats)
+EVAL_BYTES = 2 ** 28       # ... and between those, as many as fit here when no window repeats
 
 
 class Block(SimpleNamespace):
@@ -255,7 +256,7 @@ def _span(whole, part) -> slice:
     return slice(start, start + part.size)
 
 
-def inference_loss(model, X, Y, chunk: int = EVAL_CHUNK) -> float:
+def inference_loss(model, X, Y, chunk: int | None = None) -> float:
     """The mean loss of the rows X (N, T), Y (N,) in inference mode, as train.evaluate(model, ...)
     computes it, faster, by two tricks:
       - each BatchNorm, which at inference is a fixed affine map of its input (running statistics),
@@ -263,7 +264,8 @@ def inference_loss(model, X, Y, chunk: int = EVAL_CHUNK) -> float:
         s = gamma / sqrt(running var + eps), so a block is one product, one add and tanh;
       - a block's output depends only on the characters under it, and the names repeat them (the
         wavenet's 730,500 training pairs hold 595 distinct ones, its 365,250 windows of four 20,243):
-        each block runs once per distinct window of the chunk, and the rows above index its results."""
+        each block runs once per distinct window of the chunk, and the rows above index its results.
+    chunk: rows at once (None: as many as EVAL_BYTES holds, within EVAL_ROWS)."""
     blocks = []
     for blk in plan(model):
         W = model.params[blk.W]                                         # (I, O)
@@ -272,6 +274,13 @@ def inference_loss(model, X, Y, chunk: int = EVAL_CHUNK) -> float:
             s = model.params[blk.bn.gamma] / np.sqrt(model.buffers[blk.bn.var] + BN_EPS)   # (O,)
             W, b = W * s, (b - model.buffers[blk.bn.mean]) * s + model.params[blk.bn.beta]
         blocks.append((W.astype(model.dtype), b.astype(model.dtype), blk.fold, blk.tanh))
+    if chunk is None:
+        positions, widest = model.block_size, 0                         # a row's arrays at its widest level:
+        for W, _, fold, _ in blocks:                                    #   the groups' inputs and outputs
+            positions //= fold
+            widest = max(widest, positions * sum(W.shape))
+        row = widest * np.dtype(model.dtype).itemsize + 4 * model.block_size * np.dtype(np.intp).itemsize
+        chunk = min(max(EVAL_BYTES // row, EVAL_ROWS[0]), EVAL_ROWS[1])
     C, total = model.params["C"], 0.0
     for i in range(0, len(X), chunk):
         xb, yb = np.asarray(X[i:i + chunk], np.intp), np.asarray(Y[i:i + chunk], np.intp)
