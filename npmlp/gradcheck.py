@@ -306,10 +306,10 @@ def format_table(rows, dtype, fast: bool = True, torch_why: str | None = None) -
                                   for h, c, w in zip(head, cells, widths)).rstrip()
     rule = "  ".join("-" * w for w in widths)
     no_torch = all(r.torch_maxdiff is None for r in rows)
-    legend = [
-        f"torch: {torch_why or NO_TORCH}" if no_torch else
+    legend = [f"torch: {torch_why or NO_TORCH}"] if no_torch else [
         f"torch: exact = bitwise equal; approx = allclose(rtol={rtol:g}, atol={rtol:g} * max|torch|, or {NOISE} x",
-        "       the change one ulp in every parameter makes to the gradient, if larger: a deep stack's round-off)",
+        "       the change one ulp in every parameter makes to the gradient, if larger: a deep stack's round-off)"]
+    legend += [
         f"fd:    float64 central differences (step {EPS:g}) at (n) random coordinates; a coordinate that misses",
         f"       is tried again at steps {', '.join(f'{h:g}' for h in REFINE)} (refined: how many then agreed);",
         f"       rel err = max|mine - fd| / (largest |mine| in the tensor, or |fd| if larger); ok if <= {fd_tol:g}",

@@ -123,9 +123,10 @@ FORWARDS = {"mlp": torch_forward, "bn": bn_forward, "deep": deep_forward, "waven
 
 def _mirror(model):
     """The model's mirror, told what its params cannot show: the wavenet's BatchNorm bug."""
+    forward = FORWARDS[model.kind]
     if model.kind == "wavenet":
-        return functools.partial(wavenet_forward, over_batch_only=bool(model.over_batch_only))
-    return FORWARDS[model.kind]
+        return functools.partial(forward, over_batch_only=bool(model.over_batch_only))
+    return forward
 
 
 def _tensors(params, X, Y):

@@ -15,7 +15,8 @@ import functools
 from .. import train
 from . import engine as _engine
 from .engine import ARITHMETIC as FAST_ARITHMETIC
-from .engine import CHUNK, GATHER, MODELS, gradients
+from .engine import CHUNK, ENGINE_CLASS, GATHER, MODELS, gradients
+from .stack import EVAL_BYTES, StackEngine, inference_loss
 
 ENGINES = ("fast", "reference")
 ARITHMETIC = {"fast": FAST_ARITHMETIC, "reference": 1}   # each engine's rounding version (see engine.py)
@@ -50,20 +51,21 @@ def steps(engine: str, model, batch_size: int, processes: int | None = None):
         yield functools.partial(train.sgd, model)
 
 
+def _stacked(kind: str, sizes: dict | None = None) -> bool:
+    """Whether the fast tier runs a model of `kind` (and these sizes) on stack.StackEngine."""
+    return ENGINE_CLASS.get(kind) is StackEngine and not reference_only(sizes)
+
+
 def eval_bytes(kind: str) -> int:
     """What evaluate() may hold at once for a model of `kind` beyond train.evaluate's chunk (the
     fast engine's evaluation sizes its chunks to stack.EVAL_BYTES)."""
-    from .engine import ENGINES
-    from .stack import EVAL_BYTES, StackEngine
-    return EVAL_BYTES if ENGINES.get(kind) is StackEngine else 0
+    return EVAL_BYTES if _stacked(kind) else 0
 
 
 def evaluate(model, X, Y, engine: str = "fast") -> float:
     """train.evaluate's mean loss in inference mode, by `engine`: for a layer-object network the
     fast one folds each BatchNorm into the Linear before it and runs each block once per distinct
     window of characters (stack.inference_loss); every other case runs train.evaluate itself."""
-    from .engine import ENGINES
-    from .stack import StackEngine, inference_loss
-    if engine == "fast" and ENGINES.get(model.kind) is StackEngine and default_engine(model.kind, model.sizes) == "fast":
+    if engine == "fast" and _stacked(model.kind, model.sizes):
         return inference_loss(model, X, Y)
     return train.evaluate(model, X, Y)

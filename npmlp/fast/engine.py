@@ -278,8 +278,8 @@ class BNEngine(Engine):
         return b.tmp
 
 
-ENGINES = {"mlp": Engine, "bn": BNEngine, "deep": StackEngine, "wavenet": StackEngine}
-MODELS = tuple(ENGINES)    # the models (models.MODELS kinds) this engine trains
+ENGINE_CLASS = {"mlp": Engine, "bn": BNEngine, "deep": StackEngine, "wavenet": StackEngine}
+MODELS = tuple(ENGINE_CLASS)    # the models (registry.MODELS kinds) the fast tier trains
 
 
 def run_chunks(eng: Engine, pool, ks, g: int, lr: float):
@@ -316,7 +316,7 @@ class Chunks:
     def __init__(self, model: MLP, batch_size: int):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.engine = ENGINES[model.kind](model)
+        self.engine = ENGINE_CLASS[model.kind](model)
         self.batch_size = batch_size
         self.chunks = batch_chunks(batch_size) if self.engine.chunked else [(0, batch_size, 1.0)]
         n, P, G = len(self.chunks), self.engine.flat.size, gather_group(batch_size)

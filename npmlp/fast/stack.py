@@ -82,11 +82,12 @@ class StackEngine:
         widths = [b.O for b in self.blocks if b.bn is not None]
         self.running = np.zeros(2 * sum(widths), model.dtype)
         self.batch = np.zeros_like(self.running)
-        self.run_views, self.batch_views, at = [], [], 0
+        self.spans, at = [], 0                                          # each BatchNorm's (mean, var) slices
         for O in widths:
-            self.run_views.append((self.running[at:at + O], self.running[at + O:at + 2 * O]))
-            self.batch_views.append((self.batch[at:at + O], self.batch[at + O:at + 2 * O]))
+            self.spans.append((slice(at, at + O), slice(at + O, at + 2 * O)))
             at += 2 * O
+        self.run_views = [(self.running[m], self.running[v]) for m, v in self.spans]
+        self.batch_views = [(self.batch[m], self.batch[v]) for m, v in self.spans]
         self._bufs = {}
 
     @property
@@ -150,15 +151,15 @@ class StackEngine:
         # squared deviations into the unbiased variance
         onehot, counts = np.zeros((B * self.T, self.V), dt), np.empty((B, self.V), dt)
         coef = np.empty_like(self.batch)
-        for (mean, ssq), a in zip(self.batch_views, (a for blk, a in zip(self.blocks, per) if blk.bn is not None)):
-            coef[_span(self.batch, mean)] = MOMENTUM
-            coef[_span(self.batch, ssq)] = MOMENTUM / (len(a.pre) - 1)
+        for (m, v), a in zip(self.spans, [a for blk, a in zip(self.blocks, per) if blk.bn is not None]):
+            coef[m] = MOMENTUM
+            coef[v] = MOMENTUM / (a.n - 1)
         bufs = self._bufs[B] = SimpleNamespace(
             emb=emb, coef=coef, demb=per[0].dx.reshape(B * self.T, self.E), blocks=per, logits=per[-1].out,
             dlogits=per[-1].dout, dlogits_flat=per[-1].dout.reshape(-1), maxes=np.empty((B, 1), dt),
             sums=np.empty(B, dt), counts=counts, counts_flat=counts.reshape(-1), ones_V=np.ones(self.V, dt),
             rows_V=np.arange(B) * self.V, target=np.empty(B, np.intp), onehot=onehot, onehot_t=onehot.T, onehot_flat=onehot.reshape(-1),
-            rows=np.arange(B), rows_v=np.arange(B * self.T) * self.V, hot=None)
+            rows_v=np.arange(B * self.T) * self.V, hot=None)
         return bufs
 
     def fresh_copies(self):
@@ -248,12 +249,6 @@ class StackEngine:
         b.onehot.fill(0)
         b.onehot_flat[b.hot] = 1                                        # (B*T, V)
         np.dot(b.onehot_t, b.demb, g.C)                                 # (V, E)
-
-
-def _span(whole, part) -> slice:
-    """Where the view `part` lies in the vector `whole`."""
-    start = (part.__array_interface__["data"][0] - whole.__array_interface__["data"][0]) // whole.itemsize
-    return slice(start, start + part.size)
 
 
 def inference_loss(model, X, Y, chunk: int | None = None) -> float:
