@@ -172,8 +172,8 @@ def test_models_default_sizes_have_one_home(monkeypatch):
     assert "hidden units H (default 123; deep: 100; wavenet: 128)" in help_text
     assert "hidden layers (default 7)" in help_text
     for kind, want in (("mlp", {"n_hidden": 123}), ("deep", {"n_layers": 7})):
-        args = argparse.Namespace(model=kind, init=None, **{k: None for k in MODELS[kind].DEFAULTS})
-        _, sizes, _ = options.model_options(args, [])
+        args = argparse.Namespace(model=kind, init=None, typed=set(), **{k: None for k in MODELS[kind].DEFAULTS})
+        _, sizes, _ = options.model_options(args)
         assert sizes == {**MODELS[kind].DEFAULTS, **want}
     vocab = Vocab.from_words(make_names(50))
     assert MODELS["mlp"].init(vocab.size).n_hidden == 123 and MODELS["deep"].init(vocab.size).n_layers == 7

@@ -22,7 +22,7 @@ from .checkpoint import load_checkpoint
 from .errors import NpmlpError, UsageError
 from .files import claim, make_out_dir, output_folder
 from .options import (DTYPES, MODEL_OPTIONS, TRAIN, TRAIN_OPTIONS, Parser, add_batch_arg, add_data_args,
-                      add_engine_args, add_model_args, check_batch, check_engine, check_memory, flag, fraction,
+                      add_engine_args, add_model_args, check_batch, check_engine, flag, fraction,
                       model_options, non_negative_int, option_text, positive_float, positive_int,
                       train_config, typed_options)
 from .registry import make_model
@@ -65,13 +65,13 @@ def cmd_train(args):
 
 def new_run(args):
     out = Path(args.out or time.strftime("runs/%Y%m%d-%H%M%S"))
-    kind, sizes, init = model_options(args, args.argv)   # every check that needs no files: before any is made
+    kind, sizes, init = model_options(args)   # every check that needs no files: before any is made
     engine = check_engine(kind, args.engine, args.processes, sizes)
     cfg = train_config(args, kind)
     rundir.refuse_existing(out)
     with output_folder(out):                      # then the folder, before any work (removed if nothing is saved)
-        run = rundir.Run.new(out, kind, sizes, cfg, args.data, args.split_seed, DTYPES[args.dtype], engine, init,
-                             args.diagnose, typed_options(args.argv))
+        run = rundir.Run.new(out, kind, sizes, cfg, engine, args.data, args.split_seed, DTYPES[args.dtype], init,
+                             args.diagnose, args.typed)
         claimed: list[str] = []
         with claim(out, claimed):
             rundir.refuse_existing(out)           # again: a run may have started meanwhile
@@ -83,7 +83,7 @@ def resume_run(args):
     if args.out and Path(args.out) != out:
         raise UsageError(f"--out {args.out} differs from the run's {out}; --resume continues {out} in place: "
                          f"drop --out")
-    typed = {k: getattr(args, k) for k in typed_options(args.argv) & RESUME_CHECKS}
+    typed = {k: getattr(args, k) for k in args.typed & RESUME_CHECKS}
     fix = (f"--resume continues a run in place: make {out} writable, or copy the run (cp -r {shlex.quote(str(out))} "
            f"NEW) and resume the copy")
     try:
@@ -94,7 +94,9 @@ def resume_run(args):
         raise
     claimed: list[str] = []
     with claim(out, claimed, fix):
-        return train_and_finish(args, rundir.Run.resume(out, typed, args.data, args.diagnose), claimed)
+        run = rundir.Run.resume(out, typed, args.data, args.diagnose)
+        check_engine(run.model.kind, run.info["engine"], args.processes, run.model.sizes)   # the run's own
+        return train_and_finish(args, run, claimed)
 
 
 RESUME_CHECKS = {*MODEL_OPTIONS, *TRAIN_OPTIONS, "dtype", "seed", "split_seed", "engine"}   # a resume keeps the run's own
@@ -103,7 +105,6 @@ RESUME_CHECKS = {*MODEL_OPTIONS, *TRAIN_OPTIONS, "dtype", "seed", "split_seed", 
 def train_and_finish(args, run: rundir.Run, claimed) -> int:
     """Train `run` (its directory claimed) to the end or a signal, then evaluate and draw."""
     where = shlex.quote(str(run.out))
-    check_engine(run.model.kind, run.info["engine"], args.processes, run.model.sizes)
     notes(args, run.data.notes)                   # what the data loader cleaned: --quiet hides these
     for line in claimed + run.notes:              # ... not what concerns the run itself
         print(f"npmlp: note: {line}", file=sys.stderr)
@@ -184,7 +185,7 @@ def cmd_gradcheck(args):
     from .. import gradcheck
     dtype = DTYPES[args.dtype]
     if args.run:
-        typed = [flag(k) for k in typed_options(args.argv) if k in (*MODEL_OPTIONS, "split_seed")]
+        typed = [flag(k) for k in (*MODEL_OPTIONS, "split_seed") if k in args.typed]
         if typed:   # the run's own model and split are checked
             raise UsageError(f"{typed[0]} sets a fresh model; drop it when checking --run {args.run}")
         model, vocab, meta, _, ckpt = load_run(args.run)
@@ -192,9 +193,8 @@ def cmd_gradcheck(args):
         model = model.like({k: v.astype(dtype) for k, v in model.params.items()})
         what = f"the model in {ckpt}"
     else:
-        kind, sizes, init = model_options(args, args.argv)
-        data = rundir.splits(args.data, args.split_seed, sizes["block_size"], check=lambda n_rows, vocab: check_memory(
-            kind, sizes, vocab, n_rows, args.batch_size, typed=typed_options(args.argv)))
+        kind, sizes, init = model_options(args)
+        data = rundir.fresh_splits(kind, sizes, args.data, args.split_seed, args.batch_size, typed=args.typed)
         notes(args, data.notes)
         model = make_model(kind, data.vocab.size, sizes, args.seed, dtype, init)
         what = f"a fresh {kind} model" + (f" (--init {init}, seed {args.seed})" if init else f" (seed {args.seed})")
@@ -221,11 +221,10 @@ def cmd_lr_find(args):
     from .progress import Progress
     if args.steps < 10:
         raise UsageError(f"--steps {args.steps} is too few for a sweep from 10^-3 to 10^0; use at least 10")
-    kind, sizes, init = model_options(args, args.argv)
+    kind, sizes, init = model_options(args)
     engine = check_engine(kind, args.engine, args.processes, sizes)
     with output_folder(Path(args.out or time.strftime("runs/lr-find-%Y%m%d-%H%M%S"))) as out:
-        data = rundir.splits(args.data, args.split_seed, sizes["block_size"], check=lambda n_rows, vocab: check_memory(
-            kind, sizes, vocab, n_rows, args.batch_size, args.steps, typed=typed_options(args.argv)))
+        data = rundir.fresh_splits(kind, sizes, args.data, args.split_seed, args.batch_size, args.steps, args.typed)
         notes(args, data.notes)
         model = make_model(kind, data.vocab.size, sizes, args.seed, DTYPES[args.dtype], init)
         check_batch(args.batch_size, model, len(data.train[0]))
@@ -246,7 +245,7 @@ def cmd_lr_find(args):
         print(f"the loss diverged at lr {10 ** lre[ran]:.3g}; the sweep stopped after {ran} steps")
     print(f"lowest smoothed loss {np.nanmin(smoothed):.3f} at lr 10^{best:.2f} = {10 ** best:.3g}")
     swept = [option_text(k, shlex.quote(str(getattr(args, k))) if k == "data" else getattr(args, k))
-             for k in SWEPT if k in typed_options(args.argv)]
+             for k in SWEPT if k in args.typed]
     print(f"suggested learning rate: {10 ** suggested:.3g} (10^{suggested:.2f}, "
           f"{lrfind.MARGIN:g} below the minimum's exponent): "
           + " ".join(["npmlp train", *filter(None, swept), f"--lr {10 ** suggested:.2g}"]))
@@ -490,7 +489,7 @@ class Stdout:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(map(str, argv))
     args = build_parser().parse_args(argv)
-    args.argv = argv
+    args.typed = typed_options(argv)
     from threadpoolctl import threadpool_limits
     stdout = sys.stdout = Stdout(sys.stdout)
     try:

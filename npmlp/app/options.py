@@ -15,7 +15,7 @@ from ..data import SPLIT_SEED
 from ..mlp import MLP, SEED
 from ..train import TrainConfig
 from .errors import UsageError
-from .registry import MODELS, model_class
+from .registry import MODELS, model_class, owners
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 TRAIN = TrainConfig()            # the lecture's training defaults, for the help text and the parser
@@ -160,19 +160,18 @@ def option_text(name: str, value) -> str:
 
 # ----------------------------------------------------------------------------- checks
 
-def model_options(args, argv) -> tuple[str, dict, str | None]:
-    """(kind, sizes with the model's defaults filled in, init scheme) from the options; refuses one
-    that the chosen model does not have."""
+def model_options(args) -> tuple[str, dict, str | None]:
+    """(kind, sizes with the model's defaults filled in, init scheme) from the options (args.typed:
+    those on the command line); refuses one that the chosen model does not have."""
     cls = model_class(args.model)
-    typed = typed_options(argv)
-    if "init" in typed and not cls.INITS:
+    if "init" in args.typed and not cls.INITS:
         raise UsageError(f"--init sets the init of the mlp model; the {args.model!r} model has its lecture's "
                          f"own: drop --init")
     for key in ("n_layers", "batchnorm", "flatten", "batchnorm_over_batch_only"):
         if getattr(args, key, None) is not None and key not in cls.DEFAULTS:
-            owners = [k for k, c in MODELS.items() if key in c.DEFAULTS]
-            raise UsageError(f"{flag(key)} applies to the {' and '.join(owners)} model only; drop it, or add "
-                             f"--model {owners[0]}")
+            have = owners(key)
+            raise UsageError(f"{flag(key)} applies to the {' and '.join(have)} model only; drop it, or add "
+                             f"--model {have[0]}")
     sizes = {k: d if getattr(args, k, None) is None else getattr(args, k) for k, d in cls.DEFAULTS.items()}
     if "flatten" in sizes:                      # the wavenet fuses the block down to one position
         try:

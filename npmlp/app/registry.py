@@ -25,6 +25,11 @@ def model_class(kind: str):
         raise UsageError(f"unknown model {kind!r}; use one of {', '.join(MODELS)}") from None
 
 
+def owners(size: str) -> list[str]:
+    """The models that have the size `size` (an option only some models take: n_layers, flatten)."""
+    return [k for k, c in MODELS.items() if size in c.DEFAULTS]
+
+
 def train_default(kind: str, option: str, lecture2):
     """A training option's default for model `kind`: its TRAIN_DEFAULTS, else lecture 2's."""
     return getattr(MODELS[kind], "TRAIN_DEFAULTS", {}).get(option, lecture2)

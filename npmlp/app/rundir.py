@@ -22,7 +22,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import NpmlpError, UsageError
 from .files import atomic_write_json, cannot_write
 from .options import MODEL_OPTIONS, check_batch, check_memory, flag, option_text
-from .registry import MODELS, make_model
+from .registry import make_model, owners
 
 SNAPSHOT = 1000   # steps between copies of the model kept to replay a divergence from
 
@@ -48,6 +48,14 @@ def run_splits(data, meta, model, vocab, batch_size: int = 1, steps: int = 0, su
                   digest=info.get("data_sha256"),
                   check=lambda n_rows, v: check_memory(model.kind, model.sizes, v, n_rows, batch_size, steps,
                                                        subject=subject))
+
+
+def fresh_splits(kind: str, sizes: dict, data, split_seed, batch_size: int, steps: int = 0, typed=None) -> Splits:
+    """The rows a fresh model of `kind` and `sizes` trains on, refused before they are built if
+    they, the model and a batch of batch_size rows (and `steps` losses) cannot fit in memory
+    (options.check_memory; `typed`: the options on the command line, for its message)."""
+    return splits(data, split_seed, sizes["block_size"], check=lambda n_rows, vocab: check_memory(
+        kind, sizes, vocab, n_rows, batch_size, steps, typed=typed))
 
 
 def splits(data, split_seed, block_size, vocab=None, digest=None, check=None) -> Splits:
@@ -91,16 +99,14 @@ class Run:
             info["diagnose"] = True
 
     @classmethod
-    def new(cls, out: Path, kind: str, sizes: dict, cfg: TrainConfig, data=None, split_seed=SPLIT_SEED,
-            dtype=np.float32, engine=None, init=None, diagnose=False, typed=None):
-        """A fresh run of model `kind` in `out` (which must not hold one). init: the MLP's init
-        scheme ('lecture' or 'kaiming'); the other models have their lecture's own. typed: the
-        options on the command line, for the memory check's message."""
-        refuse_existing(out)
-        rows = splits(data, split_seed, sizes["block_size"], check=lambda n_rows, vocab: check_memory(
-            kind, sizes, vocab, n_rows, cfg.batch_size, cfg.steps, typed=typed or set()))
+    def new(cls, out: Path, kind: str, sizes: dict, cfg: TrainConfig, engine: str, data=None, split_seed=SPLIT_SEED,
+            dtype=np.float32, init=None, diagnose=False, typed=None):
+        """A fresh run of model `kind` in `out` (the caller has refused one there: refuse_existing),
+        trained by `engine` (checked: options.check_engine). init: the MLP's init scheme ('lecture'
+        or 'kaiming'); the other models have their lecture's own. typed: the options on the
+        command line, for the memory check's message."""
+        rows = fresh_splits(kind, sizes, data, split_seed, cfg.batch_size, cfg.steps, typed)
         model = make_model(kind, rows.vocab.size, sizes, cfg.seed, dtype, init)
-        engine = engine or fast.default_engine(kind, sizes)
         info = {"data": str(rows.source.resolve()) if rows.source else None, "split_seed": split_seed,
                 "init": init, "data_sha256": rows.digest, "engine": engine,
                 "arithmetic": fast.ARITHMETIC[engine], "seconds": 0.0, "parts": 0}
@@ -250,8 +256,8 @@ def load_resumable(out: Path, typed: dict, diagnose: bool = False):
     """Everything --resume needs from `out`, checked: the checkpoint (load_checkpoint), that the run
     is not finished, that the typed options are the run's own, and (with --diagnose) the update:data
     ratios sampled so far (diagnose.UpdateRatios.load). -> (model, vocab, meta, lossi, ratios or
-    None, notes about the run). cli.py calls it once before claiming the folder, so a run that
-    cannot be resumed is refused as such, whatever the folder's state."""
+    None, notes about the run). Run.resume calls it; cli.py also calls it when the run's folder
+    cannot be written, so a run that cannot be resumed anyway is refused as such first."""
     ckpt = out / "model.npz"
     if not ckpt.is_file():
         raise UsageError(f"--resume {out}: no model.npz there; give a run directory written by `npmlp train`")
@@ -281,8 +287,7 @@ def _check_typed(typed: dict, out: Path, model, cfg: TrainConfig, info: dict) ->
               "init": info.get("init"), "split_seed": info["split_seed"], "engine": info["engine"]}
     for key, mine in typed.items():
         if key not in theirs and key in MODEL_OPTIONS:
-            owners = " and ".join(k for k, c in MODELS.items() if key in c.DEFAULTS)
-            raise UsageError(f"{flag(key)} applies to the {owners} model only, and {out} holds a {model.kind} model; "
+            raise UsageError(f"{flag(key)} applies to the {' and '.join(owners(key))} model only, and {out} holds a {model.kind} model; "
                              f"--resume continues it with its own options: drop {flag(key)}")
         if key in theirs and mine != theirs[key]:
             their = ("BatchNorm" if theirs[key] else "none") if key == "batchnorm" else theirs[key]
