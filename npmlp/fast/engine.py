@@ -141,6 +141,12 @@ class Engine:
             getattr(self.w, k)[...] = model.params[k]
         self.fresh_copies()
 
+    @staticmethod
+    def picks(y, n: int, out) -> None:
+        """Where the targets y (..., n) of n rows sit in counts_flat, (V, n) flattened: y * n + row."""
+        np.multiply(y, n, out)
+        out += np.arange(n)
+
     def fresh_copies(self):
         """After the parameters changed (each step): the copies that products read."""
         np.copyto(self.W1T_c, self.W1T)
@@ -343,7 +349,7 @@ class Chunks:
 
     def gather(self, X, Y, ix):
         """The rows ix (m, B) of X, Y for the next m <= G steps into Xg[:m], Yg[:m], with each
-        chunk's pick (y * n + row: where counts_flat holds the target) and hot ((row * T + t) * V
+        chunk's pick (where counts_flat holds the target: the engine's picks) and hot ((row * T + t) * V
         + x: where onehot_flat holds a one), so that a step indexes flat arrays once instead of
         building two-dimensional indices."""
         m, T, V = len(ix), self.engine.T, self.engine.V
@@ -352,9 +358,7 @@ class Chunks:
         np.copyto(Yg, Y.take(ix))                                 #   X[ix]), (m, B)
         for a, e, _ in self.chunks:
             n = e - a
-            pick = self.pick[:m, a:e]                             # (m, n)
-            np.multiply(Yg[:, a:e], n, pick)
-            pick += np.arange(n)
+            self.engine.picks(Yg[:, a:e], n, self.pick[:m, a:e])  # (m, n)
             hot = self.hot[:m, a * T:e * T]                       # (m, n*T)
             np.multiply(np.arange(n * T), V, hot)
             hot += Xg[:, a:e].reshape(m, n * T)

@@ -158,9 +158,13 @@ class StackEngine:
             emb=emb, coef=coef, demb=per[0].dx.reshape(B * self.T, self.E), blocks=per, logits=per[-1].out,
             dlogits=per[-1].dout, dlogits_flat=per[-1].dout.reshape(-1), maxes=np.empty((B, 1), dt),
             sums=np.empty(B, dt), counts=counts, counts_flat=counts.reshape(-1), ones_V=np.ones(self.V, dt),
-            rows_V=np.arange(B) * self.V, target=np.empty(B, np.intp), onehot=onehot, onehot_t=onehot.T, onehot_flat=onehot.reshape(-1),
+            rows_V=np.arange(B) * self.V, target=None, onehot=onehot, onehot_t=onehot.T, onehot_flat=onehot.reshape(-1),
             rows_v=np.arange(B * self.T) * self.V, hot=None)
         return bufs
+
+    def picks(self, y, n: int, out) -> None:
+        """Where the targets y (..., n) of n rows sit in counts_flat, (n, V) flattened: row * V + y."""
+        np.add(y, np.arange(n) * self.V, out)
 
     def fresh_copies(self):
         """engine.Engine's hook after the parameters change; this engine keeps no copies of them."""
@@ -168,10 +172,12 @@ class StackEngine:
     def forward_loss(self, xb, yb, pick=None, hot=None) -> tuple[float, SimpleNamespace]:
         """The forward of rows xb (B, T), yb (B,) in training mode (batch statistics, and the
         running statistics moved as the reference's layers move them): (mean loss, the buffers).
-        hot (B*T,): where onehot(X) has its ones ((row * T + t) * V + x; Chunks.gather makes them
-        for many steps at once; None: made here); pick is engine.Engine's and not used here."""
+        pick (B,) and hot (B*T,): where the targets sit in counts_flat (picks) and where onehot(X)
+        has its ones ((row * T + t) * V + x), kept for the backward (Chunks.gather makes them for
+        many steps at once; None: made here)."""
         B = len(xb)
         b = self._buffers(B)
+        b.target = yb + b.rows_V if pick is None else pick
         b.hot = xb.reshape(-1) + b.rows_v if hot is None else hot
         self.w.C.take(xb.reshape(-1), 0, b.emb)                         # (B*T, E)
         # ufuncs take `out` by position: a keyword costs more than the arithmetic on these arrays
@@ -205,7 +211,6 @@ class StackEngine:
         c = b.counts
         np.maximum.reduce(b.logits, 1, None, b.maxes, True)             # (B, 1)
         np.subtract(b.logits, b.maxes, c)                               # (B, V) logits - max
-        np.add(b.rows_V, yb, b.target)                                  # (B,) where each target sits in c
         picked = b.counts_flat.take(b.target)                           # (B,) the targets' shifted logits
         np.exp(c, c)                                                    # (B, V) counts
         np.dot(c, b.ones_V, b.sums)                                     # (B,) counts.sum(1), by BLAS
