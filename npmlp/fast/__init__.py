@@ -1,7 +1,9 @@
 """The fast tier: what `npmlp train` runs and the benchmark times. Same maths as the reference
 tier (npmlp/*.py), arranged for speed, and held to it by the tests.
 
-    engine.py    the MLP and bn models' training step: flat parameters, fused layers, chunks
+    flat.py      the one parameter vector every engine keeps, and its views by name
+    engine.py    the MLP and bn models' training step: fused layers, chunks
+    stack.py     the layer-object networks' (deep, wavenet) step, fused block by block
     parallel.py  helper processes that run some of a large batch's chunks on other cores
     dataset.py   build_dataset vectorised
 

@@ -38,6 +38,7 @@ from threadpoolctl import threadpool_limits
 from ..layers import BN_EPS as EPS_BN
 from ..mlp import MLP
 from ..train import BLOCK, TrainConfig, batch_block, check_loss
+from .flat import FlatParams
 from .stack import StackEngine
 
 CHUNK = 128     # rows per chunk: a chunk's (n, H) arrays stay in the L2 cache, and a batch of 256
@@ -99,19 +100,17 @@ def gather_group(batch_size: int) -> int:
     return max(1, min(BLOCK, GATHER // batch_size))
 
 
-class Engine:
-    """The flat parameter vector of one MLP shape, views of it, and a chunk's forward/backward.
-    Whoever changes the parameters other than by load() calls fresh_copies() before the next
-    forward (run_chunks does, every step)."""
+class Engine(FlatParams):
+    """The flat parameter vector of one MLP shape (FlatParams), views of it, and a chunk's
+    forward/backward. run_chunks calls fresh_copies() every step."""
 
     chunked = True      # a batch may run as chunks: each row's gradient depends on that row alone
 
     def __init__(self, model: MLP, tanh: str | None = None):
         V, T, E, H = model.vocab_size, model.block_size, model.n_embd, model.n_hidden
         self.V, self.T, self.E, self.H = V, T, E, H
-        self.shapes = {k: p.shape for k, p in model.params.items()}   # the model's order: each b after its W
-        self.flat = np.zeros(sum(math.prod(s) for s in self.shapes.values()), model.dtype)  # (P,)
-        self.w = w = self.views(self.flat)
+        super().__init__(model)                       # flat, w (views() below needs the sizes above)
+        w = self.w
         self.tanh_form = tanh or TANH[self.flat.dtype]
         self.tanh = np.tanh if self.tanh_form == "np.tanh" else tanh_exp
         # the transposed views the products read, made once (a view costs a call each time)
@@ -121,25 +120,13 @@ class Engine:
         self.W1T_c = np.empty((H, T * E), model.dtype)
         self._bufs = {}                               # chunk rows -> buffers
 
-    @property
-    def dtype(self):
-        return self.flat.dtype
-
     def views(self, flat):
-        """Views of a vector laid out like self.flat: each parameter by name, and W1b (T*E+1, H) =
-        [W1; b1], W2b (H+1, V) = [W2; b2] (b directly follows its W in the vector)."""
-        v, at, i = {}, {}, 0
-        for k, shape in self.shapes.items():
-            n = math.prod(shape)
-            v[k], at[k], i = flat[i:i + n].reshape(shape), i, i + n
-        W1b = flat[at["W1"]:at["b1"] + self.H].reshape(self.T * self.E + 1, self.H)
-        W2b = flat[at["W2"]:at["b2"] + self.V].reshape(self.H + 1, self.V)
-        return SimpleNamespace(**v, W1b=W1b, W2b=W2b)
-
-    def load(self, model: MLP):
-        for k in self.shapes:
-            getattr(self.w, k)[...] = model.params[k]
-        self.fresh_copies()
+        """FlatParams' views, and W1b (T*E+1, H) = [W1; b1], W2b (H+1, V) = [W2; b2] (b directly
+        follows its W in the vector)."""
+        v, at = super().views(flat), self.offset
+        v.W1b = flat[at["W1"]:at["b1"] + self.H].reshape(self.T * self.E + 1, self.H)
+        v.W2b = flat[at["W2"]:at["b2"] + self.V].reshape(self.H + 1, self.V)
+        return v
 
     @staticmethod
     def picks(y, n: int, out) -> None:
@@ -150,10 +137,6 @@ class Engine:
     def fresh_copies(self):
         """After the parameters changed (each step): the copies that products read."""
         np.copyto(self.W1T_c, self.W1T)
-
-    def store(self, model: MLP):
-        for k in self.shapes:
-            model.params[k][...] = getattr(self.w, k)
 
     def _buffers(self, n: int):
         """The arrays of a chunk of n rows, made once. embcat1 = [embcat, 1] and h1 = [h, 1] carry

@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..layers import BN_EPS
+from .flat import FlatParams
 
 MOMENTUM = 0.1     # deep.BatchNorm1d's
 EVAL_ROWS = 1024, 65536   # rows inference_loss takes at once, at least and at most (more rows: more repeats)
@@ -64,18 +65,17 @@ def plan(model) -> list[Block]:
     return blocks
 
 
-class StackEngine:
-    """The flat parameter vector of one layer-object network, its running statistics, and the
-    step's forward and backward (engine.Engine's contract: load, store, views, forward_loss, backward)."""
+class StackEngine(FlatParams):
+    """The flat parameter vector of one layer-object network (FlatParams), its running statistics,
+    and the step's forward and backward (engine.Engine's contract: load, store, views, forward_loss,
+    backward)."""
 
     chunked = False    # BatchNorm couples the rows of a batch: it is never cut into chunks
 
     def __init__(self, model):
         self.kind, self.V, self.T, self.E = model.kind, model.vocab_size, model.block_size, model.n_embd
         self.blocks = plan(model)
-        self.shapes = {k: p.shape for k, p in model.params.items()}
-        self.flat = np.zeros(sum(math.prod(s) for s in self.shapes.values()), model.dtype)   # (P,)
-        self.w = self.views(self.flat)
+        super().__init__(model)
         # running statistics: every BatchNorm's mean then var, end to end, and the step's batch
         # statistics laid out the same way (means, then sums of squared deviations)
         self.stats = [b.bn for b in self.blocks if b.bn is not None]
@@ -90,27 +90,13 @@ class StackEngine:
         self.batch_views = [(self.batch[m], self.batch[v]) for m, v in self.spans]
         self._bufs = {}
 
-    @property
-    def dtype(self):
-        return self.flat.dtype
-
-    def views(self, flat):
-        """Each parameter of a vector laid out like self.flat, by name."""
-        v, i = {}, 0
-        for k, shape in self.shapes.items():
-            n = math.prod(shape)
-            v[k], i = flat[i:i + n].reshape(shape), i + n
-        return SimpleNamespace(**v)
-
     def load(self, model):
-        for k in self.shapes:
-            getattr(self.w, k)[...] = model.params[k]
+        super().load(model)
         for bn, (mean, var) in zip(self.stats, self.run_views):
             mean[...], var[...] = model.buffers[bn.mean], model.buffers[bn.var]
 
     def store(self, model):
-        for k in self.shapes:
-            model.params[k][...] = getattr(self.w, k)
+        super().store(model)
         for bn, (mean, var) in zip(self.stats, self.run_views):
             model.buffers[bn.mean][...], model.buffers[bn.var][...] = mean, var
 
@@ -165,9 +151,6 @@ class StackEngine:
     def picks(self, y, n: int, out) -> None:
         """Where the targets y (..., n) of n rows sit in counts_flat, (n, V) flattened: row * V + y."""
         np.add(y, np.arange(n) * self.V, out)
-
-    def fresh_copies(self):
-        """engine.Engine's hook after the parameters change; this engine keeps no copies of them."""
 
     def forward_loss(self, xb, yb, pick=None, hot=None) -> tuple[float, SimpleNamespace]:
         """The forward of rows xb (B, T), yb (B,) in training mode (batch statistics, and the

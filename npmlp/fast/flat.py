@@ -1,0 +1,44 @@
+"""What every fast engine keeps: a model's parameters end to end in one vector, in the model's
+order (a checkpoint's), and views of it by name, so that the SGD update of all of them is one
+vector add."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+
+
+class FlatParams:
+    """self.flat (P,) and self.w, its views by name; load/store copy a model's params in and out.
+    Whoever changes the parameters other than by load() calls fresh_copies() before the next
+    forward (an engine's copies of them, if it keeps any)."""
+
+    def __init__(self, model):
+        self.shapes = {k: p.shape for k, p in model.params.items()}   # the model's order: each b after its W
+        self.offset, at = {}, 0                                        # where each parameter starts
+        for k, shape in self.shapes.items():
+            self.offset[k], at = at, at + math.prod(shape)
+        self.flat = np.zeros(at, model.dtype)                          # (P,)
+        self.w = self.views(self.flat)
+
+    @property
+    def dtype(self):
+        return self.flat.dtype
+
+    def views(self, flat) -> SimpleNamespace:
+        """Each parameter of a vector laid out like self.flat, by name."""
+        return SimpleNamespace(**{k: flat[self.offset[k]:self.offset[k] + math.prod(s)].reshape(s)
+                                  for k, s in self.shapes.items()})
+
+    def load(self, model):
+        for k in self.shapes:
+            getattr(self.w, k)[...] = model.params[k]
+        self.fresh_copies()
+
+    def store(self, model):
+        for k in self.shapes:
+            model.params[k][...] = getattr(self.w, k)
+
+    def fresh_copies(self):
+        """After the parameters changed: the copies of them an engine keeps (none here)."""
