@@ -16,7 +16,7 @@ import numpy as np
 from .layers import (BN_EPS, BN_MIN_ROWS, CrossEntropyCache, EmbeddingCache, LinearCache, TanhCache,
                      batchnorm_rows, cross_entropy_backward, cross_entropy_forward, embedding_backward,
                      embedding_forward, linear_backward, linear_forward, tanh_backward, tanh_forward)
-from .mlp import MLP, SEED, Intermediates, check_shapes, float_params, param_shapes, with_defaults
+from .mlp import MLP, SEED, Intermediates, check_shapes, float_params, param_shapes, running_stats, with_defaults
 
 PARAM_NAMES = ("C", "W1", "b1", "bngain", "bnbias", "W2", "b2")
 BUFFER_NAMES = ("bnmean", "bnvar")    # calibrated statistics, for inference
@@ -49,10 +49,8 @@ class BNMLP(MLP):
         p = float_params(params, PARAM_NAMES)
         check_shapes(p, self.shapes(self.vocab_size, self.block_size, self.n_embd, self.n_hidden))
         self.params = p
-        H, dt = self.n_hidden, self.dtype
-        self.buffers = {"bnmean": np.zeros(H, dt), "bnvar": np.ones(H, dt)}   # until calibrate()
-        for k, v in (buffers or {}).items():
-            self.buffers[k][...] = v
+        self.buffers = running_stats(self.buffer_shapes(self.vocab_size, self.block_size, self.n_embd, self.n_hidden),
+                                     self.dtype, buffers)                # until calibrate()
 
     @classmethod
     def init(cls, vocab_size, block_size=None, n_embd=None, n_hidden=None, seed=SEED, dtype=np.float32):

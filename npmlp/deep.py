@@ -19,7 +19,7 @@ from .layers import (BN_EPS, BN_MIN_ROWS, BatchNormCache, CrossEntropyCache, Emb
                      TanhCache, batchnorm_backward, batchnorm_forward, cross_entropy_backward,
                      cross_entropy_forward, embedding_backward, embedding_forward, linear_backward,
                      linear_forward, tanh_backward, tanh_forward)
-from .mlp import SEED, Intermediates, Model, check_shapes, float_params, with_defaults
+from .mlp import SEED, Intermediates, Model, own_params, running_stats, with_defaults
 
 
 class Linear:
@@ -132,6 +132,25 @@ class Sequential:
         return dout, grads, douts
 
 
+def n_linear(params) -> int:
+    """How many Linear layers a stack's params hold (W1, W2, ...)."""
+    return sum(1 for k in params if k[0] == "W" and k[1:].isdigit())
+
+
+def layer_init(shapes: dict, rng) -> dict:
+    """The layer objects' own init, drawn in the order of `shapes` from rng (float64): C standard
+    normal (Embedding), each W randn / sqrt(fan_in) (Linear), gamma 1 (BatchNorm1d), b and beta 0."""
+    p = {}
+    for k, s in shapes.items():
+        if k == "C":
+            p[k] = rng.standard_normal(s)
+        elif k[0] == "W":
+            p[k] = rng.standard_normal(s) / np.sqrt(s[0])
+        else:
+            p[k] = (np.ones if k.startswith("gamma") else np.zeros)(s)
+    return p
+
+
 class Deep(Model):
     """params: C (V, E), then per Linear layer i = 1 .. n_layers + 1: Wi, and gammai, betai (with
     BatchNorm) or bi (without); buffers: running_meani, running_vari of each BatchNorm1d."""
@@ -162,22 +181,14 @@ class Deep(Model):
         return {f"running_{k}{i}": (O,) for i, O in enumerate(widths, 1) for k in ("mean", "var")} if batchnorm else {}
 
     def __init__(self, params, buffers=None):
-        n = sum(1 for k in params if k[0] == "W" and k[1:].isdigit())
+        n = n_linear(params)
         batchnorm = "gamma1" in params
         V, E = np.shape(params["C"])
         TE, H = np.shape(params["W1"])
         if n < 2 or TE % E:
             raise ValueError(f"a deep model has at least W1 and W2, and W1's {TE} rows are T * n_embd={E}")
-        want = self.shapes(V, TE // E, E, H, n - 1, batchnorm)
-        if set(params) != set(want):
-            raise ValueError(f"params {sorted(params)} do not fit {list(want)}")
-        p = float_params(params, list(want))
-        check_shapes(p, want)
-        self.params, dt = p, p["C"].dtype
-        self.buffers = {k: (np.zeros if "mean" in k else np.ones)(s, dt)
-                        for k, s in self.buffer_shapes(V, TE // E, E, H, n - 1, batchnorm).items()}
-        for k, v in (buffers or {}).items():
-            self.buffers[k][...] = v
+        self.params = p = own_params(params, self.shapes(V, TE // E, E, H, n - 1, batchnorm))
+        self.buffers = running_stats(self.buffer_shapes(V, TE // E, E, H, n - 1, batchnorm), p["C"].dtype, buffers)
         self.vocab_size, self.block_size, self.n_embd, self.n_hidden = V, TE // E, E, H
         self.n_layers, self.batchnorm = n - 1, int(batchnorm)
         layers = []
@@ -204,15 +215,7 @@ class Deep(Model):
         softmax at the start), beta 0. Without: b 0, W * 5/3 (tanh's gain), the last W * 0.1."""
         d = with_defaults(cls, vocab_size, block_size=block_size, n_embd=n_embd, n_hidden=n_hidden,
                           n_layers=n_layers, batchnorm=batchnorm)
-        rng = np.random.default_rng(seed)
-        p = {}
-        for k, s in cls.shapes(vocab_size, **d).items():
-            if k == "C":
-                p[k] = rng.standard_normal(s)
-            elif k[0] == "W":
-                p[k] = rng.standard_normal(s) / np.sqrt(s[0])
-            else:                                                     # b, gamma, beta
-                p[k] = (np.ones if k.startswith("gamma") else np.zeros)(s)
+        p = layer_init(cls.shapes(vocab_size, **d), np.random.default_rng(seed))
         last = d["n_layers"] + 1
         if d["batchnorm"]:
             p[f"gamma{last}"] *= 0.1

@@ -198,3 +198,22 @@ def check_shapes(params, want) -> None:
     bad = {k: a.shape for k, a in params.items() if a.shape != tuple(want[k])}
     if bad:
         raise ValueError(f"param shapes {bad} do not fit {want}")
+
+
+def own_params(params, want: dict) -> dict:
+    """Copies of params, which must be exactly the arrays `want` names, of its shapes, in one
+    float dtype."""
+    if set(params) != set(want):
+        raise ValueError(f"params {sorted(params)} do not fit {list(want)}")
+    p = float_params(params, list(want))
+    check_shapes(p, want)
+    return p
+
+
+def running_stats(shapes: dict, dtype, given=None) -> dict:
+    """BatchNorm running statistics of these shapes: each mean 0 and variance 1 until training
+    moves them, or the values `given` (a checkpoint's)."""
+    stats = {k: (np.zeros if "mean" in k else np.ones)(s, dtype) for k, s in shapes.items()}
+    for k, v in (given or {}).items():
+        stats[k][...] = v
+    return stats

@@ -9,6 +9,7 @@ import functools
 
 import numpy as np
 
+from .deep import n_linear
 from .layers import BN_EPS
 
 
@@ -67,7 +68,7 @@ def deep_forward(P, X, Y, buffers=None):
     import torch
     import torch.nn.functional as F
 
-    n = sum(1 for k in P if k[0] == "W" and k[1:].isdigit())
+    n = n_linear(P)
     bn = "gamma1" in P
     emb = P["C"][X]                                            # (B, T, E)
     x = embcat = emb.view(X.shape[0], -1)                      # (B, T*E)
@@ -93,7 +94,7 @@ def wavenet_forward(P, X, Y, buffers=None, over_batch_only=False):
     import torch
     import torch.nn.functional as F
 
-    L = sum(1 for k in P if k[0] == "W" and k[1:].isdigit()) - 1
+    L = n_linear(P) - 1
     n = P["W1"].shape[0] // P["C"].shape[1]                    # the flatten group
     x = emb = P["C"][X]                                        # (B, T, E)
     acts = {"emb": emb}

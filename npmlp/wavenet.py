@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .deep import BatchNorm1d, Linear, Sequential, Tanh
+from .deep import BatchNorm1d, Linear, Sequential, Tanh, layer_init, n_linear
 from .layers import (BN_MIN_ROWS, CrossEntropyCache, EmbeddingCache, cross_entropy_backward, cross_entropy_forward,
                      embedding_backward, embedding_forward, flatten_consecutive_backward,
                      flatten_consecutive_forward)
-from .mlp import SEED, Intermediates, Model, check_shapes, float_params, with_defaults
+from .mlp import SEED, Intermediates, Model, own_params, running_stats, with_defaults
 
 
 class Embedding:
@@ -119,23 +119,15 @@ class Wavenet(Model):
     def __init__(self, params, buffers=None, over_batch_only=False):
         """The sizes follow from the params' shapes; over_batch_only (the lecture's bug) does not show
         in them, so it is given (from_params reads it from a checkpoint's sizes)."""
-        L = sum(1 for k in params if k[0] == "W" and k[1:].isdigit()) - 1
+        L = n_linear(params) - 1
         V, E = np.shape(params["C"])
         I, H = np.shape(params["W1"])
         if L < 1 or not E or I % E:
             raise ValueError(f"a wavenet has at least W1 and W2, and W1's {I} rows are flatten * n_embd={E}")
         n = I // E
         T, over = n ** L, int(bool(over_batch_only))
-        want = self.shapes(V, T, E, H, n)
-        if set(params) != set(want):
-            raise ValueError(f"params {sorted(params)} do not fit {list(want)}")
-        p = float_params(params, list(want))
-        check_shapes(p, want)
-        self.params, dt = p, p["C"].dtype
-        self.buffers = {k: (np.zeros if "mean" in k else np.ones)(s, dt)
-                        for k, s in self.buffer_shapes(V, T, E, H, n, over).items()}
-        for k, v in (buffers or {}).items():
-            self.buffers[k][...] = v
+        self.params = p = own_params(params, self.shapes(V, T, E, H, n))
+        self.buffers = running_stats(self.buffer_shapes(V, T, E, H, n, over), p["C"].dtype, buffers)
         self.vocab_size, self.block_size, self.n_embd, self.n_hidden = V, T, E, H
         self.flatten, self.n_levels, self.over_batch_only = n, L, over
         self.embedding, layers = Embedding("emb", p, "C"), []
@@ -163,16 +155,7 @@ class Wavenet(Model):
         confident softmax at the start); b 0, gamma 1, beta 0."""
         d = with_defaults(cls, vocab_size, block_size=block_size, n_embd=n_embd, n_hidden=n_hidden,
                           flatten=flatten, batchnorm_over_batch_only=batchnorm_over_batch_only)
-        shapes = cls.shapes(vocab_size, **d)
-        rng = np.random.default_rng(seed)
-        p = {}
-        for k, s in shapes.items():
-            if k == "C":
-                p[k] = rng.standard_normal(s)
-            elif k[0] == "W":
-                p[k] = rng.standard_normal(s) / np.sqrt(s[0])
-            else:                                                       # gamma 1; beta, b 0
-                p[k] = (np.ones if k.startswith("gamma") else np.zeros)(s)
+        p = layer_init(cls.shapes(vocab_size, **d), np.random.default_rng(seed))
         p[f"W{levels(d['block_size'], d['flatten']) + 1}"] *= 0.1
         return cls({k: v.astype(dtype) for k, v in p.items()}, over_batch_only=d["batchnorm_over_batch_only"])
 
