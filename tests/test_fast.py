@@ -32,6 +32,7 @@ from helpers import check, needs_torch, rel, small_dataset
 from npmlp import train
 from npmlp.data import Vocab, build_dataset, load_words
 from npmlp.fast import engine as fast
+from npmlp.fast import tanh as fast_tanh
 from npmlp.mlp import MLP, PARAM_NAMES
 from npmlp.train import BLOCK, Diverged, TrainConfig, batch_block
 
@@ -45,12 +46,12 @@ def data():
     return small_dataset(400, seed=1)
 
 
-@pytest.fixture(params=sorted(fast.TANH_FORMS))
+@pytest.fixture(params=sorted(fast_tanh.TANH_FORMS))
 def tanh(request, monkeypatch):
-    """Each tanh the fast step can choose from the CPU (fast.TANH), forced for both dtypes: every
+    """Each tanh the fast step can choose from the CPU (fast_tanh.TANH), forced for both dtypes: every
     path is held to the reference on any CPU, not only the one this CPU picks."""
     for dt in (np.float32, np.float64):
-        monkeypatch.setitem(fast.TANH, np.dtype(dt), request.param)
+        monkeypatch.setitem(fast_tanh.TANH, np.dtype(dt), request.param)
     return request.param
 
 
@@ -347,12 +348,12 @@ def test_the_exp_form_of_tanh_is_tanh():
         x = np.concatenate([np.linspace(-30, 30, 20001), [0.0, 1e-30, -1e-30, 1e4, -1e4, np.inf, -np.inf]]).astype(dt)
         out = np.empty_like(x)
         with np.errstate(over="ignore"):
-            fast.tanh_exp(x, out)
+            fast_tanh.tanh_exp(x, out)
         ref = np.tanh(x.astype(np.float64))
         check(f"tanh_exp {np.dtype(dt)}", out, ref, ulps * np.finfo(dt).eps, scale=1.0)
         assert out[-7] == 0 and out[-4] == 1 and out[-3] == -1 and out[-2] == 1 and out[-1] == -1
         nan = np.array([np.nan], dt)
-        fast.tanh_exp(nan, nan)
+        fast_tanh.tanh_exp(nan, nan)
         assert np.isnan(nan[0])
 
 
@@ -361,28 +362,28 @@ def test_the_exp_form_of_tanh_is_tanh():
     ("x86_64", "X86_V3", "exp"), ("x86_64", "FMA3__AVX2", "exp"), ("x86_64", "baseline(X86_V2)", "exp"),
     ("AMD64", "baseline(SSE SSE2 SSE3)", "exp"), ("aarch64", "ASIMD", "np.tanh"), ("aarch64", "baseline(NEON)", "np.tanh")])
 def test_tanh_form_follows_numpys_loop(monkeypatch, machine, loop, form):
-    """fast.tanh_form reads which loop NumPy's tanh runs for a dtype (numpy.lib.introspect): the exp
+    """fast_tanh.tanh_form reads which loop NumPy's tanh runs for a dtype (numpy.lib.introspect): the exp
     form on x86 unless that loop is an AVX-512 one; NumPy's tanh elsewhere."""
     introspect = pytest.importorskip("numpy.lib.introspect")
     monkeypatch.setattr(introspect, "opt_func_info", lambda func_name=None, signature=None: {
         "tanh": {"ff": {"current": loop, "available": loop}, "dd": {"current": loop, "available": loop}}})
-    monkeypatch.setattr(fast.platform, "machine", lambda: machine)
-    assert fast.tanh_form(np.float32) == fast.tanh_form(np.float64) == form
+    monkeypatch.setattr(fast_tanh.platform, "machine", lambda: machine)
+    assert fast_tanh.tanh_form(np.float32) == fast_tanh.tanh_form(np.float64) == form
 
 
 def test_the_run_records_the_tanh_chosen():
     """ARITHMETIC (recorded in every run, compared by --resume) names the tanh of each dtype."""
-    assert set(fast.TANH.values()) <= set(fast.TANH_FORMS)
+    assert set(fast_tanh.TANH.values()) <= set(fast_tanh.TANH_FORMS)
     for dt in (np.float32, np.float64):
-        assert f"{np.dtype(dt)} {fast.TANH[np.dtype(dt)]}" in fast.ARITHMETIC
-    assert fast.Engine(MLP.init(5, 2, 2, 3)).tanh_form == fast.TANH[np.dtype(np.float32)]
-    assert fast.Engine(MLP.init(5, 2, 2, 3), tanh="exp").tanh is fast.tanh_exp
+        assert f"{np.dtype(dt)} {fast_tanh.TANH[np.dtype(dt)]}" in fast.ARITHMETIC
+    assert fast.Engine(MLP.init(5, 2, 2, 3)).tanh_form == fast_tanh.TANH[np.dtype(np.float32)]
+    assert fast.Engine(MLP.init(5, 2, 2, 3), tanh="exp").tanh is fast_tanh.tanh_exp
 
 
 def test_an_exp_form_run_gives_no_overflow_warning(data, monkeypatch):
     """Hidden pre-activations above 44 (float32) overflow exp(2x) in the exp form: fast.sgd and
     fast.gradients turn that warning off, and the step still equals the reference's."""
-    monkeypatch.setitem(fast.TANH, np.dtype(np.float32), "exp")
+    monkeypatch.setitem(fast_tanh.TANH, np.dtype(np.float32), "exp")
     vocab, X, Y = data
     p = MLP.init(vocab.size, 3, 10, 16, seed=5, dtype=np.float32).params
     p["W1"] *= 100                                             # |hpreact| up to hundreds

@@ -17,6 +17,7 @@ from helpers import check
 from npmlp import train
 from npmlp.app.registry import MODELS
 from npmlp.fast import engine as fast
+from npmlp.fast import tanh as fast_tanh
 from npmlp.train import TrainConfig
 
 RTOL64, RTOL64_RUN, RTOL32 = 1e-12, 1e-10, 2e-5
@@ -59,17 +60,28 @@ def copy(model):
     return twin
 
 
+@pytest.fixture(params=sorted(fast_tanh.TANH_FORMS))
+def tanh_form(request, monkeypatch):
+    """Each tanh the engines can choose from the CPU (fast/tanh.py), forced for both dtypes: every
+    form is held to the reference on any CPU."""
+    for dt in (np.float32, np.float64):
+        monkeypatch.setitem(fast_tanh.TANH, np.dtype(dt), request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("kind,sizes,B,repeat", GRID)
-def test_one_step_equals_the_reference(kind, sizes, B, repeat):
+def test_one_step_equals_the_reference(kind, sizes, B, repeat, tanh_form):
     """The loss, every parameter's update (-lr x its gradient) and the running statistics after one
-    step of the fused engine, against the reference forward and backward of the same batch."""
+    step of the fused engine, with each tanh form, against the reference forward and backward of
+    the same batch."""
     model = fresh(kind, sizes)
     X, Y = data(model.vocab_size, model.block_size, B, repeat)
     Xb, Yb = X[:B].astype(np.intp), Y[:B].astype(np.intp)
     ref = copy(model)
     loss, grads = ref.loss_and_grads(Xb, Yb)                      # moves ref's running statistics
-    with fast.Chunks(model, B) as pool:
+    with fast.Chunks(model, B) as pool, np.errstate(over="ignore"):    # exp(2x) overflows on purpose
         eng = pool.engine
+        assert eng.tanh_form == tanh_form
         eng.load(model)
         part, bufs = eng.forward_loss(Xb, Yb)
         eng.backward(bufs, Xb, Yb, -0.1, pool.grad_views[0])

@@ -21,7 +21,7 @@ The tricks, each said once where it is used:
     along contiguous rows; shifted logits are floored (EXP_FLOOR);
   - the rows of many steps are gathered at once (Chunks.gather), with the flat positions of
     their targets and one-hot ones;
-  - tanh is NumPy's where it is vectorised with AVX-512, else an exp form (TANH, tanh_form);
+  - tanh is NumPy's where it is vectorised with AVX-512, else an exp form (tanh.py);
   - a batch of more than CHUNK rows runs as chunks whose updates are summed (in chunk order), and
     parallel.py can run some chunks in helper processes.
 """
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import platform
 from types import SimpleNamespace
 
 import numpy as np
@@ -39,6 +38,7 @@ from ..layers import BN_EPS as EPS_BN
 from ..mlp import MLP
 from ..train import BLOCK, TrainConfig, batch_block, check_loss
 from .flat import FlatParams
+from .tanh import TANH, pick
 from .stack import StackEngine
 
 CHUNK = 128     # rows per chunk: a chunk's (n, H) arrays stay in the L2 cache, and a batch of 256
@@ -51,36 +51,6 @@ GATHER = 32768  # rows of several steps' minibatches gathered in one `take`
 # exp(-47) (float32; 1e-290 in float64) change, by less than themselves, far below the resolution.
 EXP_FLOOR = {np.dtype(t): float(np.log(np.finfo(t).tiny)) + 40 for t in (np.float32, np.float64)}
 
-
-def tanh_exp(x, out):
-    """tanh(x) = 1 - 2 / (exp(2x) + 1) in five vectorised passes, for CPUs where NumPy's own tanh
-    runs a scalar or AVX2 loop and its exp a vectorised one (benchmarks/README.md). exp(2x)
-    overflows to inf for large x, which gives 1 (sgd runs with overflow warnings off)."""
-    np.multiply(x, 2, out)
-    np.exp(out, out)
-    np.add(out, 1, out)
-    np.divide(-2, out, out)
-    np.add(out, 1, out)
-
-
-TANH_FORMS = ("np.tanh", "exp")
-
-
-def tanh_form(dtype) -> str:
-    """The tanh the fast step uses for dtype on this CPU: NumPy's own where it runs an AVX-512 loop,
-    or on another architecture; the exp form on x86 where it runs an AVX2 or a baseline loop
-    (numpy.lib.introspect says which loop runs; NumPy before 2.1 cannot say: np.tanh)."""
-    try:
-        from numpy.lib.introspect import opt_func_info
-        loops = opt_func_info(func_name="^tanh$", signature=f"^{np.dtype(dtype).name}$")["tanh"]
-        loop = loops[np.dtype(dtype).char * 2]["current"]
-    except (ImportError, KeyError):
-        return "np.tanh"
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-    return "exp" if x86 and not loop.startswith(("AVX512", "X86_V4")) else "np.tanh"
-
-
-TANH = {np.dtype(t): tanh_form(t) for t in (np.float32, np.float64)}
 
 # changes when the fast step's rounding changes, and names the tanh chosen for this CPU; runs
 # record it, so --resume can say when a run will not continue bit-identically
@@ -111,8 +81,7 @@ class Engine(FlatParams):
         self.V, self.T, self.E, self.H = V, T, E, H
         super().__init__(model)                       # flat, w (views() below needs the sizes above)
         w = self.w
-        self.tanh_form = tanh or TANH[self.flat.dtype]
-        self.tanh = np.tanh if self.tanh_form == "np.tanh" else tanh_exp
+        self.tanh_form, self.tanh = pick(self.flat.dtype, tanh)
         # the transposed views the products read, made once (a view costs a call each time)
         self.W1T, self.W2T, self.W2bT = w.W1b[:-1].T, w.W2b[:-1].T, w.W2b.T   # (H, T*E), (V, H), (V, H+1)
         # OpenBLAS multiplies (n, H) @ (H, T*E) of 64+ rows faster when the right operand is

@@ -18,7 +18,8 @@ The tricks, each said once where it is used:
   - every running statistic of every BatchNorm lives in one vector, and each step's batch
     statistics are written into a second one where they are computed: the momentum update of
     all of them is three calls a step;
-  - the arrays of a batch size are made once; dC is a one-hot matmul (as engine.py's).
+  - the arrays of a batch size are made once; dC is a one-hot matmul (as engine.py's);
+  - tanh is the one this CPU runs fastest (tanh.py, as engine.py's).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import numpy as np
 
 from ..layers import BN_EPS
 from .flat import FlatParams
+from .tanh import pick
 
 MOMENTUM = 0.1     # deep.BatchNorm1d's
 EVAL_ROWS = 1024, 65536   # rows inference_loss takes at once, at least and at most (more rows: more repeats)
@@ -72,10 +74,11 @@ class StackEngine(FlatParams):
 
     chunked = False    # BatchNorm couples the rows of a batch: it is never cut into chunks
 
-    def __init__(self, model):
+    def __init__(self, model, tanh: str | None = None):
         self.kind, self.V, self.T, self.E = model.kind, model.vocab_size, model.block_size, model.n_embd
         self.blocks = plan(model)
         super().__init__(model)
+        self.tanh_form, self.tanh = pick(self.flat.dtype, tanh)      # engine.Engine's, from the CPU
         # running statistics: every BatchNorm's mean then var, end to end, and the step's batch
         # statistics laid out the same way (means, then sums of squared deviations)
         self.stats = [b.bn for b in self.blocks if b.bn is not None]
@@ -181,7 +184,7 @@ class StackEngine(FlatParams):
                 np.multiply(a.xmu, a.scale, a.y)
                 np.add(a.y, a.beta, a.y)                                 # (n, O) gamma * xhat + beta
             if blk.tanh:
-                np.tanh(a.y if blk.bn is not None else a.pre, a.out)     # (n, O)
+                self.tanh(a.y if blk.bn is not None else a.pre, a.out)   # (n, O)
         if self.stats:
             # running = (1 - momentum) * running + momentum * the batch's statistic, every BatchNorm
             # at once; the same multiply turns sums of squared deviations into unbiased variances
