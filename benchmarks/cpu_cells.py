@@ -37,15 +37,13 @@ def main(argv=None):
     import numpy as np
 
     import npmlp.fast.engine as after
-    from npmlp.data import Vocab, build_dataset, load_words, split_words
     from npmlp.mlp import MLP
     from npmlp.train import TrainConfig
 
+    from .bench import load_split
     from .peers import Batches, make_jax
     before = load_engine(a.before)
-    words = load_words(None)
-    vocab = Vocab.from_words(words)
-    X, Y = build_dataset(split_words(words, 42)[0], vocab, 3)
+    X, Y, V = load_split(None)                                   # the lecture's training split, T = 3
 
     def fast_peer(mod, init, B, total):
         model = MLP(init)
@@ -56,7 +54,7 @@ def main(argv=None):
     print(f"after: ARITHMETIC {after.ARITHMETIC}; before: {a.before}")
     for H in (200, 1000):
         for B in (1, 32, 256, 1024, 4096):
-            init = MLP.init(vocab.size, n_hidden=H).params
+            init = MLP.init(V, n_hidden=H).params
             steps = max(2, int(60000 / (B * H / 200 + 20)))
             total = steps * (a.repeats + 2) + 10
             peers = {"before": fast_peer(before, init, B, total), "after": fast_peer(after, init, B, total),

@@ -141,28 +141,18 @@ def torch_network(model, torch):
 
 def main(argv=None):
     a = parse_args(argv)
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
+    from benchmarks.torch_lecture import report, training_rows
     from npmlp.app.registry import MODELS, train_default
-    from npmlp.data import DataError, Vocab, build_dataset, load_words, split_words
     from npmlp.train import TrainConfig, batch_rows
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    try:
-        words = load_words(a.data)
-    except DataError as e:
-        raise SystemExit(f"torch_layers: error: {e}") from None
-    vocab = Vocab.from_words(words)
-    model = MODELS[a.model].init(vocab.size)                      # the lecture's sizes, npmlp's seed, float32
-    T = model.block_size
-    tr, dev, _ = split_words(words)
-    Xtr, Ytr = (torch.from_numpy(v.astype(np.int64)) for v in build_dataset(tr, vocab, T))   # (N, T), (N,)
-    Xdev, Ydev = (torch.from_numpy(v.astype(np.int64)) for v in build_dataset(dev, vocab, T))
-    if a.batch_size > len(Xtr):
-        raise SystemExit(f"torch_layers: error: --batch-size {a.batch_size} is larger than the training split")
+    Model = MODELS[a.model]
+    vocab, Xtr, Ytr, Xdev, Ydev = training_rows(a, "torch_layers", Model.DEFAULTS["block_size"])  # (N, T), (N,)
+    model = Model.init(vocab.size)                                # the lecture's sizes, npmlp's seed, float32
     layers = torch_network(model, torch)
     parameters = [p for layer in layers for p in layer.parameters()]
     cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, decay_at=train_default(a.model, "decay_at", 0.5))
@@ -193,7 +183,6 @@ def main(argv=None):
             x = layer(x)
         return F.cross_entropy(x, Y).item()
 
-    from benchmarks.torch_lecture import report
     return report(split_loss(Xtr, Ytr), split_loss(Xdev, Ydev), seconds)
 
 

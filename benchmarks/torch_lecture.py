@@ -48,6 +48,29 @@ def checked(p: argparse.ArgumentParser, argv=None):
     return a
 
 
+def training_rows(a, prog: str, block_size: int):
+    """npmlp's names (a.data, else its default), vocab and split, the train and dev rows with a
+    context of block_size as torch int64 -> (vocab, Xtr, Ytr, Xdev, Ydev): X (N, T), Y (N,).
+    A names file npmlp refuses, or a.batch_size above the training rows: `PROG: error: ...`, exit 1."""
+    import numpy as np
+    import torch
+
+    from npmlp.data import DataError, Vocab, build_dataset, load_words, split_words
+
+    try:
+        words = load_words(a.data)
+    except DataError as e:
+        raise SystemExit(f"{prog}: error: {e}") from None
+    vocab = Vocab.from_words(words)
+    tr, dev, _ = split_words(words)
+    Xtr, Ytr, Xdev, Ydev = (torch.from_numpy(v.astype(np.int64)) for part in (tr, dev)
+                            for v in build_dataset(part, vocab, block_size))
+    if a.batch_size > len(Xtr):
+        raise SystemExit(f"{prog}: error: --batch-size {a.batch_size} is larger than the training split "
+                         f"({len(Xtr):,} rows)")
+    return vocab, Xtr, Ytr, Xdev, Ydev
+
+
 def report(train_loss: float, dev_loss: float, seconds: float) -> int:
     """The `key value` lines every torch program here prints (see the module's docstring)."""
     print(f"train_loss {train_loss:.8f}")
@@ -65,30 +88,17 @@ def parse_args(argv=None):
 
 def main(argv=None):
     a = parse_args(argv)
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
-    from npmlp.data import DataError, Vocab, build_dataset, load_words, split_words
     from npmlp.mlp import MLP
     from npmlp.train import TrainConfig, batch_rows
 
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.set_flush_denormal(a.flush_denormal)
-    try:
-        words = load_words(a.data)
-    except DataError as e:
-        raise SystemExit(f"torch_lecture: error: {e}") from None
-    vocab = Vocab.from_words(words)
+    vocab, Xtr, Ytr, Xdev, Ydev = training_rows(a, "torch_lecture", MLP.DEFAULTS["block_size"])  # (N, T), (N,)
     model = MLP.init(vocab.size)                                  # the lecture's sizes and seed, float32
-    T = model.block_size
-    tr, dev, _ = split_words(words)
-    Xtr, Ytr = (torch.from_numpy(v.astype(np.int64)) for v in build_dataset(tr, vocab, T))     # (N, T), (N,)
-    Xdev, Ydev = (torch.from_numpy(v.astype(np.int64)) for v in build_dataset(dev, vocab, T))
-    if a.batch_size > len(Xtr):
-        raise SystemExit(f"torch_lecture: error: --batch-size {a.batch_size} is larger than the training "
-                         f"split ({len(Xtr):,} rows)")
     C, W1, b1, W2, b2 = (torch.tensor(model.params[k]) for k in ("C", "W1", "b1", "W2", "b2"))
     parameters = [C, W1, b1, W2, b2]
     for p in parameters:

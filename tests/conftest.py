@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import HAVE_TORCH, make_names, names_file, real_names_path
+from helpers import HAVE_TORCH, names_file, real_names_path
 
 
 @pytest.fixture(scope="session")
@@ -14,9 +14,7 @@ def names_path() -> Path:
 
 @pytest.fixture
 def small_names(tmp_path) -> Path:
-    p = tmp_path / "names.txt"
-    p.write_text("\n".join(make_names()) + "\n")
-    return p
+    return names_file(tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,21 @@
 """Helpers shared by the tests: generated names and datasets, a CLI runner, the real names file,
-checks that explain themselves, and how a user error must look.
+the example notebooks run as scripts and in-process, checks that explain themselves, and how a
+user error must look.
 
 Import them with `from helpers import ...` (pytest puts tests/ on sys.path); fixtures are in conftest.py.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import io
 import os
 import random
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +88,46 @@ def names_file(folder: Path, n: int = 300, seed: int = 0) -> Path:
     p = Path(folder) / "names.txt"
     p.write_text("\n".join(make_names(n, seed)) + "\n")
     return p
+
+
+# ----------------------------------------------------------------------------- notebooks
+
+def run_notebook(path: Path, env: dict | None = None, hide_torch: bool = False,
+                 timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python NOTEBOOK` as a script, with env added to ours (and MPLBACKEND=Agg); it must exit 0
+    without a traceback. hide_torch: a `torch` package first on the path whose import fails."""
+    with tempfile.TemporaryDirectory() as hide:
+        full_env = {**os.environ, "MPLBACKEND": "Agg", **(env or {})}
+        if hide_torch:
+            (Path(hide) / "torch").mkdir()
+            (Path(hide) / "torch" / "__init__.py").write_text('raise ImportError("torch is hidden by this test")\n')
+            full_env["PYTHONPATH"] = os.pathsep.join(p for p in (hide, full_env.get("PYTHONPATH")) if p)
+        r = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=full_env,
+                           timeout=timeout, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    return r
+
+
+def notebook_defs(path: Path, names: Path) -> tuple[dict, str]:
+    """Run the notebook's marimo app in this process on NPMLP_DATA=names -> (the names its cells
+    defined, what it printed). Its figures are closed after."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NPMLP_DATA", str(names))
+        spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            _, defs = module.app.run()
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+    return defs, out.getvalue()
+
+
+def cmp_lines(stdout: str) -> list[str]:
+    """The notebooks' printed cmp lines: `name | exact: ... | approximate: ... | maxdiff: ...`."""
+    return [line for line in stdout.splitlines() if "| approximate: " in line]
 
 
 PNG = b"\x89PNG\r\n\x1a\n"

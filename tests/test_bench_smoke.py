@@ -1,6 +1,7 @@
 """The benchmark command on a tiny sweep, so it never rots: it runs, every peer agrees with npmlp
-before it is timed, and the JSON, Markdown and PNG it writes exist and parse; the lecture's torch
-loop as a program (benchmarks/torch_lecture.py) trains exactly what npmlp's reference loop trains.
+before it is timed, and the JSON, Markdown and PNG it writes exist and parse; the lectures' torch
+loops as programs (benchmarks/torch_lecture.py; torch_layers.py, --model deep and wavenet) train
+exactly what npmlp's reference loop trains.
 The sections of makemore parts 3-5's models (bn, deep, wavenet) run one tiny cell each, B=8, H=8,
 with the same checks; the deep and wavenet torch peers keep the running statistics npmlp keeps.
 
@@ -189,21 +190,29 @@ def test_npmlp_peers_alone_never_import_torch(tmp_path, names):
     assert "No other library ran" in md and "torch lecture" not in md, r.stdout
 
 
-def test_torch_lecture_trains_what_npmlp_reference_trains(tmp_path, names):
-    """benchmarks/torch_lecture.py and `npmlp train --engine reference`: the same names, split, init
-    and minibatches, so after 20 steps (the rate drops after 10) the same train and dev loss, up to
-    float32 rounding."""
+# the torch programs of whole-process comparisons: the lecture's loop (lecture 2's MLP) and the
+# lectures' layer-object loops (parts 3 and 5), each with the options that pick its npmlp model
+TORCH_PROGRAMS = [pytest.param("torch_lecture.py", [], 120, id="lecture"),
+                  pytest.param("torch_layers.py", ["--model", "deep"], 300, id="deep"),
+                  pytest.param("torch_layers.py", ["--model", "wavenet"], 300, id="wavenet")]
+
+
+@pytest.mark.parametrize("program, model_args, timeout", TORCH_PROGRAMS)
+def test_torch_program_trains_what_npmlp_reference_trains(tmp_path, names, program, model_args, timeout):
+    """benchmarks/PROGRAM and `npmlp train --engine reference` with its defaults: the same names,
+    split, init and minibatches, so after 20 steps (the rate drops after 10; deep's after 15) the
+    same train and dev loss, up to float32 rounding."""
     pytest.importorskip("torch")
     path, _ = names
-    r = subprocess.run([sys.executable, "benchmarks/torch_lecture.py", "--data", str(path), "--steps", "20",
-                        "--threads", "1"], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    r = subprocess.run([sys.executable, f"benchmarks/{program}", *model_args, "--data", str(path), "--steps", "20",
+                        "--threads", "1"], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
     assert r.returncode == 0, r.stderr
     assert "Warning" not in r.stderr, r.stderr              # e.g. torch on a read-only array
     theirs = {k: float(v) for k, v in (line.split() for line in r.stdout.splitlines())}
     env = {k: v for k, v in os.environ.items() if k != "NPMLP_DATA"}
-    n = subprocess.run([sys.executable, "-m", "npmlp", "train", "--data", str(path), "--steps", "20", "--engine",
-                        "reference", "--quiet", "--no-plots", "--out", str(tmp_path / "run")], cwd=REPO,
-                       capture_output=True, text=True, timeout=120, env=env, check=False)
+    n = subprocess.run([sys.executable, "-m", "npmlp", "train", *model_args, "--data", str(path), "--steps", "20",
+                        "--engine", "reference", "--quiet", "--no-plots", "--out", str(tmp_path / "run")], cwd=REPO,
+                       capture_output=True, text=True, timeout=timeout, env=env, check=False)
     assert n.returncode == 0, n.stderr
     mine = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for k in ("train_loss", "dev_loss"):
@@ -211,8 +220,10 @@ def test_torch_lecture_trains_what_npmlp_reference_trains(tmp_path, names):
     assert theirs["train_seconds"] > 0
 
 
-def test_torch_lecture_refuses_a_bad_option():
-    r = subprocess.run([sys.executable, "benchmarks/torch_lecture.py", "--steps", "0"], cwd=REPO,
+@pytest.mark.parametrize("program, model_args, timeout", TORCH_PROGRAMS)
+def test_torch_program_refuses_a_bad_option(program, model_args, timeout):
+    """Refused by argparse before torch is imported: this runs without torch too."""
+    r = subprocess.run([sys.executable, f"benchmarks/{program}", *model_args, "--steps", "0"], cwd=REPO,
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and "--steps must be >= 1" in r.stderr and "Traceback" not in r.stderr
 

@@ -155,12 +155,8 @@ def test_build_dataset_edge_cases(build):
     (["a"], 1),
 ])
 def test_the_two_tiers_of_build_dataset_agree_on_odd_inputs(words, T):
-    vocab = Vocab.from_words(words)
-    ref, fast = (build(words, vocab, T) for build in BUILDERS.values())
-    for a, b in zip(ref, fast):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        np.testing.assert_array_equal(a, b)
-    assert_rows_equal(words, T, vocab)
+    # each tier's rows equal the loop's, shape and values, in vocab.index_dtype(): so each other's too
+    assert_rows_equal(words, T, Vocab.from_words(words))
 
 
 # ----------------------------------------------------------------------------- unicode, dtypes

@@ -7,17 +7,11 @@ hidden, where finite differences take torch's place.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from helpers import HAVE_TORCH, REPO, check, needs_torch
+from helpers import HAVE_TORCH, REPO, check, cmp_lines, needs_torch, notebook_defs, run_notebook
 
 pytest.importorskip("marimo", reason="marimo is not installed (pip install 'npmlp[notebook]')")
 LECTURE2 = REPO / "examples" / "lecture2.py"
@@ -27,44 +21,11 @@ LOOP_GRADS = ("logits", "W2", "b2", "h", "hpreact", "W1", "b1", "embcat", "emb",
 PARAMS = ("C", "W1", "b1", "W2", "b2")
 
 
-def run_in_process(notebook, names_path):
-    """Run the notebook's app here -> (the names its cells defined, what it printed)."""
-    import matplotlib.pyplot as plt
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NPMLP_DATA", str(names_path))
-        spec = importlib.util.spec_from_file_location(notebook.stem, notebook)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            _, defs = module.app.run()
-    plt.close("all")
-    return defs, out.getvalue()
-
-
-def run_without_torch(notebook, names_path, tmp_path):
-    """`python NOTEBOOK` with torch hidden (a `torch` package first on the path whose import fails)."""
-    hide = tmp_path / "hide"
-    (hide / "torch").mkdir(parents=True)
-    (hide / "torch" / "__init__.py").write_text('raise ImportError("torch is hidden by this test")\n')
-    path = os.pathsep.join(p for p in (str(hide), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "NPMLP_DATA": str(names_path), "MPLBACKEND": "Agg", "PYTHONPATH": path}
-    r = subprocess.run([sys.executable, str(notebook)], capture_output=True, text=True, env=env, timeout=300,
-                       check=False)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    return r.stdout
-
-
 def printed(stdout: str, label: str) -> float:
     """The number on the one printed line `label X`."""
     found = re.findall(rf"^{re.escape(label)} (\S+)", stdout, re.M)
     assert len(found) == 1, f"want one line '{label} X', got {found} in:\n{stdout}"
     return float(found[0])
-
-
-def cmp_lines(stdout: str) -> list[str]:
-    return [line for line in stdout.splitlines() if "| approximate: " in line]
 
 
 def cell_source(notebook, marker: str) -> str:
@@ -78,7 +39,7 @@ def cell_source(notebook, marker: str) -> str:
 
 @pytest.fixture(scope="module")
 def lecture2(names_path):
-    return run_in_process(LECTURE2, names_path)
+    return notebook_defs(LECTURE2, names_path)
 
 
 def assert_lecture2_losses(stdout):
@@ -146,28 +107,13 @@ def test_lecture2_gradients_equal_mlp_backward(lecture2):
     assert "against npmlp's MLP.backward" in stdout
 
 
-def torch_mirror(params, Xb, Yb):
-    """The lecture's forward in torch float64 -> (loss, {name: autograd's gradient})."""
-    import torch
-    import torch.nn.functional as F
-    P = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
-    emb = P["C"][torch.as_tensor(Xb, dtype=torch.int64)]
-    embcat = emb.view(len(Xb), -1)
-    hpreact = embcat @ P["W1"] + P["b1"]
-    h = torch.tanh(hpreact)
-    logits = h @ P["W2"] + P["b2"]
-    loss = F.cross_entropy(logits, torch.as_tensor(Yb, dtype=torch.int64))
-    acts = {"logits": logits, "h": h, "hpreact": hpreact, "embcat": embcat, "emb": emb}
-    for t in acts.values():
-        t.retain_grad()
-    loss.backward()
-    return loss.item(), {k: t.grad.numpy() for k, t in {**acts, **P}.items()}
-
-
 @needs_torch
 def test_lecture2_gradients_equal_torch(lecture2):
+    from npmlp import MLP
+    from npmlp.torch_mirrors import torch_loss_and_grads
     defs, stdout = lecture2
-    loss, ref = torch_mirror(defs["params_last"], defs["Xb"], defs["Yb"])
+    loss, grads, dacts = torch_loss_and_grads(MLP(defs["params_last"]), defs["Xb"], defs["Yb"])
+    ref = {**dacts, **grads}
     assert abs(defs["loss"] - loss) <= 1e-12 * loss
     for name in LOOP_GRADS:
         check(f"d{name}", defs[f"d{name}"], ref[name], rtol=1e-10)
@@ -177,8 +123,8 @@ def test_lecture2_gradients_equal_torch(lecture2):
     assert "the loop's gradients against torch autograd (float64)" in stdout
 
 
-def test_lecture2_runs_without_torch(names_path, tmp_path):
-    stdout = run_without_torch(LECTURE2, names_path, tmp_path)
+def test_lecture2_runs_without_torch(names_path):
+    stdout = run_notebook(LECTURE2, {"NPMLP_DATA": str(names_path)}, hide_torch=True).stdout
     assert_lecture2_losses(stdout)
     assert "against central differences (torch is not installed)" in stdout and "torch autograd" not in stdout
     lines = cmp_lines(stdout)
@@ -190,7 +136,7 @@ def test_lecture2_runs_without_torch(names_path, tmp_path):
 
 @pytest.fixture(scope="module")
 def bigram(names_path):
-    return run_in_process(BIGRAM, names_path)
+    return notebook_defs(BIGRAM, names_path)
 
 
 def bigram_pairs(words):
@@ -274,8 +220,8 @@ def test_bigram_gradient_equals_torch(bigram):
     assert abs(sum(defs["forward"](W)[:2]) - loss.item()) < 1e-12
 
 
-def test_bigram_runs_without_torch(names_path, tmp_path):
-    stdout = run_without_torch(BIGRAM, names_path, tmp_path)
+def test_bigram_runs_without_torch(names_path):
+    stdout = run_notebook(BIGRAM, {"NPMLP_DATA": str(names_path)}, hide_torch=True).stdout
     assert_bigram_nlls(stdout)
     assert "torch is not installed" in stdout and "torch autograd" not in stdout
     lines = cmp_lines(stdout)

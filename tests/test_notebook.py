@@ -2,14 +2,9 @@
 torch hidden and offline. The lecture notebooks (lecture2.py, bigram.py) are tested in test_lectures.py."""
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-from helpers import HAVE_TORCH, REPO, check, make_names
+from helpers import HAVE_TORCH, REPO, check, cmp_lines, make_names, names_file, notebook_defs, run_notebook
 
 pytest.importorskip("marimo", reason="marimo is not installed (pip install 'npmlp[notebook]')")
 NINJA = REPO / "examples" / "backprop_ninja.py"
@@ -21,50 +16,26 @@ NINJA_GRADS = ("logprobs", "probs", "counts_sum_inv", "counts_sum", "counts", "n
 
 @pytest.fixture
 def names(tmp_path):
-    p = tmp_path / "names.txt"
-    p.write_text("\n".join(make_names(300, seed=4)) + "\n")
-    return p
+    return names_file(tmp_path, 300, seed=4)
 
 
 def test_ninja_falls_back_to_generated_names_offline(tmp_path):
-    env = {**os.environ, "NPMLP_DATA": str(tmp_path / "missing.txt"), "MPLBACKEND": "Agg",
-           "XDG_CACHE_HOME": str(tmp_path)}
-    r = subprocess.run([sys.executable, str(NINJA)], capture_output=True, text=True, env=env, timeout=300,
-                       check=False)
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_notebook(NINJA, {"NPMLP_DATA": str(tmp_path / "missing.txt"), "XDG_CACHE_HOME": str(tmp_path)})
 
 
 # ----------------------------------------------------------------------------- backprop_ninja.py
 
-def run_ninja(names, extra_env=None):
-    env = {**os.environ, "NPMLP_DATA": str(names), "MPLBACKEND": "Agg", **(extra_env or {})}
-    r = subprocess.run([sys.executable, str(NINJA)], capture_output=True, text=True, env=env, timeout=300,
-                       check=False)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    return r
-
-
-def cmp_lines(stdout: str) -> list[str]:
-    """The printed cmp lines: `name | exact: ... | approximate: ... | maxdiff: ...`."""
-    return [line for line in stdout.splitlines() if "| approximate: " in line]
-
-
 def test_ninja_runs_as_a_script(names):
-    r = run_ninja(names)
+    r = run_notebook(NINJA, {"NPMLP_DATA": str(names)})
     lines = cmp_lines(r.stdout)
     assert [line.split("|")[0].strip() for line in lines[:26]] == list(NINJA_GRADS)
     assert all("approximate: True" in line for line in lines), "\n".join(lines)
     assert ("against torch autograd" if HAVE_TORCH else "against central differences") in r.stdout
 
 
-def test_ninja_cells_check_every_gradient(names, monkeypatch):
+def test_ninja_cells_check_every_gradient(names):
     """Run the app in-process and read what its cells defined."""
-    monkeypatch.setenv("NPMLP_DATA", str(names))
-    spec = importlib.util.spec_from_file_location("backprop_ninja", NINJA)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    _, defs = module.app.run()
+    defs, _ = notebook_defs(NINJA, names)
     assert defs["words"] == make_names(300, seed=4)            # the names of NPMLP_DATA
 
     # exercise 1: every cmp verdict exact or approximate, against torch when it is installed
@@ -108,14 +79,10 @@ def test_ninja_cells_check_every_gradient(names, monkeypatch):
     assert all(s.endswith(".") and set(s) <= set(vocab.itos) for s in defs["samples"])
 
 
-def test_ninja_runs_without_torch(names, tmp_path):
+def test_ninja_runs_without_torch(names):
     """With torch hidden (a `torch` package earlier on the path whose import fails), the notebook
     still runs and checks every gradient against finite differences instead."""
-    hide = tmp_path / "hide"
-    (hide / "torch").mkdir(parents=True)
-    (hide / "torch" / "__init__.py").write_text('raise ImportError("torch is hidden by this test")\n')
-    path = os.pathsep.join(p for p in (str(hide), os.environ.get("PYTHONPATH")) if p)
-    r = run_ninja(names, {"PYTHONPATH": path})
+    r = run_notebook(NINJA, {"NPMLP_DATA": str(names)}, hide_torch=True)
     assert "against central differences of the NumPy forward (torch is not installed)" in r.stdout
     assert "torch autograd" not in r.stdout and "torch.nn.functional" not in r.stdout
     lines = cmp_lines(r.stdout)

@@ -4,14 +4,9 @@ pass, its written-out network is npmlp's Wavenet draw for draw, its loop learns,
 the fix keep the statistics the lecture describes."""
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-from helpers import HAVE_TORCH, REPO, make_names
+from helpers import HAVE_TORCH, REPO, cmp_lines, make_names, names_file, notebook_defs, run_notebook
 
 pytest.importorskip("marimo", reason="marimo is not installed (pip install 'npmlp[notebook]')")
 NOTEBOOK = REPO / "examples" / "wavenet.py"
@@ -19,17 +14,12 @@ NOTEBOOK = REPO / "examples" / "wavenet.py"
 
 @pytest.fixture
 def names(tmp_path):
-    p = tmp_path / "names.txt"
-    p.write_text("\n".join(make_names(300, seed=4)) + "\n")
-    return p
+    return names_file(tmp_path, 300, seed=4)
 
 
-def run_script(env):
-    r = subprocess.run([sys.executable, str(NOTEBOOK)], capture_output=True, text=True, timeout=300, check=False,
-                       env={**os.environ, "MPLBACKEND": "Agg", **env})
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    lines = [line for line in r.stdout.splitlines() if "| approximate: " in line]
+def run_script(env, hide_torch=False):
+    r = run_notebook(NOTEBOOK, env, hide_torch=hide_torch)
+    lines = cmp_lines(r.stdout)
     assert len(lines) == 2 + 3 + 3 and all("approximate: True" in line for line in lines), r.stdout
     return r
 
@@ -41,19 +31,11 @@ def test_runs_as_a_script(names):
 def test_runs_without_torch_and_offline(tmp_path):
     """A `torch` package earlier on the path whose import fails, and no names file anywhere: the
     checks fall back to finite differences, the data to generated names."""
-    hide = tmp_path / "hide"
-    (hide / "torch").mkdir(parents=True)
-    (hide / "torch" / "__init__.py").write_text('raise ImportError("torch is hidden by this test")\n')
-    path = os.pathsep.join(p for p in (str(hide), os.environ.get("PYTHONPATH")) if p)
-    run_script({"PYTHONPATH": path, "NPMLP_DATA": str(tmp_path / "missing.txt"), "XDG_CACHE_HOME": str(tmp_path)})
+    run_script({"NPMLP_DATA": str(tmp_path / "missing.txt"), "XDG_CACHE_HOME": str(tmp_path)}, hide_torch=True)
 
 
-def test_cells_check_train_and_show_the_bug(names, monkeypatch):
-    monkeypatch.setenv("NPMLP_DATA", str(names))
-    spec = importlib.util.spec_from_file_location("wavenet_notebook", NOTEBOOK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    _, defs = module.app.run()
+def test_cells_check_train_and_show_the_bug(names):
+    defs, _ = notebook_defs(NOTEBOOK, names)
     assert defs["words"] == make_names(300, seed=4)
     assert defs["ref_kind"].startswith("torch autograd" if HAVE_TORCH else "central differences")
     rows = defs["flatten_rows"] + defs["bn_rows"] + defs["lib_rows"]
