@@ -48,7 +48,7 @@ if __package__ in (None, ""):                    # `python benchmarks/bench.py`:
 
 REPO = Path(__file__).resolve().parents[1]
 T, E = 3, 10                                     # the lecture's block_size and n_embd
-from npmlp.mlp import SEED  # the lecture's (imported after the sys.path line above)
+from npmlp.contract import SEED  # the lecture's (imported after the sys.path line above)
 
 # the sections after the lecture model's cells: each model's kind (npmlp.app.registry), its default
 # n_hidden values and batch sizes (options --KIND-hidden, --KIND-batch-sizes), and what it is
@@ -138,7 +138,8 @@ def _timed(f):
 def load_split(data, block_size=T):
     """The lecture's training split with a context of block_size: X (N, block_size), Y (N,) uint8,
     and the vocab size."""
-    from npmlp.data import Vocab, build_dataset, load_words, split_words
+    from npmlp.data import Vocab, build_dataset, split_words
+    from npmlp.loading import load_words
     words = load_words(data)
     vocab = Vocab.from_words(words)
     Xtr, Ytr = build_dataset(split_words(words)[0], vocab, block_size)
@@ -313,7 +314,7 @@ def worker(cfg_path):
         sizes = getattr(a, f"{kind}_batch_sizes")
         if not sizes:
             continue
-        block = model_class(kind).DEFAULTS["block_size"]                 # the wavenet's is 8
+        block = model_class(kind).spec.defaults["block_size"]                 # the wavenet's is 8
         Xk, Yk = (X, Y) if block == T else load_split(a.data, block)[:2]
         for H in getattr(a, f"{kind}_hidden"):
             for B in sizes:

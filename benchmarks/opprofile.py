@@ -24,7 +24,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from npmlp.mlp import SEED
+from npmlp.contract import SEED
 
 MATMULS = ("np.matmul", "np.dot")
 LAYER_FUNCS = ("forward_loss", "backward")      # the methods of npmlp.fast.Engine that are timed

@@ -151,7 +151,7 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     Model = MODELS[a.model]
-    vocab, Xtr, Ytr, Xdev, Ydev = training_rows(a, "torch_layers", Model.DEFAULTS["block_size"])  # (N, T), (N,)
+    vocab, Xtr, Ytr, Xdev, Ydev = training_rows(a, "torch_layers", Model.spec.defaults["block_size"])  # (N, T), (N,)
     model = Model.init(vocab.size)                                # the lecture's sizes, npmlp's seed, float32
     layers = torch_network(model, torch)
     parameters = [p for layer in layers for p in layer.parameters()]

@@ -6,7 +6,7 @@ the same split, init and minibatches as `npmlp train`, for a whole-process compa
     python benchmarks/torch_lecture.py --steps 300 --batch-size 4096 --threads 1
 
 Shared with npmlp, so both train on the same rows from the same start: the names
-(npmlp.data.load_words: --data FILE, else $NPMLP_DATA, else npmlp's checked download), the 80/10/10
+(npmlp.loading.load_words: --data FILE, else $NPMLP_DATA, else npmlp's checked download), the 80/10/10
 split (split_words(words), i.e. random.seed(42); random.shuffle(words)) and build_dataset,
 the init (npmlp.mlp.MLP.init: the lecture's sizes and seed, float32), and step i's minibatch
 rows (npmlp.train.batch_rows, where the lecture draws torch.randint). The rest is the lecture's:
@@ -55,7 +55,9 @@ def training_rows(a, prog: str, block_size: int):
     import numpy as np
     import torch
 
-    from npmlp.data import DataError, Vocab, build_dataset, load_words, split_words
+    from npmlp.data import DataError, Vocab, build_dataset, split_words
+
+    from npmlp.loading import load_words
 
     try:
         words = load_words(a.data)
@@ -97,7 +99,7 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.set_flush_denormal(a.flush_denormal)
-    vocab, Xtr, Ytr, Xdev, Ydev = training_rows(a, "torch_lecture", MLP.DEFAULTS["block_size"])  # (N, T), (N,)
+    vocab, Xtr, Ytr, Xdev, Ydev = training_rows(a, "torch_lecture", MLP.spec.defaults["block_size"])  # (N, T), (N,)
     model = MLP.init(vocab.size)                                  # the lecture's sizes and seed, float32
     C, W1, b1, W2, b2 = (torch.tensor(model.params[k]) for k in ("C", "W1", "b1", "W2", "b2"))
     parameters = [C, W1, b1, W2, b2]

@@ -52,7 +52,8 @@ def _():
     from npmlp import gradcheck, layers
     from npmlp.app import plots
     from npmlp.bn import BNMLP, PARAM_NAMES
-    from npmlp.data import DataError, Vocab, build_dataset, load_words, split_words
+    from npmlp.data import DataError, Vocab, build_dataset, split_words
+    from npmlp.loading import load_words
     from npmlp.layers import BN_EPS as EPS
     from npmlp.mlp import Intermediates
     from npmlp.train import TrainConfig, evaluate, sample, sgd

@@ -53,7 +53,8 @@ def _():
     from threadpoolctl import threadpool_limits
 
     from npmlp import gradcheck, layers
-    from npmlp.data import DataError, Vocab, build_dataset, load_words, split_words
+    from npmlp.data import DataError, Vocab, build_dataset, split_words
+    from npmlp.loading import load_words
     from npmlp.deep import BatchNorm1d, Linear, Tanh
     from npmlp.layers import BN_EPS as EPS
     from npmlp.mlp import SEED

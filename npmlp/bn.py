@@ -16,20 +16,24 @@ import numpy as np
 from .layers import (BN_EPS, BN_MIN_ROWS, CrossEntropyCache, EmbeddingCache, LinearCache, TanhCache,
                      batchnorm_rows, cross_entropy_backward, cross_entropy_forward, embedding_backward,
                      embedding_forward, linear_backward, linear_forward, tanh_backward, tanh_forward)
-from .mlp import MLP, SEED, Intermediates, check_shapes, float_params, param_shapes, running_stats, with_defaults
+from .contract import SEED, Intermediates, Spec, check_shapes, float_params, running_stats, with_defaults
+from .mlp import MLP, param_shapes
 
 PARAM_NAMES = ("C", "W1", "b1", "bngain", "bnbias", "W2", "b2")
-BUFFER_NAMES = ("bnmean", "bnvar")    # calibrated statistics, for inference
 ACT_NAMES = ("logits", "h", "hpreact", "bnraw", "bnvar_inv", "bnvar", "bndiff2", "bndiff", "bnmeani",
              "hprebn", "embcat", "emb")   # the intermediates, in backward order
+
+
+SPEC = Spec(
+    kind="bn", title="makemore part 4's MLP with BatchNorm before tanh, its backward atom by atom",
+    options=MLP.spec.options, engine="bn", mirror="bn_forward")
 
 
 class BNMLP(MLP):
     """params: C (V, E), W1 (T*E, H), b1 (H,), bngain (H,), bnbias (H,), W2 (H, V), b2 (V,);
     buffers: bnmean (H,), bnvar (H,), the statistics inference normalises with."""
 
-    kind = "bn"
-    INITS = ()                            # its lecture's own init only
+    spec = SPEC
     param_names = PARAM_NAMES
     act_names = ACT_NAMES
     min_batch = BN_MIN_ROWS               # the batch's statistics need two rows
@@ -42,7 +46,12 @@ class BNMLP(MLP):
 
     @staticmethod
     def buffer_shapes(vocab_size, block_size, n_embd, n_hidden):
-        return {"bnmean": (n_hidden,), "bnvar": (n_hidden,)}
+        return {"bnmean": (n_hidden,), "bnvar": (n_hidden,)}       # calibrated statistics, for inference
+
+    @staticmethod
+    def activation_shapes(batch, vocab_size, block_size, n_embd, n_hidden, **_):
+        s = MLP.activation_shapes(batch, vocab_size, block_size, n_embd, n_hidden)
+        return {**s, **{k: (batch, n_hidden) for k in ("hprebn", "bndiff", "bndiff2", "bnraw")}}
 
     def __init__(self, params, buffers=None):
         super().__init__({k: params[k] for k in MLP.param_names if k in params})
@@ -69,8 +78,8 @@ class BNMLP(MLP):
 
     # ------------------------------------------------------------------------- training
 
-    def forward(self, X, Y=None, at=None):
-        """Training mode (batch statistics). X (B, T) -> logits (B, V) if Y is None, else
+    def forward(self, X, Y=None, at=None, training=True):
+        """Training mode (batch statistics; logits() is inference). X (B, T) -> logits (B, V) if Y is None, else
         (loss, c: every intermediate by name). at: as MLP.forward's."""
         C, W1, b1, bngain, bnbias, W2, b2 = (self.params[k] for k in PARAM_NAMES)
         n = X.shape[0]
@@ -126,9 +135,9 @@ class BNMLP(MLP):
         emb = self.params["C"][X]                                 # (N, T, E)
         return emb.reshape(len(X), -1) @ self.params["W1"] + self.params["b1"]  # (N, H)
 
-    CALIBRATE_CHUNK = 16384               # rows calibrate() runs through the first layer at once
+    calibrate_rows = 16384                # rows calibrate() runs through the first layer at once
 
-    def calibrate(self, X, chunk: int = CALIBRATE_CHUNK):
+    def calibrate(self, X, chunk: int = calibrate_rows):
         """bnmean, bnvar: the mean and the Bessel-corrected variance of hprebn over all rows X
         (the training split), as the lecture measures them after training; two passes in float64."""
         N = len(X)

@@ -19,7 +19,7 @@ from .layers import (BN_EPS, BN_MIN_ROWS, BatchNormCache, CrossEntropyCache, Emb
                      TanhCache, batchnorm_backward, batchnorm_forward, cross_entropy_backward,
                      cross_entropy_forward, embedding_backward, embedding_forward, linear_backward,
                      linear_forward, tanh_backward, tanh_forward)
-from .mlp import SEED, Intermediates, Model, own_params, running_stats, with_defaults
+from .contract import SEED, Intermediates, Model, Option, Spec, own_params, running_stats, with_defaults
 
 
 class Linear:
@@ -151,15 +151,23 @@ def layer_init(shapes: dict, rng) -> dict:
     return p
 
 
+SPEC = Spec(
+    kind="deep", title="makemore part 3's stack of layers: Linear -> BatchNorm1d -> Tanh, n_layers deep",
+    options=(Option("block_size", 3, "context length T"),
+             Option("n_embd", 10, "embedding size E"),
+             Option("n_hidden", 100, "hidden units H"),
+             Option("n_layers", 5, "hidden layers", repeats=True),
+             Option("batchnorm", 1, "part 3's plain stack, Linear (with b) -> Tanh, no BatchNorm1d",
+                    flag="--no-batchnorm", const=0, minimum=0, states=("none", "BatchNorm"))),
+    train={"decay_at": 0.75},            # part 3: lr 0.1, then 0.01 from 150,000 of 200,000 steps
+    engine="stack", mirror="deep_forward")
+
+
 class Deep(Model):
     """params: C (V, E), then per Linear layer i = 1 .. n_layers + 1: Wi, and gammai, betai (with
     BatchNorm) or bi (without); buffers: running_meani, running_vari of each BatchNorm1d."""
 
-    kind = "deep"
-    DEFAULTS = {"block_size": 3, "n_embd": 10, "n_hidden": 100, "n_layers": 5, "batchnorm": 1}
-    FLAGS = ("batchnorm",)                # sizes that may be 0
-    TRAIN_DEFAULTS = {"decay_at": 0.75}   # part 3: lr 0.1, then 0.01 from 150,000 of 200,000 steps
-    INITS = ()                            # its lecture's own init only
+    spec = SPEC
 
     @staticmethod
     def shapes(vocab_size, block_size, n_embd, n_hidden, n_layers, batchnorm):
@@ -179,6 +187,16 @@ class Deep(Model):
         """The BatchNorm1d layers' running statistics."""
         widths = [n_hidden] * n_layers + [vocab_size]
         return {f"running_{k}{i}": (O,) for i, O in enumerate(widths, 1) for k in ("mean", "var")} if batchnorm else {}
+
+    @staticmethod
+    def activation_shapes(batch, vocab_size, block_size, n_embd, n_hidden, n_layers, batchnorm, **_):
+        """Every layer's output (and, with BatchNorm, its normalised input), per hidden layer and the last."""
+        B, H, L = batch, n_hidden, n_layers
+        s = {"emb": (B, block_size, n_embd), "embcat": (B, block_size * n_embd), "logits": (B, vocab_size),
+             "probs": (B, vocab_size)}
+        per_layer = 3 + 2 * bool(batchnorm)                  # linear, (batchnorm, xhat), tanh, its gradient
+        s["hidden"] = (L * per_layer, B, H)
+        return s
 
     def __init__(self, params, buffers=None):
         n = n_linear(params)
@@ -225,11 +243,6 @@ class Deep(Model):
             p[f"W{last}"] *= 0.1
         return cls({k: v.astype(dtype) for k, v in p.items()})
 
-    @property
-    def sizes(self) -> dict:
-        return {"block_size": self.block_size, "n_embd": self.n_embd, "n_hidden": self.n_hidden,
-                "n_layers": self.n_layers, "batchnorm": self.batchnorm}
-
     def forward(self, X, Y=None, at=None, training=True):
         """X (B, T) -> logits (B, V) if Y is None, else (loss, c: every intermediate by name).
         Training mode uses (and updates, as torch does) the BatchNorm1d layers' running
@@ -252,7 +265,3 @@ class Deep(Model):
         demb = dembcat.reshape(c.emb.shape)                                      # (B, T, E)
         grads["C"] = embedding_backward(demb, EmbeddingCache(c.X, len(self.params["C"])))  # (V, E)
         return grads, {**dacts, "embcat": dembcat, "emb": demb}
-
-    def logits(self, X):
-        """Inference (running statistics): X (N, T) -> logits (N, V)."""
-        return self.forward(np.asarray(X), training=False)

@@ -8,45 +8,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from .contract import SEED, Intermediates, Model, Option, Spec, check_shapes, float_params, with_defaults
 from .layers import (CrossEntropyCache, EmbeddingCache, LinearCache, TanhCache, cross_entropy_backward,
                      cross_entropy_forward, embedding_backward, embedding_forward, linear_backward,
                      linear_forward, tanh_backward, tanh_forward)
 
-SEED = 2147483647  # the lecture's torch.Generator().manual_seed(2147483647): init and minibatches
 PARAM_NAMES = ("C", "W1", "b1", "W2", "b2")
 ACT_NAMES = ("logits", "h", "hpreact", "embcat", "emb")  # the intermediates, in backward order
 
-
-class Model:
-    """What every model shares: its dtype and size, and the conveniences around its own params,
-    forward, backward and logits (inference)."""
-
-    @property
-    def dtype(self):
-        return self.params["C"].dtype
-
-    @property
-    def num_params(self) -> int:
-        return sum(p.size for p in self.params.values())
-
-    @classmethod
-    def from_params(cls, params, sizes: dict):
-        """The model holding `params`, given the sizes a checkpoint recorded. The arrays' shapes
-        show every size but a flag such as wavenet's BatchNorm bug, which comes from `sizes`."""
-        return cls(params)
-
-    def like(self, params):
-        """A model of the same kind and sizes holding other params (gradcheck's copies)."""
-        return self.from_params(params, self.sizes)
-
-    def loss(self, X, Y) -> float:
-        """Inference: the mean loss of the rows X (N, T), Y (N,)."""
-        return cross_entropy_forward(self.logits(X), np.asarray(Y))[0]
-
-    def loss_and_grads(self, X, Y):
-        """(loss: float, grads: dict of arrays shaped and typed like params), in training mode."""
-        loss, cache = self.forward(np.asarray(X), np.asarray(Y))
-        return loss, self.backward(cache)[0]
+SPEC = Spec(
+    kind="mlp", title="lecture 2's MLP (makemore part 2, Bengio et al. 2003)",
+    options=(Option("block_size", 3, "context length T"),
+             Option("n_embd", 10, "embedding size E"),
+             Option("n_hidden", 200, "hidden units H")),
+    inits=("lecture", "kaiming"),
+    init_help="lecture: plain standard normal (default); kaiming: scaled for tanh (part 3)",
+    engine="mlp", mirror="mlp_forward")
 
 
 def param_shapes(vocab_size, block_size, n_embd, n_hidden):
@@ -58,19 +35,19 @@ class MLP(Model):
     """params: a dict of arrays C (V, E), W1 (T*E, H), b1 (H,), W2 (H, V), b2 (V,), one float dtype
     (copied). Training updates them in place: `model.params["W1"] -= lr * grads["W1"]`."""
 
-    kind = "mlp"
-    DEFAULTS = {"block_size": 3, "n_embd": 10, "n_hidden": 200}   # the lecture's sizes
-    INITS = ("lecture", "kaiming")
+    spec = SPEC
     param_names = PARAM_NAMES
     act_names = ACT_NAMES
-    min_batch = 1                            # the smallest batch training takes
+    tanh_names = ("h",)
     shapes = staticmethod(param_shapes)      # every array a checkpoint holds, by name
 
     @staticmethod
-    def buffer_shapes(vocab_size, **sizes):
-        return {}                            # no running statistics
+    def activation_shapes(batch, vocab_size, block_size, n_embd, n_hidden, **_):
+        B, T, E, H, V = batch, block_size, n_embd, n_hidden, vocab_size
+        return {"emb": (B, T, E), "embcat": (B, T * E), "hpreact": (B, H), "h": (B, H), "logits": (B, V),
+                "probs": (B, V)}
 
-    def __init__(self, params):
+    def __init__(self, params, buffers=None):
         p = float_params(params, PARAM_NAMES)
         V, E = p["C"].shape
         TE, H = p["W1"].shape if p["W1"].ndim == 2 else (0, 0)
@@ -87,8 +64,8 @@ class MLP(Model):
         confidently wrong softmax and a saturated tanh: W1 * (5/3)/sqrt(T*E) (tanh's gain over
         the fan-in), b1 * 0.01, W2 * 0.01, b2 = 0. Sizes left None are the lecture's."""
         T, E, H = with_defaults(cls, vocab_size, block_size=block_size, n_embd=n_embd, n_hidden=n_hidden).values()
-        if scheme not in cls.INITS:
-            raise ValueError(f"unknown init scheme {scheme!r}; use one of {', '.join(cls.INITS)}")
+        if scheme not in cls.spec.inits:
+            raise ValueError(f"unknown init scheme {scheme!r}; use one of {', '.join(cls.spec.inits)}")
         rng = np.random.default_rng(seed)
         p = {k: rng.standard_normal(s) for k, s in param_shapes(vocab_size, T, E, H).items()}
         if scheme == "kaiming":
@@ -98,14 +75,9 @@ class MLP(Model):
             p["b2"] *= 0
         return cls({k: v.astype(dtype) for k, v in p.items()})   # float64 draws: one init for both dtypes
 
-    @property
-    def sizes(self) -> dict:
-        """What a checkpoint records to rebuild the model."""
-        return {"block_size": self.block_size, "n_embd": self.n_embd, "n_hidden": self.n_hidden}
-
     # ------------------------------------------------------------------------- forward
 
-    def forward(self, X, Y=None, at=None):
+    def forward(self, X, Y=None, at=None, training=True):
         """X (B, T) -> logits (B, V) if Y is None, else (loss, c): c holds every intermediate by
         name (c.emb, c.h...). at: {name: array} puts that array in place of the intermediate
         (gradcheck's finite differences perturb one and run the rest)."""
@@ -145,75 +117,3 @@ class MLP(Model):
         grads = {"W2": dW2, "b2": db2, "W1": dW1, "b1": db1, "C": dC}
         dacts = {"logits": dlogits, "h": dh, "hpreact": dhpreact, "embcat": dembcat, "emb": demb}
         return grads, dacts
-
-    def logits(self, X):
-        """Inference: X (N, T) -> logits (N, V)."""
-        return self.forward(np.asarray(X))
-
-
-# ----------------------------------------------------------------------------- shared by the models
-
-class Intermediates(dict):
-    """A forward's intermediates by name: set as attributes (`c.h = ...`) so the forward reads like
-    the lecture, read by the backward (`c.h`), and by gradcheck and diagnose by name (`c["h"]`).
-    A name given in `at` keeps that array instead of the one computed, so the rest of the
-    forward runs from it: the one way every model lets gradcheck perturb an intermediate."""
-
-    def __init__(self, at=None, **given):
-        super().__init__(given)
-        object.__setattr__(self, "_at", at or {})
-
-    def __setattr__(self, name, value):
-        self[name] = self._at.get(name, value)
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
-def with_defaults(cls, vocab_size, **sizes) -> dict:
-    """The sizes a model class is built with: each one given, else the class's DEFAULTS; every
-    size must be a whole number >= 1 (a flag such as deep's batchnorm may be 0)."""
-    sizes = {k: d if sizes.get(k) is None else sizes[k] for k, d in cls.DEFAULTS.items()}
-    for name, v in {"vocab_size": vocab_size, **sizes}.items():
-        if int(v) != v or v < (0 if name in getattr(cls, "FLAGS", ()) else 1):
-            raise ValueError(f"{name} must be a whole number >= 1, got {v}")
-    return sizes
-
-
-def float_params(params, names):
-    """The arrays `names` of `params`, copied, in one float dtype (float32 or float64)."""
-    missing = [k for k in names if k not in params]
-    if missing:
-        raise ValueError(f"params lack {missing}; need {list(names)}")
-    dtype = np.result_type(*(np.asarray(params[k]) for k in names))
-    if dtype not in (np.float32, np.float64):
-        raise ValueError(f"params must be float32 or float64, got {dtype}")
-    return {k: np.array(params[k], dtype) for k in names}
-
-
-def check_shapes(params, want) -> None:
-    bad = {k: a.shape for k, a in params.items() if a.shape != tuple(want[k])}
-    if bad:
-        raise ValueError(f"param shapes {bad} do not fit {want}")
-
-
-def own_params(params, want: dict) -> dict:
-    """Copies of params, which must be exactly the arrays `want` names, of its shapes, in one
-    float dtype."""
-    if set(params) != set(want):
-        raise ValueError(f"params {sorted(params)} do not fit {list(want)}")
-    p = float_params(params, list(want))
-    check_shapes(p, want)
-    return p
-
-
-def running_stats(shapes: dict, dtype, given=None) -> dict:
-    """BatchNorm running statistics of these shapes: each mean 0 and variance 1 until training
-    moves them, or the values `given` (a checkpoint's)."""
-    stats = {k: (np.zeros if "mean" in k else np.ones)(s, dtype) for k, s in shapes.items()}
-    for k, v in (given or {}).items():
-        stats[k][...] = v
-    return stats

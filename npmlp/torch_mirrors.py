@@ -1,11 +1,14 @@
 """torch autograd mirrors of npmlp's models: the same forwards written in torch, for the tests,
-the benchmarks and `npmlp gradcheck` (its torch column) only.
+the benchmarks and `npmlp gradcheck` (its torch column) only. A model's spec names its mirror
+(Spec.mirror); each takes (P, X, Y, buffers=None, **the model's sizes) and returns (loss, the
+intermediates by the model's names).
 
 torch is imported inside the functions: `import npmlp` never needs it.
 """
 from __future__ import annotations
 
 import functools
+import sys
 
 import numpy as np
 
@@ -21,7 +24,16 @@ def torch_available() -> bool:
     return True
 
 
-def torch_forward(P, X, Y, buffers=None):
+def bigram_forward(P, X, Y, buffers=None, **sizes):
+    """Part 1's bigram in torch, as the lecture writes it: a one-hot row times W. Returns (loss, acts dict)."""
+    import torch.nn.functional as F
+
+    xenc = F.one_hot(X[:, 0], num_classes=P["W"].shape[0]).to(P["W"].dtype)   # (B, V)
+    logits = xenc @ P["W"]                                                     # (B, V)
+    return F.cross_entropy(logits, Y), {"logits": logits}
+
+
+def mlp_forward(P, X, Y, buffers=None, **sizes):
     """The lecture's forward in torch. P: dict of leaf tensors. Returns (loss, acts dict)."""
     import torch
     import torch.nn.functional as F
@@ -36,7 +48,7 @@ def torch_forward(P, X, Y, buffers=None):
     return loss, {"logits": logits, "h": h, "hpreact": hpreact, "embcat": embcat, "emb": emb}
 
 
-def bn_forward(P, X, Y, buffers=None):
+def bn_forward(P, X, Y, buffers=None, **sizes):
     """makemore part 4's forward, one atom per line as the lecture writes it (every atom gets a
     gradient of its own). Returns (loss, acts dict)."""
     import torch
@@ -61,7 +73,7 @@ def bn_forward(P, X, Y, buffers=None):
                   "embcat": embcat, "emb": emb}
 
 
-def deep_forward(P, X, Y, buffers=None):
+def deep_forward(P, X, Y, buffers=None, **sizes):
     """makemore part 3's stack in torch: Linear, F.batch_norm in training mode (biased variance to
     normalise; with `buffers`, running_meanI / running_varI updated in place, momentum 0.1 and the
     unbiased variance, as torch.nn.BatchNorm1d), tanh. Returns (loss, acts dict named as deep.py's)."""
@@ -85,10 +97,10 @@ def deep_forward(P, X, Y, buffers=None):
     return F.cross_entropy(x, Y), acts
 
 
-def wavenet_forward(P, X, Y, buffers=None, over_batch_only=False):
+def wavenet_forward(P, X, Y, buffers=None, batchnorm_over_batch_only=0, **sizes):
     """makemore part 5's WaveNet in torch, with the lecture's own layers written out: FlattenConsecutive
     (view, squeeze), Linear without bias, its BatchNorm1d (statistics over dims (0, 1) of a 3-D input,
-    or dim 0 alone with `over_batch_only`, the lecture's bug; x.var, unbiased; with `buffers`, the
+    or dim 0 alone with `batchnorm_over_batch_only`, the lecture's bug; x.var, unbiased; with `buffers`, the
     running statistics updated in place, momentum 0.1, with that same variance), tanh, and the last
     Linear. Returns (loss, acts dict named as wavenet.py's)."""
     import torch
@@ -105,7 +117,7 @@ def wavenet_forward(P, X, Y, buffers=None, over_batch_only=False):
             x = x.squeeze(1)                                   # (B, C*n)
         acts[f"flatten{i}"] = x
         x = acts[f"linear{i}"] = x @ P[f"W{i}"]                # (..., H)
-        dim = (0, 1) if x.ndim == 3 and not over_batch_only else 0
+        dim = (0, 1) if x.ndim == 3 and not batchnorm_over_batch_only else 0
         xmean = x.mean(dim, keepdim=True)
         xvar = x.var(dim, keepdim=True)                        # unbiased, torch's default
         x = acts[f"batchnorm{i}"] = P[f"gamma{i}"] * (x - xmean) / torch.sqrt(xvar + BN_EPS) + P[f"beta{i}"]
@@ -119,15 +131,10 @@ def wavenet_forward(P, X, Y, buffers=None, over_batch_only=False):
     return F.cross_entropy(logits, Y), acts
 
 
-FORWARDS = {"mlp": torch_forward, "bn": bn_forward, "deep": deep_forward, "wavenet": wavenet_forward}
-
-
 def _mirror(model):
-    """The model's mirror, told what its params cannot show: the wavenet's BatchNorm bug."""
-    forward = FORWARDS[model.kind]
-    if model.kind == "wavenet":
-        return functools.partial(forward, over_batch_only=bool(model.over_batch_only))
-    return forward
+    """The model's mirror (its spec's), told the model's sizes: what its params cannot show, such
+    as the wavenet's BatchNorm bug."""
+    return functools.partial(getattr(sys.modules[__name__], model.spec.mirror), **model.sizes)
 
 
 def _tensors(params, X, Y):
@@ -156,7 +163,7 @@ def torch_sgd(model, X, Y, batches, lrs, return_buffers=False):
     import torch
 
     P, Xt, Yt = _tensors(model.params, X, Y)
-    buffers = {k: torch.tensor(np.array(v)) for k, v in getattr(model, "buffers", {}).items()}
+    buffers = {k: torch.tensor(np.array(v)) for k, v in model.buffers.items()}
     losses = []
     for ix, lr in zip(batches, lrs):
         ix = torch.as_tensor(np.array(ix, np.int64))

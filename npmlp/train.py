@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .mlp import SEED
+from .contract import SEED
 
 BLOCK = 1000         # minibatch indices are drawn BLOCK steps at a time (see batch_block)
 WINDOW = 1000        # the divergence rule compares WINDOW-step means of the loss ...
@@ -22,17 +22,19 @@ F32MAX = float(np.finfo(np.float32).max)   # lossi is float32: a larger loss can
 
 @dataclass
 class TrainConfig:
+    """The training defaults are lecture 2's; a model's spec says where its own lecture differs."""
     steps: int = 200_000
-    batch_size: int = 32
+    batch_size: int | None = 32  # rows per step, drawn with replacement; None: every row, every step (full batch)
     lr: float = 0.1             # learning rate before the drop
     lr_decayed: float = 0.01    # ... and after it (the lecture: 0.1, then 0.01)
     decay_at: float = 0.5       # where the rate drops, as a fraction of `steps`
     seed: int = SEED            # drives the minibatches (and, in `npmlp train`, the init)
+    reg: float = 0.0            # reg * mean(p**2) of every parameter added to the loss (part 1's 0.01)
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
             v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v < 1:
+            if not (v is None and name == "batch_size") and (not isinstance(v, (int, np.integer)) or v < 1):
                 raise ValueError(f"{name} must be a positive integer, got {v}")
         for name in ("lr", "lr_decayed"):
             v = getattr(self, name)
@@ -40,6 +42,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive number, got {v}")
         if not 0 <= self.decay_at <= 1:
             raise ValueError(f"decay_at must be a fraction in [0, 1], got {self.decay_at}")
+        if not (np.isfinite(self.reg) and self.reg >= 0):
+            raise ValueError(f"reg must be a number >= 0, got {self.reg}")
+
+    def rows(self, n_rows: int) -> int:
+        """B, the rows a step trains on: batch_size, or all n_rows for a full batch."""
+        return n_rows if self.batch_size is None else self.batch_size
 
     @property
     def decay_step(self) -> int:
@@ -65,9 +73,22 @@ def batch_block(seed: int, block: int, n_rows: int, batch_size: int) -> np.ndarr
     return ix
 
 
+def step_block(cfg: TrainConfig, block: int, n_rows: int) -> np.ndarray:
+    """(BLOCK, B) the rows of steps block*BLOCK ...: batch_block's draws, or for a full batch every
+    row, in order, in every step."""
+    if cfg.batch_size is None:
+        return np.broadcast_to(np.arange(n_rows), (BLOCK, n_rows))
+    return batch_block(cfg.seed, block, n_rows, cfg.batch_size)
+
+
 def batch_rows(cfg: TrainConfig, step: int, n_rows: int) -> np.ndarray:
     """(B,) the rows of X, Y that step `step` trains on."""
-    return batch_block(cfg.seed, step // BLOCK, n_rows, cfg.batch_size)[step % BLOCK]
+    return step_block(cfg, step // BLOCK, n_rows)[step % BLOCK]
+
+
+def penalty(params, reg: float) -> float:
+    """reg * mean(p**2), summed over the parameters: part 1's 0.01 * (W**2).mean()."""
+    return reg * sum(float(np.mean(np.square(p, dtype=np.float64))) for p in params.values())
 
 
 class Diverged(Exception):
@@ -109,10 +130,14 @@ def sgd(model, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: int | N
     for step in range(start, stop):
         ix = batch_rows(cfg, step, len(X))                       # (B,) this step's rows
         loss, cache = model.forward(X[ix], Y[ix])                # forward
+        if cfg.reg:
+            loss += penalty(model.params, cfg.reg)               # + reg * mean(p**2)
         check_loss(lossi, step, loss, cfg, model.vocab_size)
         grads, _ = model.backward(cache)                         # backward
         lr = cfg.lr_at(step)
         for name, p in model.params.items():
+            if cfg.reg:
+                grads[name] += cfg.reg * 2 * p / p.size          # d(reg * mean(p**2)) / dp
             p -= lr * grads[name]                                # update: p.data += -lr * p.grad
         lossi[step] = loss
         if on_step is not None and on_step(step, loss):

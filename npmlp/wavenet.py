@@ -31,7 +31,7 @@ from .deep import BatchNorm1d, Linear, Sequential, Tanh, layer_init, n_linear
 from .layers import (BN_MIN_ROWS, CrossEntropyCache, EmbeddingCache, cross_entropy_backward, cross_entropy_forward,
                      embedding_backward, embedding_forward, flatten_consecutive_backward,
                      flatten_consecutive_forward)
-from .mlp import SEED, Intermediates, Model, own_params, running_stats, with_defaults
+from .contract import SEED, Intermediates, Model, Option, Spec, own_params, running_stats, with_defaults
 
 
 class Embedding:
@@ -79,18 +79,52 @@ def levels(block_size: int, flatten: int) -> int:
     return L
 
 
+SPEC = Spec(
+    kind="wavenet", title="makemore part 5's WaveNet: the context fused n characters at a time, level by level",
+    options=(Option("block_size", 8, "context length T"),
+             Option("n_embd", 24, "embedding size E"),
+             Option("n_hidden", 128, "hidden units H"),
+             Option("flatten", 2, "fuse N consecutive positions per level; the block size must be a power of N; "
+                    "N = the block size is the flat network", metavar="N"),
+             Option("batchnorm_over_batch_only", 0, "part 5's bug, kept to measure it: BatchNorm's statistics "
+                    "over the batch axis alone, per position (not over batch and positions); recorded in the "
+                    "run, its running statistics per position", const=1, minimum=0,
+                    reference_only="part 5's BatchNorm bug (statistics over the batch dimension only)")),
+    train={"decay_at": 0.75},            # part 5: lr 0.1, then 0.01 from 150,000 of 200,000 steps
+    engine="stack", mirror="wavenet_forward", unshaped=("batchnorm_over_batch_only",))
+
+
 class Wavenet(Model):
     """params: C (V, E); per level i = 1 .. L: Wi (n*E or n*H, H), gammai, betai (H,); the output
     layer W{L+1} (H, V), b{L+1} (V,). buffers: running_meani, running_vari of each BatchNorm1d,
     (H,), or (T_i, H) per position with the lecture's bug where T_i > 1."""
 
-    kind = "wavenet"
-    DEFAULTS = {"block_size": 8, "n_embd": 24, "n_hidden": 128, "flatten": 2, "batchnorm_over_batch_only": 0}
-    FLAGS = ("batchnorm_over_batch_only",)   # sizes that may be 0
-    TRAIN_DEFAULTS = {"decay_at": 0.75}      # part 5: lr 0.1, then 0.01 from 150,000 of 200,000 steps
-    INITS = ()                               # its lecture's own init only
+    spec = SPEC
     min_batch = BN_MIN_ROWS                  # the last level's BatchNorm sees B rows: it needs two
     levels = staticmethod(levels)
+
+    @classmethod
+    def check_options(cls, sizes):
+        """The block must fuse down to one position: a power of the flatten group."""
+        T, n = sizes["block_size"], sizes["flatten"]
+        try:
+            levels(T, n)
+        except ValueError:
+            why = (f"is not a power of --flatten {n} ({n}, {n ** 2}, {n ** 3}...): each level fuses {n} positions "
+                   f"into one, down to a single one; change one of them" if n > 1 else
+                   "has more than one position and --flatten 1 fuses none; use a group of at least 2")
+            raise ValueError(f"--block-size {T} {why}, or --flatten {T} (the flat network)") from None
+
+    @staticmethod
+    def activation_shapes(batch, vocab_size, block_size, n_embd, n_hidden, flatten, **_):
+        """Each level's flattened input and its linear, BatchNorm and tanh outputs (the widest level is the first)."""
+        B, T, E, H, n = batch, block_size, n_embd, n_hidden, flatten
+        s = {"emb": (B, T, E), "logits": (B, vocab_size), "probs": (B, vocab_size)}
+        for i in range(1, levels(T, n) + 1):
+            T_i = T // n ** i
+            s[f"flatten{i}"] = (B, T_i, (E if i == 1 else H) * n)
+            s[f"level{i}"] = (4, B, T_i, H)                  # linear, xhat, batchnorm, tanh
+        return s
 
     @staticmethod
     def shapes(vocab_size, block_size, n_embd, n_hidden, flatten, batchnorm_over_batch_only=0):
@@ -116,20 +150,20 @@ class Wavenet(Model):
                 (T_i, n_hidden) if batchnorm_over_batch_only and T_i > 1 else (n_hidden,)
         return s
 
-    def __init__(self, params, buffers=None, over_batch_only=False):
-        """The sizes follow from the params' shapes; over_batch_only (the lecture's bug) does not show
-        in them, so it is given (from_params reads it from a checkpoint's sizes)."""
+    def __init__(self, params, buffers=None, batchnorm_over_batch_only=0):
+        """The sizes follow from the params' shapes; batchnorm_over_batch_only (the lecture's bug) does
+        not show in them, so it is given (from_params reads it from a checkpoint's sizes)."""
         L = n_linear(params) - 1
         V, E = np.shape(params["C"])
         I, H = np.shape(params["W1"])
         if L < 1 or not E or I % E:
             raise ValueError(f"a wavenet has at least W1 and W2, and W1's {I} rows are flatten * n_embd={E}")
         n = I // E
-        T, over = n ** L, int(bool(over_batch_only))
+        T, over = n ** L, int(bool(batchnorm_over_batch_only))
         self.params = p = own_params(params, self.shapes(V, T, E, H, n))
         self.buffers = running_stats(self.buffer_shapes(V, T, E, H, n, over), p["C"].dtype, buffers)
         self.vocab_size, self.block_size, self.n_embd, self.n_hidden = V, T, E, H
-        self.flatten, self.n_levels, self.over_batch_only = n, L, over
+        self.flatten, self.n_levels, self.batchnorm_over_batch_only = n, L, over
         self.embedding, layers = Embedding("emb", p, "C"), []
         for i in range(1, L + 1):
             layers += [FlattenConsecutive(f"flatten{i}", n),
@@ -144,10 +178,6 @@ class Wavenet(Model):
         self.tanh_names = tuple(layer.name for layer in layers if isinstance(layer, Tanh))
 
     @classmethod
-    def from_params(cls, params, sizes):
-        return cls(params, over_batch_only=sizes.get("batchnorm_over_batch_only", 0))
-
-    @classmethod
     def init(cls, vocab_size, block_size=None, n_embd=None, n_hidden=None, flatten=None,
              batchnorm_over_batch_only=None, seed=SEED, dtype=np.float32):
         """Part 5's init, drawn in layer order from one generator: C standard normal (Embedding);
@@ -157,12 +187,8 @@ class Wavenet(Model):
                           flatten=flatten, batchnorm_over_batch_only=batchnorm_over_batch_only)
         p = layer_init(cls.shapes(vocab_size, **d), np.random.default_rng(seed))
         p[f"W{levels(d['block_size'], d['flatten']) + 1}"] *= 0.1
-        return cls({k: v.astype(dtype) for k, v in p.items()}, over_batch_only=d["batchnorm_over_batch_only"])
-
-    @property
-    def sizes(self) -> dict:
-        return {"block_size": self.block_size, "n_embd": self.n_embd, "n_hidden": self.n_hidden,
-                "flatten": self.flatten, "batchnorm_over_batch_only": self.over_batch_only}
+        return cls({k: v.astype(dtype) for k, v in p.items()},
+                   batchnorm_over_batch_only=d["batchnorm_over_batch_only"])
 
     def forward(self, X, Y=None, at=None, training=True):
         """X (B, T) -> logits (B, V) if Y is None, else (loss, c: every layer's output by its name).
@@ -186,7 +212,3 @@ class Wavenet(Model):
         demb, grads, dacts = self.net.backward(dlogits, c)                       # (B, T, E) logits ... flatten1
         _, g = self.embedding.backward(demb, c.caches["emb"])                    # dC: demb summed per character
         return {**grads, **g}, {**dacts, "emb": demb}
-
-    def logits(self, X):
-        """Inference (running statistics): X (N, T) -> logits (N, V)."""
-        return self.forward(np.asarray(X), training=False)

@@ -33,7 +33,8 @@ needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed 
 def real_names_path() -> Path:
     """The lecture's names.txt, found the way npmlp finds it: $NPMLP_DATA, then the cache, then
     the checked download (into the cache). Offline with no copy: one line saying how to pass one."""
-    from npmlp.data import DataError, cache_path, data_source, load_words
+    from npmlp.data import DataError
+    from npmlp.loading import cache_path, data_source, load_words
     path = data_source(None)
     try:
         load_words(path)                                # reads, or fills the cache
@@ -194,7 +195,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 def temp_files(folder: Path) -> list[Path]:
-    """Leftovers of an atomic write (data.atomic_open names them .NAME.XXXX.tmp)."""
+    """Leftovers of an atomic write (loading.atomic_open names them .NAME.XXXX.tmp)."""
     return sorted(Path(folder).rglob(".*.tmp")) if Path(folder).exists() else []
 
 

@@ -129,7 +129,7 @@ def test_bn_model_vs_finite_differences():
 
 def test_bn_init_is_part_4s():
     m = BNMLP.init(27, seed=1, dtype=np.float64)
-    assert m.num_params == 12_297 and m.sizes == MLP.DEFAULTS
+    assert m.num_params == 12_297 and m.sizes == MLP.spec.defaults
     rng = np.random.default_rng(1)
     draws = {k: rng.standard_normal(s) for k, s in (("C", (27, 10)), ("W1", (30, 200)), ("b1", (200,)),
              ("W2", (200, 27)), ("b2", (27,)), ("bngain", (200,)), ("bnbias", (200,)))}

@@ -108,7 +108,8 @@ def test_eval_prints_the_three_losses(capsys, run_dir, names):
     cells = out.split()
     got = {cells[i]: float(cells[i + 2]) for i in range(0, len(cells), 3)}
     model, vocab, meta, _ = load_checkpoint(run_dir / "model.npz")
-    from npmlp.data import load_words, split_words
+    from npmlp.data import split_words
+    from npmlp.loading import load_words
     parts = split_words(load_words(names), meta["run"]["split_seed"])
     want = {k: evaluate(model, *build_dataset(p, vocab, model.block_size)) for k, p in zip(("train", "dev", "test"), parts)}
     assert got.keys() == want.keys()

@@ -14,8 +14,9 @@ import string
 import numpy as np
 import pytest
 
-from npmlp import data
-from npmlp.data import DataError, Vocab, build_dataset, load_words, parse_words, split_words
+from npmlp import loading
+from npmlp.data import DataError, Vocab, build_dataset, split_words
+from npmlp.loading import load_words, parse_words
 from npmlp.fast.dataset import build_dataset as build_dataset_fast
 
 BUILDERS = {"reference": build_dataset, "fast": build_dataset_fast}
@@ -218,8 +219,8 @@ def test_parse_words_normalises():
     ("北", False, "U+5317 CJK UNIFIED IDEOGRAPH-5317"),
 ])
 def test_invisible_characters_by_unicode_category(c, hidden, name):
-    assert data.invisible(c) is hidden
-    assert data.char_name(c) == name
+    assert loading.invisible(c) is hidden
+    assert loading.char_name(c) == name
 
 
 def test_real_file_reads_without_notes(names_path):
@@ -235,7 +236,7 @@ def places(tmp_path, monkeypatch, names_path):
     """Three different files: an explicit one, one named by NPMLP_DATA, and a valid cache."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cache = tmp_path / "cache" / "npmlp" / "names.txt"
-    assert data.cache_path() == cache
+    assert loading.cache_path() == cache
     cache.parent.mkdir(parents=True)
     shutil.copyfile(names_path, cache)    # the real bytes: its SHA-256 matches
     explicit = tmp_path / "explicit.txt"
@@ -260,7 +261,7 @@ def test_env_beats_cache(places, monkeypatch):
 
 def test_cache_used_when_nothing_else(places, monkeypatch, words):
     monkeypatch.delenv("NPMLP_DATA", raising=False)
-    monkeypatch.setattr(data, "download", lambda *a, **k: pytest.fail("downloaded despite a valid cache"))
+    monkeypatch.setattr(loading, "download", lambda *a, **k: pytest.fail("downloaded despite a valid cache"))
     notes = []
     assert load_words(notes=notes) == words and notes == []
 
@@ -274,7 +275,7 @@ def test_bad_cache_is_downloaded_again(places, monkeypatch, names_path, words):
     def fake_download(dest, *a, **k):
         calls.append(dest)
         return names_path.read_bytes()
-    monkeypatch.setattr(data, "download", fake_download)
+    monkeypatch.setattr(loading, "download", fake_download)
     notes = []
     assert load_words(notes=notes) == words
     assert calls == [cache] and any("SHA-256" in n for n in notes)
@@ -293,12 +294,12 @@ def test_download_checks_sha_and_writes_cache(tmp_path, monkeypatch, names_path)
     real = names_path.read_bytes()
     dest = tmp_path / "c" / "npmlp" / "names.txt"
     monkeypatch.setattr(requests, "get", lambda url, timeout: Resp(real))
-    assert data.download(dest, url="http://example.invalid/names.txt") == real
+    assert loading.download(dest, url="http://example.invalid/names.txt") == real
     assert dest.read_bytes() == real
     monkeypatch.setattr(requests, "get", lambda url, timeout: Resp(real[:-1]))
     dest2 = tmp_path / "d" / "names.txt"
     with pytest.raises(DataError, match="SHA-256"):
-        data.download(dest2, url="http://example.invalid/names.txt")
+        loading.download(dest2, url="http://example.invalid/names.txt")
     assert not dest2.exists()
 
 

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from helpers import TINY, assert_user_error, make_names, notes, run_cli, temp_files
 
-from npmlp.data import SHA256
+from npmlp.loading import SHA256
 
 STALL = 5.0  # seconds a slow route sleeps; the client's timeout is set far below it
 

@@ -8,7 +8,8 @@ from helpers import TINY, assert_user_error, make_names, notes, run_cli, snapsho
 
 from npmlp.app.checkpoint import load_checkpoint
 from npmlp.app.rundir import Splits
-from npmlp.data import DataError, Vocab, build_dataset, load_words, parse_words
+from npmlp.data import DataError, Vocab, build_dataset
+from npmlp.loading import load_words, parse_words
 
 NAMES = make_names(60, seed=3)
 

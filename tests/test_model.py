@@ -181,7 +181,7 @@ def test_init_lecture_config_has_11897_params():
     assert {k: p.shape for k, p in model.params.items()} == {
         "C": (27, 10), "W1": (30, 200), "b1": (200,), "W2": (200, 27), "b2": (27,)}
     assert (model.vocab_size, model.block_size, model.n_embd, model.n_hidden) == (27, 3, 10, 200)
-    assert model.sizes == {"block_size": 3, "n_embd": 10, "n_hidden": 200} == MLP.DEFAULTS
+    assert model.sizes == {"block_size": 3, "n_embd": 10, "n_hidden": 200} == MLP.spec.defaults
     # five separate arrays, as the lecture's: an update of one leaves the others alone
     params = list(model.params.values())
     assert not any(np.shares_memory(a, b) for i, a in enumerate(params) for b in params[i + 1:])

@@ -91,7 +91,7 @@ def test_gradcheck_every_model(capsys, names, kind, dtype):
 def load_params(kind) -> set:
     """The parameter names of the model SMALL[kind] makes."""
     from npmlp.app.registry import MODELS
-    sizes = {flag[2:].replace("-", "_"): int(v) for flag, v in zip(SMALL[kind][::2], SMALL[kind][1::2])}
+    sizes = {flag[2:].replace("-", "_"): int(v) for flag, v in zip(SMALL[kind][::2], SMALL[kind][1::2], strict=True)}
     return set(MODELS[kind].init(27, **sizes).params)
 
 
@@ -158,25 +158,29 @@ def meta_of(run):
     return load_checkpoint(run / "model.npz")[2]
 
 
-def test_models_default_sizes_have_one_home(monkeypatch):
-    """A model's DEFAULTS is the one home of its sizes: changed there, the help text, the sizes the
-    options give and the model's own init all follow; the training options' defaults are
-    TrainConfig's."""
-    import argparse
+def set_default(monkeypatch, cls, name, value):
+    """Option `name` of model class `cls` defaulting to `value` for this test, as if its spec said so
+    (an Option is frozen: its field is changed in place, so every spec sharing it sees the change)."""
+    monkeypatch.setitem(cls.spec.option(name).__dict__, "default", value)
 
+
+def test_models_default_sizes_have_one_home(monkeypatch):
+    """A model's spec is the one home of its sizes' defaults: changed there, the help text, the
+    sizes the options give and the model's own init all follow; the training options' defaults are
+    TrainConfig's."""
     from npmlp.app import options
     from npmlp.app.registry import MODELS
-    monkeypatch.setitem(MODELS["mlp"].DEFAULTS, "n_hidden", 123)
-    monkeypatch.setitem(MODELS["deep"].DEFAULTS, "n_layers", 7)
+    set_default(monkeypatch, MODELS["mlp"], "n_hidden", 123)
+    set_default(monkeypatch, MODELS["deep"], "n_layers", 7)
     help_text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
     assert "hidden units H (default 123; deep: 100; wavenet: 128)" in help_text
     assert "hidden layers (default 7)" in help_text
     for kind, want in (("mlp", {"n_hidden": 123}), ("deep", {"n_layers": 7})):
-        args = argparse.Namespace(model=kind, init=None, typed=set(), **{k: None for k in MODELS[kind].DEFAULTS})
+        args = cli.build_parser().parse(["train", "--model", kind])
         _, sizes, _ = options.model_options(args)
-        assert sizes == {**MODELS[kind].DEFAULTS, **want}
+        assert sizes == {**MODELS[kind].spec.defaults, **want}
     vocab = Vocab.from_words(make_names(50))
     assert MODELS["mlp"].init(vocab.size).n_hidden == 123 and MODELS["deep"].init(vocab.size).n_layers == 7
-    train = cli.build_parser().parse_args(["train"])
+    train = cli.build_parser().parse(["train"])
     assert (train.steps, train.batch_size, train.lr) == (options.TRAIN.steps, options.TRAIN.batch_size, options.TRAIN.lr)
     assert options.TRAIN == TrainConfig()

@@ -202,7 +202,8 @@ def test_gradient_figure_with_cjk_ticks_gets_the_note(tmp_path):
 
 
 def test_write_run_figures_collects_one_note_per_figure(tmp_path):
-    model = SimpleNamespace(params={"C": np.random.default_rng(0).normal(size=(len(CJK), 2))})
+    model = SimpleNamespace(params={"C": np.random.default_rng(0).normal(size=(len(CJK), 2))},
+                            spec=SimpleNamespace(embedding="C"))
     vocab = SimpleNamespace(itos=CJK)
     notes: list[str] = []
     written = plots.write_run_figures(tmp_path, model, vocab, lecture_like_losses(300), notes=notes)

@@ -24,7 +24,8 @@ import npmlp.fast
 from npmlp.app import cli
 from npmlp.app.checkpoint import load_checkpoint
 from npmlp.app.files import LOCK
-from npmlp.data import Vocab, build_dataset, load_words, split_words
+from npmlp.data import Vocab, build_dataset, split_words
+from npmlp.loading import load_words
 from npmlp.mlp import MLP
 from npmlp.train import TrainConfig
 

@@ -27,7 +27,8 @@ from npmlp.app import cli
 from npmlp.app import rundir as runs
 from npmlp.app.checkpoint import load_checkpoint
 from npmlp.app.files import LOCK
-from npmlp.data import Vocab, build_dataset, load_words, split_words
+from npmlp.data import Vocab, build_dataset, split_words
+from npmlp.loading import load_words
 from npmlp.mlp import MLP
 from npmlp.train import TrainConfig, evaluate
 

@@ -287,7 +287,7 @@ def random_wavenet(V, T, E, H, n, bug, seed=0, dtype=np.float64):
     rng = np.random.default_rng(seed)
     shapes = Wavenet.shapes(V, T, E, H, n)
     p = {k: (rng.standard_normal(s) * 0.5 + (k.startswith("gamma"))).astype(dtype) for k, s in shapes.items()}
-    return Wavenet(p, over_batch_only=bug), rng
+    return Wavenet(p, batchnorm_over_batch_only=bug), rng
 
 
 # float32 on the batches of 5 or more: over two rows a BatchNorm's output is +-1 whatever its input,
@@ -377,7 +377,7 @@ def test_the_performance_logs_parameter_counts(sizes, count):
 
 def test_init_is_part_5s():
     m = Wavenet.init(27, seed=1, dtype=np.float64)
-    assert (m.block_size, m.n_embd, m.n_hidden, m.flatten, m.n_levels, m.over_batch_only) == (8, 24, 128, 2, 3, 0)
+    assert (m.block_size, m.n_embd, m.n_hidden, m.flatten, m.n_levels, m.batchnorm_over_batch_only) == (8, 24, 128, 2, 3, 0)
     assert list(m.params) == ["C", "W1", "gamma1", "beta1", "W2", "gamma2", "beta2", "W3", "gamma3", "beta3",
                               "W4", "b4"]
     rng = np.random.default_rng(1)
@@ -398,7 +398,7 @@ def test_the_bugs_running_statistics_are_per_position():
         "running_mean1": (4, 68), "running_var1": (4, 68), "running_mean2": (2, 68), "running_var2": (2, 68),
         "running_mean3": (68,), "running_var3": (68,)}
     assert m.sizes["batchnorm_over_batch_only"] == 1
-    assert m.like(m.params).over_batch_only == 1                 # gradcheck's copies keep the bug
+    assert m.like(m.params).batchnorm_over_batch_only == 1                 # gradcheck's copies keep the bug
 
 
 @pytest.mark.parametrize("T, n, L", [(8, 2, 3), (8, 8, 1), (9, 3, 2), (1, 1, 1), (16, 4, 2), (3, 3, 1)])

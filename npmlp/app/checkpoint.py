@@ -5,13 +5,16 @@ Format 2 names its model (`meta["model"]`, `meta["sizes"]`) and holds the model'
 buffers (running statistics) by name. Format 1 (npmlp 0.1, the lecture's MLP only) still loads."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
 from .. import fast
-from ..data import Vocab
+from ..contract import Model
+from ..data import SPLIT_SEED, Vocab
 from ..train import TrainConfig
 from .errors import NpmlpError
 from .files import atomic_open
@@ -22,6 +25,53 @@ VERSION = 2
 FORMAT = f"{PREFIX}{VERSION}"
 RESERVED = {"meta", "lossi"}   # array names that are not the model's
 VARIANCE = re.compile(r"var")   # buffers that are variances (bnvar, running_var1...): never negative
+
+
+@dataclass
+class RunRecord:
+    """What a run records beside its model and training config (a checkpoint's meta["run"]): its
+    names file and their SHA-256, the split seed, the init scheme, the engine and the rounding
+    version of its steps (fast.ARITHMETIC), the training seconds and parts so far, and whether
+    --diagnose samples the update:data ratios. The one home of its fields and their checks."""
+    engine: str
+    data: str | None = None
+    split_seed: int | None = SPLIT_SEED
+    data_sha256: str | None = None
+    init: str | None = None
+    arithmetic: str | int = 1              # runs recorded before the key rounded as version 1
+    seconds: float = 0.0
+    parts: int | None = None               # None: recorded before the key (one part if any step was run)
+    diagnose: bool = False
+
+    @classmethod
+    def from_json(cls, d, inits: tuple[str, ...] = ()) -> RunRecord:
+        """The record of a checkpoint's meta["run"]; ValueError for a field missing, of a wrong type
+        or out of range (inits: the model's schemes, one of which it must name, if it has any)."""
+        def number(v, kind) -> bool:       # JSON's true is not a number of steps
+            return isinstance(v, kind) and not isinstance(v, bool)
+
+        if not isinstance(d, dict) or not set(d) <= {f.name for f in dataclasses.fields(cls)}:
+            raise ValueError("run record")
+        r = cls(**d)
+        ok = (isinstance(r.split_seed, (int, type(None))) and not isinstance(r.split_seed, bool)
+              and isinstance(r.data, (str, type(None)))
+              and isinstance(r.data_sha256, (str, type(None)))
+              and r.engine in fast.ENGINES
+              and (r.init in inits if inits else r.init is None or isinstance(r.init, str))
+              and (r.parts is None or number(r.parts, int) and r.parts >= 0)
+              and (isinstance(r.arithmetic, str) or number(r.arithmetic, int) and r.arithmetic >= 0)
+              and number(r.seconds, (int, float)) and 0 <= r.seconds < 1e12
+              and isinstance(r.diagnose, bool))
+        if not ok:
+            raise ValueError("run record")
+        return r
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k != "parts"}
+
+    def options(self) -> dict:
+        """The run's own values of the options a --resume may not change."""
+        return {"init": self.init, "split_seed": self.split_seed, "engine": self.engine}
 
 
 def save_checkpoint(path, model, vocab: Vocab, meta: dict, lossi=None) -> None:
@@ -75,10 +125,21 @@ def read_npz(path, kind: str = "checkpoint", fix: str = "retrain or use another 
         raise NpmlpError(corrupt) from None
 
 
-def _model_meta(meta) -> tuple[type, dict]:
+def _model_meta(meta) -> tuple[type[Model], dict]:
     """(model class, sizes) from the metadata of either format; raises on anything malformed."""
     if meta["format"] == FORMAT:
-        return MODELS[meta["model"]], {k: int(v) for k, v in meta["sizes"].items()}
+        cls = MODELS[meta["model"]]
+        types = {"block_size": int, **{o.name: o.type for o in cls.spec.options}}
+        given = meta["sizes"]
+        if not isinstance(given, dict) or set(given) != set(types):
+            raise ValueError(given)
+        sizes = {}
+        for k, kind in types.items():
+            v = given[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or kind(v) != v:
+                raise ValueError(k)
+            sizes[k] = kind(v)
+        return cls, sizes
     if meta["format"] != f"{PREFIX}1":
         raise ValueError(meta["format"])
     # format 1: the lecture's MLP, its sizes at the top level, trained by today's fast engine
@@ -88,27 +149,16 @@ def _model_meta(meta) -> tuple[type, dict]:
     return MODELS["mlp"], meta["sizes"]
 
 
-def _check_training_state(name: str, meta: dict, cls, n_losses: int) -> None:
+def _check_training_state(name: str, meta: dict, cls: type[Model], n_losses: int) -> None:
     """The training config, the run record and the step: what `npmlp train` wrote beside the
     model, checked for every command (a step past the run's end or a loss history of another
-    length is damage, whichever command meets it first)."""
-    def number(v, kind) -> bool:       # JSON's true is not a number of steps
-        return isinstance(v, kind) and not isinstance(v, bool)
-
+    length is damage, whichever command meets it first). meta["run"] becomes the record's JSON,
+    its defaults filled in."""
     try:
         cfg = TrainConfig(**meta["train"])
-        info, step = meta["run"], meta["step"]
-        ok = (number(step, int)
-              and isinstance(info.get("split_seed"), (int, type(None)))
-              and isinstance(info.get("data"), (str, type(None)))
-              and isinstance(info.get("data_sha256"), (str, type(None)))
-              and info.get("engine") in fast.ENGINES
-              and (not cls.INITS or info.get("init") in cls.INITS)
-              and ("parts" not in info or number(info["parts"], int) and info["parts"] >= 0)
-              and ("arithmetic" not in info or isinstance(info["arithmetic"], str)   # fast.ARITHMETIC's values
-                   or number(info["arithmetic"], int) and info["arithmetic"] >= 0)
-              and ("seconds" not in info or number(info["seconds"], (int, float)) and 0 <= info["seconds"] < 1e12)
-              and isinstance(info.get("diagnose", False), bool))
+        meta["run"] = RunRecord.from_json(meta["run"], cls.spec.inits).to_json()
+        step = meta["step"]
+        ok = isinstance(step, int) and not isinstance(step, bool)
     except (KeyError, TypeError, ValueError, AttributeError):  # a field missing, of a wrong type...
         ok = False
     if not ok:
@@ -118,6 +168,19 @@ def _check_training_state(name: str, meta: dict, cls, n_losses: int) -> None:
         raise NpmlpError(f"checkpoint {name} is at step {step:,} of a {cfg.steps:,}-step run; the file is damaged")
     if n_losses != step:
         raise NpmlpError(f"checkpoint {name} holds {n_losses:,} losses for {step:,} steps; the file is damaged")
+
+
+def _bounded(cls: type[Model], sizes: dict, files: dict) -> bool:
+    """Sizes whose shapes may be listed: each within its option's bounds, and a size that counts
+    repeated layers no larger than the file's arrays (a tampered n_layers of 10^9 is refused
+    before 10^9 shapes are listed). Every other size is checked by the shapes it gives."""
+    if sizes["block_size"] < 1:
+        return False
+    for o in cls.spec.options:
+        v = sizes[o.name]
+        if v < o.minimum or (o.maximum is not None and v >= o.maximum) or (o.repeats and v > len(files)):
+            return False
+    return True
 
 
 def load_checkpoint(path):
@@ -145,11 +208,8 @@ def load_checkpoint(path):
         dtype = np.dtype(meta["dtype"])
         ok = (isinstance(itos, list) and itos[:1] == ["."] and len(set(itos)) == len(itos)
               and all(isinstance(c, str) and len(c) == 1 for c in itos)
-              and min(sizes.values()) >= 0 and min(sizes[k] for k in ("block_size", "n_embd", "n_hidden")) >= 1
               and dtype in (np.float32, np.float64)
-              # each size is an array's dimension or counts arrays, so none exceeds all of the file's
-              # elements: a tampered n_layers of 10^9 is refused before its shapes are listed
-              and max(sizes.values()) <= sum(max(a.size, 1) for a in files.values()))
+              and _bounded(cls, sizes, files))
         if not ok:
             raise ValueError(sizes)
         pshapes = cls.shapes(len(itos), **sizes)
@@ -188,7 +248,5 @@ def load_checkpoint(path):
         raise NpmlpError(f"checkpoint {name}: the loss history lossi is not a finite float32 vector "
                          f"(shape {lossi.shape}, dtype {lossi.dtype}); the file is damaged")
     _check_training_state(name, meta, cls, 0 if lossi is None else len(lossi))
-    model = cls.from_params({k: files[k] for k in pshapes}, sizes)
-    for k, a in model.buffers.items():
-        a[...] = files[k]
+    model = cls.from_params({k: files[k] for k in pshapes}, sizes, {k: files[k] for k in want if k not in pshapes})
     return model, vocab, meta, lossi

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__, fast
-from ..data import DataError
 from ..fast.parallel import HelperFailed
 from ..gradcheck import minibatch
 from ..train import TrainConfig, sample_stream
@@ -22,9 +21,8 @@ from .checkpoint import load_checkpoint
 from .errors import NpmlpError, UsageError
 from .files import claim, make_out_dir, output_folder
 from .options import (DTYPES, MODEL_OPTIONS, TRAIN, TRAIN_OPTIONS, Parser, add_batch_arg, add_data_args,
-                      add_engine_args, add_model_args, check_batch, check_engine, flag, fraction,
-                      model_options, non_negative_int, option_text, positive_float, positive_int,
-                      train_config, typed_options)
+                      add_engine_args, add_model_args, add_train_args, check_batch, check_engine, flag,
+                      model_options, non_negative_int, option_text, positive_float, positive_int, train_config)
 from .registry import make_model
 
 # ----------------------------------------------------------------------------- output
@@ -95,7 +93,7 @@ def resume_run(args):
     claimed: list[str] = []
     with claim(out, claimed, fix):
         run = rundir.Run.resume(out, typed, args.data, args.diagnose)
-        check_engine(run.model.kind, run.info["engine"], args.processes, run.model.sizes)   # the run's own
+        check_engine(run.model.kind, run.record.engine, args.processes, run.model.sizes)   # the run's own
         return train_and_finish(args, run, claimed)
 
 
@@ -111,7 +109,7 @@ def train_and_finish(args, run: rundir.Run, claimed) -> int:
     log(args, f"npmlp: {run.summary()}")
     from .progress import Progress
     # the helper processes fork before the progress bar (or anything else) starts a thread
-    with fast.steps(run.info["engine"], run.model, run.cfg.batch_size, args.processes) as steps, \
+    with fast.steps(run.record.engine, run.model, run.cfg.rows(len(run.data.train[0])), args.processes) as steps, \
             StopFlag() as flag, Progress(run.cfg.steps, run.start, quiet=args.quiet) as bar:
         def on_step(step, loss):
             if (step + 1) % bar.every == 0:           # the per-step path stays a few comparisons
@@ -173,9 +171,9 @@ def load_run(path):
     return (*load_checkpoint(ckpt), ckpt)
 
 
-def run_splits(args, meta, model, vocab, ckpt, batch_size: int = 1):
+def read_splits(args, meta, model, vocab, ckpt, batch_size: int | None = 1):
     """The run's rows (rundir.run_splits), refused before they are built if they and a batch of
-    batch_size rows cannot fit in memory."""
+    batch_size rows cannot fit in memory; what the data loader cleaned, noted."""
     data = rundir.run_splits(args.data, meta, model, vocab, batch_size, subject=f"the run in {ckpt}")
     notes(args, data.notes)
     return data
@@ -189,7 +187,7 @@ def cmd_gradcheck(args):
         if typed:   # the run's own model and split are checked
             raise UsageError(f"{typed[0]} sets a fresh model; drop it when checking --run {args.run}")
         model, vocab, meta, _, ckpt = load_run(args.run)
-        data = run_splits(args, meta, model, vocab, ckpt, args.batch_size)
+        data = read_splits(args, meta, model, vocab, ckpt, args.batch_size)
         model = model.like({k: v.astype(dtype) for k, v in model.params.items()})
         what = f"the model in {ckpt}"
     else:
@@ -199,8 +197,8 @@ def cmd_gradcheck(args):
         model = make_model(kind, data.vocab.size, sizes, args.seed, dtype, init)
         what = f"a fresh {kind} model" + (f" (--init {init}, seed {args.seed})" if init else f" (seed {args.seed})")
     check_batch(args.batch_size, model, len(data.train[0]))
-    X, Y = minibatch(*data.train, args.batch_size, args.seed)
-    grads = fast.gradients(model, X, Y) if fast.default_engine(model.kind, model.sizes) == "fast" else None
+    X, Y = minibatch(*data.train, args.batch_size or len(data.train[0]), args.seed)
+    grads = fast.gradients(model, X, Y) if fast.default_engine(model.spec, model.sizes) == "fast" else None
     rep = gradcheck.report(model, X, Y, coords=args.coords, seed=args.seed, fast=grads)
     sizes = ", ".join(f"{k} {v}" for k, v in model.sizes.items())
     print(f"gradcheck of {what}: {sizes}, {args.dtype}; one minibatch of {len(X)} training rows")
@@ -230,7 +228,7 @@ def cmd_lr_find(args):
         check_batch(args.batch_size, model, len(data.train[0]))
         lre = np.linspace(-3, 0, args.steps)                      # the lecture's lre; lrs = 10**lre
         # the helper processes fork before the progress bar starts a thread
-        with fast.steps(engine, model, args.batch_size, args.processes) as steps, \
+        with fast.steps(engine, model, args.batch_size or len(data.train[0]), args.processes) as steps, \
                 np.errstate(over="ignore", invalid="ignore"), \
                 Progress(args.steps, quiet=args.quiet, every=max(1, args.steps // 100), desc="lr-find") as bar:
             losses = lrfind.sweep(steps, *data.train, lre, args.batch_size, args.seed,
@@ -291,7 +289,7 @@ def cmd_sample(args):
 
 def cmd_eval(args):
     model, vocab, meta, _, ckpt = load_run(args.run_dir)
-    data = run_splits(args, meta, model, vocab, ckpt)
+    data = read_splits(args, meta, model, vocab, ckpt)
     with np.errstate(over="ignore", invalid="ignore"):
         losses = {k: fast.evaluate(model, *xy, meta["run"]["engine"]) for k, xy in data.items()}   # as the run did
     bad = [k for k, v in losses.items() if not np.isfinite(v)]
@@ -313,12 +311,16 @@ def cmd_plot(args):
     from . import plots
     model, vocab, meta, lossi, ckpt = load_run(args.run_dir)
     cfg = TrainConfig(**meta["train"])           # load_checkpoint checked it
-    if args.pca and model.n_embd < 2:
-        raise UsageError(f"--pca: the model in {ckpt} embeds each character in {model.n_embd} dimension, "
-                         f"which has no principal components to choose; drop --pca")
+    table = model.spec.embedding
+    if args.pca and table is None:
+        raise UsageError(f"--pca: the {model.kind} model in {ckpt} embeds no characters, so there is no "
+                         f"embedding figure; drop --pca")
+    if args.pca and table is not None and model.params[table].shape[1] < 2:
+        raise UsageError(f"--pca: the model in {ckpt} embeds each character in {model.params[table].shape[1]} "
+                         f"dimension, which has no principal components to choose; drop --pca")
     with figures_folder(args, ckpt) as out:
-        data = run_splits(args, meta, model, vocab, ckpt, cfg.batch_size)
-        batch = minibatch(*data.train, cfg.batch_size, args.seed)
+        data = read_splits(args, meta, model, vocab, ckpt, cfg.batch_size)
+        batch = minibatch(*data.train, cfg.rows(len(data.train[0])), args.seed)
         missing: list[str] = []
         written = plots.write_run_figures(out, model, vocab, lossi, cfg, pca=args.pca, batch=batch, notes=missing)
     notes(args, missing)
@@ -333,8 +335,8 @@ def cmd_diagnose(args):
     ratios = diagnose.UpdateRatios.load(side, model.params, meta["step"])   # checked like the checkpoint
     recorded = meta["run"].get("diagnose", False)
     with figures_folder(args, ckpt) as out:
-        batch = max(cfg.batch_size, 2)
-        data = run_splits(args, meta, model, vocab, ckpt, batch)
+        batch = max(cfg.batch_size or TRAIN.batch_size, 2)      # a full-batch run is read on a minibatch
+        data = read_splits(args, meta, model, vocab, ckpt, batch)
         readings = diagnose.read(model, *minibatch(*data.train, batch, args.seed))
         missing: list[str] = []
         written = plots.write_diagnose_figures(out, readings, ratios, model.params, missing)
@@ -357,28 +359,16 @@ def cmd_diagnose(args):
 
 # ----------------------------------------------------------------------------- main
 
-def decay_defaults() -> str:
-    """'deep: 0.75 ...': the models whose lr drop differs from lecture 2's."""
-    from .registry import MODELS
-    return "; ".join(f"{kind}: {cls.TRAIN_DEFAULTS['decay_at']:g}" for kind, cls in MODELS.items()
-                     if "decay_at" in getattr(cls, "TRAIN_DEFAULTS", {}))
-
-
 def build_parser():
-    parser = Parser(prog="npmlp", description="A character-level MLP language model "
-                                     "(makemore part 2) in NumPy, with every gradient written by hand.")
+    parser = Parser(prog="npmlp", description="The makemore course's character-level language models in NumPy, "
+                                              "with every gradient written by hand.")
     parser.add_argument("--version", action="version", version=f"npmlp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model and write a run directory")
     add_data_args(p)
     add_model_args(p)
-    p.add_argument("--steps", type=positive_int, default=TRAIN.steps, help=f"SGD steps (default {TRAIN.steps})")
-    add_batch_arg(p)
-    p.add_argument("--lr", type=positive_float, default=TRAIN.lr, help=f"learning rate (default {TRAIN.lr:g})")
-    p.add_argument("--lr-decayed", type=positive_float, help="rate after the decay (default lr/10)")
-    p.add_argument("--decay-at", type=fraction, help="fraction of steps where the rate drops (default "
-                   f"{TRAIN.decay_at:g}; {decay_defaults()})")
+    add_train_args(p)
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run, bit-identically")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no notes about the data")
@@ -392,7 +382,7 @@ def build_parser():
                        "differences and the fast engine")
     add_data_args(p)
     add_model_args(p, dtype="float64")  # finite differences are always float64
-    add_batch_arg(p)
+    add_batch_arg(p, per_model=False)
     p.add_argument("--coords", type=positive_int, default=20, help="coordinates per tensor for finite "
                    "differences (default 20)")
     p.add_argument("--run", metavar="RUN_DIR", help="check a trained model instead of a fresh one")
@@ -402,7 +392,7 @@ def build_parser():
     p = sub.add_parser("lr-find", help="the lecture's learning-rate sweep (10^-3 to 10^0), with a plot")
     add_data_args(p)
     add_model_args(p)
-    p.add_argument("--steps", type=positive_int, default=1000, help="steps, one rate each (default 1000)")
+    p.typed("--steps", type=positive_int, default=1000, help="steps, one rate each (default 1000)")
     add_batch_arg(p)
     p.add_argument("--out", metavar="DIR", help="where lr_find.png goes (default runs/lr-find-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -428,7 +418,7 @@ def build_parser():
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `npmlp train`")
     p.add_argument("--data", metavar="FILE", help="the run's names file, if it has moved")
     p.add_argument("--pca", action="store_true", help="embedding: the first two principal components "
-                   "instead of C[:, 0] and C[:, 1]")
+                   "instead of its first two columns")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the gradient figure's minibatch")
     p.add_argument("--out", metavar="DIR", help="where the PNGs go (default: the run directory)")
     p.add_argument("--quiet", action="store_true", help="no notes about the data")
@@ -488,8 +478,7 @@ class Stdout:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(map(str, argv))
-    args = build_parser().parse_args(argv)
-    args.typed = typed_options(argv)
+    args = build_parser().parse(argv)
     from threadpoolctl import threadpool_limits
     stdout = sys.stdout = Stdout(sys.stdout)
     try:
@@ -502,7 +491,7 @@ def main(argv=None) -> int:
             raise NpmlpError(f"cannot write to stdout: {stdout.failed.strerror or stdout.failed}; the printed lines "
                              f"are lost (the files, if any, are written)")
         return code
-    except (NpmlpError, DataError) as e:
+    except NpmlpError as e:
         print(f"npmlp: error: {e}", file=sys.stderr)
         return e.exit_code
     except HelperFailed as e:

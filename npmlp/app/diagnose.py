@@ -48,10 +48,6 @@ def grad_data(grad, param) -> float:
     return float(np.std(grad, dtype=np.float64)) / spread if spread > 0 else float("nan")
 
 
-def tanh_names(model) -> tuple:
-    return getattr(model, "tanh_names", ("h",))
-
-
 class Layer(NamedTuple):
     name: str
     values: np.ndarray     # flattened
@@ -88,7 +84,7 @@ def read(model, X, Y) -> Readings:
     with frozen(model), np.errstate(all="ignore"):
         loss, cache = model.forward(X, Y)
         grads, dacts = model.backward(cache)
-        names = tanh_names(model)
+        names = model.tanh_names
         acts = [_layer(n, cache[n]) for n in names]
         grads_in = [_layer(n, dacts[n], saturated=False) for n in names]
         weights = []

@@ -1,4 +1,4 @@
-"""Files the application writes: whole or not at all (data.atomic_open), and the lock that keeps
+"""Files the application writes: whole or not at all (loading.atomic_open), and the lock that keeps
 a run directory to one `npmlp train` at a time."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..data import atomic_open
+from ..loading import atomic_open
 from .errors import NpmlpError, UsageError
 
 try:

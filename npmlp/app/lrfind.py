@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..mlp import SEED
+from ..contract import SEED
 from ..train import Diverged, TrainConfig
 
 MARGIN = 0.2  # suggested exponent = exponent of the smoothed minimum minus this (rate / 1.6)

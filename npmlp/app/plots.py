@@ -447,9 +447,11 @@ def write_run_figures(out, model, vocab, lossi=None, cfg=None, pca: bool = False
     written = []
     if lossi is not None and len(lossi):
         decay = cfg.decay_step if cfg is not None and cfg.lr_decayed != cfg.lr else None
-        written.append(save(loss_figure(lossi, decay, getattr(cfg, "lr", None), getattr(cfg, "lr_decayed", None),
-                                        getattr(cfg, "batch_size", None)), out / "loss.png", notes))
-    written.append(save(embedding_figure(model.params["C"], vocab.itos, pca), out / "embedding.png", notes))
+        lr, lr_decayed, rows = (cfg.lr, cfg.lr_decayed, cfg.batch_size) if cfg is not None else (None, None, None)
+        written.append(save(loss_figure(lossi, decay, lr, lr_decayed, rows), out / "loss.png", notes))
+    if model.spec.embedding is not None:       # the bigram embeds nothing: its rows are logits
+        written.append(save(embedding_figure(model.params[model.spec.embedding], vocab.itos, pca),
+                            out / "embedding.png", notes))
     if batch is not None:
         written.append(save(gradient_figure(model, *batch, vocab.itos), out / "gradients.png", notes))
     return written

@@ -1,43 +1,56 @@
-"""Every model npmlp trains, by the name `npmlp train --model` gives it.
-
-A model class has: kind (its name here), DEFAULTS (its sizes: the one home of its defaults),
-TRAIN_DEFAULTS (a training option that differs from the lecture-2 default), INITS (the init
-schemes it offers beside its lecture's own), min_batch, shapes(vocab_size, **sizes) and
-buffer_shapes(...) (its parameters and running statistics, by name), init(vocab_size, **sizes,
-seed=, dtype=); and instances with params, buffers, sizes, param_names, act_names,
-forward(X, Y, at=)/backward (training), loss/logits (inference).
+"""Every model npmlp trains, by the name `npmlp train --model` gives it: the one place the
+application names the model modules. What each model is, its options, defaults, engine and
+mirror, is its own spec (contract.Spec); the rest of app/ reads the specs of these classes.
 """
 from __future__ import annotations
 
-from ..bn import BNMLP
-from ..deep import Deep
-from ..mlp import MLP
-from ..wavenet import Wavenet
+from .. import bigram, bn, deep, mlp, wavenet
+from ..contract import Model, Option, Spec
 from .errors import UsageError
 
-MODELS = {"mlp": MLP, "bn": BNMLP, "deep": Deep, "wavenet": Wavenet}
+MODELS: dict[str, type[Model]] = {cls.spec.kind: cls for cls in (
+    mlp.MLP, bigram.Bigram, bn.BNMLP, deep.Deep, wavenet.Wavenet)}
+DEFAULT = "mlp"      # `npmlp train` with no --model: lecture 2's run
 
 
-def model_class(kind: str):
+def model_class(kind: str) -> type[Model]:
     try:
         return MODELS[kind]
     except KeyError:
         raise UsageError(f"unknown model {kind!r}; use one of {', '.join(MODELS)}") from None
 
 
-def owners(size: str) -> list[str]:
-    """The models that have the size `size` (an option only some models take: n_layers, flatten)."""
-    return [k for k, c in MODELS.items() if size in c.DEFAULTS]
+def spec(kind: str) -> Spec:
+    return model_class(kind).spec
 
 
-def train_default(kind: str, option: str, lecture2):
-    """A training option's default for model `kind`: its TRAIN_DEFAULTS, else lecture 2's."""
-    return getattr(MODELS[kind], "TRAIN_DEFAULTS", {}).get(option, lecture2)
+def options() -> dict[str, Option]:
+    """Every model option by name, the first model's declaration of it (its help and flag)."""
+    out: dict[str, Option] = {}
+    for cls in MODELS.values():
+        for o in cls.spec.options:
+            out.setdefault(o.name, o)
+    return out
 
 
-def make_model(kind: str, vocab_size: int, sizes: dict, seed: int, dtype, init: str | None = None):
+def owners(name: str) -> list[str]:
+    """The models that have the option `name` (one only some models take: n_layers, flatten)."""
+    return [k for k, c in MODELS.items() if c.spec.option(name) is not None]
+
+
+def with_inits() -> list[str]:
+    """The models that offer init schemes (--init)."""
+    return [k for k, c in MODELS.items() if c.spec.inits]
+
+
+def train_default(kind: str, option: str, default):
+    """A training option's default for model `kind`: its spec's, else `default` (TrainConfig's)."""
+    return MODELS[kind].spec.train.get(option, default)
+
+
+def make_model(kind: str, vocab_size: int, sizes: dict, seed: int, dtype, init: str | None = None) -> Model:
     """A fresh model of `kind`: its init with the given sizes, seed and dtype, and the init scheme
-    `init` where the model offers one (None: its lecture's own)."""
+    `init` where the model offers one (None: its source's own)."""
     cls = model_class(kind)
     try:
         return cls.init(vocab_size, **sizes, seed=seed, dtype=dtype, **({} if init is None else {"scheme": init}))

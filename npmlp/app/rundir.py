@@ -8,6 +8,7 @@ the metrics at the end. cli.py turns options into these calls and prints what th
 """
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import time
 from pathlib import Path
@@ -15,42 +16,44 @@ from pathlib import Path
 import numpy as np
 
 from .. import fast, train
-from ..data import SPLIT_SEED, Splits
+from ..data import SPLIT_SEED
 from ..fast.dataset import build_dataset
+from ..loading import Splits
 from ..train import Diverged, TrainConfig
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import RunRecord, load_checkpoint, save_checkpoint
 from .errors import NpmlpError, UsageError
 from .files import atomic_write_json, cannot_write
 from .options import MODEL_OPTIONS, check_batch, check_memory, flag, option_text
-from .registry import make_model, owners
+from .registry import make_model, options, owners
 
 SNAPSHOT = 1000   # steps between copies of the model kept to replay a divergence from
 
 
 # ----------------------------------------------------------------------------- data
 
-def run_data(data, info: dict):
+def run_data(data, record: RunRecord):
     """The names file of a run: `data` if given, else the path the run recorded (None: the download)."""
     if data:
         return data
-    path = info.get("data")
+    path = record.data
     if path is not None and not Path(path).exists():
         raise NpmlpError(f"the run's names file {path} no longer exists; pass its new place with --data FILE")
     return path
 
 
-def run_splits(data, meta, model, vocab, batch_size: int = 1, steps: int = 0, subject: str = "this run") -> Splits:
+def run_splits(data, meta, model, vocab, batch_size: int | None = 1, steps: int = 0,
+               subject: str = "this run") -> Splits:
     """The rows a run was trained and evaluated on: its data file (or `data`) and split seed;
     refused before they are built if they, the model and a batch of batch_size rows (and `steps`
     losses) cannot fit in memory (options.check_memory; `subject` names the run there)."""
-    info = meta.get("run") or {}
-    return splits(run_data(data, info), info.get("split_seed", SPLIT_SEED), model.block_size, vocab,
-                  digest=info.get("data_sha256"),
+    record = RunRecord.from_json(meta["run"])
+    return splits(run_data(data, record), record.split_seed, model.block_size, vocab, digest=record.data_sha256,
                   check=lambda n_rows, v: check_memory(model.kind, model.sizes, v, n_rows, batch_size, steps,
                                                        subject=subject))
 
 
-def fresh_splits(kind: str, sizes: dict, data, split_seed, batch_size: int, steps: int = 0, typed=None) -> Splits:
+def fresh_splits(kind: str, sizes: dict, data, split_seed, batch_size: int | None, steps: int = 0,
+                 typed=None) -> Splits:
     """The rows a fresh model of `kind` and `sizes` trains on, refused before they are built if
     they, the model and a batch of batch_size rows (and `steps` losses) cannot fit in memory
     (options.check_memory; `typed`: the options on the command line, for its message)."""
@@ -59,7 +62,7 @@ def fresh_splits(kind: str, sizes: dict, data, split_seed, batch_size: int, step
 
 
 def splits(data, split_seed, block_size, vocab=None, digest=None, check=None) -> Splits:
-    """data.Splits with the rows built vectorised (fast.dataset), as every command reads them;
+    """loading.Splits with the rows built vectorised (fast.dataset), as every command reads them;
     check(n_rows, vocab) runs before any row is built (the memory check)."""
     return Splits(data, split_seed, block_size, vocab, digest, build=build_dataset, check=check)
 
@@ -80,23 +83,24 @@ def refuse_existing(out: Path) -> None:
 
 class Run:
     """What a run directory holds while it trains: the model and its vocabulary, the training
-    config, `info` (what else the run records: data file and SHA-256, split seed, init, engine
-    and its arithmetic, training seconds so far), the loss history and the next step."""
+    config, its `record` (what else the run records: checkpoint.RunRecord), the loss history and
+    the next step."""
 
-    def __init__(self, out: Path, model, vocab, cfg: TrainConfig, info: dict, lossi, start: int, data: Splits,
-                 ratios=None):
+    def __init__(self, out: Path, model, vocab, cfg: TrainConfig, record: RunRecord, lossi, start: int,
+                 data: Splits, ratios=None):
         self.out, self.ckpt = out, out / "model.npz"
-        self.model, self.vocab, self.cfg, self.info, self.data = model, vocab, cfg, info, data
+        self.model, self.vocab, self.cfg, self.record, self.data = model, vocab, cfg, record, data
         self.lossi, self.start, self.step = lossi, start, start
         self.notes: list[str] = []                # about the run itself (the data's are data.notes)
         check_batch(cfg.batch_size, model, len(data.train[0]))
         self.stopped = False                       # on_step asked to stop
-        self.seconds = info.get("seconds", 0.0)    # training time of the earlier parts ...
-        self.parts = info.get("parts", 1 if start else 0) + 1   # ... and this one
-        self._t0 = self._t1 = None                 # when this part's training began and ended
+        self.seconds = record.seconds              # training time of the earlier parts ...
+        self.parts = (record.parts if record.parts is not None else 1 if start else 0) + 1   # ... and this one
+        self._t0: float | None = None              # when this part's training began ...
+        self._t1: float | None = None              # ... and ended
         self.ratios = ratios                       # diagnose.UpdateRatios, sampled while training (--diagnose)
         if ratios is not None:
-            info["diagnose"] = True
+            record.diagnose = True
 
     @classmethod
     def new(cls, out: Path, kind: str, sizes: dict, cfg: TrainConfig, engine: str, data=None, split_seed=SPLIT_SEED,
@@ -107,14 +111,13 @@ class Run:
         command line, for the memory check's message."""
         rows = fresh_splits(kind, sizes, data, split_seed, cfg.batch_size, cfg.steps, typed)
         model = make_model(kind, rows.vocab.size, sizes, cfg.seed, dtype, init)
-        info = {"data": str(rows.source.resolve()) if rows.source else None, "split_seed": split_seed,
-                "init": init, "data_sha256": rows.digest, "engine": engine,
-                "arithmetic": fast.ARITHMETIC[engine], "seconds": 0.0, "parts": 0}
+        record = RunRecord(engine, str(rows.source.resolve()) if rows.source else None, split_seed, rows.digest,
+                           init, fast.ARITHMETIC[engine], parts=0)
         ratios = None
         if diagnose:
             from .diagnose import UpdateRatios
             ratios = UpdateRatios(model.params)
-        return cls(out, model, rows.vocab, cfg, info, np.zeros(cfg.steps, np.float32), 0, rows, ratios)
+        return cls(out, model, rows.vocab, cfg, record, np.zeros(cfg.steps, np.float32), 0, rows, ratios)
 
     @classmethod
     def resume(cls, out: Path, typed: dict, data=None, diagnose=False):
@@ -122,17 +125,17 @@ class Run:
         (name -> value); one that differs from the run's own is refused."""
         model, vocab, meta, lossi, ratios, notes = load_resumable(out, typed, diagnose)
         cfg = TrainConfig(**meta["train"])
-        info = dict(meta["run"])
+        record = RunRecord.from_json(meta["run"])
         rows = run_splits(data, meta, model, vocab, cfg.batch_size, cfg.steps, subject=f"the run in {out}")
         if data:                                    # the same names from a new place: remember it
-            info["data"] = str(Path(data).resolve())
-        run = cls(out, model, vocab, cfg, info, np.concatenate(
+            record.data = str(Path(data).resolve())
+        run = cls(out, model, vocab, cfg, record, np.concatenate(
             [lossi, np.zeros(cfg.steps - meta["step"], np.float32)]), meta["step"], rows, ratios)
         run.notes += notes
-        if info.get("arithmetic", 1) != fast.ARITHMETIC[info["engine"]]:   # runs before the key were 1
+        if record.arithmetic != fast.ARITHMETIC[record.engine]:
             run.notes.append(f"{out} was trained by an older npmlp whose steps round differently; it continues "
                              f"correctly, but not bit-identically to an uninterrupted run of that version")
-            info["arithmetic"] = fast.ARITHMETIC[info["engine"]]
+            record.arithmetic = fast.ARITHMETIC[record.engine]
         return run
 
     @property
@@ -147,15 +150,15 @@ class Run:
     def summary(self) -> str:
         verb = f"resuming at step {self.start:,} of {self.cfg.steps:,}" if self.start else f"{self.cfg.steps:,} steps"
         return (f"{self.data.summary()}; {self.model.kind} model, {self.model.num_params:,} parameters "
-                f"({self.model.dtype}), {self.info['engine']} engine; {verb}; writing {self.out}/")
+                f"({self.model.dtype}), {self.record.engine} engine; {verb}; writing {self.out}/")
 
     def save(self, step: int | None = None) -> None:
         """model.npz at `step` (default: the steps done), with the training seconds so far."""
         step = self.step if step is None else step
-        info = dict(self.info, seconds=round(self.seconds + self.train_seconds, 3), parts=self.parts)
-        meta = {"train": self.cfg.to_dict(), "run": info, "step": step, "complete": step >= self.cfg.steps}
-        if hasattr(self.model, "calibrate"):   # statistics for inference, from the training split
-            self.model.calibrate(self.data.train[0])
+        record = dataclasses.replace(self.record, seconds=round(self.seconds + self.train_seconds, 3),
+                                     parts=self.parts)
+        meta = {"train": self.cfg.to_dict(), "run": record.to_json(), "step": step, "complete": step >= self.cfg.steps}
+        self.model.calibrate(self.data.train[0])     # statistics for inference, from the training split (bn's)
         try:
             if self.ratios is not None:   # first: the side file then holds at least the checkpoint's samples
                 from .diagnose import RATIOS
@@ -233,15 +236,15 @@ class Run:
     def finish(self) -> dict:
         """The end of a finished run: evaluate every split, sample 20 names, write metrics.json."""
         with np.errstate(over="ignore", invalid="ignore"):
-            losses = {f"{k}_loss": fast.evaluate(self.model, *xy, self.info["engine"]) for k, xy in self.data.items()}
+            losses = {f"{k}_loss": fast.evaluate(self.model, *xy, self.record.engine) for k, xy in self.data.items()}
             names = train.sample(self.model, self.vocab, 20, seed=self.cfg.seed + 10)
         seconds = round(self.seconds + self.train_seconds, 3)     # every part's training time
         metrics = {**{k: v if np.isfinite(v) else None for k, v in losses.items()},  # JSON has no NaN
                    "steps": self.cfg.steps, "seconds": seconds, "parts": self.parts,
                    "steps_per_second": round(self.cfg.steps / seconds, 1) if seconds else None,
                    "num_params": self.model.num_params,
-                   "config": {**self.cfg.to_dict(), **self.info, "model": self.model.kind, **self.model.sizes,
-                              "dtype": str(self.model.dtype)},
+                   "config": {**self.cfg.to_dict(), **self.record.to_json(), "model": self.model.kind,
+                              **self.model.sizes, "dtype": str(self.model.dtype)},
                    "samples": names}
         for k in ("seconds", "parts"):
             metrics["config"].pop(k, None)
@@ -262,35 +265,36 @@ def load_resumable(out: Path, typed: dict, diagnose: bool = False):
     if not ckpt.is_file():
         raise UsageError(f"--resume {out}: no model.npz there; give a run directory written by `npmlp train`")
     model, vocab, meta, lossi = load_checkpoint(ckpt)
-    cfg, info, start = TrainConfig(**meta["train"]), meta["run"], meta["step"]
+    cfg, record, start = TrainConfig(**meta["train"]), RunRecord.from_json(meta["run"]), meta["step"]
     lossi = np.zeros(0, np.float32) if lossi is None else lossi
     if start >= cfg.steps and (out / "metrics.json").exists():  # without it: stopped during evaluation
         where = shlex.quote(str(out))
         raise UsageError(f"{out} finished all {cfg.steps:,} steps already; nothing to resume (its losses: "
                          f"npmlp eval {where}; its figures: npmlp plot {where})")
-    _check_typed(typed, out, model, cfg, info)
+    _check_typed(typed, out, model, cfg, record)
     ratios, notes = None, []
-    if diagnose or info.get("diagnose"):
+    if diagnose or record.diagnose:
         from .diagnose import RATIOS, UpdateRatios
         kept = UpdateRatios.load(out / RATIOS, model.params, start) if start else None
-        if kept is None and info.get("diagnose") and start:
+        if kept is None and record.diagnose and start:
             notes.append(f"{out / RATIOS}, where this run kept its update:data ratios (--diagnose), is missing: "
                          f"the samples before step {start:,} are lost; sampling goes on from step {start:,}")
         ratios = kept.until(start) if kept is not None else UpdateRatios(model.params)
     return model, vocab, meta, lossi, ratios, notes
 
 
-def _check_typed(typed: dict, out: Path, model, cfg: TrainConfig, info: dict) -> None:
+def _check_typed(typed: dict, out: Path, model, cfg: TrainConfig, record: RunRecord) -> None:
     """--resume continues a run with its own options: refuse a typed option that says otherwise,
     or that the run's model does not have."""
-    theirs = {**cfg.to_dict(), **model.sizes, "model": model.kind, "dtype": str(model.dtype),
-              "init": info.get("init"), "split_seed": info["split_seed"], "engine": info["engine"]}
+    theirs = {**cfg.to_dict(), **model.sizes, "model": model.kind, "dtype": str(model.dtype), **record.options()}
     for key, mine in typed.items():
         if key not in theirs and key in MODEL_OPTIONS:
             raise UsageError(f"{flag(key)} applies to the {' and '.join(owners(key))} model only, and {out} holds a {model.kind} model; "
                              f"--resume continues it with its own options: drop {flag(key)}")
         if key in theirs and mine != theirs[key]:
-            their = ("BatchNorm" if theirs[key] else "none") if key == "batchnorm" else theirs[key]
-            raise UsageError(f"{option_text(key, mine)} differs from the run's {'none' if their is None else their}; "
+            o, their, typed_text = options().get(key), theirs[key], option_text(key, mine)
+            if o is not None and o.const is not None:       # a switch: its states in words, or its values
+                their, typed_text = (o.states[their], o.cli) if o.states else (their, f"{o.cli} {mine}")
+            raise UsageError(f"{typed_text} differs from the run's {'none' if their is None else their}; "
                              f"--resume continues {out} with its own options: drop {flag(key)}, or start a new run "
                              f"with another --out")

@@ -16,29 +16,28 @@ import contextlib
 import functools
 
 from .. import train
+from ..contract import Spec
 from . import engine as _engine
 from .engine import ARITHMETIC as FAST_ARITHMETIC
-from .engine import CHUNK, ENGINE_CLASS, GATHER, MODELS, gradients
+from .engine import CHUNK, ENGINE_CLASS, GATHER, gradients
 from .stack import EVAL_BYTES, StackEngine, inference_loss
 
 ENGINES = ("fast", "reference")
 ARITHMETIC = {"fast": FAST_ARITHMETIC, "reference": 1}   # each engine's rounding version (see engine.py)
 
-__all__ = ["ARITHMETIC", "CHUNK", "ENGINES", "GATHER", "MODELS", "default_engine", "eval_bytes", "evaluate", "gradients", "steps"]
+__all__ = ["ARITHMETIC", "CHUNK", "ENGINES", "GATHER", "default_engine", "eval_bytes", "evaluate", "gradients",
+           "reference_only", "steps"]
 
 
-# sizes that only the reference trains: the fast engine normalises a BatchNorm over every row
-REFERENCE_ONLY = {"batchnorm_over_batch_only": "part 5's BatchNorm bug (statistics over the batch dimension only)"}
+def reference_only(spec: Spec, sizes: dict | None) -> str | None:
+    """Why the fast engine cannot train a model of these sizes, or None: an option the spec marks
+    reference_only is set (the wavenet's BatchNorm bug: the fast engine normalises over every row)."""
+    return next((o.reference_only for o in spec.options if o.reference_only and (sizes or {}).get(o.name)), None)
 
 
-def reference_only(sizes: dict | None) -> str | None:
-    """Why the fast engine cannot train a model of these sizes, or None."""
-    return next((why for key, why in REFERENCE_ONLY.items() if (sizes or {}).get(key)), None)
-
-
-def default_engine(kind: str, sizes: dict | None = None) -> str:
-    """The engine a model trains with unless told: fast where it has one for these sizes."""
-    return "fast" if kind in MODELS and not reference_only(sizes) else "reference"
+def default_engine(spec: Spec, sizes: dict | None = None) -> str:
+    """The engine a model trains with unless told: fast where its spec names one, for these sizes."""
+    return "fast" if spec.engine in ENGINE_CLASS and not reference_only(spec, sizes) else "reference"
 
 
 @contextlib.contextmanager
@@ -54,21 +53,21 @@ def steps(engine: str, model, batch_size: int, processes: int | None = None):
         yield functools.partial(train.sgd, model)
 
 
-def _stacked(kind: str, sizes: dict | None = None) -> bool:
-    """Whether the fast tier runs a model of `kind` (and these sizes) on stack.StackEngine."""
-    return ENGINE_CLASS.get(kind) is StackEngine and not reference_only(sizes)
+def _stacked(spec: Spec, sizes: dict | None = None) -> bool:
+    """Whether the fast tier runs a model of this spec (and these sizes) on stack.StackEngine."""
+    return ENGINE_CLASS.get(spec.engine or "") is StackEngine and not reference_only(spec, sizes)
 
 
-def eval_bytes(kind: str) -> int:
-    """What evaluate() may hold at once for a model of `kind` beyond train.evaluate's chunk (the
+def eval_bytes(spec: Spec) -> int:
+    """What evaluate() may hold at once for a model of this spec beyond train.evaluate's chunk (the
     fast engine's evaluation sizes its chunks to stack.EVAL_BYTES)."""
-    return EVAL_BYTES if _stacked(kind) else 0
+    return EVAL_BYTES if _stacked(spec) else 0
 
 
 def evaluate(model, X, Y, engine: str = "fast") -> float:
     """train.evaluate's mean loss in inference mode, by `engine`: for a layer-object network the
     fast one folds each BatchNorm into the Linear before it and runs each block once per distinct
     window of characters (stack.inference_loss); every other case runs train.evaluate itself."""
-    if engine == "fast" and _stacked(model.kind, model.sizes):
+    if engine == "fast" and _stacked(model.spec, model.sizes):
         return inference_loss(model, X, Y)
     return train.evaluate(model, X, Y)

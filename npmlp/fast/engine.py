@@ -1,4 +1,5 @@
-"""The fast engine: the lecture MLP's training step (model.MLP + train.sgd) rearranged for speed.
+"""The fast engines of lecture 2's MLP and part 4's BatchNorm MLP: mlp.MLP and bn.BNMLP with
+train.sgd, their training step rearranged for speed.
 
 Same maths, same minibatches, same divergence rule (train.check_loss); only the order of the
 floating-point operations differs, so the tests hold it to the reference: float64 to 1e-12
@@ -36,7 +37,7 @@ from threadpoolctl import threadpool_limits
 
 from ..layers import BN_EPS as EPS_BN
 from ..mlp import MLP
-from ..train import BLOCK, TrainConfig, batch_block, check_loss
+from ..train import BLOCK, TrainConfig, check_loss, step_block
 from .flat import FlatParams
 from .tanh import TANH, pick
 from .stack import StackEngine
@@ -236,8 +237,7 @@ class BNEngine(Engine):
         return b.tmp
 
 
-ENGINE_CLASS = {"mlp": Engine, "bn": BNEngine, "deep": StackEngine, "wavenet": StackEngine}
-MODELS = tuple(ENGINE_CLASS)    # the models (registry.MODELS kinds) the fast tier trains
+ENGINE_CLASS = {"mlp": Engine, "bn": BNEngine, "stack": StackEngine}   # by the name a spec's `engine` gives
 
 
 def run_chunks(eng: Engine, pool, ks, g: int, lr: float):
@@ -274,7 +274,7 @@ class Chunks:
     def __init__(self, model: MLP, batch_size: int):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.engine = ENGINE_CLASS[model.kind](model)
+        self.engine = ENGINE_CLASS[model.spec.engine](model)
         self.batch_size = batch_size
         self.chunks = batch_chunks(batch_size) if self.engine.chunked else [(0, batch_size, 1.0)]
         n, P, G = len(self.chunks), self.engine.flat.size, gather_group(batch_size)
@@ -348,19 +348,22 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
     """train.sgd's steps, faster: same contract, same minibatches, results equal to round-off.
 
     pool: a Chunks (or parallel.ChunkPool, whose helper processes run some chunks) made for this
-    model's shape and cfg.batch_size, to reuse across calls; None makes a Chunks for this call.
+    model's shape and the batch's rows (cfg.rows), to reuse across calls; None makes a Chunks for this call.
     The model's params are copied into the engine's flat vector and back when the call ends
     (also by an exception: a Diverged step's update is never applied)."""
     if pool is None:
-        with Chunks(model, cfg.batch_size) as own:
+        with Chunks(model, cfg.rows(len(X))) as own:
             return sgd(model, X, Y, cfg, lossi, start, stop, on_step, own)
-    pool.fits(model, cfg.batch_size)
-    eng, B, N = pool.engine, cfg.batch_size, len(X)
+    pool.fits(model, cfg.rows(len(X)))
+    eng, N = pool.engine, len(X)
     chunks, G, n = pool.chunks, len(pool.Xg), len(pool.chunks)
     stop = cfg.steps if stop is None else stop
     lossi = np.zeros(cfg.steps, np.float32) if lossi is None else lossi
     update = pool.grads[0] if n == 1 else np.empty_like(eng.flat)   # the chunks' summed update
     lr_at, flat, parts, shares = cfg.lr_at, eng.flat, pool.parts, [c[2] for c in chunks]
+    if cfg.reg:     # reg * mean(p**2) of each parameter is reg * sum(flat**2 * inv_size): one dot, one axpy
+        inv_size = np.concatenate([np.full(math.prod(s), 1 / math.prod(s)) for s in eng.shapes.values()])
+        decay = (2 * cfg.reg * inv_size).astype(flat.dtype)                  # (P,) d(penalty) / d(flat) / flat
     eng.load(model)
     # exp(2x) in the exp form of tanh overflows to inf on purpose
     with np.errstate(over="ignore"):
@@ -369,7 +372,7 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
                 i = step % BLOCK
                 if step == start or i % G == 0:
                     if step == start or i == 0:
-                        block = batch_block(cfg.seed, step // BLOCK, N, B)     # (BLOCK, B) row indices
+                        block = step_block(cfg, step // BLOCK, N)              # (BLOCK, B) row indices
                     pool.gather(X, Y, block[i - i % G: i - i % G + G])      # the next G steps' rows
                 g = i % G
                 lr = lr_at(step)
@@ -379,9 +382,13 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
                 loss = 0.0
                 for k in range(n):
                     loss += float(parts[k]) * shares[k]                    # the batch mean, chunk by chunk
+                if cfg.reg:
+                    loss += cfg.reg * float(np.dot(np.square(flat, dtype=np.float64), inv_size))
                 check_loss(lossi, step, loss, cfg, eng.V)
                 if n > 1:                                                  # row by row in chunk order,
                     np.add.reduce(pool.grads, 0, None, update)             #   whoever ran the chunk
+                if cfg.reg:
+                    update -= lr * decay * flat                            # the penalty's share of -lr * p.grad
                 flat += update                                             # p.data += -lr * p.grad, all five
                 lossi[step] = loss
                 if on_step is not None and on_step(step, loss):

@@ -258,6 +258,6 @@ def make_pool(model, batch_size: int, processes: int | None = None) -> Chunks:
     up to the usable cores (or `processes`), or a plain fast.Chunks when that is one process.
     Forking costs ~20 ms: make one per run, not per step, and before any thread starts (a fork
     beside a running thread can deadlock the child; Python 3.12+ warns)."""
-    n = len(batch_chunks(batch_size)) if ENGINE_CLASS[model.kind].chunked else 1
+    n = len(batch_chunks(batch_size)) if ENGINE_CLASS[model.spec.engine].chunked else 1
     procs = default_processes(n) if processes is None else min(processes, n)
     return ChunkPool(model, batch_size, procs) if procs > 1 else Chunks(model, batch_size)

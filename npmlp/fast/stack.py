@@ -55,7 +55,7 @@ def plan(model) -> list[Block]:
             blocks.append(Block(W=layer.W, b=layer.b, fold=I // width, bn=None, tanh=False, I=I, O=O))
             width = O
         elif kind == "BatchNorm1d" and blocks and blocks[-1].bn is None and not blocks[-1].tanh:
-            if getattr(layer, "over_batch_only", False):
+            if layer.over_batch_only:
                 raise ValueError("the fast engine normalises over every row; the statistics over the batch "
                                  "dimension only (part 5's bug) train on the reference engine")
             blocks[-1].bn = SimpleNamespace(gamma=layer.gamma, beta=layer.beta, mean=layer.mean, var=layer.var,
@@ -75,7 +75,7 @@ class StackEngine(FlatParams):
     chunked = False    # BatchNorm couples the rows of a batch: it is never cut into chunks
 
     def __init__(self, model, tanh: str | None = None):
-        self.kind, self.V, self.T, self.E = model.kind, model.vocab_size, model.block_size, model.n_embd
+        self.V, self.T, self.E = model.vocab_size, model.block_size, model.n_embd
         self.blocks = plan(model)
         super().__init__(model)
         self.tanh_form, self.tanh = pick(self.flat.dtype, tanh)      # engine.Engine's, from the CPU

@@ -1,0 +1,278 @@
+"""The model contract: what every model is to the training loop, the checker and the `npmlp`
+command, and the one declaration a model makes of itself, its Spec (nanoGPT's GPTConfig, taken
+all the way). Nothing outside a model's own file knows the model: the command reads specs.
+
+Legend: B batch, N rows, T block_size (a row's context, or a sequence's positions), V vocab size.
+
+A model is a subclass of Model with a `spec`, and these members (Model writes the shared ones):
+
+    params, buffers            name -> array: what training changes; what it only keeps (running statistics)
+    vocab_size, block_size     V, and T: the context a forward takes (the longest sequence for a sequence model)
+    forward(X, Y=None, at=None, training=True)
+                               -> logits, or with targets (loss, c): c holds every intermediate by name
+    backward(c)                -> (grads by parameter, dacts by intermediate), each in the order computed
+    logits(X), loss(X, Y)      inference (running statistics, no dropout)
+    loss_and_grads(X, Y)       training mode: (loss, grads)
+    param_names, act_names     the parameters, and the intermediates the backward returns gradients of
+    tanh_names                 the tanh outputs `npmlp diagnose` reads (their saturation, their gradients)
+    min_batch                  the smallest batch training takes (2 with a BatchNorm)
+    init(vocab_size, ..., seed=, dtype=[, scheme=])  the model's own init, sizes from its options
+    shapes(vocab_size, **sizes), buffer_shapes(...), activation_shapes(B, vocab_size, **sizes)
+                               every array it holds and a training step makes, by name
+    check_options(sizes)       ValueError, in the options' flags, for sizes no model is built with (a wavenet's)
+    calibrate(X)               statistics measured over the training split after training (none by default)
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+SEED = 2147483647   # the lecture's torch.Generator().manual_seed(2147483647): init and minibatches
+WINDOWS = "windows"       # rows of context X (N, T) -> the next character Y (N,): the lectures' models
+SEQUENCES = "sequences"   # whole names X (B, T) -> Y (B, T), -1 where padding is masked: makemore.py's
+
+Array = np.ndarray
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a model: a size (n_hidden) or a switch (batchnorm). The command line offers
+    it as `flag` (default: --name-with-dashes); a switch's flag takes no value and sets `const`."""
+    name: str
+    default: int | float
+    help: str
+    type: Callable[[Any], Any] = int
+    minimum: int | float = 1
+    maximum: int | float | None = None       # float options: the largest value allowed, excluded
+    flag: str = ""
+    const: int | None = None
+    metavar: str | None = None
+    states: tuple[str, ...] = ()             # a switch's values in words, for messages: ("none", "BatchNorm")
+    repeats: bool = False                    # counts repeated layers, each adding its own arrays
+    reference_only: str = ""                 # a non-zero value trains on the reference engine only, because ...
+
+    @property
+    def cli(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a model is, declared once, for everything that is not the model: the command line, the
+    run directory, checkpoints, the engines, gradcheck, diagnose and the torch mirrors.
+
+    kind       its name: `npmlp train --model KIND`, and a checkpoint's `model`
+    title      one line: where it comes from and what it is
+    options    its sizes and switches, their defaults and help (the one home of each default)
+    inits      the init schemes it offers beside its source's own, the first the default; () for none
+    init_help  what each scheme is, for --help
+    train      the training defaults where it differs from train.TrainConfig (its lecture's recipe)
+    data       WINDOWS or SEQUENCES: the rows it learns from
+    engine     the fast engine that trains it (fast/: 'mlp', 'bn', 'stack'), None for the reference only
+    mirror     the function of torch_mirrors.py computing the same forward in torch
+    unshaped   sizes its parameters' shapes do not show, given to the constructor (a checkpoint's)
+    embedding  the parameter whose rows embed the characters (embedding.png), None if it has none
+    context    the context a WINDOWS model always reads when block_size is not one of its options
+    """
+    kind: str
+    title: str
+    options: tuple[Option, ...] = ()
+    inits: tuple[str, ...] = ()
+    init_help: str = ""
+    train: Mapping[str, Any] = field(default_factory=dict)
+    data: str = WINDOWS
+    engine: str | None = None
+    mirror: str = ""
+    unshaped: tuple[str, ...] = ()
+    embedding: str | None = "C"
+    context: int | None = None
+
+    @property
+    def defaults(self) -> dict[str, int | float]:
+        return {o.name: o.default for o in self.options}
+
+    def option(self, name: str) -> Option | None:
+        return next((o for o in self.options if o.name == name), None)
+
+
+class Model:
+    """What every model shares: its dtype, size and sizes, and the conveniences around its own
+    params, forward, backward and logits (inference)."""
+
+    spec: ClassVar[Spec]
+    params: dict[str, Array]
+    buffers: dict[str, Array]
+    vocab_size: int
+    block_size: int
+    param_names: tuple[str, ...]
+    act_names: tuple[str, ...]
+    tanh_names: tuple[str, ...] = ()
+    min_batch: int = 1
+    calibrate_rows: int = 0          # rows calibrate() runs through the model at once
+
+    # ------------------------------------------------------------------------- what each model writes
+
+    @staticmethod
+    def shapes(vocab_size: int, **sizes) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    @staticmethod
+    def buffer_shapes(vocab_size: int, **sizes) -> dict[str, tuple[int, ...]]:
+        return {}                                # no running statistics
+
+    @staticmethod
+    def activation_shapes(batch: int, vocab_size: int, **sizes) -> dict[str, tuple[int, ...]]:
+        raise NotImplementedError
+
+    @classmethod
+    def init(cls, vocab_size: int, seed: int = SEED, dtype=np.float32, **sizes) -> Model:
+        raise NotImplementedError
+
+    def forward(self, X, Y=None, at=None, training: bool = True):
+        raise NotImplementedError
+
+    def backward(self, c) -> tuple[dict[str, Array], dict[str, Array]]:
+        raise NotImplementedError
+
+    @classmethod
+    def check_options(cls, sizes: dict) -> None:
+        """Sizes within their options' bounds that build no model raise ValueError, the message in
+        the options' flags for the command line to show (none by default; init raises its own)."""
+
+    def calibrate(self, X) -> None:
+        """Statistics inference needs, measured over the training rows X after training (none by default)."""
+
+    # ------------------------------------------------------------------------- shared
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def dtype(self):
+        return next(iter(self.params.values())).dtype
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.size for p in self.params.values())
+
+    @property
+    def sizes(self) -> dict[str, int | float]:
+        """What a checkpoint records to rebuild the model: its block size and every option's value."""
+        return {"block_size": self.block_size, **{o.name: getattr(self, o.name) for o in self.spec.options}}
+
+    @classmethod
+    def from_params(cls, params, sizes: dict, buffers=None) -> Model:
+        """The model holding `params` (and `buffers`), given the sizes a checkpoint recorded: the
+        arrays' shapes show every size but the spec's `unshaped` ones, which come from `sizes`."""
+        return cls(params, buffers, **{k: sizes[k] for k in cls.spec.unshaped})  # type: ignore[call-arg]
+
+    def like(self, params) -> Model:
+        """A model of the same kind and sizes holding other params (gradcheck's copies)."""
+        return self.from_params(params, self.sizes)
+
+    def logits(self, X):
+        """Inference: X (N, T) -> logits (N, V)."""
+        return self.forward(np.asarray(X), training=False)
+
+    def loss(self, X, Y) -> float:
+        """Inference: the mean loss of the rows X (N, T), Y (N,)."""
+        from .layers import cross_entropy_forward
+        return cross_entropy_forward(self.logits(X), np.asarray(Y))[0]
+
+    def loss_and_grads(self, X, Y):
+        """(loss: float, grads: dict of arrays shaped and typed like params), in training mode."""
+        loss, cache = self.forward(np.asarray(X), np.asarray(Y))
+        return loss, self.backward(cache)[0]
+
+
+class Intermediates(dict):
+    """A forward's intermediates by name: set as attributes (`c.h = ...`) so the forward reads like
+    the lecture, read by the backward (`c.h`), and by gradcheck and diagnose by name (`c["h"]`).
+    A name given in `at` keeps that array instead of the one computed, so the rest of the
+    forward runs from it: the one way every model lets gradcheck perturb an intermediate."""
+
+    def __init__(self, at=None, **given):
+        super().__init__(given)
+        object.__setattr__(self, "_at", at or {})
+
+    def __setattr__(self, name, value):
+        self[name] = self._at.get(name, value)
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+# ----------------------------------------------------------------------------- shared by the models
+
+def with_defaults(cls: type[Model], vocab_size: int, **sizes) -> dict:
+    """The sizes a model class is built with: each one given, else its option's default; each
+    a number within its option's bounds (a switch such as deep's batchnorm may be 0)."""
+    out = {o.name: o.default if sizes.get(o.name) is None else sizes[o.name] for o in cls.spec.options}
+    if int(vocab_size) != vocab_size or vocab_size < 1:
+        raise ValueError(f"vocab_size must be a whole number >= 1, got {vocab_size}")
+    for o in cls.spec.options:
+        v = out[o.name]
+        if o.type is int and (int(v) != v or v < o.minimum):
+            raise ValueError(f"{o.name} must be a whole number >= {o.minimum}, got {v}")
+        if o.type is float and not (o.minimum <= v and (o.maximum is None or v < o.maximum)):
+            raise ValueError(f"{o.name} must be in [{o.minimum}, {o.maximum}), got {v}")
+    return out
+
+
+def float_params(params, names) -> dict[str, Array]:
+    """The arrays `names` of `params`, copied, in one float dtype (float32 or float64)."""
+    missing = [k for k in names if k not in params]
+    if missing:
+        raise ValueError(f"params lack {missing}; need {list(names)}")
+    dtype = np.result_type(*(np.asarray(params[k]) for k in names))
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"params must be float32 or float64, got {dtype}")
+    return {k: np.array(params[k], dtype) for k in names}
+
+
+def check_shapes(params, want) -> None:
+    bad = {k: a.shape for k, a in params.items() if a.shape != tuple(want[k])}
+    if bad:
+        raise ValueError(f"param shapes {bad} do not fit {want}")
+
+
+def own_params(params, want: dict) -> dict[str, Array]:
+    """Copies of params, which must be exactly the arrays `want` names, of its shapes, in one
+    float dtype."""
+    if set(params) != set(want):
+        raise ValueError(f"params {sorted(params)} do not fit {list(want)}")
+    p = float_params(params, list(want))
+    check_shapes(p, want)
+    return p
+
+
+def running_stats(shapes: dict, dtype, given=None) -> dict[str, Array]:
+    """BatchNorm running statistics of these shapes: each mean 0 and variance 1 until training
+    moves them, or the values `given` (a checkpoint's)."""
+    stats = {k: (np.zeros if "mean" in k else np.ones)(s, dtype) for k, s in shapes.items()}
+    for k, v in (given or {}).items():
+        stats[k][...] = v
+    return stats
+
+
+def count_params(cls: type[Model], vocab_size: int, sizes: dict) -> int:
+    """The parameter count of a model of these sizes, from its shapes. A size that counts repeated
+    layers (Option.repeats) is extrapolated from one and two layers, each adding the same arrays:
+    listing the shapes of 10^9 layers would itself exhaust the memory an estimate protects."""
+    def count(**change) -> int:
+        return sum(math.prod(v) for v in cls.shapes(vocab_size, **{**sizes, **change}).values())
+
+    repeats = [o.name for o in cls.spec.options if o.repeats and sizes.get(o.name, 0) > 2]
+    if not repeats:
+        return count()
+    (name,) = repeats                                  # one stacking size per model
+    one, two = count(**{name: 1}), count(**{name: 2})
+    return one + (sizes[name] - 1) * (two - one)
