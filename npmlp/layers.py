@@ -4,7 +4,8 @@
     X_backward(doutput, cache)  -> the gradients of the forward's inputs, in the same order
 
 Legend: B batch, T block_size (or positions, in part 5), E n_embd, H n_hidden, V vocab size,
-I/O a linear layer's in/out width, C channels (the last axis), "..." any leading axes.
+I/O a linear layer's in/out width, C channels (the last axis), "..." any leading axes,
+N rows (B*T positions flattened into one axis).
 This is the reference tier: true gradients, nothing preallocated, one line per step of the maths.
 The models build each cache from their named intermediates at the backward's call, so every
 gradient's line shows the tensors that make it. npmlp/fast/ computes the same numbers faster and
@@ -118,6 +119,58 @@ def cross_entropy_backward(dloss, cache):
     dlogits = probs.copy()                            # (B, V)
     dlogits[np.arange(B), Y] -= 1                     # (B, V) softmax - onehot(Y)
     return dlogits * (dloss / B)                      # (B, V)
+
+
+# ----------------------------------------------------------------------------- masked cross-entropy (padded sequences)
+
+IGNORE = -1          # the target that masks a position out (makemore.py pads its names with it)
+
+
+class MaskedCrossEntropyCache(NamedTuple):
+    inner: CrossEntropyCache   # the plain cross-entropy's cache, of the n rows that count
+    rows: np.ndarray           # (n,) their flat positions among the N = B*T
+    shape: tuple               # (B, T, V) or (N, V) the logits' shape
+
+
+def masked_cross_entropy_forward(logits, Y):
+    """logits (B, T, V) or (N, V), Y (B, T) or (N,) integer targets, IGNORE (-1) where a position is
+    padding -> loss, the mean of -log softmax(logits)[y] over the targets that are not -1 (a Python
+    float): torch's F.cross_entropy(..., ignore_index=-1), makemore.py's loss.
+
+    It is the plain cross-entropy of the rows that count: a masked row adds nothing to the sum and
+    nothing to the count the mean divides by. Raises ValueError for a target outside [-1, V) and
+    for a batch whose every target is masked (a mean over no targets has no value)."""
+    logits, Y = np.asarray(logits), np.asarray(Y)
+    if logits.ndim < 2 or logits.shape[:-1] != Y.shape:
+        raise ValueError(f"masked cross-entropy takes logits (B, T, V) or (N, V) and targets of the shape "
+                         f"without V; got logits {logits.shape} and targets {Y.shape}")
+    if Y.dtype.kind not in "iu":
+        raise ValueError(f"the targets must be integers (-1 for a masked position), got dtype {Y.dtype}")
+    V = logits.shape[-1]
+    flat_Y = Y.reshape(-1)                            # (N,)
+    bad = np.flatnonzero((flat_Y < IGNORE) | (flat_Y >= V))
+    if bad.size:
+        where = np.unravel_index(bad[0], Y.shape)
+        raise ValueError(f"target {flat_Y[bad[0]]} at {tuple(map(int, where))} is outside [-1, {V}): a target is "
+                         f"a vocabulary index 0..{V - 1}, or -1 to mask its position ({bad.size} such target"
+                         f"{'s' * (bad.size != 1)})")
+    rows = np.flatnonzero(flat_Y != IGNORE)           # (n,) the positions that count
+    if rows.size == 0:
+        raise ValueError(f"every one of the {flat_Y.size} targets is -1 (masked): the mean over no targets is "
+                         f"undefined")
+    flat_logits = logits.reshape(-1, V)               # (N, V)
+    loss, inner = cross_entropy_forward(flat_logits[rows], flat_Y[rows])  # over (n, V), (n,)
+    return loss, MaskedCrossEntropyCache(inner, rows, logits.shape)
+
+
+def masked_cross_entropy_backward(dloss, cache):
+    """dloss (a number) -> dlogits, the logits' shape: (softmax - onehot) * dloss / n at the n rows
+    that count (the plain backward, whose mean is over those n), exactly 0 at a masked position,
+    which the loss never read."""
+    inner, rows, shape = cache
+    dflat = np.zeros((int(np.prod(shape[:-1])), shape[-1]), inner.probs.dtype)  # (N, V)
+    dflat[rows] = cross_entropy_backward(dloss, inner)  # (n, V)
+    return dflat.reshape(shape)                       # (B, T, V) or (N, V)
 
 
 # ----------------------------------------------------------------------------- batch normalisation
