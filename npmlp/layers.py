@@ -5,7 +5,8 @@
 
 Legend: B batch, T block_size (or positions, in part 5), E n_embd, H n_hidden, V vocab size,
 I/O a linear layer's in/out width, C channels (the last axis), "..." any leading axes,
-N rows (B*T positions flattened into one axis).
+N rows (B*T positions flattened into one axis); nh heads and hs head size in makemore.py's
+Transformer (the last section).
 This is the reference tier: true gradients, nothing preallocated, one line per step of the maths.
 The models build each cache from their named intermediates at the backward's call, so every
 gradient's line shows the tensors that make it. npmlp/fast/ computes the same numbers faster and
@@ -13,12 +14,14 @@ is tested against these functions.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 
 BN_EPS = 1e-5        # added to a BatchNorm's variance before the square root (torch's default, the lectures')
 BN_MIN_ROWS = 2      # a BatchNorm in training mode needs two rows per channel: one row has no variance
+LN_EPS = 1e-5        # added to a LayerNorm's variance before the square root (torch's default, makemore.py's)
 
 # ----------------------------------------------------------------------------- embedding: C[X]
 
@@ -253,3 +256,281 @@ def flatten_consecutive_backward(dout, cache):
     """dout (B, T/n, C*n) or (B, C*n) -> dx (B, T, C): the same numbers, put back in their places
     (a reshape moves nothing, so its gradient is the inverse reshape)."""
     return dout.reshape(cache.shape)                  # (B, T, C)
+
+
+# ============================================================= makemore.py's Transformer and bag of words
+#
+# Legend for this section: B batch, T positions, C channels (n_embd), nh heads (n_head),
+# hs head size (C / nh), "..." any leading axes. makemore.py's Block is
+#     x = x + attn(ln_1(x));  x = x + c_proj(gelu(c_fc(ln_2(x))))
+# and its BoWBlock x = x + cbow(x); x = x + c_proj(tanh(c_fc(x))): the pairs below, with
+# embedding_*, linear_*, tanh_* and cross_entropy_* (on the logits as (B*T, V)) above, are
+# every piece of both models.
+
+# ----------------------------------------------------------------------------- layer normalisation
+
+class LayerNormCache(NamedTuple):
+    xhat: np.ndarray       # (..., C) each row normalised to zero mean and unit variance over its C channels
+    rstd: np.ndarray       # (..., 1) 1 / sqrt(var + eps), one per row
+    w: np.ndarray          # (C,) the scale
+
+
+def layernorm_forward(x, w, b, eps=LN_EPS):
+    """x (..., C), w (C,), b (C,) -> out (..., C) = w * (x - mean) / sqrt(var + eps) + b, the mean
+    and the biased variance (divided by C) taken over the last axis of each row on its own:
+    torch.nn.LayerNorm(C). Unlike a BatchNorm, no statistic crosses rows, so any batch works."""
+    mean = x.mean(-1, keepdims=True)                  # (..., 1)
+    xmu = x - mean                                    # (..., C)
+    var = (xmu ** 2).mean(-1, keepdims=True)          # (..., 1) biased: / C, as torch's LayerNorm
+    rstd = 1 / np.sqrt(var + eps)                     # (..., 1)
+    xhat = xmu * rstd                                 # (..., C)
+    out = xhat * w + b                                # (..., C)
+    return out, LayerNormCache(xhat, rstd, w)
+
+
+def layernorm_backward(dout, cache):
+    """dout (..., C) -> dx (..., C), dw (C,), db (C,).
+
+    With dxhat = w * dout and means over a row's C channels, x_i reaches the loss three ways:
+    through its own xhat_i, through the mean (every xhat_j moves by -rstd / C) and through the
+    variance (every xhat_j moves by -xhat_j xhat_i rstd / C). Summed:
+    dx_i = rstd * (dxhat_i - mean_j dxhat_j - xhat_i * mean_j (dxhat_j xhat_j))."""
+    xhat, rstd, w = cache
+    rows = tuple(range(dout.ndim - 1))                # every axis but the channels
+    db = dout.sum(rows)                               # (C,) b was added to every row
+    dw = (dout * xhat).sum(rows)                      # (C,)
+    dxhat = dout * w                                  # (..., C)
+    term1 = dxhat                                     # (..., C) 1: x_i through its own xhat_i
+    term2 = dxhat.mean(-1, keepdims=True)             # (..., 1) 2: through the mean
+    term3 = xhat * (dxhat * xhat).mean(-1, keepdims=True)  # (..., C) 3: through the variance
+    dx = rstd * (term1 - term2 - term3)               # (..., C)
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------- GELU, the tanh form
+
+GELU_K = math.sqrt(2 / math.pi)   # Python floats: a NumPy float64 scalar would upcast a float32 array
+GELU_A = 0.044715
+
+
+class GeluCache(NamedTuple):
+    x: np.ndarray          # (..., C) the input
+    th: np.ndarray         # (..., C) tanh(GELU_K * (x + GELU_A x^3)), reused by the derivative
+
+
+def gelu_forward(x):
+    """x (..., C) -> out (..., C) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))): makemore.py's
+    NewGELU (GPT-2's), the same function as torch's F.gelu(x, approximate='tanh')."""
+    th = np.tanh(GELU_K * (x + GELU_A * x ** 3))      # (..., C)
+    out = 0.5 * x * (1 + th)                          # (..., C)
+    return out, GeluCache(x, th)
+
+
+def gelu_backward(dout, cache):
+    """dout (..., C) -> dx (..., C). Product rule on 0.5 x (1 + th), with th = tanh(u):
+    d/dx = 0.5 (1 + th) + 0.5 x (1 - th^2) du/dx, du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
+    x, th = cache
+    dudx = GELU_K * (1 + 3 * GELU_A * x ** 2)         # (..., C)
+    local = 0.5 * (1 + th) + 0.5 * x * (1 - th ** 2) * dudx  # (..., C) d out / d x
+    return dout * local                               # (..., C)
+
+
+# ----------------------------------------------------------------------------- softmax on the last axis
+
+class SoftmaxCache(NamedTuple):
+    y: np.ndarray          # (..., N) the output: the softmax's derivative needs nothing else
+
+
+def softmax_forward(x):
+    """x (..., N) -> y (..., N) = exp(x) / sum(exp(x)) along the last axis. An entry of -inf
+    (masked) gets exactly 0; every row needs one finite entry."""
+    e = np.exp(x - x.max(-1, keepdims=True))          # (..., N) the same softmax; exp cannot overflow
+    y = e / e.sum(-1, keepdims=True)                  # (..., N)
+    return y, SoftmaxCache(y)
+
+
+def softmax_backward(dy, cache):
+    """dy (..., N) -> dx (..., N). The Jacobian is dy_i/dx_j = y_i (1[i=j] - y_j), so
+    dx_j = y_j (dy_j - sum_i dy_i y_i): zero wherever y is zero, as at masked entries."""
+    y = cache.y
+    return y * (dy - (dy * y).sum(-1, keepdims=True))  # (..., N)
+
+
+# ----------------------------------------------------------------------------- causal attention, the core
+
+def causal_mask(T):
+    """(T, T) bool, True where position t (row) may look at position t2 (column): t2 <= t."""
+    return np.tril(np.ones((T, T), bool))             # (T, T)
+
+
+class AttentionCache(NamedTuple):
+    q: np.ndarray          # (..., T, hs) queries
+    k: np.ndarray          # (..., T, hs) keys
+    v: np.ndarray          # (..., T, hs) values
+    att: np.ndarray        # (..., T, T) the softmax weights, before any dropout; 0 above the diagonal
+    att_dropout_mask: np.ndarray | None   # (..., T, T) scaled by 1 / (1 - p), or None: no dropout
+
+
+def attention_forward(q, k, v, att_dropout_mask=None):
+    """q, k, v (..., T, hs) -> y (..., T, hs): causal scaled dot-product attention for one head
+    (..., T, hs) or many (B, nh, T, hs).
+
+        preatt[t, t2] = q_t . k_t2 / sqrt(hs), -inf where t2 > t (the future is masked)
+        att = softmax(preatt) along t2;  y_t = sum_t2 att[t, t2] v_t2
+
+    att_dropout_mask (..., T, T), in q's dtype: an inverted-dropout mask (0 or 1 / (1 - p))
+    applied to att after the softmax, as nanoGPT's attn_dropout; a constant: it gets no gradient."""
+    T, hs = q.shape[-2:]
+    scale = 1 / math.sqrt(hs)                         # a Python float: keeps float32 float32
+    preatt = (q @ k.swapaxes(-1, -2)) * scale         # (..., T, T)
+    preatt = np.where(causal_mask(T), preatt, -np.inf)  # (..., T, T) exp(-inf) = 0: no weight on the future
+    att, _ = softmax_forward(preatt)                  # (..., T, T)
+    att_used = att if att_dropout_mask is None else att * att_dropout_mask  # (..., T, T)
+    y = att_used @ v                                  # (..., T, hs)
+    return y, AttentionCache(q, k, v, att, att_dropout_mask)
+
+
+def attention_backward(dy, cache):
+    """dy (..., T, hs) -> dq, dk, dv (..., T, hs), the forward read upwards (llm.c's passes 4..1)."""
+    q, k, v, att, mask = cache
+    scale = 1 / math.sqrt(q.shape[-1])
+    att_used = att if mask is None else att * mask    # (..., T, T) one multiply, not a third (T, T) array in the cache
+    # 1. y = att_used @ v
+    dv = att_used.swapaxes(-1, -2) @ dy               # (..., T, hs)
+    datt_used = dy @ v.swapaxes(-1, -2)               # (..., T, T)
+    # 2. the dropout passes the gradient where it kept the weight, scaled the same way
+    datt = datt_used if mask is None else datt_used * mask  # (..., T, T)
+    # 3. the softmax (softmax_backward): att is exactly 0 at masked entries, so their gradient is too
+    dpreatt = att * (datt - (datt * att).sum(-1, keepdims=True))  # (..., T, T)
+    # 4. preatt = q @ k^T * scale
+    dq = (dpreatt @ k) * scale                        # (..., T, hs)
+    dk = (dpreatt.swapaxes(-1, -2) @ q) * scale       # (..., T, hs)
+    return dq, dk, dv
+
+
+def split_heads(a, n_head):
+    """a (B, T, C) -> (B, nh, T, hs): channel block h (of width hs) becomes head h."""
+    B, T, C = a.shape
+    return a.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+
+
+def merge_heads(a):
+    """a (B, nh, T, hs) -> (B, T, C): the heads side by side again, split_heads' inverse (so each
+    is the other's backward)."""
+    B, nh, T, hs = a.shape
+    return a.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)  # (B, T, C)
+
+
+# ----------------------------------------------------------------------------- makemore.py's CausalSelfAttention
+
+class CausalSelfAttentionCache(NamedTuple):
+    x: np.ndarray          # (B, T, C) the layer's input (c_attn's)
+    W_attn: np.ndarray     # (C, 3C)
+    q: np.ndarray          # (B, nh, T, hs)
+    k: np.ndarray          # (B, nh, T, hs)
+    v: np.ndarray          # (B, nh, T, hs)
+    att: np.ndarray        # (B, nh, T, T) the softmax weights
+    att_dropout_mask: np.ndarray | None   # (B, nh, T, T) or None
+    y: np.ndarray          # (B, T, C) the heads merged: c_proj's input
+    W_proj: np.ndarray     # (C, C)
+
+
+def causal_self_attention_forward(x, W_attn, b_attn, W_proj, b_proj, n_head, att_dropout_mask=None):
+    """x (B, T, C), W_attn (C, 3C), b_attn (3C,), W_proj (C, C), b_proj (C,), n_head dividing C
+    -> out (B, T, C): makemore.py's CausalSelfAttention.
+
+        q, k, v = split(x @ W_attn + b_attn, 3 along the channels)      c_attn
+        each (B, nh, T, hs); y = attention(q, k, v), heads side by side
+        out = y @ W_proj + b_proj                                       c_proj
+
+    att_dropout_mask (B, nh, T, T) or None: see attention_forward."""
+    B, T, C = x.shape
+    if n_head < 1 or C % n_head:
+        raise ValueError(f"n_head {n_head} does not divide the {C} channels into heads")
+    qkv, _ = linear_forward(x, W_attn, b_attn)        # (B, T, 3C) c_attn
+    q, k, v = np.split(qkv, 3, axis=-1)               # (B, T, C) each, in that order
+    q = split_heads(q, n_head)                        # (B, nh, T, hs)
+    k = split_heads(k, n_head)                        # (B, nh, T, hs)
+    v = split_heads(v, n_head)                        # (B, nh, T, hs)
+    yh, core = attention_forward(q, k, v, att_dropout_mask)  # (B, nh, T, hs)
+    y = merge_heads(yh)                               # (B, T, C)
+    out, _ = linear_forward(y, W_proj, b_proj)        # (B, T, C) c_proj
+    return out, CausalSelfAttentionCache(x, W_attn, q, k, v, core.att, att_dropout_mask, y, W_proj)
+
+
+def causal_self_attention_backward(dout, cache):
+    """dout (B, T, C) -> dx (B, T, C), dW_attn (C, 3C), db_attn (3C,), dW_proj (C, C), db_proj (C,)."""
+    x, W_attn, q, k, v, att, mask, y, W_proj = cache
+    n_head = q.shape[1]
+    # 1. c_proj: dy = dout @ W_proj.T, dW_proj = y.T @ dout, db_proj = sum of dout over (B, T)
+    dy, dW_proj, db_proj = linear_backward(dout, LinearCache(y, W_proj))  # (B, T, C), (C, C), (C,)
+    # 2. the heads were merged side by side: cut dy the same way
+    dyh = split_heads(dy, n_head)                     # (B, nh, T, hs)
+    # 3. the attention of every head at once
+    dq, dk, dv = attention_backward(dyh, AttentionCache(q, k, v, att, mask))  # (B, nh, T, hs) each
+    # 4. q, k, v were cut from c_attn's output in that order: put their gradients back side by side
+    dqkv = np.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # (B, T, 3C)
+    # 5. c_attn: dx = dqkv @ W_attn.T, dW_attn = x.T @ dqkv, db_attn = sum of dqkv over (B, T)
+    dx, dW_attn, db_attn = linear_backward(dqkv, LinearCache(x, W_attn))  # (B, T, C), (C, 3C), (3C,)
+    return dx, dW_attn, db_attn, dW_proj, db_proj
+
+
+# ----------------------------------------------------------------------------- makemore.py's CausalBoW
+
+class CausalAverageCache(NamedTuple):
+    att: np.ndarray        # (T, T) the averaging weights: row t holds 1 / (t + 1) on columns 0..t
+
+
+def causal_average_forward(x):
+    """x (B, T, C) -> y (B, T, C), y_t = (x_0 + ... + x_t) / (t + 1): makemore.py's CausalBoW,
+    attention with every score equal (its softmax of zeros masked to the past is this att)."""
+    T = x.shape[1]
+    att = causal_mask(T).astype(x.dtype)              # (T, T)
+    att = att / att.sum(1, keepdims=True)             # (T, T) each row a uniform average of the past
+    y = att @ x                                       # (B, T, C)
+    return y, CausalAverageCache(att)
+
+
+def causal_average_backward(dout, cache):
+    """dout (B, T, C) -> dx (B, T, C): x_s was averaged into every y_t with t >= s, with weight
+    1 / (t + 1), so dx_s = sum over t >= s of dout_t / (t + 1), which is att.T @ dout."""
+    return cache.att.T @ dout                         # (B, T, C)
+
+
+# ----------------------------------------------------------------------------- inverted dropout
+
+class DropoutCache(NamedTuple):
+    mask: np.ndarray | None   # x's shape: 0 where dropped, 1 / (1 - p) where kept; None: p = 0
+
+
+def dropout_forward(x, p, rng):
+    """x (...), p in [0, 1), rng a np.random.Generator -> out (...) = x * mask: each entry is
+    zeroed with probability p and the rest are scaled by 1 / (1 - p), so the expected output is
+    x and nothing needs rescaling at inference. p = 0 returns x itself and draws nothing."""
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout p must be in [0, 1), got {p}")
+    if p == 0:
+        return x, DropoutCache(None)
+    keep = rng.random(x.shape) >= p                   # (...) True with probability 1 - p
+    mask = keep.astype(x.dtype) * (1 / (1 - float(p)))  # (...) in x's dtype
+    return x * mask, DropoutCache(mask)               # (...)
+
+
+def dropout_backward(dout, cache):
+    """dout (...) -> dx (...) = dout * mask, the forward's own mask: a dropped entry passed
+    nothing forward, so it gets nothing back."""
+    return dout if cache.mask is None else dout * cache.mask  # (...)
+
+
+# ----------------------------------------------------------------------------- residual: x + f(x)
+
+def residual_forward(x, fx):
+    """x (...), fx (...) -> out (...) = x + fx, where a block's path f meets its skip. Nothing to cache."""
+    return x + fx, None                               # (...)
+
+
+def residual_backward(dout, cache=None):
+    """dout (...) -> dx, dfx, both dout. A sum hands its gradient unchanged to each addend, so in
+    x + f(x) the gradient reaching x is dout (the skip) plus what f's backward makes of dout (the
+    path): the caller adds the two. Both returns are dout itself: add, never write into them."""
+    return dout, dout
