@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .contract import SEED, Intermediates, Model, Spec, own_params, with_defaults
-from .layers import (CrossEntropyCache, EmbeddingCache, cross_entropy_backward, cross_entropy_forward,
-                     embedding_backward, embedding_forward)
+from .contract import SEED, Intermediates, Makemore, Model, Spec, own_params, with_defaults
+from .layers import (CrossEntropyCache, EmbeddingCache, cross_entropy_backward,
+                     cross_entropy_forward, embedding_backward, embedding_forward, masked_cross_entropy_backward,
+                     masked_cross_entropy_forward)
 
 SPEC = Spec(
     kind="bigram", title="makemore part 1's neural bigram: one (V, V) matrix of logits",
@@ -26,7 +27,8 @@ SPEC = Spec(
     # the lecture's recipe: gradient descent on every pair (the full batch), lr 50, never decayed,
     # with 0.01 * mean(W**2) added to the loss
     train={"steps": 100, "batch_size": None, "lr": 50.0, "decay_at": 1.0, "reg": 0.01},
-    mirror="bigram_forward", embedding=None, context=1)
+    mirror="bigram_forward", embedding=None, context=1,
+    makemore=Makemore(type="bigram", keys={"W": "logits"}))
 
 
 class Bigram(Model):
@@ -65,24 +67,35 @@ class Bigram(Model):
         return cls({"W": W.astype(dtype)})
 
     def forward(self, X, Y=None, at=None, training=True):
-        """X (B, 1) -> logits (B, V) if Y is None, else (loss, c: the intermediates by name)."""
+        """Rows of context X (B, 1) -> logits (B, V); or makemore.py's sequences X (B, T), with
+        targets Y (B, T) (-1 masked), -> logits (B, T, V), each position's the row of its own
+        character. With Y, (loss, c: the intermediates by name)."""
         X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] != 1:
-            raise ValueError(f"X has shape {X.shape}; the bigram takes (B, 1): one character of context")
-        c = Intermediates(at, X=X, Y=Y)
-        emb, _ = embedding_forward(self.params["W"], X)             # (B, 1, V) row X[b] of W
-        c.logits = emb[:, 0]                                        # (B, V)
+        sequences = X.ndim == 2 and (X.shape[1] > 1 if Y is None else np.ndim(Y) == 2)
+        if X.ndim != 2 or (X.shape[1] != 1 and not sequences):
+            raise ValueError(f"X has shape {X.shape}; the bigram takes (B, 1), one character of context, "
+                             f"or sequences (B, T) with targets (B, T)")
+        c = Intermediates(at, X=X, Y=Y, sequences=sequences)
+        emb, _ = embedding_forward(self.params["W"], X)             # (B, T, V) row X[b, t] of W
+        c.logits = emb if sequences else emb[:, 0]                  # (B, T, V), or (B, V)
         if Y is None:
             return c.logits
-        loss, ce = cross_entropy_forward(c.logits, Y)               # ()
-        c.probs = ce.probs                                          # (B, V)
+        if sequences:
+            loss, c.ce = masked_cross_entropy_forward(c.logits, Y)  # () over the unmasked targets
+        else:
+            loss, ce = cross_entropy_forward(c.logits, Y)           # ()
+            c.probs = ce.probs                                      # (B, V)
         return loss, c
 
     def backward(self, c):
         """-> (grads, dacts): dW is dlogits summed into the row of each pair's first character."""
         W = self.params["W"]
-        # dlogits = (probs - onehot(Y)) / B
-        dlogits = cross_entropy_backward(1.0, CrossEntropyCache(c.probs, c.Y))        # (B, V)
+        if c.sequences:
+            # dlogits = (probs - onehot(Y)) / (unmasked targets), 0 where masked
+            dlogits = masked_cross_entropy_backward(1.0, c.ce)                        # (B, T, V)
+        else:
+            # dlogits = (probs - onehot(Y)) / B
+            dlogits = cross_entropy_backward(1.0, CrossEntropyCache(c.probs, c.Y))    # (B, V)
         # dW = xenc.T @ dlogits: row x adds the dlogits of every pair that starts with x
-        dW = embedding_backward(dlogits[:, None], EmbeddingCache(c.X, len(W)))         # (V, V)
+        dW = embedding_backward(dlogits.reshape(c.X.shape + (-1,)), EmbeddingCache(c.X, len(W)))  # (V, V)
         return {"W": dW}, {"logits": dlogits}

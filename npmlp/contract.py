@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 SEED = 2147483647   # the lecture's torch.Generator().manual_seed(2147483647): init and minibatches
+MAKEMORE_BLOCK = 16  # makemore.py's block_size on names.txt (its longest name + 1), where no shape records it
 WINDOWS = "windows"       # rows of context X (N, T) -> the next character Y (N,): the lectures' models
 SEQUENCES = "sequences"   # whole names X (B, T) -> Y (B, T), -1 where padding is masked: makemore.py's
 
@@ -61,6 +62,20 @@ class Option:
 
 
 @dataclass(frozen=True)
+class Makemore:
+    """How a model's params are a makemore.py `model.state_dict()` of its --type: the same keys;
+    `transposed` names the Linear weights, (in, out) here and (out, in) in torch; a model adds
+    the buffers makemore.py registers (Model.makemore_buffers: causal masks)."""
+    type: str
+    transposed: tuple[str, ...] = ()
+    keys: Mapping[str, str] = field(default_factory=dict)    # npmlp name -> makemore.py key, where they differ
+    ignored: tuple[str, ...] = ()                            # key suffixes of its buffers (causal masks), not read
+
+    def key(self, name: str) -> str:
+        return self.keys.get(name, name)
+
+
+@dataclass(frozen=True)
 class Spec:
     """What a model is, declared once, for everything that is not the model: the command line, the
     run directory, checkpoints, the engines, gradcheck, diagnose and the torch mirrors.
@@ -77,6 +92,7 @@ class Spec:
     unshaped   sizes its parameters' shapes do not show, given to the constructor (a checkpoint's)
     embedding  the parameter whose rows embed the characters (embedding.png), None if it has none
     context    the context a WINDOWS model always reads when block_size is not one of its options
+    makemore   how its params map to a makemore.py checkpoint (Makemore), None if makemore.py has no such model
     """
     kind: str
     title: str
@@ -90,6 +106,7 @@ class Spec:
     unshaped: tuple[str, ...] = ()
     embedding: str | None = "C"
     context: int | None = None
+    makemore: Makemore | None = None
 
     @property
     def defaults(self) -> dict[str, int | float]:
@@ -146,6 +163,10 @@ class Model:
     def calibrate(self, X) -> None:
         """Statistics inference needs, measured over the training rows X after training (none by default)."""
 
+    def makemore_buffers(self) -> dict[str, Array]:
+        """The buffers a makemore.py state_dict of this model holds beside its params (none by default)."""
+        return {}
+
     # ------------------------------------------------------------------------- shared
 
     @property
@@ -180,9 +201,12 @@ class Model:
         return self.forward(np.asarray(X), training=False)
 
     def loss(self, X, Y) -> float:
-        """Inference: the mean loss of the rows X (N, T), Y (N,)."""
-        from .layers import cross_entropy_forward
-        return cross_entropy_forward(self.logits(X), np.asarray(Y))[0]
+        """Inference: the mean loss of the rows X (N, T), Y (N,), or of the sequences X (B, T),
+        Y (B, T) over their unmasked targets."""
+        from .layers import cross_entropy_forward, masked_cross_entropy_forward
+        Y = np.asarray(Y)
+        ce = masked_cross_entropy_forward if Y.ndim > 1 else cross_entropy_forward   # sequences' (B, T) targets
+        return ce(self.logits(X), Y)[0]
 
     def loss_and_grads(self, X, Y):
         """(loss: float, grads: dict of arrays shaped and typed like params), in training mode."""
@@ -276,3 +300,61 @@ def count_params(cls: type[Model], vocab_size: int, sizes: dict) -> int:
     (name,) = repeats                                  # one stacking size per model
     one, two = count(**{name: 1}), count(**{name: 2})
     return one + (sizes[name] - 1) * (two - one)
+
+
+# ----------------------------------------------------------------------------- makemore.py's checkpoints
+
+def model_classes() -> list[type[Model]]:
+    """Every model class defined (each subclass of Model with its own spec), in definition order."""
+    out, todo = [], list(Model.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        if "spec" in vars(cls):
+            out.append(cls)
+        todo += cls.__subclasses__()
+    return out
+
+
+def makemore_class(kind: str) -> type[Model]:
+    """The model class of makemore.py's --type `kind`; ValueError naming the ones there are."""
+    import npmlp  # noqa: F401  (every model module, so each class is defined)
+    have = {c.spec.makemore.type: c for c in model_classes() if c.spec.makemore is not None}
+    if kind not in have:
+        raise ValueError(f"makemore.py --type {kind!r} has no npmlp model; npmlp reads {', '.join(have)}")
+    return have[kind]
+
+
+def from_makemore(state_dict, kind: str, **unshaped) -> Model:
+    """The npmlp model holding exactly the weights of a makemore.py `model.state_dict()` of --type
+    `kind`: its keys, torch's layouts; values as arrays (tensors are read with np.asarray), their
+    float dtype kept. The sizes are read from the shapes; what no shape records is given as a
+    keyword with the spec's `unshaped` names (a Transformer's n_head, a recurrent model's
+    block_size), each defaulting to its option's default. Buffers (causal masks) are ignored."""
+    cls = makemore_class(kind)
+    mm = cls.spec.makemore
+    assert mm is not None
+    names = {key: name for name, key in mm.keys.items()}              # makemore.py key -> npmlp name
+    params = {}
+    for k, v in state_dict.items():
+        if mm.ignored and k.endswith(mm.ignored):
+            continue
+        name = names.get(k, k)
+        a = np.asarray(v)
+        params[name] = a.T if name in mm.transposed else a
+    bad = set(unshaped) - set(cls.spec.unshaped)
+    if bad:
+        raise ValueError(f"a makemore.py {kind} records {', '.join(sorted(bad))} in its shapes; drop it")
+    sizes = {"block_size": MAKEMORE_BLOCK, **{o.name: o.default for o in cls.spec.options}, **unshaped}
+    return cls.from_params(params, sizes)
+
+
+def to_makemore(model: Model, grads: dict | None = None) -> dict[str, Array]:
+    """The model's parameters (or the given gradients) keyed and shaped like a makemore.py
+    `model.state_dict()` of its --type, with the buffers makemore.py registers (causal masks), so
+    that its strict load_state_dict accepts them. Arrays; torch_mirrors.save_makemore writes .pt."""
+    mm = model.spec.makemore
+    if mm is None:
+        raise ValueError(f"makemore.py has no {model.kind} model")
+    source = model.params if grads is None else grads
+    out = {mm.key(k): np.ascontiguousarray(v.T if k in mm.transposed else v) for k, v in source.items()}
+    return out if grads is not None else {**out, **model.makemore_buffers()}

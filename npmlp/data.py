@@ -77,6 +77,32 @@ def build_dataset(words, vocab: Vocab, block_size: int = 3):
     return np.array(X, dtype).reshape(len(X), block_size), np.array(Y, dtype)
 
 
+def build_sequences(words, vocab: Vocab, block_size: int | None = None):
+    """Each name as one row, as makemore.py's CharDataset makes it: with T = block_size (default:
+    the longest name + 1), x = [0, c1..cn, 0, 0, ...] and y = [c1..cn, 0, -1, -1, ...], both of
+    length T; -1 masks a position out of the loss (layers.IGNORE). Every target of lecture 2's
+    rows is one of y's, so a loss over the unmasked targets is per character, the same number.
+    Returns X (N, T), Y (N, T), N = the number of names."""
+    longest = max((len(w) for w in words), default=0)
+    T = longest + 1 if block_size is None else int(block_size)
+    if longest + 1 > T:
+        raise DataError(f"a name of {longest} characters does not fit in sequences of {T} positions "
+                        f"(block_size {T} holds names of up to {T - 1})")
+    stoi = vocab.stoi
+    unknown = sorted(set("".join(words)) - set(stoi))
+    if unknown:
+        raise DataError(f"characters {''.join(unknown)!r} are not in the model's vocabulary")
+    dtype = np.int8 if vocab.size <= 127 else np.int32      # signed: -1 is a target
+    X = np.zeros((len(words), T), dtype)                   # (N, T) '.' then the name, '.'-padded
+    Y = np.full((len(words), T), -1, dtype)                 # (N, T) the name, '.', then masked
+    for i, w in enumerate(words):
+        ix = [stoi[c] for c in w]
+        X[i, 1:1 + len(ix)] = ix
+        Y[i, :len(ix)] = ix
+        Y[i, len(ix)] = 0                                  # the closing '.'
+    return X, Y
+
+
 def split_words(words, seed: int | None = SPLIT_SEED):
     """80/10/10 split. seed=int reproduces `random.seed(seed); random.shuffle(words)` without
     touching the global RNG; seed=None keeps file order. Returns (train, dev, test) lists."""

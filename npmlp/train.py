@@ -1,6 +1,7 @@
-"""The lecture's training loop (minibatch SGD with one learning-rate drop), evaluation, sampling.
+"""The training loop (the lecture's minibatch SGD with one learning-rate drop, or makemore.py's
+AdamW), the optimisers, evaluation and sampling.
 
-Legend: N rows, B batch, T block_size, V vocab size.
+Legend: N rows, B batch, T block_size, V vocab size, P a parameter's shape.
 This loop is the reference: any model with params, forward and backward trains with it.
 npmlp/fast/ runs the same steps faster; `npmlp train` picks one with --engine.
 """
@@ -30,6 +31,12 @@ class TrainConfig:
     decay_at: float = 0.5       # where the rate drops, as a fraction of `steps`
     seed: int = SEED            # drives the minibatches (and, in `npmlp train`, the init)
     reg: float = 0.0            # reg * mean(p**2) of every parameter added to the loss (part 1's 0.01)
+    optimizer: str = "sgd"      # "sgd": p -= lr * grad; "adamw": makemore.py's torch.optim.AdamW
+    weight_decay: float = 0.01  # AdamW's decoupled weight decay (makemore.py's 0.01)
+    beta1: float = 0.9          # AdamW's betas (makemore.py's (0.9, 0.99)) and eps
+    beta2: float = 0.99
+    eps: float = 1e-8
+    schedule: str = "step"      # "step": lr, then lr_decayed from decay_at on; "cosine": lr to lr_decayed over the steps
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -42,8 +49,18 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive number, got {v}")
         if not 0 <= self.decay_at <= 1:
             raise ValueError(f"decay_at must be a fraction in [0, 1], got {self.decay_at}")
-        if not (np.isfinite(self.reg) and self.reg >= 0):
-            raise ValueError(f"reg must be a number >= 0, got {self.reg}")
+        for name in ("reg", "weight_decay", "eps"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {v}")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            if not 0 <= v < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {v}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
     def rows(self, n_rows: int) -> int:
         """B, the rows a step trains on: batch_size, or all n_rows for a full batch."""
@@ -55,10 +72,91 @@ class TrainConfig:
         return int(self.decay_at * self.steps)
 
     def lr_at(self, step: int) -> float:
+        if self.schedule == "cosine":   # half a cosine from lr at step 0 down to lr_decayed at the last step
+            return self.lr_decayed + (self.lr - self.lr_decayed) * 0.5 * (1 + math.cos(math.pi * step / self.steps))
         return self.lr if step < self.decay_step else self.lr_decayed
 
     def to_dict(self):
         return asdict(self)
+
+
+SCHEDULES = ("step", "cosine")
+
+
+class SGD:
+    """The lectures' update, p -= lr * grad, in place on `params` (name -> array). No state."""
+
+    name = "sgd"
+
+    def __init__(self, params: dict):
+        self.params = params
+
+    def step(self, grads: dict, lr: float) -> None:
+        for name, p in self.params.items():
+            p -= lr * grads[name]                                # p.data += -lr * p.grad
+
+    def state(self) -> dict:
+        return {}
+
+
+class AdamW:
+    """makemore.py's optimiser, torch.optim.AdamW by hand, on `params` (name -> array), in place.
+
+    Step t of a parameter p with gradient g, in torch's order:
+        p *= 1 - lr * weight_decay                        decoupled weight decay, before the moments
+        m  = beta1 * m + (1 - beta1) * g                  the gradient's running mean
+        v  = beta2 * v + (1 - beta2) * g**2               ... and its running mean square
+        p -= (lr / (1 - beta1**t)) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+    The two 1 - beta**t undo the moments' start at zero. `decay`: the parameters weight decay
+    applies to (default every one, as makemore.py). The state (m, v of each parameter, t) is what a
+    checkpoint keeps so a resumed run is bit-identical."""
+
+    name = "adamw"
+
+    def __init__(self, params: dict, lr: float = 5e-4, betas=(0.9, 0.99), eps: float = 1e-8,
+                 weight_decay: float = 0.01, decay=None):
+        self.params, self.lr, (self.beta1, self.beta2), self.eps = params, lr, betas, eps
+        self.weight_decay = weight_decay
+        self.decay = set(params) if decay is None else set(decay)
+        self.t = 0
+        self.m = {k: np.zeros_like(p) for k, p in params.items()}   # (P,) each
+        self.v = {k: np.zeros_like(p) for k, p in params.items()}
+
+    def step(self, grads: dict, lr: float | None = None) -> None:
+        lr = self.lr if lr is None else lr
+        b1, b2 = self.beta1, self.beta2
+        self.t += 1
+        step_size = lr / (1 - b1 ** self.t)
+        root = math.sqrt(1 - b2 ** self.t)
+        for name, p in self.params.items():
+            g, m, v = grads[name], self.m[name], self.v[name]
+            if name in self.decay:
+                p *= 1 - lr * self.weight_decay
+            m *= b1
+            m += (1 - b1) * g                                    # m = b1 m + (1 - b1) g
+            v *= b2
+            v += (1 - b2) * (g * g)                              # v = b2 v + (1 - b2) g^2
+            p -= step_size * (m / (np.sqrt(v) / root + self.eps))
+
+    def state(self) -> dict:
+        """The moments by name ('m.W', 'v.W'), for a checkpoint; the step count is `t`."""
+        return {**{f"m.{k}": a for k, a in self.m.items()}, **{f"v.{k}": a for k, a in self.v.items()}}
+
+    def load_state(self, arrays: dict, t: int) -> None:
+        for k in self.params:
+            self.m[k][...] = arrays[f"m.{k}"]
+            self.v[k][...] = arrays[f"v.{k}"]
+        self.t = t
+
+
+OPTIMIZERS = {"sgd": SGD, "adamw": AdamW}
+
+
+def optimizer(cfg: TrainConfig, params: dict, decay=None):
+    """The optimiser cfg names, on params (AdamW with cfg's betas, eps and weight decay on `decay`)."""
+    if cfg.optimizer == "adamw":
+        return AdamW(params, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay, decay)
+    return SGD(params)
 
 
 @lru_cache(maxsize=4)
@@ -119,14 +217,19 @@ def check_loss(lossi, step: int, loss: float, cfg: TrainConfig, vocab_size: int)
         raise Diverged(step, loss, mean, first, limit)
 
 
-def sgd(model, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: int | None = None, on_step=None):
-    """Train `model` in place, steps `start` up to (not including) `stop` (default cfg.steps).
+def sgd(model, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: int | None = None, on_step=None,
+        opt=None):
+    """Train `model` in place, steps `start` up to (not including) `stop` (default cfg.steps),
+    with cfg's optimiser (the lecture's SGD, or AdamW).
 
     lossi: float32 (cfg.steps,) that receives each step's minibatch loss (the lecture's lossi).
     on_step(step, loss): called after each step; return True to stop after it.
+    opt: the optimiser (optimizer(cfg, model.params)), kept across calls for its state (AdamW's
+    moments); None makes one for this call.
     Returns (lossi, the next step to run). Raises Diverged (see check_loss)."""
     stop = cfg.steps if stop is None else stop
     lossi = np.zeros(cfg.steps, np.float32) if lossi is None else lossi
+    opt = optimizer(cfg, model.params) if opt is None else opt
     for step in range(start, stop):
         ix = batch_rows(cfg, step, len(X))                       # (B,) this step's rows
         loss, cache = model.forward(X[ix], Y[ix])                # forward
@@ -134,11 +237,10 @@ def sgd(model, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: int | N
             loss += penalty(model.params, cfg.reg)               # + reg * mean(p**2)
         check_loss(lossi, step, loss, cfg, model.vocab_size)
         grads, _ = model.backward(cache)                         # backward
-        lr = cfg.lr_at(step)
-        for name, p in model.params.items():
-            if cfg.reg:
+        if cfg.reg:
+            for name, p in model.params.items():
                 grads[name] += cfg.reg * 2 * p / p.size          # d(reg * mean(p**2)) / dp
-            p -= lr * grads[name]                                # update: p.data += -lr * p.grad
+        opt.step(grads, cfg.lr_at(step))                         # update: p.data += -lr * p.grad, or AdamW's
         lossi[step] = loss
         if on_step is not None and on_step(step, loss):
             return lossi, step + 1
