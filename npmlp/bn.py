@@ -26,7 +26,7 @@ ACT_NAMES = ("logits", "h", "hpreact", "bnraw", "bnvar_inv", "bnvar", "bndiff2",
 
 SPEC = Spec(
     kind="bn", title="makemore part 4's MLP with BatchNorm before tanh, its backward atom by atom",
-    options=MLP.spec.options, engine="bn", mirror="bn_forward")
+    options=MLP.spec.options, engine="mlp-batchnorm", mirror="bn_forward")
 
 
 class BNMLP(MLP):

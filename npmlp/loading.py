@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DOT, DataError, Vocab, build_dataset, split_words
+from .contract import SEQUENCES, WINDOWS
+from .data import DOT, DataError, Vocab, build_dataset, build_sequences, split_words
 
 URL = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
 SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
@@ -233,17 +234,20 @@ def parse_words(data: bytes, name: str = "<data>", notes: list[str] | None = Non
 # ----------------------------------------------------------------------------- a run's three splits
 
 class Splits:
-    """words -> vocab -> the three (X, Y) splits, as the lecture builds them.
+    """words -> vocab -> the three (X, Y) splits, as the lecture builds them: rows of context
+    (form WINDOWS: build_dataset's) or whole names (SEQUENCES: build_sequences', makemore.py's).
 
     vocab: a trained model's vocabulary (characters outside it are refused); digest: the
     words_digest a run recorded (other names are refused, so a resume sees the same rows).
-    split_seed None keeps the file's order. build: the rows' builder, build_dataset or its
-    vectorised twin (npmlp/fast/dataset.py). check(n_rows, vocab), if given, is called before any
-    row is built, with the number of rows the three splits will hold (the app's memory check).
-    What the data loader cleaned up is in `notes`."""
+    split_seed None keeps the file's order. block_size: the context (windows), or the positions
+    of a trained sequence model (None: the longest name + 1). build: the windows' builder,
+    build_dataset or its vectorised twin (npmlp/fast/dataset.py). check(n_rows, vocab, T), if
+    given, is called before any row is built, with the number of rows the three splits will hold
+    and their T (the app's memory check). What the data loader cleaned up is in `notes`; the
+    names of each split are in `words`."""
 
-    def __init__(self, data, split_seed, block_size, vocab: Vocab | None = None, digest: str | None = None,
-                 build=build_dataset, check=None):
+    def __init__(self, data, split_seed, block_size: int | None, vocab: Vocab | None = None,
+                 digest: str | None = None, build=build_dataset, check=None, form: str = WINDOWS):
         self.notes: list[str] = []
         words = load_words(data, self.notes)
         self.source = data_source(data)            # None: the checked download of the lecture's file
@@ -251,16 +255,32 @@ class Splits:
         self.vocab = vocab or Vocab.from_words(words)
         parts = split_words(words, split_seed)
         self.n_words = len(words)
-        for name, part in zip(("train", "dev", "test"), parts):
+        for name, part in zip(("train", "dev", "test"), parts, strict=True):
             if not part:
                 raise DataError(f"{where} holds only {len(words)} name{'s' * (len(words) != 1)}: the {name} "
                                 f"split of the 80/10/10 split is empty; give at least 10 names")
+        self.form = form
+        if form == SEQUENCES:
+            longest = max(len(w) for w in words)
+            T = longest + 1 if block_size is None else block_size
+            if longest + 1 > T:
+                raise DataError(f"{where} holds a name of {longest} characters; the model reads sequences of "
+                                f"{T} positions, names of up to {T - 1}: use the names it was trained on")
+            n_rows = len(words)                                    # one row per name
+        else:
+            assert block_size is not None
+            T, n_rows = block_size, sum(len(w) + 1 for w in words)  # N = sum(len(w) + 1), as build_dataset makes
+        self.block_size = T
         if check is not None:
-            check(sum(len(w) + 1 for w in words), self.vocab)   # N = sum(len(w) + 1), as build_dataset makes
+            check(n_rows, self.vocab, T)
         try:
-            self.train, self.dev, self.test = (build(p, self.vocab, block_size) for p in parts)
+            if form == SEQUENCES:
+                self.train, self.dev, self.test = (build_sequences(p, self.vocab, T) for p in parts)
+            else:
+                self.train, self.dev, self.test = (build(p, self.vocab, T) for p in parts)
         except DataError as e:                      # characters the model never saw
             raise DataError(f"{e} (names from {where}); use data with the training run's characters") from None
+        self.words = dict(zip(("train", "dev", "test"), parts, strict=True))
         self.digest = words_digest(words)
         if digest is not None and digest != self.digest:  # checked last: the messages above say more
             raise DataError(f"the names in {where} differ from the ones this run was trained on; "
@@ -270,5 +290,6 @@ class Splits:
         return {"train": self.train, "dev": self.dev, "test": self.test}.items()
 
     def summary(self) -> str:
-        return (f"{self.n_words:,} names, vocab {self.vocab.size}, rows train/dev/test "
+        what = f"sequences of {self.block_size}" if self.form == SEQUENCES else "rows"
+        return (f"{self.n_words:,} names, vocab {self.vocab.size}, {what} train/dev/test "
                 f"{len(self.train[0]):,}/{len(self.dev[0]):,}/{len(self.test[0]):,}")

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .contract import SEED
+from .contract import SEED, SEQUENCES
 
 BLOCK = 1000         # minibatch indices are drawn BLOCK steps at a time (see batch_block)
 WINDOW = 1000        # the divergence rule compares WINDOW-step means of the loss ...
@@ -37,6 +37,8 @@ class TrainConfig:
     beta2: float = 0.99
     eps: float = 1e-8
     schedule: str = "step"      # "step": lr, then lr_decayed from decay_at on; "cosine": lr to lr_decayed over the steps
+    decay_matrices_only: bool = False  # AdamW's weight decay on the 2-D parameters only (nanoGPT's), not biases, gains
+    eval_every: int = 0         # estimate the train and dev loss every N steps (makemore.py's 500); 0: never
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
@@ -59,6 +61,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {v}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not isinstance(self.eval_every, (int, np.integer)) or isinstance(self.eval_every, bool) or self.eval_every < 0:
+            raise ValueError(f"eval_every must be a whole number >= 0, got {self.eval_every}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
@@ -87,6 +91,7 @@ class SGD:
     """The lectures' update, p -= lr * grad, in place on `params` (name -> array). No state."""
 
     name = "sgd"
+    t = 0                                                        # no state: the steps are not counted
 
     def __init__(self, params: dict):
         self.params = params
@@ -97,6 +102,9 @@ class SGD:
 
     def state(self) -> dict:
         return {}
+
+    def load_state(self, arrays: dict, t: int) -> None:
+        pass
 
 
 class AdamW:
@@ -152,9 +160,11 @@ class AdamW:
 OPTIMIZERS = {"sgd": SGD, "adamw": AdamW}
 
 
-def optimizer(cfg: TrainConfig, params: dict, decay=None):
-    """The optimiser cfg names, on params (AdamW with cfg's betas, eps and weight decay on `decay`)."""
+def optimizer(cfg: TrainConfig, params: dict):
+    """The optimiser cfg names, on params: AdamW with cfg's betas, eps and weight decay (on every
+    parameter, or on the matrices only), or the lectures' SGD."""
     if cfg.optimizer == "adamw":
+        decay = [k for k, p in params.items() if p.ndim >= 2] if cfg.decay_matrices_only else None
         return AdamW(params, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay, decay)
     return SGD(params)
 
@@ -248,52 +258,90 @@ def sgd(model, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: int | N
 
 
 EVAL_CHUNK = 1024    # rows evaluate() runs through the model at once
+ESTIMATE = 8000      # the targets --eval-every's estimate reads from each split (about 1,000 names)
+
+
+def estimate_rows(Y, seed: int = 0) -> np.ndarray:
+    """The fixed rows of a split (Y its targets) that --eval-every's estimates read: the first rows
+    of a seeded shuffle holding ESTIMATE targets (all, in a smaller split), in order."""
+    Y = np.asarray(Y)
+    per_row = (Y != -1).sum(1) if Y.ndim > 1 else np.ones(len(Y), np.int64)
+    order = np.random.default_rng(seed).permutation(len(Y))
+    n = int(np.searchsorted(np.cumsum(per_row[order]), ESTIMATE)) + 1
+    return np.sort(order[:n])
 
 
 def evaluate(model, X, Y, chunk: int = EVAL_CHUNK) -> float:
-    """Mean loss over all rows (in inference mode), `chunk` rows at a time so memory stays small."""
-    if len(X) == 0:
+    """Mean loss per character over all rows (in inference mode), `chunk` rows at a time so memory
+    stays small: the mean over every target, a sequence's masked ones (-1) left out, so rows of
+    context and whole names give the same number for the same model."""
+    Y = np.asarray(Y)
+    count = int(np.count_nonzero(Y != -1)) if Y.ndim > 1 else len(Y)
+    if count == 0:
         return float("nan")
     total = 0.0
     for i in range(0, len(X), chunk):
-        total += model.loss(X[i:i + chunk], Y[i:i + chunk]) * len(X[i:i + chunk])
-    return total / len(X)
+        Yc = Y[i:i + chunk]
+        n = int(np.count_nonzero(Yc != -1)) if Yc.ndim > 1 else len(Yc)
+        if n:
+            total += model.loss(X[i:i + chunk], Yc) * n
+    return total / count
 
 
-def sample(model, vocab, n: int = 20, seed: int = SEED + 10, temperature: float = 1.0, max_len: int = 100):
+def sample(model, vocab, n: int = 20, seed: int = SEED + 10, temperature: float = 1.0, max_len: int | None = None,
+           top_k: int | None = None):
     """n names, as the lecture: context all '.', draw from softmax(logits / temperature) until '.'.
     Each returned name ends with '.'; a name cut at max_len characters does not. The list of
     sample_stream's names."""
-    return list(sample_stream(model, vocab, n, seed, temperature, max_len))
+    return list(sample_stream(model, vocab, n, seed, temperature, max_len, top_k=top_k))
+
+
+def max_length(model) -> int:
+    """The longest name sampling draws: 100 characters from rows of context, or what a sequence
+    model's positions hold, T - 1 characters after the start token (makemore.py's)."""
+    return model.block_size - 1 if model.spec.data == SEQUENCES else 100
 
 
 def sample_stream(model, vocab, n: int | None = 20, seed: int = SEED + 10, temperature: float = 1.0,
-                  max_len: int = 100, chunk: int = 1024):
+                  max_len: int | None = None, chunk: int = 1024, top_k: int | None = None):
     """sample's names one by one, in order, as they are drawn (n None: without end), holding only
     `chunk` names at a time: `npmlp sample -n 10000000` prints as it goes, in constant memory.
 
     The names of a chunk are drawn side by side (a batch of contexts), one character per step;
     name i reads its own uniform stream (seed, i), so the first k of n names do not depend on n,
-    nor on the chunk. Raises ValueError if the model's probabilities are not finite."""
+    nor on the chunk. top_k keeps the k largest logits of each draw (makemore.py's --top-k; a tie
+    with the k-th keeps every tied one), None all. max_len: default max_length(model). Raises
+    ValueError if the model's probabilities are not finite."""
     if temperature <= 0 or not np.isfinite(temperature):
         raise ValueError(f"temperature must be a positive number, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k}")
+    max_len = max_length(model) if max_len is None else max_len
     first = 0
     while n is None or first < n:
         k = chunk if n is None else min(chunk, n - first)
-        yield from _sample_chunk(model, vocab, range(first, first + k), seed, temperature, max_len)
+        yield from _sample_chunk(model, vocab, range(first, first + k), seed, temperature, max_len, top_k)
         first += k
 
 
-def _sample_chunk(model, vocab, names: range, seed, temperature, max_len) -> list[str]:
-    """The names with indices `names`, drawn side by side."""
+def _sample_chunk(model, vocab, names: range, seed, temperature, max_len, top_k=None) -> list[str]:
+    """The names with indices `names`, drawn side by side. Rows of context slide a window of T
+    characters, '.'-padded; a sequence model reads the name so far from its start token, the
+    last position's logits predicting the next (at most T tokens fed back)."""
     n = len(names)
     u = np.stack([np.random.default_rng([seed, i]).random(max_len) for i in names])  # (n, max_len)
-    ctx = np.zeros((n, model.block_size), np.int64)             # (n, T)
+    sequences = model.spec.data == SEQUENCES
+    ctx = np.zeros((n, 1 if sequences else model.block_size), np.int64)   # (n, t) or (n, T)
     out = [[] for _ in range(n)]
     alive = np.ones(n, bool)
     for t in range(max_len):
         with np.errstate(over="ignore", invalid="ignore"):      # overflowing parameters: refused below
-            logits = model.logits(ctx).astype(np.float64)       # (n, V)
+            logits = model.logits(ctx).astype(np.float64)       # (n, V), or (n, t, V)
+            if sequences:
+                logits = logits[:, -1]                          # (n, V) the next character's
+            if top_k is not None and top_k < logits.shape[1]:
+                kth = np.partition(logits, -top_k, axis=1)[:, -top_k][:, None]   # (n, 1) the k-th largest
+                logits[logits < kth] = -np.inf                  # ties with it are kept
             logits -= logits.max(axis=1, keepdims=True)
             logits /= temperature                                # shift first, then scale: exact for any
             p = np.exp(logits)                                   # temperature (a tiny one is greedy)
@@ -306,5 +354,8 @@ def _sample_chunk(model, vocab, names: range, seed, temperature, max_len) -> lis
         alive &= ix != 0
         if not alive.any():
             break
-        ctx = np.concatenate([ctx[:, 1:], ix[:, None]], axis=1)
+        if sequences:
+            ctx = np.concatenate([ctx, ix[:, None]], axis=1)[:, -model.block_size:]   # (n, t + 1), at most T
+        else:
+            ctx = np.concatenate([ctx[:, 1:], ix[:, None]], axis=1)
     return [vocab.decode(o) for o in out]

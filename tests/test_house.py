@@ -106,3 +106,20 @@ def test_the_public_api_imports_from_where_the_readme_says():
     assert npmlp.MLP is MLP and callable(check_pair)
     assert {"MLP", "Vocab", "build_dataset", "load_words", "split_words"} <= set(npmlp.__all__)
     assert all(callable(f) for f in (Vocab.from_words, build_dataset, load_words, split_words))
+
+
+def test_the_app_names_no_model_and_imports_none_but_through_the_registry():
+    """A model declares itself (its Spec): the application reads the specs the registry lists, so a
+    new model is its own file, its mirror and a registry line. No app file but the registry imports
+    a model module or names a model as a string."""
+    from npmlp.app.registry import MODELS
+    modules = {f"npmlp.{cls.__module__.split('.')[-1]}" for cls in MODELS.values()}
+    assert len(modules) == len(MODELS) and "npmlp.mlp" in modules, modules
+    named = re.compile("[\"'](" + "|".join(map(re.escape, MODELS)) + ")[\"']")
+    for path in sorted((PACKAGE / "app").glob("*.py")):
+        if path.name == "registry.py":
+            continue
+        imported = sorted(m for m in imports(path) if m in modules or m.rsplit(".", 1)[0] in modules)
+        assert not imported, f"app/{path.name} imports the model modules {imported}: read them through the registry"
+        names = sorted({m.group(1) for m in named.finditer(path.read_text())})
+        assert not names, f"app/{path.name} names the models {names}: a model's rules belong in its spec"

@@ -18,12 +18,13 @@ from ..data import SPLIT_SEED, Vocab
 from ..train import TrainConfig
 from .errors import NpmlpError
 from .files import atomic_open
-from .registry import MODELS
+from .registry import FORMAT_1, MODELS
 
 PREFIX = "npmlp-checkpoint-"
 VERSION = 2
 FORMAT = f"{PREFIX}{VERSION}"
 RESERVED = {"meta", "lossi"}   # array names that are not the model's
+OPT = "opt."                   # ... nor are these, the optimiser's state
 VARIANCE = re.compile(r"var")   # buffers that are variances (bnvar, running_var1...): never negative
 
 
@@ -74,12 +75,14 @@ class RunRecord:
         return {"init": self.init, "split_seed": self.split_seed, "engine": self.engine}
 
 
-def save_checkpoint(path, model, vocab: Vocab, meta: dict, lossi=None) -> None:
+def save_checkpoint(path, model, vocab: Vocab, meta: dict, lossi=None, opt_state: dict | None = None) -> None:
     """The model's params and buffers; `meta` (JSON: config, step...) with the model's kind,
-    sizes, vocabulary and dtype added; optional lossi."""
+    sizes, vocabulary and dtype added; optional lossi; the optimiser's state (AdamW's moments,
+    train.AdamW.state(): 'm.NAME', 'v.NAME'), kept as 'opt.m.NAME', 'opt.v.NAME'."""
     arrays = {**model.params, **model.buffers}
     if not all(np.isfinite(a).all() for a in arrays.values()):
         raise NpmlpError("refusing to save a checkpoint with NaN/inf parameters")
+    arrays.update({f"{OPT}{k}": a for k, a in (opt_state or {}).items()})
     meta = dict(meta, format=FORMAT, model=model.kind, sizes=model.sizes, itos=list(vocab.itos),
                 dtype=str(model.dtype))
     if lossi is not None:
@@ -143,10 +146,10 @@ def _model_meta(meta) -> tuple[type[Model], dict]:
     if meta["format"] != f"{PREFIX}1":
         raise ValueError(meta["format"])
     # format 1: the lecture's MLP, its sizes at the top level, trained by today's fast engine
-    meta["model"], meta["run"] = "mlp", dict(meta.get("run") or {})
+    meta["model"], meta["run"] = FORMAT_1, dict(meta.get("run") or {})
     meta["sizes"] = {k: int(meta[k]) for k in ("block_size", "n_embd", "n_hidden")}
     meta["run"].setdefault("engine", "fast")
-    return MODELS["mlp"], meta["sizes"]
+    return MODELS[FORMAT_1], meta["sizes"]
 
 
 def _check_training_state(name: str, meta: dict, cls: type[Model], n_losses: int) -> None:
@@ -168,6 +171,22 @@ def _check_training_state(name: str, meta: dict, cls: type[Model], n_losses: int
         raise NpmlpError(f"checkpoint {name} is at step {step:,} of a {cfg.steps:,}-step run; the file is damaged")
     if n_losses != step:
         raise NpmlpError(f"checkpoint {name} holds {n_losses:,} losses for {step:,} steps; the file is damaged")
+
+
+def _check_opt_state(name: str, meta: dict, pshapes: dict, dtype, state: dict) -> dict:
+    """The optimiser's state a checkpoint holds: AdamW's moments of every parameter (m finite, v
+    finite and >= 0, of its shape and dtype) and its step count opt_t, or nothing for SGD."""
+    adamw = meta["train"].get("optimizer") == "adamw"
+    want = {f"{m}.{k}": s for k, s in pshapes.items() for m in "mv"} if adamw else {}
+    t = meta.get("opt_t", 0 if not adamw else None)
+    if set(state) != set(want) or not (isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= meta["step"]):
+        raise NpmlpError(f"checkpoint {name} holds no complete optimiser state for its {'AdamW' if adamw else 'SGD'} "
+                         f"run (moments {', '.join(sorted(state)) or 'none'}, step count {t!r}); the file is damaged")
+    for k, a in state.items():
+        if a.shape != tuple(want[k]) or a.dtype != dtype or not np.isfinite(a).all() or (k[0] == "v" and (a < 0).any()):
+            raise NpmlpError(f"checkpoint {name}: the optimiser's {k} is not a finite {dtype} array of shape "
+                             f"{tuple(want[k])}{' >= 0' if k[0] == 'v' else ''}; the file is damaged")
+    return state
 
 
 def _bounded(cls: type[Model], sizes: dict, files: dict) -> bool:
@@ -222,7 +241,8 @@ def load_checkpoint(path):
     missing = [k for k in want if k not in files]
     if missing:
         raise NpmlpError(f"checkpoint {name} lacks {', '.join(missing)}; it was not written by npmlp")
-    extra = sorted(set(files) - set(want) - RESERVED)
+    opt_state = {k[len(OPT):]: a for k, a in files.items() if k.startswith(OPT)}
+    extra = sorted(set(files) - set(want) - RESERVED - {OPT + k for k in opt_state})
     if extra:  # e.g. a damaged member name: refuse rather than load part of the file
         raise NpmlpError(f"checkpoint {name} holds unexpected arrays {', '.join(extra)}; it is damaged or "
                          f"was not written by npmlp")
@@ -248,5 +268,6 @@ def load_checkpoint(path):
         raise NpmlpError(f"checkpoint {name}: the loss history lossi is not a finite float32 vector "
                          f"(shape {lossi.shape}, dtype {lossi.dtype}); the file is damaged")
     _check_training_state(name, meta, cls, 0 if lossi is None else len(lossi))
+    meta["opt_state"] = _check_opt_state(name, meta, pshapes, dtype, opt_state)
     model = cls.from_params({k: files[k] for k in pshapes}, sizes, {k: files[k] for k in want if k not in pshapes})
     return model, vocab, meta, lossi

@@ -109,12 +109,18 @@ def train_and_finish(args, run: rundir.Run, claimed) -> int:
     log(args, f"npmlp: {run.summary()}")
     from .progress import Progress
     # the helper processes fork before the progress bar (or anything else) starts a thread
-    with fast.steps(run.record.engine, run.model, run.cfg.rows(len(run.data.train[0])), args.processes) as steps, \
+    with fast.steps(run.record.engine, run.model, run.cfg.rows(len(run.data.train[0])), args.processes,
+                    run.opt) as steps, \
             StopFlag() as flag, Progress(run.cfg.steps, run.start, quiet=args.quiet) as bar:
         def on_step(step, loss):
             if (step + 1) % bar.every == 0:           # the per-step path stays a few comparisons
                 bar.step(step, loss, run.cfg.lr_at(step))
             return flag.signum is not None
+
+        def on_eval(step, train_loss, dev_loss, best):
+            bar.write(f"step {step:,}: train loss {train_loss:.4f}, dev loss {dev_loss:.4f} (estimates)"
+                      + (f"; the best so far, saved in {run.best_ckpt}" if best else ""))
+        run.on_eval = on_eval
         run.train(steps, on_step)
         bar.finish(run.step)
     run.save()
@@ -136,8 +142,10 @@ def train_and_finish(args, run: rundir.Run, claimed) -> int:
             f"`npmlp plot {where} --out DIR` draws the figures" if (run.out / "metrics.json").exists() else
             f"`npmlp train --resume {where}` evaluates and draws the figures once {run.out} can be written")) from None
     n = run.cfg.steps - run.start
+    used = f"; the model of step {metrics['step']:,}, the best dev estimate ({run.best_ckpt})" \
+        if metrics["step"] != run.cfg.steps else ""
     print(f"train loss {metrics['train_loss']:.4f}   dev loss {metrics['dev_loss']:.4f}   test loss "
-          f"{metrics['test_loss']:.4f}   ({n:,} step{'s' * (n != 1)} in {run.train_seconds:.1f}s)")
+          f"{metrics['test_loss']:.4f}   ({n:,} step{'s' * (n != 1)} in {run.train_seconds:.1f}s{used})")
     print("samples:", *metrics["samples"], sep="\n  ")
     print("wrote:", *written, sep="\n  ")
     return 0
@@ -160,15 +168,23 @@ def write_run_figures(args, run):
 
 # ----------------------------------------------------------------------------- reading tools
 
-def load_run(path):
-    """RUN_DIR (or its model.npz) -> (model, vocab, meta, lossi, checkpoint path)."""
-    p = Path(path)
+def load_run(args, path=None):
+    """RUN_DIR (or one of its checkpoints) -> (model, vocab, meta, lossi, checkpoint path). A run
+    that estimated its dev loss (--eval-every) is read at its best estimate (best.npz) unless
+    args.last asks for the last checkpoint (model.npz)."""
+    p = Path(args.run_dir if path is None else path)
     if not p.exists():
         raise UsageError(f"run directory {p} does not exist; give a directory written by `npmlp train`")
     ckpt = p / "model.npz" if p.is_dir() else p
+    if p.is_dir() and (p / rundir.BEST).is_file() and not getattr(args, "last", False):
+        ckpt = p / rundir.BEST
     if not ckpt.is_file():
         raise UsageError(f"{p} holds no model.npz; give a run directory written by `npmlp train`")
-    return (*load_checkpoint(ckpt), ckpt)
+    loaded = load_checkpoint(ckpt)
+    if ckpt.name == rundir.BEST:
+        log(args, f"npmlp: note: reading {ckpt}, the model of step {loaded[2]['step']:,} (the best dev estimate); "
+                  f"--last reads the last checkpoint, model.npz")
+    return (*loaded, ckpt)
 
 
 def read_splits(args, meta, model, vocab, ckpt, batch_size: int | None = 1):
@@ -186,7 +202,7 @@ def cmd_gradcheck(args):
         typed = [flag(k) for k in (*MODEL_OPTIONS, "split_seed") if k in args.typed]
         if typed:   # the run's own model and split are checked
             raise UsageError(f"{typed[0]} sets a fresh model; drop it when checking --run {args.run}")
-        model, vocab, meta, _, ckpt = load_run(args.run)
+        model, vocab, meta, _, ckpt = load_run(args, args.run)
         data = read_splits(args, meta, model, vocab, ckpt, args.batch_size)
         model = model.like({k: v.astype(dtype) for k, v in model.params.items()})
         what = f"the model in {ckpt}"
@@ -194,7 +210,7 @@ def cmd_gradcheck(args):
         kind, sizes, init = model_options(args)
         data = rundir.fresh_splits(kind, sizes, args.data, args.split_seed, args.batch_size, typed=args.typed)
         notes(args, data.notes)
-        model = make_model(kind, data.vocab.size, sizes, args.seed, dtype, init)
+        model = make_model(kind, data.vocab.size, rundir.fresh_sizes(sizes, data), args.seed, dtype, init)
         what = f"a fresh {kind} model" + (f" (--init {init}, seed {args.seed})" if init else f" (seed {args.seed})")
     check_batch(args.batch_size, model, len(data.train[0]))
     X, Y = minibatch(*data.train, args.batch_size or len(data.train[0]), args.seed)
@@ -224,7 +240,8 @@ def cmd_lr_find(args):
     with output_folder(Path(args.out or time.strftime("runs/lr-find-%Y%m%d-%H%M%S"))) as out:
         data = rundir.fresh_splits(kind, sizes, args.data, args.split_seed, args.batch_size, args.steps, args.typed)
         notes(args, data.notes)
-        model = make_model(kind, data.vocab.size, sizes, args.seed, DTYPES[args.dtype], init)
+        model = make_model(kind, data.vocab.size, rundir.fresh_sizes(sizes, data), args.seed, DTYPES[args.dtype],
+                           init)
         check_batch(args.batch_size, model, len(data.train[0]))
         lre = np.linspace(-3, 0, args.steps)                      # the lecture's lre; lrs = 10**lre
         # the helper processes fork before the progress bar starts a thread
@@ -256,7 +273,7 @@ SWEPT = (*MODEL_OPTIONS, "dtype", "seed", "batch_size", "engine", "data", "split
 def cmd_sample(args):
     """Each name printed as it is drawn (train.sample_stream): -n 10000000 runs in constant memory;
     Ctrl-C, or a reader that goes away (`| head`), stops it."""
-    model, vocab, meta, _, ckpt = load_run(args.run_dir)
+    model, vocab, meta, _, ckpt = load_run(args)
     seed = args.seed if args.seed is not None else int(meta["train"]["seed"]) + 10
     count, stop = 0, []
 
@@ -269,7 +286,7 @@ def cmd_sample(args):
     ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN     # a background job's: leave it so
     previous = None if ignored else signal.signal(signal.SIGINT, on_ctrl_c)
     try:
-        for name in sample_stream(model, vocab, args.n, seed=seed, temperature=args.temperature):
+        for name in sample_stream(model, vocab, args.n, seed=seed, temperature=args.temperature, top_k=args.top_k):
             sys.stdout.write(name + "\n")           # one write: Ctrl-C never cuts a name in two
             count += 1
             if stop or getattr(sys.stdout, "reader_gone", False):
@@ -288,7 +305,7 @@ def cmd_sample(args):
 
 
 def cmd_eval(args):
-    model, vocab, meta, _, ckpt = load_run(args.run_dir)
+    model, vocab, meta, _, ckpt = load_run(args)
     data = read_splits(args, meta, model, vocab, ckpt)
     with np.errstate(over="ignore", invalid="ignore"):
         losses = {k: fast.evaluate(model, *xy, meta["run"]["engine"]) for k, xy in data.items()}   # as the run did
@@ -309,7 +326,7 @@ def figures_folder(args, ckpt):
 
 def cmd_plot(args):
     from . import plots
-    model, vocab, meta, lossi, ckpt = load_run(args.run_dir)
+    model, vocab, meta, lossi, ckpt = load_run(args)
     cfg = TrainConfig(**meta["train"])           # load_checkpoint checked it
     table = model.spec.embedding
     if args.pca and table is None:
@@ -329,7 +346,7 @@ def cmd_plot(args):
 
 def cmd_diagnose(args):
     from . import diagnose, plots
-    model, vocab, meta, _, ckpt = load_run(args.run_dir)
+    model, vocab, meta, _, ckpt = load_run(args)
     cfg = TrainConfig(**meta["train"])           # load_checkpoint checked it
     side = ckpt.parent / diagnose.RATIOS
     ratios = diagnose.UpdateRatios.load(side, model.params, meta["step"])   # checked like the checkpoint
@@ -359,6 +376,11 @@ def cmd_diagnose(args):
 
 # ----------------------------------------------------------------------------- main
 
+def add_last_arg(p):
+    p.add_argument("--last", action="store_true", help="a run with --eval-every is read at its best dev "
+                   "estimate (best.npz); --last reads its last checkpoint (model.npz) instead")
+
+
 def build_parser():
     parser = Parser(prog="npmlp", description="The makemore course's character-level language models in NumPy, "
                                               "with every gradient written by hand.")
@@ -386,6 +408,7 @@ def build_parser():
     p.add_argument("--coords", type=positive_int, default=20, help="coordinates per tensor for finite "
                    "differences (default 20)")
     p.add_argument("--run", metavar="RUN_DIR", help="check a trained model instead of a fresh one")
+    add_last_arg(p)
     p.add_argument("--quiet", action="store_true", help="no notes about the data")
     p.set_defaults(func=cmd_gradcheck)
 
@@ -406,12 +429,16 @@ def build_parser():
                    "the names `npmlp train` printed)")
     p.add_argument("--temperature", type=positive_float, default=1.0, help="divide the logits by this "
                    "(default 1; lower = safer names)")
+    p.add_argument("--top-k", type=positive_int, metavar="K", help="draw from the K most likely characters only "
+                   "(makemore.py's --top-k; ties with the K-th are kept; default: all)")
+    add_last_arg(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="train/dev/test loss of a trained model")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `npmlp train`")
     p.add_argument("--data", metavar="FILE", help="the run's names file, if it has moved")
     p.add_argument("--quiet", action="store_true", help="no notes about the data")
+    add_last_arg(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plot", help="redraw a run's figures: loss, embedding and gradients")
@@ -422,6 +449,7 @@ def build_parser():
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the gradient figure's minibatch")
     p.add_argument("--out", metavar="DIR", help="where the PNGs go (default: the run directory)")
     p.add_argument("--quiet", action="store_true", help="no notes about the data")
+    add_last_arg(p)
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("diagnose", help="part 3's health readings: tanh saturation, gradients, grad:data and "
@@ -431,6 +459,7 @@ def build_parser():
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the minibatch read (default 0)")
     p.add_argument("--out", metavar="DIR", help="where the PNGs go (default: the run directory)")
     p.add_argument("--quiet", action="store_true", help="no notes about the data")
+    add_last_arg(p)
     p.set_defaults(func=cmd_diagnose)
     return parser
 

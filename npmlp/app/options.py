@@ -26,7 +26,8 @@ from .registry import DEFAULT, MODELS, model_class, options, owners, train_defau
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 TRAIN = TrainConfig()            # the lecture's training defaults, for the help text and the parser
-TRAIN_OPTIONS = ("steps", "batch_size", "lr", "lr_decayed", "decay_at", "reg")
+TRAIN_OPTIONS = ("steps", "batch_size", "lr", "lr_decayed", "decay_at", "reg", "optimizer", "weight_decay",
+                 "schedule", "decay_matrices_only", "eval_every")
 MODEL_OPTIONS = ("model", *options(), "init")
 
 
@@ -207,6 +208,20 @@ def add_train_args(p: Parser):
             help=f"fraction of steps where the rate drops (default {train_defaults_text('decay_at')})")
     p.typed("--reg", type=number_in(0, None), default=train_default_of("reg"),
             help=f"add reg * mean(p**2) of every parameter to the training loss (default {train_defaults_text('reg')})")
+    p.typed("--optimizer", choices=train.OPTIMIZERS, default=train_default_of("optimizer"),
+            help=f"sgd: p -= lr * grad (the lectures'); adamw: makemore.py's AdamW, betas (0.9, 0.99), eps 1e-8 "
+                 f"(default {train_defaults_text('optimizer')})")
+    p.typed("--weight-decay", type=number_in(0, None), default=train_default_of("weight_decay"),
+            help=f"AdamW's decoupled weight decay (default {train_defaults_text('weight_decay')})")
+    p.typed("--decay-matrices-only", action="store_true", default=train_default_of("decay_matrices_only"),
+            help="AdamW's weight decay on the weight matrices and embeddings only, not biases or gains (nanoGPT's)")
+    p.typed("--schedule", choices=train.SCHEDULES, default=train_default_of("schedule"),
+            help="step: --lr, then --lr-decayed from --decay-at on (the lectures'); cosine: half a cosine from "
+                 f"--lr down to --lr-decayed over the steps (default {train_defaults_text('schedule')})")
+    p.typed("--eval-every", type=non_negative_int, default=train_default_of("eval_every"), metavar="N",
+            help="every N steps, estimate the train and dev loss on fixed rows (about 1,000 names each), print "
+                 "it, and keep the checkpoint of the best dev estimate in best.npz, which the other commands "
+                 f"then read; 0: never (default {train_defaults_text('eval_every')})")
 
 
 def add_engine_args(p: Parser):
@@ -267,8 +282,8 @@ def model_options(args) -> tuple[str, dict, str | None]:
 def train_config(args, kind: str) -> TrainConfig:
     """The training config the options give (each filled with model `kind`'s own default)."""
     try:
-        return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                           lr_decayed=args.lr_decayed, decay_at=args.decay_at, reg=args.reg)
+        return TrainConfig(**{**model_class(kind).spec.train, **{k: getattr(args, k) for k in TRAIN_OPTIONS},
+                              "seed": args.seed})
     except ValueError as e:
         raise UsageError(str(e)) from None
 

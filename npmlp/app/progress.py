@@ -8,8 +8,11 @@ class Progress:
     """bar.step(step, loss, lr) after each step (or every `every`-th); shows steps/s, the current
     loss and rate."""
 
-    def __init__(self, total: int, start: int = 0, quiet: bool = False, every: int = 250, desc: str = "train"):
-        self.every, self.quiet, self.bar = every, quiet, None
+    def __init__(self, total: int, start: int = 0, quiet: bool = False, every: int | None = None,
+                 desc: str = "train"):
+        # every: a few hundred updates over the run, at most one per 250 steps
+        self.every = every or max(1, min(250, total // 100))
+        self.quiet, self.bar = quiet, None
         if not quiet:
             from tqdm import tqdm
             # no monitor thread: the bar is updated often anyway, and a process that forks (the fast
@@ -24,6 +27,11 @@ class Progress:
             self.bar.update(step + 1 - self._last)
             self._last = step + 1
             self.bar.set_postfix_str(f"loss {loss:.4f}" + (f", lr {lr:g}" if lr is not None else ""), refresh=False)
+
+    def write(self, line: str):
+        """A line on stderr above the bar (none with quiet)."""
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
 
     def finish(self, n: int):
         """Bring the bar to step n (the last update may have been up to `every` steps before)."""

@@ -11,6 +11,7 @@ from .errors import UsageError
 MODELS: dict[str, type[Model]] = {cls.spec.kind: cls for cls in (
     mlp.MLP, bigram.Bigram, bn.BNMLP, deep.Deep, wavenet.Wavenet)}
 DEFAULT = "mlp"      # `npmlp train` with no --model: lecture 2's run
+FORMAT_1 = "mlp"     # the one model npmlp 0.1 knew: what a format-1 checkpoint holds
 
 
 def model_class(kind: str) -> type[Model]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import fast, train
+from ..contract import SEQUENCES, WINDOWS
 from ..data import SPLIT_SEED
 from ..fast.dataset import build_dataset
 from ..loading import Splits
@@ -24,9 +25,10 @@ from .checkpoint import RunRecord, load_checkpoint, save_checkpoint
 from .errors import NpmlpError, UsageError
 from .files import atomic_write_json, cannot_write
 from .options import MODEL_OPTIONS, check_batch, check_memory, flag, option_text
-from .registry import make_model, options, owners
+from .registry import make_model, model_class, options, owners
 
 SNAPSHOT = 1000   # steps between copies of the model kept to replay a divergence from
+BEST = "best.npz"  # with --eval-every: the checkpoint of the best dev estimate, beside the last (model.npz)
 
 
 # ----------------------------------------------------------------------------- data
@@ -47,24 +49,33 @@ def run_splits(data, meta, model, vocab, batch_size: int | None = 1, steps: int 
     refused before they are built if they, the model and a batch of batch_size rows (and `steps`
     losses) cannot fit in memory (options.check_memory; `subject` names the run there)."""
     record = RunRecord.from_json(meta["run"])
-    return splits(run_data(data, record), record.split_seed, model.block_size, vocab, digest=record.data_sha256,
-                  check=lambda n_rows, v: check_memory(model.kind, model.sizes, v, n_rows, batch_size, steps,
-                                                       subject=subject))
+    return splits(run_data(data, record), record.split_seed, model.block_size, model.spec.data, vocab,
+                  digest=record.data_sha256,
+                  check=lambda n_rows, v, T: check_memory(model.kind, model.sizes, v, n_rows, batch_size, steps,
+                                                          subject=subject))
 
 
 def fresh_splits(kind: str, sizes: dict, data, split_seed, batch_size: int | None, steps: int = 0,
                  typed=None) -> Splits:
     """The rows a fresh model of `kind` and `sizes` trains on, refused before they are built if
     they, the model and a batch of batch_size rows (and `steps` losses) cannot fit in memory
-    (options.check_memory; `typed`: the options on the command line, for its message)."""
-    return splits(data, split_seed, sizes["block_size"], check=lambda n_rows, vocab: check_memory(
-        kind, sizes, vocab, n_rows, batch_size, steps, typed=typed))
+    (options.check_memory; `typed`: the options on the command line, for its message). A sequence
+    model's block size is the data's (the longest name + 1): fresh_sizes adds it."""
+    spec = model_class(kind).spec
+    block = None if spec.data == SEQUENCES else sizes["block_size"]
+    return splits(data, split_seed, block, spec.data, check=lambda n_rows, vocab, T: check_memory(
+        kind, {**sizes, "block_size": T}, vocab, n_rows, batch_size, steps, typed=typed))
 
 
-def splits(data, split_seed, block_size, vocab=None, digest=None, check=None) -> Splits:
+def fresh_sizes(sizes: dict, rows: Splits) -> dict:
+    """A fresh model's sizes with its block size: the option's, or the data's for a sequence model."""
+    return {**sizes, "block_size": rows.block_size}
+
+
+def splits(data, split_seed, block_size, form=WINDOWS, vocab=None, digest=None, check=None) -> Splits:
     """loading.Splits with the rows built vectorised (fast.dataset), as every command reads them;
-    check(n_rows, vocab) runs before any row is built (the memory check)."""
-    return Splits(data, split_seed, block_size, vocab, digest, build=build_dataset, check=check)
+    check(n_rows, vocab, T) runs before any row is built (the memory check)."""
+    return Splits(data, split_seed, block_size, vocab, digest, build=build_dataset, check=check, form=form)
 
 
 def refuse_existing(out: Path) -> None:
@@ -101,6 +112,11 @@ class Run:
         self.ratios = ratios                       # diagnose.UpdateRatios, sampled while training (--diagnose)
         if ratios is not None:
             record.diagnose = True
+        self.opt = train.optimizer(cfg, model.params)   # AdamW's moments are part of the run
+        self.evals: list[list] = []                # [step, train estimate, dev estimate] every cfg.eval_every
+        self.best: dict | None = None              # {"step", "dev"}: the checkpoint in best.npz
+        self.best_ckpt = out / BEST
+        self.on_eval = None                        # on_eval(step, train, dev, best): a line for the user
 
     @classmethod
     def new(cls, out: Path, kind: str, sizes: dict, cfg: TrainConfig, engine: str, data=None, split_seed=SPLIT_SEED,
@@ -110,7 +126,7 @@ class Run:
         or 'kaiming'); the other models have their lecture's own. typed: the options on the
         command line, for the memory check's message."""
         rows = fresh_splits(kind, sizes, data, split_seed, cfg.batch_size, cfg.steps, typed)
-        model = make_model(kind, rows.vocab.size, sizes, cfg.seed, dtype, init)
+        model = make_model(kind, rows.vocab.size, fresh_sizes(sizes, rows), cfg.seed, dtype, init)
         record = RunRecord(engine, str(rows.source.resolve()) if rows.source else None, split_seed, rows.digest,
                            init, fast.ARITHMETIC[engine], parts=0)
         ratios = None
@@ -131,6 +147,9 @@ class Run:
             record.data = str(Path(data).resolve())
         run = cls(out, model, vocab, cfg, record, np.concatenate(
             [lossi, np.zeros(cfg.steps - meta["step"], np.float32)]), meta["step"], rows, ratios)
+        if isinstance(run.opt, train.AdamW):
+            run.opt.load_state(meta["opt_state"], meta["opt_t"])
+        run.evals, run.best = meta.get("evals", []), meta.get("best")
         run.notes += notes
         if record.arithmetic != fast.ARITHMETIC[record.engine]:
             run.notes.append(f"{out} was trained by an older npmlp whose steps round differently; it continues "
@@ -152,21 +171,47 @@ class Run:
         return (f"{self.data.summary()}; {self.model.kind} model, {self.model.num_params:,} parameters "
                 f"({self.model.dtype}), {self.record.engine} engine; {verb}; writing {self.out}/")
 
-    def save(self, step: int | None = None) -> None:
-        """model.npz at `step` (default: the steps done), with the training seconds so far."""
-        step = self.step if step is None else step
+    def meta(self, step: int) -> dict:
+        """What a checkpoint at `step` records beside the arrays (checkpoint.save_checkpoint)."""
         record = dataclasses.replace(self.record, seconds=round(self.seconds + self.train_seconds, 3),
                                      parts=self.parts)
         meta = {"train": self.cfg.to_dict(), "run": record.to_json(), "step": step, "complete": step >= self.cfg.steps}
+        if self.cfg.eval_every:
+            meta.update(evals=[e for e in self.evals if e[0] <= step], best=self.best)
+        if isinstance(self.opt, train.AdamW):
+            meta["opt_t"] = self.opt.t
+        return meta
+
+    def save(self, step: int | None = None, path: Path | None = None) -> None:
+        """model.npz (or `path`) at `step` (default: the steps done), with the training seconds so far
+        and the optimiser's state."""
+        step = self.step if step is None else step
+        path = self.ckpt if path is None else path
+        meta = self.meta(step)
         self.model.calibrate(self.data.train[0])     # statistics for inference, from the training split (bn's)
         try:
-            if self.ratios is not None:   # first: the side file then holds at least the checkpoint's samples
+            if self.ratios is not None and path == self.ckpt:   # first: the side file holds the checkpoint's samples
                 from .diagnose import RATIOS
                 self.ratios.until(step).save(self.out / RATIOS)
-            save_checkpoint(self.ckpt, self.model, self.vocab, meta, self.lossi[:step])
+            save_checkpoint(path, self.model, self.vocab, meta, self.lossi[:step], self.opt.state())
         except OSError as e:  # the write is atomic: an older model.npz, if any, is still intact
-            raise NpmlpError(f"cannot write {self.ckpt}: {e.strerror}; free space or fix permissions, "
+            raise NpmlpError(f"cannot write {path}: {e.strerror}; free space or fix permissions, "
                              f"then resume from the last saved checkpoint") from None
+
+    def estimate(self) -> None:
+        """--eval-every: the loss on the fixed rows of the train and dev splits (train.estimate_rows)
+        at the steps done; a better dev estimate saves best.npz. on_eval is told."""
+        train_rows, dev_rows = (train.estimate_rows(xy[1], self.cfg.seed) for xy in (self.data.train, self.data.dev))
+        with np.errstate(over="ignore", invalid="ignore"):
+            t = train.evaluate(self.model, self.data.train[0][train_rows], self.data.train[1][train_rows])
+            d = train.evaluate(self.model, self.data.dev[0][dev_rows], self.data.dev[1][dev_rows])
+        self.evals.append([self.step, t, d])
+        better = np.isfinite(d) and (self.best is None or d < self.best["dev"])
+        if better:
+            self.best = {"step": self.step, "dev": d}
+            self.save(path=self.best_ckpt)
+        if self.on_eval is not None:
+            self.on_eval(self.step, t, d, better)
 
     def train(self, steps, on_step=None) -> int:
         """Run the steps with `steps` (fast.steps) from self.step until cfg.steps or until
@@ -183,19 +228,23 @@ class Run:
             return self.stopped
 
         # the steps run in segments: between two, the model holds the current params (the fast
-        # engine works on its own copy), a snapshot is taken, and with --diagnose the update:data
-        # ratios are sampled
-        every = SNAPSHOT
+        # engine works on its own copy), a snapshot is taken, with --diagnose the update:data
+        # ratios are sampled, and with --eval-every the losses estimated
+        periods = [SNAPSHOT] + [self.cfg.eval_every] * bool(self.cfg.eval_every)
         if self.ratios is not None:
-            from .diagnose import EVERY as every
+            from .diagnose import EVERY
+            periods.append(EVERY)
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # a NaN/inf loss is caught as divergence
                 while not self.finished and not self.stopped:
-                    if self.ratios is not None and self.step % every == 0:
+                    if self.ratios is not None and self.step % EVERY == 0:
                         self.ratios.record(self.model, X, Y, self.cfg, self.step)
-                    stop = min(self.cfg.steps, (self.step // every + 1) * every)
+                    stop = min([self.cfg.steps] + [(self.step // p + 1) * p for p in periods])
                     steps(X, Y, self.cfg, self.lossi, self.step, stop, each)
                     snaps = [snaps[-1], self._snapshot()]
+                    if self.cfg.eval_every and self.step == stop and (
+                            stop % self.cfg.eval_every == 0 or stop == self.cfg.steps):
+                        self.estimate()
         except HelperFailed as e:                  # the failed step was not applied: keep the rest
             self.save()
             raise NpmlpError(f"{e} after step {self.step:,}; saved {self.ckpt}; resume with: npmlp train "
@@ -207,7 +256,9 @@ class Run:
         return self.step
 
     def _snapshot(self):
-        return self.step, {k: a.copy() for k, a in {**self.model.params, **self.model.buffers}.items()}
+        """(step, copies of the params, buffers and the optimiser's state)."""
+        state = {**self.model.params, **self.model.buffers, **{f"opt.{k}": a for k, a in self.opt.state().items()}}
+        return self.step, {k: a.copy() for k, a in state.items()}, self.opt.t
 
     def _diverged(self, d: Diverged, steps, snaps) -> str:
         """Save what a divergence leaves worth keeping; -> the message."""
@@ -219,13 +270,14 @@ class Run:
             return (f"training diverged: the mean loss of steps {d.first:,}-{d.step:,} is {d.mean:.4g}, more "
                     f"than {train.EXPLODE}x the first step's loss or ln(vocab) ({d.limit / train.EXPLODE:.4g}); "
                     f"saved the model after {d.step:,} steps in {self.ckpt} (for eval/plot); {advice}")
-        good = [(k, s) for k, s in snaps if k <= d.step - 1]
+        good = [(k, s, t) for k, s, t in snaps if k <= d.step - 1]
         if not good:
             return (f"the loss is NaN/inf at step {d.step:,}, the first step of this run; check the data and "
                     f"the init, and lower {rate} (was {cfg.lr_at(d.step):g})")
-        k, state = good[-1]
+        k, state, t = good[-1]
         for name, a in {**self.model.params, **self.model.buffers}.items():
             a[...] = state[name]                   # the snapshot, then replay to the last finite loss
+        self.opt.load_state({name[4:]: a for name, a in state.items() if name.startswith("opt.")}, t)
         if d.step - 1 > k:
             steps(X, Y, cfg, self.lossi, k, d.step - 1, None)
         self.save(d.step - 1)
@@ -234,12 +286,23 @@ class Run:
                 f"{self.ckpt} (for eval/plot); {advice}")
 
     def finish(self) -> dict:
-        """The end of a finished run: evaluate every split, sample 20 names, write metrics.json."""
+        """The end of a finished run: evaluate every split, sample 20 names, write metrics.json. With
+        --eval-every, of the model with the best dev estimate (best.npz; the last's losses beside)."""
+        def losses_of(model):
+            with np.errstate(over="ignore", invalid="ignore"):
+                return {f"{k}_loss": fast.evaluate(model, *xy, self.record.engine) for k, xy in self.data.items()}
+
+        model, step, last = self.model, self.cfg.steps, None
+        if self.best is not None and self.best["step"] != self.cfg.steps and self.best_ckpt.is_file():
+            model, step = load_checkpoint(self.best_ckpt)[0], self.best["step"]
+            last = {k: v if np.isfinite(v) else None for k, v in losses_of(self.model).items()}
+        losses = losses_of(model)
         with np.errstate(over="ignore", invalid="ignore"):
-            losses = {f"{k}_loss": fast.evaluate(self.model, *xy, self.record.engine) for k, xy in self.data.items()}
-            names = train.sample(self.model, self.vocab, 20, seed=self.cfg.seed + 10)
+            names = train.sample(model, self.vocab, 20, seed=self.cfg.seed + 10)
         seconds = round(self.seconds + self.train_seconds, 3)     # every part's training time
         metrics = {**{k: v if np.isfinite(v) else None for k, v in losses.items()},  # JSON has no NaN
+                   "step": step, **({"last": last} if last is not None else {}),
+                   **({"evals": self.evals} if self.cfg.eval_every else {}),
                    "steps": self.cfg.steps, "seconds": seconds, "parts": self.parts,
                    "steps_per_second": round(self.cfg.steps / seconds, 1) if seconds else None,
                    "num_params": self.model.num_params,

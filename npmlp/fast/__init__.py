@@ -41,16 +41,18 @@ def default_engine(spec: Spec, sizes: dict | None = None) -> str:
 
 
 @contextlib.contextmanager
-def steps(engine: str, model, batch_size: int, processes: int | None = None):
-    """-> steps(X, Y, cfg, lossi, start, stop, on_step), train.sgd's contract run by `engine`.
-    The fast engine's helper processes (parallel.py) live as long as the context: open it before
-    any thread starts (a progress bar's), since forking beside a thread can deadlock the child."""
+def steps(engine: str, model, batch_size: int, processes: int | None = None, opt=None):
+    """-> steps(X, Y, cfg, lossi, start, stop, on_step), train.sgd's contract run by `engine`, with
+    the optimiser `opt` (train.optimizer's: AdamW keeps its moments across the calls; None: each
+    call makes cfg's). The fast engine's helper processes (parallel.py) live as long as the
+    context: open it before any thread starts (a progress bar's), since forking beside a thread
+    can deadlock the child."""
     if engine == "fast":
         from .parallel import make_pool
         with make_pool(model, batch_size, processes) as pool:
-            yield functools.partial(_engine.sgd, model, pool=pool)
+            yield functools.partial(_engine.sgd, model, pool=pool, opt=opt)
     else:
-        yield functools.partial(train.sgd, model)
+        yield functools.partial(train.sgd, model, opt=opt)
 
 
 def _stacked(spec: Spec, sizes: dict | None = None) -> bool:

@@ -35,12 +35,13 @@ from types import SimpleNamespace
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from .. import train
 from ..layers import BN_EPS as EPS_BN
 from ..mlp import MLP
-from ..train import BLOCK, TrainConfig, check_loss, step_block
+from ..train import BLOCK, AdamW, TrainConfig, check_loss, step_block
 from .flat import FlatParams
-from .tanh import TANH, pick
 from .stack import StackEngine
+from .tanh import TANH, pick
 
 CHUNK = 128     # rows per chunk: a chunk's (n, H) arrays stay in the L2 cache, and a batch of 256
                 # is already shared by two processes (see benchmarks/README.md)
@@ -237,7 +238,8 @@ class BNEngine(Engine):
         return b.tmp
 
 
-ENGINE_CLASS = {"mlp": Engine, "bn": BNEngine, "stack": StackEngine}   # by the name a spec's `engine` gives
+# by the name a spec's `engine` gives: one hidden layer; one with BatchNorm before tanh; layer objects
+ENGINE_CLASS = {"mlp": Engine, "mlp-batchnorm": BNEngine, "stack": StackEngine}
 
 
 def run_chunks(eng: Engine, pool, ks, g: int, lr: float):
@@ -343,17 +345,61 @@ class Chunks:
         self.close()
 
 
+class FlatAdamW:
+    """train.AdamW on an engine's flat parameter vector: its moments end to end in the same order,
+    so a step is a few vector operations; loaded from and stored to the AdamW object the run keeps
+    (its moments by name, and t), so both engines continue each other's runs."""
+
+    def __init__(self, eng, opt: AdamW):
+        self.opt, self.m, self.v = opt, np.empty_like(eng.flat), np.empty_like(eng.flat)
+        self.mw, self.vw = eng.views(self.m), eng.views(self.v)
+        self.decay = np.concatenate([np.full(math.prod(s), float(k in opt.decay), eng.dtype)
+                                     for k, s in eng.shapes.items()])        # (P,) 1 where weight decay applies
+        self.tmp = np.empty_like(eng.flat)
+
+    def load(self):
+        for k in self.opt.m:
+            getattr(self.mw, k)[...], getattr(self.vw, k)[...] = self.opt.m[k], self.opt.v[k]
+
+    def store(self):
+        for k in self.opt.m:
+            self.opt.m[k][...], self.opt.v[k][...] = getattr(self.mw, k), getattr(self.vw, k)
+
+    def step(self, flat, g, lr: float):
+        """AdamW's step on flat with gradient g (P,), in train.AdamW's order."""
+        o, m, v, tmp = self.opt, self.m, self.v, self.tmp
+        o.t += 1
+        if o.weight_decay:
+            np.multiply(self.decay, lr * o.weight_decay, tmp)
+            np.multiply(flat, tmp, tmp)
+            flat -= tmp                                           # p *= 1 - lr * wd, where it applies
+        m *= o.beta1
+        np.multiply(g, 1 - o.beta1, tmp)
+        m += tmp                                                  # m = b1 m + (1 - b1) g
+        v *= o.beta2
+        np.multiply(g, g, tmp)
+        tmp *= 1 - o.beta2
+        v += tmp                                                  # v = b2 v + (1 - b2) g^2
+        np.sqrt(v, tmp)
+        tmp *= 1 / math.sqrt(1 - o.beta2 ** o.t)
+        tmp += o.eps
+        np.divide(m, tmp, tmp)
+        tmp *= lr / (1 - o.beta1 ** o.t)
+        flat -= tmp                                               # p -= step * m / (sqrt(v) / root + eps)
+
+
 def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: int | None = None,
-        on_step=None, pool: Chunks | None = None):
+        on_step=None, pool: Chunks | None = None, opt=None):
     """train.sgd's steps, faster: same contract, same minibatches, results equal to round-off.
 
     pool: a Chunks (or parallel.ChunkPool, whose helper processes run some chunks) made for this
     model's shape and the batch's rows (cfg.rows), to reuse across calls; None makes a Chunks for this call.
+    opt: train.sgd's (an AdamW keeps its moments across calls), None for cfg's.
     The model's params are copied into the engine's flat vector and back when the call ends
     (also by an exception: a Diverged step's update is never applied)."""
     if pool is None:
         with Chunks(model, cfg.rows(len(X))) as own:
-            return sgd(model, X, Y, cfg, lossi, start, stop, on_step, own)
+            return sgd(model, X, Y, cfg, lossi, start, stop, on_step, own, opt)
     pool.fits(model, cfg.rows(len(X)))
     eng, N = pool.engine, len(X)
     chunks, G, n = pool.chunks, len(pool.Xg), len(pool.chunks)
@@ -361,10 +407,15 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
     lossi = np.zeros(cfg.steps, np.float32) if lossi is None else lossi
     update = pool.grads[0] if n == 1 else np.empty_like(eng.flat)   # the chunks' summed update
     lr_at, flat, parts, shares = cfg.lr_at, eng.flat, pool.parts, [c[2] for c in chunks]
+    opt = train.optimizer(cfg, model.params) if opt is None else opt
+    # AdamW needs the gradient itself: the backward is seeded with dloss = -1, so update = -grad
+    adam = FlatAdamW(eng, opt) if isinstance(opt, AdamW) else None
     if cfg.reg:     # reg * mean(p**2) of each parameter is reg * sum(flat**2 * inv_size): one dot, one axpy
         inv_size = np.concatenate([np.full(math.prod(s), 1 / math.prod(s)) for s in eng.shapes.values()])
         decay = (2 * cfg.reg * inv_size).astype(flat.dtype)                  # (P,) d(penalty) / d(flat) / flat
     eng.load(model)
+    if adam is not None:
+        adam.load()
     # exp(2x) in the exp form of tanh overflows to inf on purpose
     with np.errstate(over="ignore"):
         try:
@@ -376,8 +427,9 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
                     pool.gather(X, Y, block[i - i % G: i - i % G + G])      # the next G steps' rows
                 g = i % G
                 lr = lr_at(step)
-                pool.start(g, lr, flat)                                    # helpers run their chunks ...
-                run_chunks(eng, pool, pool.mine, g, lr)
+                seed = 1.0 if adam is not None else lr                     # the backward's -seed * grad
+                pool.start(g, seed, flat)                                  # helpers run their chunks ...
+                run_chunks(eng, pool, pool.mine, g, seed)
                 pool.wait()                                                # ... while we run ours
                 loss = 0.0
                 for k in range(n):
@@ -388,14 +440,20 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
                 if n > 1:                                                  # row by row in chunk order,
                     np.add.reduce(pool.grads, 0, None, update)             #   whoever ran the chunk
                 if cfg.reg:
-                    update -= lr * decay * flat                            # the penalty's share of -lr * p.grad
-                flat += update                                             # p.data += -lr * p.grad, all five
+                    update -= seed * decay * flat                          # the penalty's share of -seed * grad
+                if adam is not None:
+                    np.negative(update, update)                            # grad
+                    adam.step(flat, update, lr)
+                else:
+                    flat += update                                         # p.data += -lr * p.grad, all five
                 lossi[step] = loss
                 if on_step is not None and on_step(step, loss):
                     return lossi, step + 1
             return lossi, stop
         finally:
             eng.store(model)
+            if adam is not None:
+                adam.store()
 
 
 def gradients(model: MLP, X, Y, lr: float = 0.1) -> dict:
