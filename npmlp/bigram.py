@@ -27,7 +27,7 @@ SPEC = Spec(
     # the lecture's recipe: gradient descent on every pair (the full batch), lr 50, never decayed,
     # with 0.01 * mean(W**2) added to the loss
     train={"steps": 100, "batch_size": None, "lr": 50.0, "decay_at": 1.0, "reg": 0.01},
-    mirror="bigram_forward", embedding=None, context=1,
+    engine="counts", mirror="bigram_forward", embedding=None, context=1,
     makemore=Makemore(type="bigram", keys={"W": "logits"}))
 
 

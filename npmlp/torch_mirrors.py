@@ -179,3 +179,24 @@ def torch_sgd(model, X, Y, batches, lrs, return_buffers=False):
     if return_buffers:
         return np.array(losses), params, {k: v.numpy() for k, v in buffers.items()}
     return np.array(losses), params
+
+
+# ----------------------------------------------------------------------------- makemore.py's .pt files
+
+def load_makemore(path) -> dict:
+    """A makemore.py `model.pt` (torch.save of its model.state_dict()) -> {key: NumPy array}.
+    Read with weights_only=True: a .pt holding anything but tensors is refused, never run."""
+    import torch
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError("it holds no state_dict of tensors (makemore.py saves model.state_dict())")
+    return {k: v.detach().numpy().copy() for k, v in sd.items()}
+
+
+def save_makemore(arrays: dict, f) -> None:
+    """torch.save the arrays as a state_dict of tensors (keys and shapes as makemore.py's) to the
+    open binary file f."""
+    import collections
+
+    import torch
+    torch.save(collections.OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in arrays.items()), f)

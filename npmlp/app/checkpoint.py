@@ -32,8 +32,9 @@ VARIANCE = re.compile(r"var")   # buffers that are variances (bnvar, running_var
 class RunRecord:
     """What a run records beside its model and training config (a checkpoint's meta["run"]): its
     names file and their SHA-256, the split seed, the init scheme, the engine and the rounding
-    version of its steps (fast.ARITHMETIC), the training seconds and parts so far, and whether
-    --diagnose samples the update:data ratios. The one home of its fields and their checks."""
+    version of its steps (fast.ARITHMETIC), the training seconds and parts so far, whether
+    --diagnose samples the update:data ratios, and where the weights came from if not from npmlp
+    (imported: makemore.py's model.pt). The one home of its fields and their checks."""
     engine: str
     data: str | None = None
     split_seed: int | None = SPLIT_SEED
@@ -43,6 +44,7 @@ class RunRecord:
     seconds: float = 0.0
     parts: int | None = None               # None: recorded before the key (one part if any step was run)
     diagnose: bool = False
+    imported: str | None = None            # the makemore.py model.pt its step 0 was read from
 
     @classmethod
     def from_json(cls, d, inits: tuple[str, ...] = ()) -> RunRecord:
@@ -62,13 +64,14 @@ class RunRecord:
               and (r.parts is None or number(r.parts, int) and r.parts >= 0)
               and (isinstance(r.arithmetic, str) or number(r.arithmetic, int) and r.arithmetic >= 0)
               and number(r.seconds, (int, float)) and 0 <= r.seconds < 1e12
-              and isinstance(r.diagnose, bool))
+              and isinstance(r.diagnose, bool)
+              and isinstance(r.imported, (str, type(None))))
         if not ok:
             raise ValueError("run record")
         return r
 
     def to_json(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k != "parts"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None or k not in ("parts", "imported")}
 
     def options(self) -> dict:
         """The run's own values of the options a --resume may not change."""

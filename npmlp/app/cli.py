@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__, fast
+from ..contract import MAKEMORE_TRAIN
+from ..data import SPLIT_SEED, split_words
 from ..fast.parallel import HelperFailed
 from ..gradcheck import minibatch
 from ..train import TrainConfig, sample_stream
@@ -23,6 +25,7 @@ from .files import claim, make_out_dir, output_folder
 from .options import (DTYPES, MODEL_OPTIONS, TRAIN, TRAIN_OPTIONS, Parser, add_batch_arg, add_data_args,
                       add_engine_args, add_model_args, add_train_args, check_batch, check_engine, flag,
                       model_options, non_negative_int, option_text, positive_float, positive_int, train_config)
+from . import registry
 from .registry import make_model
 
 # ----------------------------------------------------------------------------- output
@@ -276,6 +279,8 @@ def cmd_sample(args):
     model, vocab, meta, _, ckpt = load_run(args)
     seed = args.seed if args.seed is not None else int(meta["train"]["seed"]) + 10
     count, stop = 0, []
+    seen = split_names(args, meta)                 # name -> its split, for the report (None: no data)
+    where: dict[str, int] = {}
 
     def on_ctrl_c(signum, frame):
         # Ctrl-C stops the loop between two names, so the count is exact (an exception could land
@@ -289,6 +294,9 @@ def cmd_sample(args):
         for name in sample_stream(model, vocab, args.n, seed=seed, temperature=args.temperature, top_k=args.top_k):
             sys.stdout.write(name + "\n")           # one write: Ctrl-C never cuts a name in two
             count += 1
+            if seen is not None:
+                split = seen.get(name[:-1] if name.endswith(".") else name, "new")
+                where[split] = where.get(split, 0) + 1
             if stop or getattr(sys.stdout, "reader_gone", False):
                 break
     except ValueError as e:
@@ -299,9 +307,32 @@ def cmd_sample(args):
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+    if seen is not None and count:
+        log(args, f"npmlp: of {count:,} name{'s' * (count != 1)}: " + ", ".join(
+            f"{where.get(k, 0):,} in the {k} split" for k in ("train", "dev", "test")) + f", {where.get('new', 0):,} new")
     if stop:
         print(f"npmlp: interrupted after {count:,} of {args.n:,} names", file=sys.stderr)
         return 130
+
+
+def split_names(args, meta) -> dict | None:
+    """name -> 'train', 'dev' or 'test': the run's split of its names (makemore.py's sample report),
+    or None when its names file cannot be read (the report is then left out, with a note)."""
+    from ..loading import load_words, words_digest
+    record = rundir.RunRecord.from_json(meta["run"])
+    try:
+        words = load_words(rundir.run_data(args.data, record))
+    except NpmlpError as e:
+        log(args, f"npmlp: note: no report of which names are in the training data: {e}")
+        return None
+    if record.data_sha256 is not None and words_digest(words) != record.data_sha256:
+        log(args, "npmlp: note: no report of which names are in the training data: the names file differs from "
+                  "the run's; give the original with --data FILE")
+        return None
+    seen: dict[str, str] = {}
+    for split, part in zip(("test", "dev", "train"), reversed(split_words(words, record.split_seed)), strict=True):
+        seen.update(dict.fromkeys(part, split))      # a name in two splits counts as the earlier one
+    return seen
 
 
 def cmd_eval(args):
@@ -314,6 +345,93 @@ def cmd_eval(args):
         raise NpmlpError(f"the model in {ckpt} gives a NaN/inf loss on the {' and '.join(bad)} split: its "
                          f"parameters overflow; the checkpoint is damaged, or diverged: retrain with a lower --lr")
     print("   ".join(f"{k} loss {v:.4f}" for k, v in losses.items()))
+    if meta["run"].get("imported") and meta["step"] == 0:
+        print(f"npmlp: note: {ckpt} holds makemore.py's weights ({meta['run']['imported']}); makemore.py trained on "
+              f"all but 1,000 names, so the dev and test names of this split are not held out for it", file=sys.stderr)
+
+
+TORCH_HINT = ("pip install torch==2.13.0 (a CPU build, on Python 3.11); elsewhere torch's CPU wheels: "
+              "pip install torch --index-url https://download.pytorch.org/whl/cpu")
+
+
+def cmd_import_makemore(args):
+    """makemore.py's model.pt -> a run directory at step 0 (makemore.py's AdamW settings) that
+    every command reads and --resume trains on, with fresh moments as makemore.py's own --resume."""
+    from ..contract import from_makemore
+    from ..torch_mirrors import load_makemore, torch_available
+    kind = registry.makemore_kind(args.type)
+    cls = registry.model_class(kind)
+    src, out = Path(args.model_pt), Path(args.out)
+    if not src.is_file():
+        raise UsageError(f"{src} is not a file; give the model.pt makemore.py wrote in its --work-dir")
+    if not torch_available():
+        raise NpmlpError(f"reading makemore.py's {src} needs torch: {TORCH_HINT}")
+    if args.n_head is not None and "n_head" not in cls.spec.unshaped:
+        raise UsageError(f"--n-head: a makemore.py {args.type} has no attention heads; drop it")
+    rundir.refuse_existing(out)
+    with output_folder(out):
+        try:
+            state = load_makemore(src)
+        except Exception as e:               # not a zip, not torch's, not tensors: whatever torch.load says
+            raise NpmlpError(f"cannot read {src} as makemore.py's model.pt ({str(e).splitlines()[0][:200]})") from None
+        sizes = {k: getattr(args, k) for k in ("n_head",) if k in cls.spec.unshaped and getattr(args, k) is not None}
+        data = rundir.splits(args.data, SPLIT_SEED, cls.spec.context, cls.spec.data)
+        notes(args, data.notes)
+        if "block_size" in cls.spec.unshaped:
+            sizes["block_size"] = data.block_size
+        try:
+            model = from_makemore(state, args.type, **sizes)
+        except (ValueError, KeyError) as e:
+            raise NpmlpError(f"{src} is not a makemore.py --type {args.type} state_dict: {e}") from None
+        if model.vocab_size != data.vocab.size:
+            raise NpmlpError(f"{src} has a vocabulary of {model.vocab_size}, the names in {data.source or 'names.txt'} "
+                             f"one of {data.vocab.size}; give the --data makemore.py trained on")
+        if model.block_size != data.block_size:
+            raise NpmlpError(f"{src} reads {model.block_size} positions, the names in {data.source or 'names.txt'} "
+                             f"need {data.block_size} (their longest + 1); give the --data makemore.py trained on")
+        engine = fast.default_engine(cls.spec, model.sizes)
+        cfg = TrainConfig(**MAKEMORE_TRAIN)          # makemore.py's own, whatever npmlp trains this model with
+        record = rundir.RunRecord(engine, str(data.source.resolve()) if data.source else None, SPLIT_SEED, data.digest,
+                                  cls.spec.inits[-1] if cls.spec.inits else None, fast.ARITHMETIC[engine], parts=0,
+                                  imported=str(src.resolve()))
+        run = rundir.Run(out, model, data.vocab, cfg, record, np.zeros(cfg.steps, np.float32), 0, data)
+        run.save(0)
+    where = shlex.quote(str(out))
+    print(f"imported {src}: makemore.py's {args.type}, {model.num_params:,} parameters ({model.dtype}), "
+          f"{', '.join(f'{k} {v}' for k, v in model.sizes.items())}")
+    print(f"wrote {run.ckpt} (step 0; train on with: npmlp train --resume {where} --steps N)")
+    print(f"note: makemore.py trained on all but 1,000 names, so this split's dev and test names are not held out "
+          f"for it; npmlp eval {where}")
+
+
+def cmd_export_makemore(args):
+    """A run's model -> a model.pt makemore.py's --sample-only loads; prints that command line."""
+    from ..contract import to_makemore
+    from ..loading import atomic_open
+    from ..torch_mirrors import save_makemore, torch_available
+    model, vocab, meta, _, ckpt = load_run(args)
+    mm = model.spec.makemore
+    if mm is None:
+        have = [k for k, c in registry.MODELS.items() if c.spec.makemore is not None]
+        raise UsageError(f"makemore.py has no {model.kind} model; export-makemore writes {', '.join(have)}")
+    if not torch_available():
+        raise NpmlpError(f"writing makemore.py's model.pt needs torch: {TORCH_HINT}")
+    out = Path(args.out)
+    path = out if out.suffix == ".pt" else out / "model.pt"
+    try:
+        with atomic_open(path, "wb") as f:
+            save_makemore(to_makemore(model), f)
+    except OSError as e:
+        raise NpmlpError(f"cannot write {path}: {e.strerror or e}; choose another --out") from None
+    data = meta["run"].get("data")
+    flags = [f"{o.makemore} {model.sizes[o.name]}" for o in model.spec.options if o.makemore]
+    work = shlex.quote(str(path.parent))
+    cmd = " ".join(["python makemore.py", f"-i {shlex.quote(data) if data else 'names.txt'}", f"-o {work}",
+                    f"--type {mm.type}", *flags, "--sample-only"])
+    print(f"wrote {path}: the model of {ckpt} (step {meta['step']:,}) as makemore.py's --type {mm.type}")
+    print("makemore.py samples from it with:" + ("" if path.name == "model.pt" else
+                                                  f" (after renaming it {path.parent / 'model.pt'})"))
+    print(f"  {cmd}")
 
 
 def figures_folder(args, ckpt):
@@ -431,6 +549,9 @@ def build_parser():
                    "(default 1; lower = safer names)")
     p.add_argument("--top-k", type=positive_int, metavar="K", help="draw from the K most likely characters only "
                    "(makemore.py's --top-k; ties with the K-th are kept; default: all)")
+    p.add_argument("--data", metavar="FILE", help="the run's names file, if it has moved (for the report of "
+                   "which names are in its splits)")
+    p.add_argument("--quiet", action="store_true", help="no report of which names are in the run's splits")
     add_last_arg(p)
     p.set_defaults(func=cmd_sample)
 
@@ -461,6 +582,23 @@ def build_parser():
     p.add_argument("--quiet", action="store_true", help="no notes about the data")
     add_last_arg(p)
     p.set_defaults(func=cmd_diagnose)
+    p = sub.add_parser("import-makemore", help="a run directory from makemore.py's model.pt (needs torch)")
+    p.add_argument("model_pt", metavar="MODEL_PT", help="the model.pt makemore.py wrote in its --work-dir")
+    p.add_argument("--type", required=True, metavar="KIND", help="makemore.py's --type of that model")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory to write")
+    p.add_argument("--data", metavar="FILE", help="the names makemore.py trained on (default: $NPMLP_DATA, "
+                   "then the cached download of names.txt)")
+    p.add_argument("--n-head", type=positive_int, metavar="N", help="a transformer's attention heads, which no "
+                   "shape records (default 4, makemore.py's)")
+    p.add_argument("--quiet", action="store_true", help="no notes about the data")
+    p.set_defaults(func=cmd_import_makemore)
+
+    p = sub.add_parser("export-makemore", help="a run's model as makemore.py's model.pt (needs torch)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `npmlp train`")
+    p.add_argument("--out", required=True, metavar="FILE", help="the model.pt to write (or a folder to write "
+                   "model.pt in: makemore.py reads WORK_DIR/model.pt)")
+    add_last_arg(p)
+    p.set_defaults(func=cmd_export_makemore)
     return parser
 
 

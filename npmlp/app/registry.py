@@ -14,6 +14,20 @@ DEFAULT = "mlp"      # `npmlp train` with no --model: lecture 2's run
 FORMAT_1 = "mlp"     # the one model npmlp 0.1 knew: what a format-1 checkpoint holds
 
 
+# makemore.py's --type names npmlp has no model for, and why (the others are the specs' Makemore.type)
+MAKEMORE_ONLY = {"mlp": "makemore.py's MLP (69,147 parameters) is not lecture 2's: it embeds a blank token for "
+                        "the positions before a name and reads 16 positions; npmlp does not have it"}
+
+
+def makemore_kind(type_: str) -> str:
+    """The npmlp model of makemore.py's --type `type_`; a UsageError naming the ones there are."""
+    have = {c.spec.makemore.type: k for k, c in MODELS.items() if c.spec.makemore is not None}
+    if type_ in have:
+        return have[type_]
+    why = MAKEMORE_ONLY.get(type_, f"makemore.py has no --type {type_!r}")
+    raise UsageError(f"--type {type_}: {why}; npmlp reads --type {', '.join(have)}")
+
+
 def model_class(kind: str) -> type[Model]:
     try:
         return MODELS[kind]

@@ -141,6 +141,8 @@ class Run:
         (name -> value); one that differs from the run's own is refused."""
         model, vocab, meta, lossi, ratios, notes = load_resumable(out, typed, diagnose)
         cfg = TrainConfig(**meta["train"])
+        if meta["step"] == 0 and "steps" in typed:     # nothing trained yet: the run's length is still open
+            cfg = dataclasses.replace(cfg, steps=typed["steps"])
         record = RunRecord.from_json(meta["run"])
         rows = run_splits(data, meta, model, vocab, cfg.batch_size, cfg.steps, subject=f"the run in {out}")
         if data:                                    # the same names from a new place: remember it
@@ -334,7 +336,7 @@ def load_resumable(out: Path, typed: dict, diagnose: bool = False):
         where = shlex.quote(str(out))
         raise UsageError(f"{out} finished all {cfg.steps:,} steps already; nothing to resume (its losses: "
                          f"npmlp eval {where}; its figures: npmlp plot {where})")
-    _check_typed(typed, out, model, cfg, record)
+    _check_typed(typed, out, model, cfg, record, start)
     ratios, notes = None, []
     if diagnose or record.diagnose:
         from .diagnose import RATIOS, UpdateRatios
@@ -346,11 +348,13 @@ def load_resumable(out: Path, typed: dict, diagnose: bool = False):
     return model, vocab, meta, lossi, ratios, notes
 
 
-def _check_typed(typed: dict, out: Path, model, cfg: TrainConfig, record: RunRecord) -> None:
+def _check_typed(typed: dict, out: Path, model, cfg: TrainConfig, record: RunRecord, start: int) -> None:
     """--resume continues a run with its own options: refuse a typed option that says otherwise,
-    or that the run's model does not have."""
+    or that the run's model does not have. A run at step 0 (an imported one) may take --steps."""
     theirs = {**cfg.to_dict(), **model.sizes, "model": model.kind, "dtype": str(model.dtype), **record.options()}
     for key, mine in typed.items():
+        if key == "steps" and start == 0:
+            continue
         if key not in theirs and key in MODEL_OPTIONS:
             raise UsageError(f"{flag(key)} applies to the {' and '.join(owners(key))} model only, and {out} holds a {model.kind} model; "
                              f"--resume continues it with its own options: drop {flag(key)}")

@@ -2,7 +2,8 @@
 tier (npmlp/*.py), arranged for speed, and held to it by the tests.
 
     flat.py      the one parameter vector every engine keeps, and its views by name
-    engine.py    the MLP and bn models' training step: fused layers, chunks
+    engine.py    the MLP and bn models' training step: fused layers, chunks; the loop every engine runs
+    counts.py    the bigram's step from its batch's pair counts
     stack.py     the layer-object networks' (deep, wavenet) step, fused block by block
     tanh.py      the tanh the engines use on this CPU
     parallel.py  helper processes that run some of a large batch's chunks on other cores

@@ -39,6 +39,7 @@ from .. import train
 from ..layers import BN_EPS as EPS_BN
 from ..mlp import MLP
 from ..train import BLOCK, AdamW, TrainConfig, check_loss, step_block
+from .counts import CountsEngine
 from .flat import FlatParams
 from .stack import StackEngine
 from .tanh import TANH, pick
@@ -238,8 +239,9 @@ class BNEngine(Engine):
         return b.tmp
 
 
-# by the name a spec's `engine` gives: one hidden layer; one with BatchNorm before tanh; layer objects
-ENGINE_CLASS = {"mlp": Engine, "mlp-batchnorm": BNEngine, "stack": StackEngine}
+# by the name a spec's `engine` gives: one hidden layer; one with BatchNorm before tanh; layer objects;
+# a bigram's pair counts
+ENGINE_CLASS = {"mlp": Engine, "mlp-batchnorm": BNEngine, "stack": StackEngine, "counts": CountsEngine}
 
 
 def run_chunks(eng: Engine, pool, ks, g: int, lr: float):
