@@ -176,7 +176,7 @@ def bench_config(peers, X, Y, V, B, H, a, model="mlp"):
         nxt[p] = AGREE_STEPS
         if ref is None:
             ref = losses
-        rel = max(abs(x - r) / abs(r) for x, r in zip(losses, ref))
+        rel = max(abs(x - r) / abs(r) for x, r in zip(losses, ref, strict=True))
         res[p] = {"agree_losses": losses, "agree_max_rel": rel, "first_call_s": first}
         if not rel <= AGREE_RTOL:
             raise SystemExit(f"bench: {p} at B={B} H={H} ({model}) computes a different loss: {losses} vs npmlp {ref} "

@@ -189,7 +189,7 @@ def make_torch_manual(init, X, Y, batches, lr, total_steps):
             for k in range(start, start + n):
                 ix = batches.torch(k)
                 loss, grads = manual_grads(*params, Xt[ix], Yt[ix])
-                for p, g in zip(params, grads):
+                for p, g in zip(params, grads, strict=True):
                     p.add_(g, alpha=-lr)
                 losses.append(loss.item())
         return losses
@@ -204,7 +204,7 @@ def compiled_step(C, W1, b1, W2, b2, Xt, Yt, ix, lr: float):
     import torch
     with torch.no_grad():
         loss, grads = manual_grads(C, W1, b1, W2, b2, Xt[ix], Yt[ix])
-        return loss, [p - lr * g for p, g in zip((C, W1, b1, W2, b2), grads)]
+        return loss, [p - lr * g for p, g in zip((C, W1, b1, W2, b2), grads, strict=True)]
 
 
 def compiled_loop(step, state, Xt, Yt, batches, lr):
@@ -280,7 +280,7 @@ def bn_compiled_step(C, W1, b1, bngain, bnbias, W2, b2, Xt, Yt, ix, lr: float):
     import torch
     params = (C, W1, b1, bngain, bnbias, W2, b2)
     grads, loss = torch.func.grad_and_value(bn_loss)(params, Xt[ix], Yt[ix])
-    return loss, [p - lr * g for p, g in zip(params, grads)]
+    return loss, [p - lr * g for p, g in zip(params, grads, strict=True)]
 
 
 def make_bn_torch_compile(init, X, Y, batches, lr, total_steps):
@@ -403,7 +403,7 @@ def layers_compiled_step(recipe, n_params, Xt, Yt, ix, lr: float, *state):
     params, stats = state[:n_params], state[n_params:]
     grads, (loss, new_stats) = torch.func.grad_and_value(
         lambda p: recipe_loss(recipe, p, stats, Xt[ix], Yt[ix]), has_aux=True)(params)
-    return loss, [p - lr * g for p, g in zip(params, grads)] + list(new_stats)
+    return loss, [p - lr * g for p, g in zip(params, grads, strict=True)] + list(new_stats)
 
 
 def make_layers_torch_compile(kind, init, X, Y, batches, lr, total_steps):
@@ -451,7 +451,7 @@ def make_jax(init, X, Y, batches, lr, total_steps):
     def step(params, Xall, Yall, block, i, lr):
         ix = jax.lax.dynamic_index_in_dim(block, i, keepdims=False)    # (B,)
         loss, grads = jax.value_and_grad(loss_fn)(params, Xall[ix], Yall[ix])
-        return [p - lr * g for p, g in zip(params, grads)], loss
+        return [p - lr * g for p, g in zip(params, grads, strict=True)], loss
 
     step = jax.jit(step, donate_argnums=0)
     state = {"params": [jnp.asarray(init[k]) for k in ("C", "W1", "b1", "W2", "b2")]}

@@ -56,7 +56,6 @@ def training_rows(a, prog: str, block_size: int):
     import torch
 
     from npmlp.data import DataError, Vocab, build_dataset, split_words
-
     from npmlp.loading import load_words
 
     try:

@@ -16,9 +16,16 @@ from __future__ import annotations
 import numpy as np
 
 from .contract import SEED, Intermediates, Makemore, Model, Spec, own_params, with_defaults
-from .layers import (CrossEntropyCache, EmbeddingCache, cross_entropy_backward,
-                     cross_entropy_forward, embedding_backward, embedding_forward, masked_cross_entropy_backward,
-                     masked_cross_entropy_forward)
+from .layers import (
+    CrossEntropyCache,
+    EmbeddingCache,
+    cross_entropy_backward,
+    cross_entropy_forward,
+    embedding_backward,
+    embedding_forward,
+    masked_cross_entropy_backward,
+    masked_cross_entropy_forward,
+)
 
 SPEC = Spec(
     kind="bigram", title="makemore part 1's neural bigram: one (V, V) matrix of logits",

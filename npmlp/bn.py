@@ -13,14 +13,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import (BN_EPS, BN_MIN_ROWS, CrossEntropyCache, EmbeddingCache, LinearCache, TanhCache,
-                     batchnorm_rows, cross_entropy_backward, cross_entropy_forward, embedding_backward,
-                     embedding_forward, linear_backward, linear_forward, tanh_backward, tanh_forward)
 from .contract import SEED, Intermediates, Spec, check_shapes, float_params, running_stats, with_defaults
+from .layers import (
+    BN_EPS,
+    BN_MIN_ROWS,
+    CrossEntropyCache,
+    EmbeddingCache,
+    LinearCache,
+    TanhCache,
+    batchnorm_rows,
+    cross_entropy_backward,
+    cross_entropy_forward,
+    embedding_backward,
+    embedding_forward,
+    linear_backward,
+    linear_forward,
+    tanh_backward,
+    tanh_forward,
+)
 from .mlp import MLP, param_shapes
 
-PARAM_NAMES = ("C", "W1", "b1", "bngain", "bnbias", "W2", "b2")
-ACT_NAMES = ("logits", "h", "hpreact", "bnraw", "bnvar_inv", "bnvar", "bndiff2", "bndiff", "bnmeani",
+PARAM_NAMES: tuple[str, ...] = ("C", "W1", "b1", "bngain", "bnbias", "W2", "b2")
+ACT_NAMES: tuple[str, ...] = ("logits", "h", "hpreact", "bnraw", "bnvar_inv", "bnvar", "bndiff2", "bndiff", "bnmeani",
              "hprebn", "embcat", "emb")   # the intermediates, in backward order
 
 

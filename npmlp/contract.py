@@ -96,7 +96,7 @@ class Spec:
     mirror     the function of torch_mirrors.py computing the same forward in torch
     unshaped   sizes its parameters' shapes do not show, given to the constructor (a checkpoint's)
     embedding  the parameter whose rows embed the characters (embedding.png), None if it has none
-    context    the context a WINDOWS model always reads when block_size is not one of its options
+    context    the context a WINDOWS model always reads when block_size is not one of its options (0: it is)
     makemore   how its params map to a makemore.py checkpoint (Makemore), None if makemore.py has no such model
     """
     kind: str
@@ -110,7 +110,7 @@ class Spec:
     mirror: str = ""
     unshaped: tuple[str, ...] = ()
     embedding: str | None = "C"
-    context: int | None = None
+    context: int = 0
     makemore: Makemore | None = None
 
     @property

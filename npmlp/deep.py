@@ -15,11 +15,26 @@ import itertools
 
 import numpy as np
 
-from .layers import (BN_EPS, BN_MIN_ROWS, BatchNormCache, CrossEntropyCache, EmbeddingCache, LinearCache,
-                     TanhCache, batchnorm_backward, batchnorm_forward, cross_entropy_backward,
-                     cross_entropy_forward, embedding_backward, embedding_forward, linear_backward,
-                     linear_forward, tanh_backward, tanh_forward)
 from .contract import SEED, Intermediates, Model, Option, Spec, own_params, running_stats, with_defaults
+from .layers import (
+    BN_EPS,
+    BN_MIN_ROWS,
+    BatchNormCache,
+    CrossEntropyCache,
+    EmbeddingCache,
+    LinearCache,
+    TanhCache,
+    batchnorm_backward,
+    batchnorm_forward,
+    cross_entropy_backward,
+    cross_entropy_forward,
+    embedding_backward,
+    embedding_forward,
+    linear_backward,
+    linear_forward,
+    tanh_backward,
+    tanh_forward,
+)
 
 
 class Linear:

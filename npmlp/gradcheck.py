@@ -265,7 +265,7 @@ def check_pair(forward, backward, *inputs, torch_forward=None, seed: int = 0, co
         raise ValueError(f"backward returned {len(got)} gradient{'s' * (len(got) != 1)} for the {len(checked)} "
                          f"floating-point input{'s' * (len(checked) != 1)} {want}: one per float array, in the "
                          f"forward's order")
-    mine = {names[i]: g for i, g in zip(checked, got)}
+    mine = {names[i]: g for i, g in zip(checked, got, strict=True)}
 
     def fd_of(name, idx, step):
         x = args[names.index(name)]
@@ -277,7 +277,7 @@ def check_pair(forward, backward, *inputs, torch_forward=None, seed: int = 0, co
         targs = [torch.tensor(x, requires_grad=True) if i in checked else
                  torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x for i, x in enumerate(args)]
         (torch_forward(*targs) * torch.as_tensor(dout)).sum().backward()
-        ref = {names[i]: targs[i].grad.numpy() for i in checked}
+        ref = {names[i]: np.asarray(targs[i].grad) for i in checked}
     rows = check_rows(mine, ref, {}, fd_of, np.float64, coords, seed, shapes={names[i]: args[i].shape for i in checked})
     torch_why = None if torch_forward is not None else "not checked (pass torch_forward to add this column)"
     return PairCheck(rows, all(r.ok for r in rows), format_table(rows, np.float64, fast=False, torch_why=torch_why))
@@ -303,7 +303,7 @@ def format_table(rows, dtype, fast: bool = True, torch_why: str | None = None) -
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
     left = {"tensor", "shape", "torch", "fd", "fast"}
     fmt = lambda cells: "  ".join(c.ljust(w) if h in left else c.rjust(w)
-                                  for h, c, w in zip(head, cells, widths)).rstrip()
+                                  for h, c, w in zip(head, cells, widths, strict=True)).rstrip()
     rule = "  ".join("-" * w for w in widths)
     no_torch = all(r.torch_maxdiff is None for r in rows)
     legend = [f"torch: {torch_why or NO_TORCH}"] if no_torch else [
@@ -334,5 +334,5 @@ def parse_table(text: str) -> dict:
         if line.startswith("-"):
             break
         cells = [line[a:b].strip() for a, b in spans]
-        out[cells[0][1:]] = dict(zip(head, cells))
+        out[cells[0][1:]] = dict(zip(head, cells, strict=True))
     return out

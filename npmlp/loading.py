@@ -105,8 +105,8 @@ def download(dest: Path, url: str | None = None, timeout: float | None = None) -
     except requests.Timeout:
         raise DataError(f"downloading {url} timed out after {timeout:g}s; {OFFLINE_HINT}") from None
     except requests.HTTPError as e:
-        raise DataError(f"downloading {url} failed: HTTP {e.response.status_code} {e.response.reason}; "
-                         f"{OFFLINE_HINT}") from None
+        status = f"HTTP {e.response.status_code} {e.response.reason}" if e.response is not None else "HTTP error"
+        raise DataError(f"downloading {url} failed: {status}; {OFFLINE_HINT}") from None
     except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError):
         raise DataError(f"downloading {url} was cut off before the end; {OFFLINE_HINT}") from None
     except requests.ConnectionError as e:

@@ -9,12 +9,23 @@ from __future__ import annotations
 import numpy as np
 
 from .contract import SEED, Intermediates, Model, Option, Spec, check_shapes, float_params, with_defaults
-from .layers import (CrossEntropyCache, EmbeddingCache, LinearCache, TanhCache, cross_entropy_backward,
-                     cross_entropy_forward, embedding_backward, embedding_forward, linear_backward,
-                     linear_forward, tanh_backward, tanh_forward)
+from .layers import (
+    CrossEntropyCache,
+    EmbeddingCache,
+    LinearCache,
+    TanhCache,
+    cross_entropy_backward,
+    cross_entropy_forward,
+    embedding_backward,
+    embedding_forward,
+    linear_backward,
+    linear_forward,
+    tanh_backward,
+    tanh_forward,
+)
 
-PARAM_NAMES = ("C", "W1", "b1", "W2", "b2")
-ACT_NAMES = ("logits", "h", "hpreact", "embcat", "emb")  # the intermediates, in backward order
+PARAM_NAMES: tuple[str, ...] = ("C", "W1", "b1", "W2", "b2")
+ACT_NAMES: tuple[str, ...] = ("logits", "h", "hpreact", "embcat", "emb")  # the intermediates, in backward order
 
 SPEC = Spec(
     kind="mlp", title="lecture 2's MLP (makemore part 2, Bengio et al. 2003)",
@@ -39,7 +50,10 @@ class MLP(Model):
     param_names = PARAM_NAMES
     act_names = ACT_NAMES
     tanh_names = ("h",)
-    shapes = staticmethod(param_shapes)      # every array a checkpoint holds, by name
+
+    @staticmethod
+    def shapes(vocab_size, block_size, n_embd, n_hidden, **_):
+        return param_shapes(vocab_size, block_size, n_embd, n_hidden)   # every array a checkpoint holds, by name
 
     @staticmethod
     def activation_shapes(batch, vocab_size, block_size, n_embd, n_hidden, **_):

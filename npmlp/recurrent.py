@@ -221,7 +221,7 @@ def recurrent_backward(dhidden, cache, return_dh=False):
         dhs[:, t] = dh
         dx, dhprev, *dstep = cell_backward(dh, cache.steps[t])
         demb[:, t] = dx                               # (B, E)
-        for dp, d in zip(dparams, dstep):
+        for dp, d in zip(dparams, dstep, strict=True):
             dp += d                                   # the parameters' gradients sum over the steps
     dstart = dhprev.sum(0, keepdims=True)             # (1, H) start was broadcast over the batch
     grads = (demb, dstart, *dparams)

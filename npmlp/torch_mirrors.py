@@ -165,7 +165,7 @@ def torch_sgd(model, X, Y, batches, lrs, return_buffers=False):
     P, Xt, Yt = _tensors(model.params, X, Y)
     buffers = {k: torch.tensor(np.array(v)) for k, v in model.buffers.items()}
     losses = []
-    for ix, lr in zip(batches, lrs):
+    for ix, lr in zip(batches, lrs, strict=True):
         ix = torch.as_tensor(np.array(ix, np.int64))
         loss, _ = _mirror(model)(P, Xt[ix], Yt[ix], buffers)
         for p in P.values():

@@ -332,7 +332,7 @@ def _sample_chunk(model, vocab, names: range, seed, temperature, max_len, top_k=
     u = np.stack([np.random.default_rng([seed, i]).random(max_len) for i in names])  # (n, max_len)
     sequences = model.spec.data == SEQUENCES
     ctx = np.zeros((n, 1 if sequences else model.block_size), np.int64)   # (n, t) or (n, T)
-    out = [[] for _ in range(n)]
+    out: list[list[int]] = [[] for _ in range(n)]
     alive = np.ones(n, bool)
     for t in range(max_len):
         with np.errstate(over="ignore", invalid="ignore"):      # overflowing parameters: refused below

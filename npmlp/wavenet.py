@@ -27,11 +27,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from .deep import BatchNorm1d, Linear, Sequential, Tanh, layer_init, n_linear
-from .layers import (BN_MIN_ROWS, CrossEntropyCache, EmbeddingCache, cross_entropy_backward, cross_entropy_forward,
-                     embedding_backward, embedding_forward, flatten_consecutive_backward,
-                     flatten_consecutive_forward)
 from .contract import SEED, Intermediates, Model, Option, Spec, own_params, running_stats, with_defaults
+from .deep import BatchNorm1d, Linear, Sequential, Tanh, layer_init, n_linear
+from .layers import (
+    BN_MIN_ROWS,
+    CrossEntropyCache,
+    EmbeddingCache,
+    cross_entropy_backward,
+    cross_entropy_forward,
+    embedding_backward,
+    embedding_forward,
+    flatten_consecutive_backward,
+    flatten_consecutive_forward,
+)
 
 
 class Embedding:

@@ -94,10 +94,10 @@ def vs_torch(forward, backward, torch_forward, arrays, extra=(), seed=0, scales=
     errs = {"out": check("out", out, tout.detach().numpy(), RTOL[dtype], scale.get("out"))}
     assert out.dtype == dtype, f"out is {out.dtype}, the input {np.dtype(dtype)}"
     assert len(grads) == len(arrays), f"{len(grads)} gradients for {len(arrays)} float inputs"
-    for i, (g, ta) in enumerate(zip(grads, targs)):
+    for i, (g, ta) in enumerate(zip(grads, targs, strict=True)):
         assert g.dtype == dtype and g.shape == tuple(ta.shape), f"gradient {i}: {g.dtype} {g.shape}"
         errs[f"d{i}"] = check(f"gradient {i}", g, ta.grad.numpy(), RTOL[dtype], scale.get(i))
-    assert all(np.array_equal(a, b) for a, b in zip(arrays, before)), "the forward modified an input"
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, before, strict=True)), "the forward modified an input"
     assert np.array_equal(dout, dout0), "the backward modified dout"
     return errs
 
@@ -475,7 +475,7 @@ def test_attention_dropout_mask_of_ones_is_no_dropout():
     out1, cache1 = causal_self_attention_forward(x, *params, 2, np.ones((2, 2, 5, 5)))
     assert np.array_equal(out, out1)
     dout = rng.standard_normal(out.shape)
-    for g, g1 in zip(causal_self_attention_backward(dout, cache), causal_self_attention_backward(dout, cache1)):
+    for g, g1 in zip(causal_self_attention_backward(dout, cache), causal_self_attention_backward(dout, cache1), strict=True):
         assert np.array_equal(g, g1)
 
 

@@ -272,9 +272,9 @@ def test_layer_peers_keep_the_running_statistics_npmlp_keeps(names, kind):
     stats = {p: runs[p].model.buffers for p in ("npmlp", "npmlp_reference")}
     stats["torch_eager"] = dict(zip(names_, (t.numpy() for layer in runs["torch_eager"].layers
                                              if type(layer).__name__ == "BatchNorm1d"
-                                             for t in (layer.running_mean, layer.running_var))))
+                                             for t in (layer.running_mean, layer.running_var)), strict=True))
     if "torch_compile" in runs:
-        stats["torch_compile"] = dict(zip(names_, (t.numpy() for t in runs["torch_compile"].state[-len(names_):])))
+        stats["torch_compile"] = dict(zip(names_, (t.numpy() for t in runs["torch_compile"].state[-len(names_):]), strict=True))
     ref = stats["npmlp_reference"]
     for p in peers:
         assert losses[p] == pytest.approx(losses["npmlp_reference"], rel=1e-5), p

@@ -13,7 +13,7 @@ import signal
 
 import numpy as np
 import pytest
-from helpers import (TINY, StopAfter, assert_user_error, make_names, notes, run_cli, snapshot, temp_files)
+from helpers import TINY, StopAfter, assert_user_error, make_names, notes, run_cli, snapshot, temp_files
 
 import npmlp.fast
 from npmlp.app import cli

@@ -16,8 +16,8 @@ import pytest
 
 from npmlp import loading
 from npmlp.data import DataError, Vocab, build_dataset, split_words
-from npmlp.loading import load_words, parse_words
 from npmlp.fast.dataset import build_dataset as build_dataset_fast
+from npmlp.loading import load_words, parse_words
 
 BUILDERS = {"reference": build_dataset, "fast": build_dataset_fast}
 

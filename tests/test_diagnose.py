@@ -39,7 +39,7 @@ def test_readings_follow_their_definitions(kind):
     _, tgrads, tdacts = torch_loss_and_grads(model, Xb, Yb)
     names = ["h"] if kind == "mlp" else ["tanh1", "tanh2", "tanh3"]
     assert [a.name for a in r.activations] == names == [g.name for g in r.gradients]
-    for a, g in zip(r.activations, r.gradients):
+    for a, g in zip(r.activations, r.gradients, strict=True):
         h = cache[a.name] if isinstance(cache, dict) else getattr(cache, a.name)
         assert a.mean == pytest.approx(h.mean()) and a.std == pytest.approx(h.std())
         assert a.saturated == pytest.approx((np.abs(h) > 0.97).mean())

@@ -31,9 +31,9 @@ from helpers import check, needs_torch, rel, small_dataset
 
 from npmlp import train
 from npmlp.data import Vocab, build_dataset
-from npmlp.loading import load_words
 from npmlp.fast import engine as fast
 from npmlp.fast import tanh as fast_tanh
+from npmlp.loading import load_words
 from npmlp.mlp import MLP, PARAM_NAMES
 from npmlp.train import BLOCK, Diverged, TrainConfig, batch_block
 

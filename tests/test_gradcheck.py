@@ -160,8 +160,14 @@ def test_gradcheck_of_a_trained_run(capsys, run_dir):
 # ----------------------------------------------------------------------------- check_pair
 
 def test_check_pair_passes_the_library_pairs_and_skips_integer_inputs():
-    from npmlp.layers import (cross_entropy_backward, cross_entropy_forward, embedding_backward,
-                              embedding_forward, linear_backward, linear_forward)
+    from npmlp.layers import (
+        cross_entropy_backward,
+        cross_entropy_forward,
+        embedding_backward,
+        embedding_forward,
+        linear_backward,
+        linear_forward,
+    )
     rng = np.random.default_rng(0)
     rep = gradcheck.check_pair(linear_forward, linear_backward, rng.standard_normal((5, 4)),
                                rng.standard_normal((4, 3)), rng.standard_normal(3))

@@ -100,9 +100,18 @@ def test_the_public_api_imports_from_where_the_readme_says():
     import npmlp
     from npmlp import MLP, Vocab, build_dataset, load_words, split_words
     from npmlp.gradcheck import check_pair
-    from npmlp.layers import (batchnorm_backward, batchnorm_forward, cross_entropy_backward,  # noqa: F401
-                              cross_entropy_forward, embedding_backward, embedding_forward, linear_backward,
-                              linear_forward, tanh_backward, tanh_forward)
+    from npmlp.layers import (  # noqa: F401
+        batchnorm_backward,
+        batchnorm_forward,
+        cross_entropy_backward,
+        cross_entropy_forward,
+        embedding_backward,
+        embedding_forward,
+        linear_backward,
+        linear_forward,
+        tanh_backward,
+        tanh_forward,
+    )
     assert npmlp.MLP is MLP and callable(check_pair)
     assert {"MLP", "Vocab", "build_dataset", "load_words", "split_words"} <= set(npmlp.__all__)
     assert all(callable(f) for f in (Vocab.from_words, build_dataset, load_words, split_words))

@@ -12,8 +12,16 @@ import numpy as np
 import pytest
 from helpers import check
 
-from npmlp.layers import (cross_entropy_backward, cross_entropy_forward, embedding_backward,
-                          embedding_forward, linear_backward, linear_forward, tanh_backward, tanh_forward)
+from npmlp.layers import (
+    cross_entropy_backward,
+    cross_entropy_forward,
+    embedding_backward,
+    embedding_forward,
+    linear_backward,
+    linear_forward,
+    tanh_backward,
+    tanh_forward,
+)
 
 torch = pytest.importorskip("torch", reason="torch is not installed: these tests compare each layer with it")
 F = torch.nn.functional

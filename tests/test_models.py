@@ -53,7 +53,7 @@ def test_checkpoint_names_its_model_and_eval_reads_it(capsys, runs, names, kind)
         np.testing.assert_allclose(model.buffers["bnvar"], h.var(0, ddof=1, dtype=np.float64), rtol=1e-4)
     code, out, err = run_main(capsys, "eval", runs[kind], "--quiet")
     assert code == 0, err
-    got = dict(zip(out.split()[::3], map(float, out.split()[2::3])))
+    got = dict(zip(out.split()[::3], map(float, out.split()[2::3]), strict=True))
     metrics = json.loads((runs[kind] / "metrics.json").read_text())
     assert got["train"] == pytest.approx(metrics["train_loss"], abs=1e-4)
     parts = split_words(names.read_text().split(), 42)

@@ -52,7 +52,7 @@ def test_build_dataset_structure(words, T):
     starts = np.concatenate([[0], np.cumsum(lens + 1)[:-1]])   # each word's first row
     ends = starts + lens                                        # each word's last row (target '.')
     # each word's targets are its characters then '.'
-    for w, s, e in zip(words, starts, ends):
+    for w, s, e in zip(words, starts, ends, strict=True):
         assert Y[s:e + 1].tolist() == vocab.encode(w) + [0]
     # each word starts from an all-'.' context
     assert not X[starts].any()

@@ -194,16 +194,16 @@ def cell_vs_torch(model, B, E, H, dtype, seed):
     xt, *rest = leaves(torch, [x, *states, *params])
     out_t = TORCH_CELLS[model](xt, *rest)
     outs_t = list(out_t) if model == "lstm" else [out_t]
-    sum(((o * torch.tensor(d)).sum() for o, d in zip(outs_t, douts))).backward()
+    sum(((o * torch.tensor(d)).sum() for o, d in zip(outs_t, douts, strict=True))).backward()
 
     names = ["h", "c"][:len(outs)] + ["dx"] + [f"d{n}" for n in state_names(model) + names_of(model)]
     refs = [o.detach().numpy() for o in outs_t] + [a.grad.numpy() for a in [xt, *rest]]
     assert len(grads) == len(refs) - len(outs)
-    pairs = {name: (mine, ref) for name, mine, ref in zip(names, [*outs, *grads], refs)}
+    pairs = {name: (mine, ref) for name, mine, ref in zip(names, [*outs, *grads], refs, strict=True)}
     for name, (mine, _) in pairs.items():
         assert mine.dtype == dtype, f"{name}: {mine.dtype}"
     check_all(f"{model} cell", pairs, dtype)
-    for a, b in zip(before, [x, *states, *params, *douts]):
+    for a, b in zip(before, [x, *states, *params, *douts], strict=True):
         assert np.array_equal(a, b), "a pair must not change its inputs"
 
 
@@ -240,7 +240,7 @@ def sequence_vs_torch(model, B, T, E, H, dtype, seed, last_only=False, backward=
 
     hidden, cache = np_sequence(model, emb, starts, params)
     grads, dhs = np_sequence_backward(model, dhidden, cache, backward)
-    for a, b in zip(before, [emb, *starts, *params, dhidden]):
+    for a, b in zip(before, [emb, *starts, *params, dhidden], strict=True):
         assert np.array_equal(a, b), "a pair must not change its inputs"
 
     torch = pytest.importorskip("torch", reason=NO_TORCH)
@@ -253,7 +253,7 @@ def sequence_vs_torch(model, B, T, E, H, dtype, seed, last_only=False, backward=
     assert len(grads) == len(names)
     pairs = {"hidden": (hidden, hiddent.detach().numpy()),
              "dh": (dhs, np.stack([h.grad.numpy() for h in hiddens], 1))}
-    pairs.update({n: (g, a.grad.numpy()) for n, g, a in zip(names, grads, [embt, *rest])})
+    pairs.update({n: (g, a.grad.numpy()) for n, g, a in zip(names, grads, [embt, *rest], strict=True)})
     for name, (mine, _) in pairs.items():
         assert mine.dtype == dtype, f"{name}: {mine.dtype}"
     return pairs

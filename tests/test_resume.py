@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import (StopAfter, assert_user_error, check, make_names, run_cli, snapshot, temp_files)
+from helpers import StopAfter, assert_user_error, check, make_names, run_cli, snapshot, temp_files
 
 import npmlp.fast
 from npmlp.app import cli

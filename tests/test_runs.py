@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import (TINY, StopAfter, assert_user_error, make_names, notes, run_cli, snapshot)
+from helpers import TINY, StopAfter, assert_user_error, make_names, notes, run_cli, snapshot
 
 import npmlp.fast
 from npmlp.app import cli
@@ -236,8 +236,8 @@ def test_split_seed_none_trains_on_the_file_order(tmp_path, names):
 
     vocab, train, dev, test = file_order_splits(names)
     splits = runs.splits(names, None, 3)
-    for mine, want in zip((splits.train, splits.dev, splits.test), (train, dev, test)):
-        assert all(np.array_equal(a, b) for a, b in zip(mine, want))
+    for mine, want in zip((splits.train, splits.dev, splits.test), (train, dev, test), strict=True):
+        assert all(np.array_equal(a, b) for a, b in zip(mine, want, strict=True))
     cfg = TrainConfig(**meta["train"])
     again = MLP.init(vocab.size, 3, 2, 8, seed=cfg.seed)
     again_lossi = np.zeros(cfg.steps, np.float32)
@@ -248,7 +248,7 @@ def test_split_seed_none_trains_on_the_file_order(tmp_path, names):
     r = run_cli("eval", run)
     assert r.returncode == 0, r.stderr
     want = "   ".join(f"{k} loss {evaluate(model, *xy):.4f}" for k, xy in zip(("train", "dev", "test"),
-                                                                          (train, dev, test)))
+                                                                          (train, dev, test), strict=True))
     shuffled = runs.splits(names, 42, 3)
     other = "   ".join(f"{k} loss {evaluate(model, *xy):.4f}" for k, xy in shuffled.items())
     assert r.stdout.strip() == want and want != other

@@ -25,8 +25,14 @@ from npmlp import gradcheck, train
 from npmlp.app import cli
 from npmlp.app.checkpoint import load_checkpoint
 from npmlp.deep import BatchNorm1d
-from npmlp.layers import (batchnorm_backward, batchnorm_forward, flatten_consecutive_backward,
-                          flatten_consecutive_forward, linear_backward, linear_forward)
+from npmlp.layers import (
+    batchnorm_backward,
+    batchnorm_forward,
+    flatten_consecutive_backward,
+    flatten_consecutive_forward,
+    linear_backward,
+    linear_forward,
+)
 from npmlp.wavenet import Wavenet, levels
 
 RTOL = {np.float64: 1e-10, np.float32: 2e-5}
@@ -137,7 +143,7 @@ def test_3d_batchnorm_in_float32_and_float64(dtype, unbiased):
     outt = torch_batchnorm(xt, gt, bt, unbiased)
     outt.backward(t(dout))
     check("out", out, outt.detach().numpy(), RTOL[dtype])
-    for name, mine, ref in zip(("dx", "dgamma", "dbeta"), grads, (xt.grad, gt.grad, bt.grad)):
+    for name, mine, ref in zip(("dx", "dgamma", "dbeta"), grads, (xt.grad, gt.grad, bt.grad), strict=True):
         assert mine.dtype == dtype, name
         check(name, mine, ref.numpy(), RTOL[dtype])
 
@@ -463,7 +469,7 @@ def test_the_checkpoint_records_the_group_and_the_bug(bug_run):
 def test_eval_sample_plot_diagnose_and_gradcheck_of_the_run(capsys, bug_run, tmp_path):
     code, out, err = run_main(capsys, "eval", bug_run, "--quiet")
     assert code == 0, err
-    got = dict(zip(out.split()[::3], map(float, out.split()[2::3])))
+    got = dict(zip(out.split()[::3], map(float, out.split()[2::3]), strict=True))
     metrics = json.loads((bug_run / "metrics.json").read_text())
     assert got["dev"] == pytest.approx(metrics["dev_loss"], abs=1e-4) and got["dev"] < np.log(27)
     code, out, err = run_main(capsys, "sample", bug_run, "-n", "5")

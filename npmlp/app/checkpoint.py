@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -135,7 +137,7 @@ def _model_meta(meta) -> tuple[type[Model], dict]:
     """(model class, sizes) from the metadata of either format; raises on anything malformed."""
     if meta["format"] == FORMAT:
         cls = MODELS[meta["model"]]
-        types = {"block_size": int, **{o.name: o.type for o in cls.spec.options}}
+        types: dict[str, Callable[[Any], Any]] = {"block_size": int, **{o.name: o.type for o in cls.spec.options}}
         given = meta["sizes"]
         if not isinstance(given, dict) or set(given) != set(types):
             raise ValueError(given)

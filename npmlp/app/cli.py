@@ -18,14 +18,31 @@ from ..data import SPLIT_SEED, split_words
 from ..fast.parallel import HelperFailed
 from ..gradcheck import minibatch
 from ..train import TrainConfig, sample_stream
-from . import rundir
+from . import registry, rundir
 from .checkpoint import load_checkpoint
 from .errors import NpmlpError, UsageError
 from .files import claim, make_out_dir, output_folder
-from .options import (DTYPES, MODEL_OPTIONS, TRAIN, TRAIN_OPTIONS, Parser, add_batch_arg, add_data_args,
-                      add_engine_args, add_model_args, add_train_args, check_batch, check_engine, flag,
-                      model_options, non_negative_int, option_text, positive_float, positive_int, train_config)
-from . import registry
+from .options import (
+    DTYPES,
+    MODEL_OPTIONS,
+    TRAIN,
+    TRAIN_OPTIONS,
+    Parser,
+    add_batch_arg,
+    add_data_args,
+    add_engine_args,
+    add_model_args,
+    add_train_args,
+    check_batch,
+    check_engine,
+    flag,
+    model_options,
+    non_negative_int,
+    option_text,
+    positive_float,
+    positive_int,
+    train_config,
+)
 from .registry import make_model
 
 # ----------------------------------------------------------------------------- output

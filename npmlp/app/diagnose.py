@@ -194,5 +194,5 @@ def ratio_summary(u: UpdateRatios, params: dict, last: int = 10) -> str:
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)     # a 1-wide layer's ratios are all NaN: its mean is nan
         lines += [f"  {k:8s}  {np.nanmean(ratios[:, j]):+.2f}" for j, k in enumerate(u.names)
-                  if np.ndim(params.get(k)) == 2]
+                  if k in params and np.ndim(params[k]) == 2]
     return "\n".join(lines)

@@ -13,8 +13,9 @@ from .errors import NpmlpError, UsageError
 
 try:
     import fcntl
+    HAVE_FLOCK = True
 except ImportError:      # not POSIX: the lock falls back to an exclusive create
-    fcntl = None
+    HAVE_FLOCK = False
 
 LOCK = ".npmlp.lock"
 
@@ -78,7 +79,7 @@ def claim(out: Path, notes: list[str], fix: str = "choose another --out"):
     written is refused first, ending with `fix` (output_folder)."""
     with output_folder(out, fix):
         path = out / LOCK
-        if fcntl is None:
+        if not HAVE_FLOCK:
             fd = _create_exclusive(path, out, fix)
         else:
             fd = _flock(path, out, notes, fix)

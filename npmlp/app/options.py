@@ -269,7 +269,7 @@ def model_options(args) -> tuple[str, dict, str | None]:
                              f"--model {have[0]}")
     sizes = {o.name: o.default if getattr(args, o.name, None) is None else getattr(args, o.name)
              for o in spec.options}
-    if "block_size" not in sizes and spec.context is not None:
+    if "block_size" not in sizes and spec.context:
         sizes["block_size"] = spec.context          # a fixed context (the bigram's one character)
     try:
         cls.check_options(sizes)

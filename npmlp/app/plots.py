@@ -119,7 +119,7 @@ def note_missing_glyphs(fig: Figure) -> list[str]:
         text = t.get_text()
         if text and not cbook.is_math_text(text) and not t.get_usetex():
             missing.update(dict.fromkeys(missing_glyphs(text, t.get_fontproperties())))
-    fig.npmlp_missing_glyphs = tuple(missing)
+    fig.npmlp_missing_glyphs = tuple(missing)  # type: ignore[attr-defined]  # for save() to say which
     if missing:
         # supxlabel: constrained layout makes room for it below everything else
         fig.supxlabel(f"note: {glyph_sentence(list(missing))}", x=0.01, ha="left", fontsize=9, color="0.35")
@@ -331,7 +331,8 @@ def _curves(ax, fig, curves, draw, noun: str = "layers"):
     tab10's colours with a legend (outside the axes, below), more in a colour map by depth with a
     colorbar naming the first and the last, so a 100-layer network keeps its plot readable."""
     if len(curves) <= LEGEND_MAX:
-        for (x, y, label), color in zip(curves, matplotlib.colormaps["tab10"].colors):
+        colors = matplotlib.colormaps["tab10"].colors  # type: ignore[attr-defined]
+        for (x, y, label), color in zip(curves, colors, strict=False):           # fewer curves than colours
             draw(ax, x, y, color, label)
         if curves:
             fig.legend(loc="outside lower center", ncols=min(len(curves), 2 if len(curves[0][2]) > 30 else 5),
@@ -407,9 +408,9 @@ def update_ratio_figure(u: UpdateRatios, params: dict):
     ratios = np.array(u.ratios).reshape(len(u.steps), len(u.names))
     marker = "o" if len(u.steps) <= 20 else None
     for j, k in enumerate(u.names):
-        if np.ndim(params.get(k)) != 2:
+        if k not in params or np.ndim(params[k]) != 2:
             ax.plot(u.steps, ratios[:, j], lw=0.6, color="0.6", alpha=0.5, marker=marker, ms=3)
-    weights = [(u.steps, ratios[:, j], k) for j, k in enumerate(u.names) if np.ndim(params.get(k)) == 2]
+    weights = [(u.steps, ratios[:, j], k) for j, k in enumerate(u.names) if k in params and np.ndim(params[k]) == 2]
     _curves(ax, fig, weights, lambda ax, x, y, color, label: ax.plot(x, y, lw=1.5, color=color, label=label,
                                                                       marker=marker, ms=5), "weight matrices")
     ax.axhline(GUIDE, color="k", lw=1.2)
@@ -453,5 +454,6 @@ def write_run_figures(out, model, vocab, lossi=None, cfg=None, pca: bool = False
         written.append(save(embedding_figure(model.params[model.spec.embedding], vocab.itos, pca),
                             out / "embedding.png", notes))
     if batch is not None:
-        written.append(save(gradient_figure(model, *batch, vocab.itos), out / "gradients.png", notes))
+        X, Y = batch
+        written.append(save(gradient_figure(model, X, Y, vocab.itos), out / "gradients.png", notes))
     return written

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,7 @@ class Run:
         self.evals: list[list] = []                # [step, train estimate, dev estimate] every cfg.eval_every
         self.best: dict | None = None              # {"step", "dev"}: the checkpoint in best.npz
         self.best_ckpt = out / BEST
-        self.on_eval = None                        # on_eval(step, train, dev, best): a line for the user
+        self.on_eval: Callable | None = None       # on_eval(step, train, dev, best): a line for the user
 
     @classmethod
     def new(cls, out: Path, kind: str, sizes: dict, cfg: TrainConfig, engine: str, data=None, split_seed=SPLIT_SEED,
@@ -264,10 +265,11 @@ class Run:
 
     def _diverged(self, d: Diverged, steps, snaps) -> str:
         """Save what a divergence leaves worth keeping; -> the message."""
-        cfg, X, Y = self.cfg, *self.data.train
+        cfg = self.cfg
+        X, Y = self.data.train
         rate = "--lr" if d.step - 1 < cfg.decay_step else "--lr-decayed"
         advice = f"train again with a lower {rate} (was {cfg.lr_at(max(d.step - 1, 0)):g}) and a new --out"
-        if d.mean is not None:                     # finite but exploding: the params are those of step d.step
+        if d.mean is not None and d.limit is not None:   # finite but exploding: the params are those of step d.step
             self.save(d.step)
             return (f"training diverged: the mean loss of steps {d.first:,}-{d.step:,} is {d.mean:.4g}, more "
                     f"than {train.EXPLODE}x the first step's loss or ln(vocab) ({d.limit / train.EXPLODE:.4g}); "

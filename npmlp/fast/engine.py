@@ -36,6 +36,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .. import train
+from ..contract import Model
 from ..layers import BN_EPS as EPS_BN
 from ..mlp import MLP
 from ..train import BLOCK, AdamW, TrainConfig, check_loss, step_block
@@ -90,7 +91,7 @@ class Engine(FlatParams):
         # OpenBLAS multiplies (n, H) @ (H, T*E) of 64+ rows faster when the right operand is
         # C-ordered: a copy of W1.T, made by fresh_copies() once a step, serves every chunk
         self.W1T_c = np.empty((H, T * E), model.dtype)
-        self._bufs = {}                               # chunk rows -> buffers
+        self._bufs: dict[int, SimpleNamespace] = {}   # chunk rows -> buffers
 
     def views(self, flat):
         """FlatParams' views, and W1b (T*E+1, H) = [W1; b1], W2b (H+1, V) = [W2; b2] (b directly
@@ -241,10 +242,11 @@ class BNEngine(Engine):
 
 # by the name a spec's `engine` gives: one hidden layer; one with BatchNorm before tanh; layer objects;
 # a bigram's pair counts
-ENGINE_CLASS = {"mlp": Engine, "mlp-batchnorm": BNEngine, "stack": StackEngine, "counts": CountsEngine}
+ENGINE_CLASS: dict[str, type[FlatParams]] = {"mlp": Engine, "mlp-batchnorm": BNEngine, "stack": StackEngine,
+                                             "counts": CountsEngine}
 
 
-def run_chunks(eng: Engine, pool, ks, g: int, lr: float):
+def run_chunks(eng: FlatParams, pool, ks, g: int, lr: float):
     """Forward and backward of the chunks ks of the batch pool.Xg[g], pool.Yg[g]: chunk k's share
     of the SGD update into pool.grad_views[k], its mean loss into pool.parts[k]. A chunk whose
     loss is not finite gets no backward: the step is refused before its update (train.check_loss)."""
@@ -264,7 +266,7 @@ def run_chunks(eng: Engine, pool, ks, g: int, lr: float):
             eng.backward(b, xk, yk, -lr * share, pool.grad_views[k])
 
 
-_BLAS = {"open": 0, "limit": None}   # one BLAS-thread limit shared by every open Chunks
+_BLAS: dict = {"open": 0, "limit": None}   # one BLAS-thread limit shared by every open Chunks
 
 
 class Chunks:
@@ -275,10 +277,12 @@ class Chunks:
     helper processes.
     Use as a context manager, or close() it."""
 
-    def __init__(self, model: MLP, batch_size: int):
+    def __init__(self, model: Model, batch_size: int):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.engine = ENGINE_CLASS[model.spec.engine](model)
+        if model.spec.engine not in ENGINE_CLASS:
+            raise ValueError(f"the {model.kind} model has no fast engine")
+        self.engine: FlatParams = ENGINE_CLASS[model.spec.engine](model)
         self.batch_size = batch_size
         self.chunks = batch_chunks(batch_size) if self.engine.chunked else [(0, batch_size, 1.0)]
         n, P, G = len(self.chunks), self.engine.flat.size, gather_group(batch_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 
@@ -12,7 +13,16 @@ import numpy as np
 class FlatParams:
     """self.flat (P,) and self.w, its views by name; load/store copy a model's params in and out.
     Whoever changes the parameters other than by load() calls fresh_copies() before the next
-    forward (an engine's copies of them, if it keeps any)."""
+    forward (an engine's copies of them, if it keeps any).
+
+    An engine is a FlatParams that also writes the step (engine.run_chunks calls them):
+    picks(y, n, out), forward_loss(xb, yb, pick, hot) -> (mean loss, buffers) and
+    backward(buffers, xb, yb, dloss, g); V and T are the model's vocabulary and rows' context,
+    and `chunked` says whether a batch may run as chunks (each row's gradient its own)."""
+
+    chunked: ClassVar[bool] = False
+    V: int
+    T: int
 
     def __init__(self, model):
         self.shapes = {k: p.shape for k, p in model.params.items()}   # the model's order: each b after its W
@@ -42,3 +52,12 @@ class FlatParams:
 
     def fresh_copies(self):
         """After the parameters changed: the copies of them an engine keeps (none here)."""
+
+    def picks(self, y, n: int, out) -> None:
+        raise NotImplementedError
+
+    def forward_loss(self, xb, yb, pick=None, hot=None) -> tuple[float, SimpleNamespace]:
+        raise NotImplementedError
+
+    def backward(self, b, xb, yb, dloss: float, g) -> None:
+        raise NotImplementedError

@@ -60,8 +60,8 @@ def cpu_quota(root="/sys/fs/cgroup", self_cgroup="/proc/self/cgroup") -> float |
                 if d == base or base not in d.parents:
                     break
                 d = d.parent
-    quotas = [q for q in quotas if q is not None]
-    return min(quotas) if quotas else None
+    found = [q for q in quotas if q is not None]
+    return min(found) if found else None
 
 
 def _read_quota(d: Path) -> float | None:
@@ -151,7 +151,10 @@ class ChunkPool(Chunks):
         self.params = shared_array(self.engine.flat.shape, model.dtype)
         cuts = [n * p // processes for p in range(processes + 1)]     # contiguous runs of chunks
         self.mine = range(cuts[0], cuts[1])
-        self.conns, self.procs, self._owed, self._recv = [], [], [], []   # one Receiver per helper
+        self.conns: list = []                 # per helper: its pipe end, process, owed answer, Receiver
+        self.procs: list = []
+        self._owed: list = []
+        self._recv: list = []
         if processes == 1:
             return
         ctx = multiprocessing.get_context("fork")
@@ -205,7 +208,7 @@ class ChunkPool(Chunks):
             self._drain()        # parent): its late answers must not be read as this step's
         np.copyto(self.params, flat)
         msg = struct.pack("<id", g, lr)
-        for c, proc in zip(self.conns, self.procs):
+        for c, proc in zip(self.conns, self.procs, strict=True):
             try:
                 c.send_bytes(msg)
             except OSError:                            # its end of the pipe is gone: it died
@@ -214,7 +217,7 @@ class ChunkPool(Chunks):
 
     def wait(self):
         """Until every helper has written its chunks."""
-        for c, proc, recv in zip(self.conns, self.procs, self._recv):
+        for c, proc, recv in zip(self.conns, self.procs, self._recv, strict=True):
             try:
                 msg = recv(c)
             except (EOFError, OSError):

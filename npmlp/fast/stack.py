@@ -91,16 +91,16 @@ class StackEngine(FlatParams):
             at += 2 * O
         self.run_views = [(self.running[m], self.running[v]) for m, v in self.spans]
         self.batch_views = [(self.batch[m], self.batch[v]) for m, v in self.spans]
-        self._bufs = {}
+        self._bufs: dict[int, SimpleNamespace] = {}
 
     def load(self, model):
         super().load(model)
-        for bn, (mean, var) in zip(self.stats, self.run_views):
+        for bn, (mean, var) in zip(self.stats, self.run_views, strict=True):
             mean[...], var[...] = model.buffers[bn.mean], model.buffers[bn.var]
 
     def store(self, model):
         super().store(model)
-        for bn, (mean, var) in zip(self.stats, self.run_views):
+        for bn, (mean, var) in zip(self.stats, self.run_views, strict=True):
             model.buffers[bn.mean][...], model.buffers[bn.var][...] = mean, var
 
     def _buffers(self, B: int):
@@ -140,7 +140,7 @@ class StackEngine(FlatParams):
         # squared deviations into the unbiased variance
         onehot, counts = np.zeros((B * self.T, self.V), dt), np.empty((B, self.V), dt)
         coef = np.empty_like(self.batch)
-        for (m, v), a in zip(self.spans, [a for blk, a in zip(self.blocks, per) if blk.bn is not None]):
+        for (m, v), a in zip(self.spans, [a for blk, a in zip(self.blocks, per, strict=True) if blk.bn is not None], strict=True):
             coef[m] = MOMENTUM
             coef[v] = MOMENTUM / (a.n - 1)
         bufs = self._bufs[B] = SimpleNamespace(
@@ -167,7 +167,7 @@ class StackEngine(FlatParams):
         b.hot = xb.reshape(-1) + b.rows_v if hot is None else hot
         self.w.C.take(xb.reshape(-1), 0, b.emb)                         # (B*T, E)
         # ufuncs take `out` by position: a keyword costs more than the arithmetic on these arrays
-        for blk, a in zip(self.blocks, b.blocks):
+        for blk, a in zip(self.blocks, b.blocks, strict=True):
             np.dot(a.x, a.W, a.pre)                                      # (n, O) x @ W
             if a.b is not None:
                 np.add(a.pre, a.b, a.pre)                                # (n, O) + b
@@ -195,7 +195,7 @@ class StackEngine(FlatParams):
 
     def _cross_entropy(self, b, yb) -> float:
         c = b.counts
-        np.maximum.reduce(b.logits, 1, None, b.maxes, True)             # (B, 1)
+        np.maximum.reduce(b.logits, 1, None, b.maxes, keepdims=True)    # (B, 1)
         np.subtract(b.logits, b.maxes, c)                               # (B, V) logits - max
         picked = b.counts_flat.take(b.target)                           # (B,) the targets' shifted logits
         np.exp(c, c)                                                    # (B, V) counts
@@ -210,7 +210,7 @@ class StackEngine(FlatParams):
         B = len(yb)
         np.multiply(b.counts, ((dloss / B) / b.sums)[:, None], b.dlogits)   # (B, V) dloss * softmax / B
         b.dlogits_flat[b.target] -= dloss / B                           #   minus dloss * onehot(Y) / B
-        for blk, a in zip(reversed(self.blocks), reversed(b.blocks)):
+        for blk, a in zip(reversed(self.blocks), reversed(b.blocks), strict=True):
             d = a.dout
             if blk.tanh:                                                # through tanh: (1 - h^2) * dout
                 np.square(a.out, a.t)

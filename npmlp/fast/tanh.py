@@ -35,7 +35,7 @@ def tanh_form(dtype) -> str:
     return "exp" if x86 and not loop.startswith(("AVX512", "X86_V4")) else "np.tanh"
 
 
-TANH = {np.dtype(t): tanh_form(t) for t in (np.float32, np.float64)}
+TANH: dict[np.dtype, str] = {np.dtype(t): tanh_form(t) for t in (np.float32, np.float64)}
 
 
 def pick(dtype, form: str | None = None):
