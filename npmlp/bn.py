@@ -83,7 +83,8 @@ class BNMLP(MLP):
         T, E, H = with_defaults(cls, vocab_size, block_size=block_size, n_embd=n_embd, n_hidden=n_hidden).values()
         rng = np.random.default_rng(seed)
         shapes = cls.shapes(vocab_size, T, E, H)
-        p = {k: rng.standard_normal(shapes[k]) for k in ("C", "W1", "b1", "W2", "b2", "bngain", "bnbias")}  # lecture's order
+        lecture_order = ("C", "W1", "b1", "W2", "b2", "bngain", "bnbias")
+        p = {k: rng.standard_normal(shapes[k]) for k in lecture_order}
         p["W1"] *= (5 / 3) / np.sqrt(T * E)
         for k in ("b1", "W2", "b2", "bnbias"):
             p[k] *= 0.1

@@ -34,7 +34,8 @@ import numpy as np
 SEED = 2147483647   # the lecture's torch.Generator().manual_seed(2147483647): init and minibatches
 MAKEMORE_BLOCK = 16  # makemore.py's block_size on names.txt (its longest name + 1), where no shape records it
 # makemore.py's training: torch.optim.AdamW(lr=5e-4, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01) on every
-# parameter at a constant rate, batches of 32 names, train and test estimated every 500 steps (train.TrainConfig's names)
+# parameter at a constant rate, batches of 32 names, train and test estimated every 500 steps (in
+# train.TrainConfig's names)
 MAKEMORE_TRAIN = {"optimizer": "adamw", "lr": 5e-4, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8, "weight_decay": 0.01,
                   "decay_at": 1.0, "batch_size": 32, "eval_every": 500, "steps": 30_000}
 WINDOWS = "windows"       # rows of context X (N, T) -> the next character Y (N,): the lectures' models

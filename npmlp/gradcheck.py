@@ -302,8 +302,11 @@ def format_table(rows, dtype, fast: bool = True, torch_why: str | None = None) -
         lines.append(cells if fast else cells[:6] + cells[7:])
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
     left = {"tensor", "shape", "torch", "fd", "fast"}
-    fmt = lambda cells: "  ".join(c.ljust(w) if h in left else c.rjust(w)
-                                  for h, c, w in zip(head, cells, widths, strict=True)).rstrip()
+
+    def fmt(cells) -> str:
+        return "  ".join(c.ljust(w) if h in left else c.rjust(w)
+                         for h, c, w in zip(head, cells, widths, strict=True)).rstrip()
+
     rule = "  ".join("-" * w for w in widths)
     no_torch = all(r.torch_maxdiff is None for r in rows)
     legend = [f"torch: {torch_why or NO_TORCH}"] if no_torch else [
@@ -315,7 +318,8 @@ def format_table(rows, dtype, fast: bool = True, torch_why: str | None = None) -
         f"       rel err = max|mine - fd| / (largest |mine| in the tensor, or |fd| if larger); ok if <= {fd_tol:g}",
         f"       (max|torch| and largest |mine|: at least {FLOOR:g} x the table's largest, for gradients that are 0)"]
     if fast:
-        legend.append("fast:  the fast engine's gradient (its update / -lr), same verdicts as torch; - where it has none")
+        legend.append("fast:  the fast engine's gradient (its update / -lr), same verdicts as torch; "
+                      "- where it has none")
     problems = [f"d{r.name}: {r.problem}" for r in rows if r.problem]
     return "\n".join([fmt(head), rule, *map(fmt, lines), rule, *legend, *problems])
 

@@ -180,7 +180,8 @@ def parse_words(data: bytes, name: str = "<data>", notes: list[str] | None = Non
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise DataError(f"{name} is UTF-16 text; re-save it as UTF-8")
     if b"\x00" in data:
-        raise DataError(f"{name} looks like a binary file (it contains NUL bytes); give a text file with one name per line")
+        raise DataError(f"{name} looks like a binary file (it contains NUL bytes); give a text file with one name "
+                        f"per line")
     try:
         text = data.decode("utf-8-sig")  # tolerate a byte-order mark
     except UnicodeDecodeError as e:

@@ -36,7 +36,7 @@ class TrainConfig:
     beta1: float = 0.9          # AdamW's betas (makemore.py's (0.9, 0.99)) and eps
     beta2: float = 0.99
     eps: float = 1e-8
-    schedule: str = "step"      # "step": lr, then lr_decayed from decay_at on; "cosine": lr to lr_decayed over the steps
+    schedule: str = "step"      # "step": lr, then lr_decayed from decay_at on; "cosine": lr to lr_decayed
     decay_matrices_only: bool = False  # AdamW's weight decay on the 2-D parameters only (nanoGPT's), not biases, gains
     eval_every: int = 0         # estimate the train and dev loss every N steps (makemore.py's 500); 0: never
 
@@ -61,7 +61,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {v}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if not isinstance(self.eval_every, (int, np.integer)) or isinstance(self.eval_every, bool) or self.eval_every < 0:
+        v = self.eval_every
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
             raise ValueError(f"eval_every must be a whole number >= 0, got {self.eval_every}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")

@@ -117,7 +117,7 @@ def resume_run(args):
         return train_and_finish(args, run, claimed)
 
 
-RESUME_CHECKS = {*MODEL_OPTIONS, *TRAIN_OPTIONS, "dtype", "seed", "split_seed", "engine"}   # a resume keeps the run's own
+RESUME_CHECKS = {*MODEL_OPTIONS, *TRAIN_OPTIONS, "dtype", "seed", "split_seed", "engine"}   # a run's own, kept
 
 
 def train_and_finish(args, run: rundir.Run, claimed) -> int:
@@ -325,8 +325,8 @@ def cmd_sample(args):
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     if seen is not None and count:
-        log(args, f"npmlp: of {count:,} name{'s' * (count != 1)}: " + ", ".join(
-            f"{where.get(k, 0):,} in the {k} split" for k in ("train", "dev", "test")) + f", {where.get('new', 0):,} new")
+        splits = ", ".join(f"{where.get(k, 0):,} in the {k} split" for k in ("train", "dev", "test"))
+        log(args, f"npmlp: of {count:,} name{'s' * (count != 1)}: {splits}, {where.get('new', 0):,} new")
     if stop:
         print(f"npmlp: interrupted after {count:,} of {args.n:,} names", file=sys.stderr)
         return 130

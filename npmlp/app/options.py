@@ -142,7 +142,9 @@ def defaults_text(name: str, values: dict[str, Any]) -> str:
     one), then each other model's where it differs. values: kind -> default."""
     values = dict(values)
     first = values.pop(DEFAULT) if DEFAULT in values else values.pop(next(iter(values)))
-    shown = lambda v: "full" if v is None and name == "batch_size" else f"{v:g}" if isinstance(v, float) else str(v)
+    def shown(v) -> str:
+        return "full" if v is None and name == "batch_size" else f"{v:g}" if isinstance(v, float) else str(v)
+
     return "; ".join([shown(first)] + [f"{kind}: {shown(v)}" for kind, v in values.items() if v != first])
 
 

@@ -358,7 +358,8 @@ def _check_typed(typed: dict, out: Path, model, cfg: TrainConfig, record: RunRec
         if key == "steps" and start == 0:
             continue
         if key not in theirs and key in MODEL_OPTIONS:
-            raise UsageError(f"{flag(key)} applies to the {' and '.join(owners(key))} model only, and {out} holds a {model.kind} model; "
+            raise UsageError(f"{flag(key)} applies to the {' and '.join(owners(key))} model only, and {out} holds a "
+                             f"{model.kind} model; "
                              f"--resume continues it with its own options: drop {flag(key)}")
         if key in theirs and mine != theirs[key]:
             o, their, typed_text = options().get(key), theirs[key], option_text(key, mine)

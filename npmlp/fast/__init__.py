@@ -24,7 +24,8 @@ from .engine import CHUNK, ENGINE_CLASS, GATHER, gradients
 from .stack import EVAL_BYTES, StackEngine, inference_loss
 
 ENGINES = ("fast", "reference")
-ARITHMETIC: dict[str, str | int] = {"fast": FAST_ARITHMETIC, "reference": 1}   # each engine's rounding version (see engine.py)
+# each engine's rounding version (see engine.py)
+ARITHMETIC: dict[str, str | int] = {"fast": FAST_ARITHMETIC, "reference": 1}
 
 __all__ = ["ARITHMETIC", "CHUNK", "ENGINES", "GATHER", "default_engine", "eval_bytes", "evaluate", "gradients",
            "reference_only", "steps"]

@@ -140,7 +140,8 @@ class StackEngine(FlatParams):
         # squared deviations into the unbiased variance
         onehot, counts = np.zeros((B * self.T, self.V), dt), np.empty((B, self.V), dt)
         coef = np.empty_like(self.batch)
-        for (m, v), a in zip(self.spans, [a for blk, a in zip(self.blocks, per, strict=True) if blk.bn is not None], strict=True):
+        normed = [a for blk, a in zip(self.blocks, per, strict=True) if blk.bn is not None]
+        for (m, v), a in zip(self.spans, normed, strict=True):
             coef[m] = MOMENTUM
             coef[v] = MOMENTUM / (a.n - 1)
         bufs = self._bufs[B] = SimpleNamespace(
