@@ -10,12 +10,13 @@ reading names.txt). Below it: fast/ (the fast tier `npmlp train` runs) and app/ 
 command).
 """
 from .bigram import Bigram
-from .contract import Model, Spec
+from .contract import Model, Spec, from_makemore, to_makemore
 from .data import Vocab, build_dataset, split_words
 from .loading import load_words
 from .mlp import MLP
-from .train import TrainConfig, evaluate, sample, sgd
+from .train import AdamW, TrainConfig, evaluate, sample, sgd
+from .transformer import BoW, Transformer
 
-__all__ = ["MLP", "Bigram", "Model", "Spec", "TrainConfig", "Vocab", "build_dataset", "evaluate", "load_words",
-           "sample", "sgd", "split_words"]
+__all__ = ["MLP", "Bigram", "BoW", "Model", "Spec", "TrainConfig", "Transformer", "Vocab", "build_dataset",
+           "evaluate", "from_makemore", "load_words", "sample", "sgd", "split_words", "to_makemore", "AdamW"]
 __version__ = "0.1.0"

@@ -70,8 +70,9 @@ class Option:
 @dataclass(frozen=True)
 class Makemore:
     """How a model's params are a makemore.py `model.state_dict()` of its --type: the same keys;
-    `transposed` names the Linear weights, (in, out) here and (out, in) in torch; a model adds
-    the buffers makemore.py registers (Model.makemore_buffers: causal masks)."""
+    `transposed`: key suffixes of its Linear weights, (in, out) here and (out, in) in torch (a
+    suffix: a Transformer has as many as blocks); a model adds the buffers makemore.py registers
+    (Model.makemore_buffers: causal masks)."""
     type: str
     transposed: tuple[str, ...] = ()
     keys: Mapping[str, str] = field(default_factory=dict)    # npmlp name -> makemore.py key, where they differ
@@ -79,6 +80,9 @@ class Makemore:
 
     def key(self, name: str) -> str:
         return self.keys.get(name, name)
+
+    def is_transposed(self, name: str) -> bool:
+        return name.endswith(self.transposed) if self.transposed else False
 
 
 @dataclass(frozen=True)
@@ -258,14 +262,15 @@ def with_defaults(cls: type[Model], vocab_size: int, **sizes) -> dict:
 
 
 def float_params(params, names) -> dict[str, Array]:
-    """The arrays `names` of `params`, copied, in one float dtype (float32 or float64)."""
+    """The arrays `names` of `params`, copied, in one float dtype (float32 or float64), C-ordered
+    (gradcheck's finite differences perturb a parameter through its flat view)."""
     missing = [k for k in names if k not in params]
     if missing:
         raise ValueError(f"params lack {missing}; need {list(names)}")
     dtype = np.result_type(*(np.asarray(params[k]) for k in names))
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"params must be float32 or float64, got {dtype}")
-    return {k: np.array(params[k], dtype) for k in names}
+    return {k: np.array(params[k], dtype, order="C") for k in names}
 
 
 def check_shapes(params, want) -> None:
@@ -346,7 +351,7 @@ def from_makemore(state_dict, kind: str, **unshaped) -> Model:
             continue
         name = names.get(k, k)
         a = np.asarray(v)
-        params[name] = a.T if name in mm.transposed else a
+        params[name] = a.T if mm.is_transposed(name) else a
     bad = set(unshaped) - set(cls.spec.unshaped)
     if bad:
         raise ValueError(f"a makemore.py {kind} records {', '.join(sorted(bad))} in its shapes; drop it")
@@ -362,5 +367,5 @@ def to_makemore(model: Model, grads: dict | None = None) -> dict[str, Array]:
     if mm is None:
         raise ValueError(f"makemore.py has no {model.kind} model")
     source = model.params if grads is None else grads
-    out = {mm.key(k): np.ascontiguousarray(v.T if k in mm.transposed else v) for k, v in source.items()}
+    out = {mm.key(k): np.ascontiguousarray(v.T if mm.is_transposed(k) else v) for k, v in source.items()}
     return out if grads is not None else {**out, **model.makemore_buffers()}

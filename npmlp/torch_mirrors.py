@@ -200,3 +200,210 @@ def save_makemore(arrays: dict, f) -> None:
 
     import torch
     torch.save(collections.OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in arrays.items()), f)
+
+
+# ============================================================= makemore.py's bag of words and Transformer
+#
+# (math and LN_EPS are imported inside the functions, as torch is, so that this section leaves the
+# file's head alone.)
+# The mirrors take npmlp's params (each Linear weight (in, out)) and have no dropout: they are
+# makemore.py's models, which a Transformer with dropout 0 is. transformer_module builds the
+# makemore.py modules themselves (nn.Embedding, nn.Linear, nn.LayerNorm, the registered causal
+# masks), whose state_dict has makemore.py's keys and shapes, for from_makemore / to_makemore.
+
+def bow_forward(P, X, Y, buffers=None, **sizes):
+    """makemore.py's BoW in torch: emb = wte[X] + wpe[pos]; x = emb + (a softmax of zeros masked to
+    the past) @ emb; x = x + c_proj(tanh(c_fc(x))); logits = lm_head(x); the cross-entropy over the
+    targets that are not -1. Returns (loss, acts dict named as transformer.BoW's)."""
+    import torch
+    import torch.nn.functional as F
+
+    T = X.shape[1]
+    emb = P["wte.weight"][X] + P["wpe.weight"][torch.arange(T)]                 # (B, T, C)
+    att = torch.zeros(T, T, dtype=emb.dtype).masked_fill(torch.tril(torch.ones(T, T)) == 0, float("-inf"))
+    att = F.softmax(att, dim=-1)                                                # (T, T) uniform over the past
+    cbow = att @ emb                                                            # (B, T, C)
+    resid = emb + cbow                                                          # (B, T, C)
+    fc = resid @ P["context_block.mlp.c_fc.weight"] + P["context_block.mlp.c_fc.bias"]   # (B, T, H)
+    h = torch.tanh(fc)                                                          # (B, T, H)
+    mlp = h @ P["context_block.mlp.c_proj.weight"] + P["context_block.mlp.c_proj.bias"]  # (B, T, C)
+    block = resid + mlp                                                         # (B, T, C)
+    logits = block @ P["lm_head.weight"] + P["lm_head.bias"]                    # (B, T, V)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), Y.reshape(-1), ignore_index=-1)
+    return loss, {"logits": logits, "context_block": block, "context_block.mlp": mlp, "context_block.mlp.tanh": h,
+                  "context_block.mlp.c_fc": fc, "context_block.resid_cbow": resid, "context_block.cbow": cbow,
+                  "emb": emb}
+
+
+def _new_gelu(x):
+    """makemore.py's NewGELU."""
+    import math
+
+    import torch
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def transformer_forward(P, X, Y, buffers=None, n_head=4, **sizes):
+    """makemore.py's Transformer in torch (no dropout): per block x = x + attn(ln_1(x)),
+    x = x + mlp(ln_2(x)), causal softmax(q k^T / sqrt(hs)) per head; ln_f; lm_head without bias;
+    the cross-entropy over the targets that are not -1. Returns (loss, acts dict named as
+    transformer.Transformer's, with each block's attention weights h.i.att)."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from .layers import LN_EPS
+
+    B, T = X.shape
+    C = P["transformer.wte.weight"].shape[1]
+    nh, hs = n_head, C // n_head
+    future = torch.tril(torch.ones(T, T)) == 0                                  # (T, T) True above the diagonal
+    x = emb = P["transformer.wte.weight"][X] + P["transformer.wpe.weight"][torch.arange(T)]  # (B, T, C)
+    acts = {"emb": emb, "x0": x}
+    i = 0
+    while f"transformer.h.{i}.ln_1.weight" in P:
+        k, n = f"transformer.h.{i}.", f"h.{i}"
+        ln_1 = F.layer_norm(x, (C,), P[k + "ln_1.weight"], P[k + "ln_1.bias"], eps=LN_EPS)      # (B, T, C)
+        q, kk, v = (ln_1 @ P[k + "attn.c_attn.weight"] + P[k + "attn.c_attn.bias"]).split(C, dim=2)
+        q, kk, v = (a.view(B, T, nh, hs).transpose(1, 2) for a in (q, kk, v))  # (B, nh, T, hs) each
+        att = (q @ kk.transpose(-2, -1)) * (1.0 / math.sqrt(hs))               # (B, nh, T, T)
+        att = F.softmax(att.masked_fill(future, float("-inf")), dim=-1)         # (B, nh, T, T)
+        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)                # (B, T, C) heads side by side
+        attn = y @ P[k + "attn.c_proj.weight"] + P[k + "attn.c_proj.bias"]      # (B, T, C)
+        x = resid = x + attn                                                    # (B, T, C)
+        ln_2 = F.layer_norm(x, (C,), P[k + "ln_2.weight"], P[k + "ln_2.bias"], eps=LN_EPS)      # (B, T, C)
+        fc = ln_2 @ P[k + "mlp.c_fc.weight"] + P[k + "mlp.c_fc.bias"]           # (B, T, 4C)
+        act = _new_gelu(fc)                                                     # (B, T, 4C)
+        mlp = act @ P[k + "mlp.c_proj.weight"] + P[k + "mlp.c_proj.bias"]       # (B, T, C)
+        x = x + mlp                                                             # (B, T, C)
+        acts.update({f"{n}.ln_1": ln_1, f"{n}.att": att, f"{n}.attn.c_proj": attn, f"{n}.attn": attn,
+                     f"{n}.resid_attn": resid, f"{n}.ln_2": ln_2, f"{n}.mlp.c_fc": fc, f"{n}.mlp.act": act,
+                     f"{n}.mlp.c_proj": mlp, f"{n}.mlp": mlp, n: x})
+        i += 1
+    ln_f = F.layer_norm(x, (C,), P["transformer.ln_f.weight"], P["transformer.ln_f.bias"], eps=LN_EPS)  # (B, T, C)
+    logits = ln_f @ P["lm_head.weight"]                                         # (B, T, V)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), Y.reshape(-1), ignore_index=-1)
+    return loss, {**acts, "ln_f": ln_f, "logits": logits}
+
+
+@functools.lru_cache(maxsize=1)
+def _makemore_classes():
+    """makemore.py's BoW and Transformer modules, written from its maths with the same module
+    names (so the same state_dict keys, shapes and order), defined once torch is imported."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class CausalSelfAttention(nn.Module):
+        def __init__(self, block_size, n_embd, n_head):
+            super().__init__()
+            self.c_attn = nn.Linear(n_embd, 3 * n_embd)
+            self.c_proj = nn.Linear(n_embd, n_embd)
+            self.register_buffer("bias", torch.tril(torch.ones(block_size, block_size)).view(1, 1, block_size,
+                                                                                             block_size))
+            self.n_head, self.n_embd = n_head, n_embd
+
+        def forward(self, x):
+            B, T, C = x.size()
+            q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+            q, k, v = (a.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for a in (q, k, v))
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+            att = F.softmax(att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf")), dim=-1)
+            return self.c_proj((att @ v).transpose(1, 2).contiguous().view(B, T, C))
+
+    class NewGELU(nn.Module):
+        def forward(self, x):
+            return _new_gelu(x)
+
+    class Block(nn.Module):
+        def __init__(self, block_size, n_embd, n_head):
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(n_embd)
+            self.attn = CausalSelfAttention(block_size, n_embd, n_head)
+            self.ln_2 = nn.LayerNorm(n_embd)
+            self.mlp = nn.ModuleDict(dict(c_fc=nn.Linear(n_embd, 4 * n_embd), c_proj=nn.Linear(4 * n_embd, n_embd),
+                                          act=NewGELU()))
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            m = self.mlp
+            return x + m.c_proj(m.act(m.c_fc(self.ln_2(x))))
+
+    def loss_of(logits, targets):
+        if targets is None:
+            return None
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+
+    class Transformer(nn.Module):
+        def __init__(self, vocab_size, block_size, n_embd, n_layers, n_head):
+            super().__init__()
+            self.block_size = block_size
+            self.transformer = nn.ModuleDict(dict(
+                wte=nn.Embedding(vocab_size, n_embd), wpe=nn.Embedding(block_size, n_embd),
+                h=nn.ModuleList([Block(block_size, n_embd, n_head) for _ in range(n_layers)]),
+                ln_f=nn.LayerNorm(n_embd)))
+            self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+
+        def forward(self, idx, targets=None):
+            t = idx.size(1)
+            x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(t).unsqueeze(0))
+            for block in self.transformer.h:
+                x = block(x)
+            logits = self.lm_head(self.transformer.ln_f(x))
+            return logits, loss_of(logits, targets)
+
+    class CausalBoW(nn.Module):
+        def __init__(self, block_size):
+            super().__init__()
+            self.block_size = block_size
+            self.register_buffer("bias", torch.tril(torch.ones(block_size, block_size)).view(1, block_size,
+                                                                                             block_size))
+
+        def forward(self, x):
+            B, T, C = x.size()
+            att = torch.zeros((B, T, T), dtype=x.dtype)        # makemore.py's zeros are float32; here x's dtype
+            att = F.softmax(att.masked_fill(self.bias[:, :T, :T] == 0, float("-inf")), dim=-1)
+            return att @ x
+
+    class BoWBlock(nn.Module):
+        def __init__(self, block_size, n_embd, n_hidden):
+            super().__init__()
+            self.cbow = CausalBoW(block_size)
+            self.mlp = nn.ModuleDict(dict(c_fc=nn.Linear(n_embd, n_hidden), c_proj=nn.Linear(n_hidden, n_embd)))
+
+        def forward(self, x):
+            x = x + self.cbow(x)
+            m = self.mlp
+            return x + m.c_proj(torch.tanh(m.c_fc(x)))
+
+    class BoW(nn.Module):
+        def __init__(self, vocab_size, block_size, n_embd, n_hidden):
+            super().__init__()
+            self.block_size, self.vocab_size = block_size, vocab_size
+            self.wte = nn.Embedding(vocab_size, n_embd)
+            self.wpe = nn.Embedding(block_size, n_embd)
+            self.context_block = BoWBlock(block_size, n_embd, n_hidden)
+            self.lm_head = nn.Linear(n_embd, vocab_size)
+
+        def forward(self, idx, targets=None):
+            t = idx.size(1)
+            x = self.wte(idx) + self.wpe(torch.arange(t).unsqueeze(0))
+            logits = self.lm_head(self.context_block(x))
+            return logits, loss_of(logits, targets)
+
+    return {"bow": BoW, "transformer": Transformer}
+
+
+def transformer_module(kind, vocab_size, block_size, n_embd=64, n_hidden=64, n_layers=4, n_head=4, **_):
+    """A makemore.py module of --type `kind` ('bow' or 'transformer') with torch's default init
+    (torch's RNG): its forward(idx, targets) -> (logits, loss) and its state_dict are makemore.py's.
+    n_hidden is the BoW's n_embd2; n_layers and n_head the Transformer's n_layer and n_head."""
+    classes = _makemore_classes()
+    if kind == "bow":
+        return classes["bow"](vocab_size, block_size, n_embd, n_hidden)
+    if kind == "transformer":
+        return classes["transformer"](vocab_size, block_size, n_embd, n_layers, n_head)
+    raise ValueError(f"transformer_module builds 'bow' or 'transformer', not {kind!r}")
