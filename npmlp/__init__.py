@@ -14,6 +14,7 @@ from .contract import Model, Spec
 from .data import Vocab, build_dataset, split_words
 from .loading import load_words
 from .mlp import MLP
+from .recurrent import GRU, LSTM, RNN  # noqa: F401  makemore.py's rnn, gru (and an lstm): from_makemore reads them
 from .train import TrainConfig, evaluate, sample, sgd
 
 __all__ = ["MLP", "Bigram", "Model", "Spec", "TrainConfig", "Vocab", "build_dataset", "evaluate", "load_words",
