@@ -14,9 +14,11 @@ from .contract import Model, Spec, from_makemore, to_makemore
 from .data import Vocab, build_dataset, split_words
 from .loading import load_words
 from .mlp import MLP
+from .recurrent import GRU, LSTM, RNN
 from .train import AdamW, TrainConfig, evaluate, sample, sgd
 from .transformer import BoW, Transformer
 
-__all__ = ["MLP", "Bigram", "BoW", "Model", "Spec", "TrainConfig", "Transformer", "Vocab", "build_dataset",
-           "evaluate", "from_makemore", "load_words", "sample", "sgd", "split_words", "to_makemore", "AdamW"]
+__all__ = ["GRU", "LSTM", "MLP", "RNN", "AdamW", "Bigram", "BoW", "Model", "Spec", "TrainConfig", "Transformer",
+           "Vocab", "build_dataset", "evaluate", "from_makemore", "load_words", "sample", "sgd", "split_words",
+           "to_makemore"]
 __version__ = "0.1.0"

@@ -5,7 +5,13 @@ in layers.py's convention:
     X_forward(inputs...)        -> (output, cache)
     X_backward(doutput, cache)  -> the gradients of the forward's inputs, in the same order
 
-Legend: B batch, T positions, E n_embd, H n_embd2 (the hidden state), V vocab size.
+and below them the three models built from them (makemore.py's RNN with either cell, and the LSTM
+its README lists but never wrote):
+
+    X (B, T) -> emb = wte[X] (B, T, E) -> hidden: one cell step per position (B, T, H)
+             -> logits = hidden @ lm_head + b (B, T, V) -> cross-entropy over the unmasked targets
+
+Legend: B batch, T positions, E n_embd, H n_embd2 (the hidden state; the models' n_hidden), V vocab size.
 NumPy layout (in, out): a linear is `x @ W + b`, W (in, out), where torch keeps (out, in).
 xh is [x, hprev] side by side (B, E+H), so a cell's W (E+H, H) holds the rows that read x above
 the rows that read hprev, as makemore.py's nn.Linear(n_embd + n_embd2, n_embd2) does.
@@ -22,6 +28,31 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+
+from .contract import (
+    MAKEMORE_BLOCK,
+    MAKEMORE_TRAIN,
+    SEED,
+    SEQUENCES,
+    Intermediates,
+    Makemore,
+    Model,
+    Option,
+    Spec,
+    own_params,
+    with_defaults,
+)
+from .layers import (
+    IGNORE,
+    EmbeddingCache,
+    LinearCache,
+    embedding_backward,
+    embedding_forward,
+    linear_backward,
+    linear_forward,
+    masked_cross_entropy_backward,
+    masked_cross_entropy_forward,
+)
 
 
 def sigmoid(x):
@@ -278,3 +309,329 @@ def lstm_backward(dhidden, cache, return_dh=False):
     dstart_c = dcprev.sum(0, keepdims=True)           # (1, H)
     grads = (demb, dstart_h, dstart_c, dW_ih, dW_hh, db_ih, db_hh)
     return (grads, dhs) if return_dh else grads
+
+
+# ============================================================================= the models
+
+# Each model's params are makemore.py's state_dict keys, in its order (the GRU's gates as makemore.py
+# defines them: z, r, hbar); the LSTM's as makemore.py's would be with `self.cell = nn.LSTMCell(...)`.
+OPTIONS = (Option("n_embd", 64, "embedding size E"),
+           Option("n_hidden", 64, "hidden state size H (makemore.py's n_embd2)"))
+# makemore.py's recipe (contract.MAKEMORE_TRAIN). Its loop has no end (--max-steps -1); npmlp stops at
+# 30,000 steps, the longer of the two runs measured for these models (the dev loss still falls at 5,000).
+TRAIN = MAKEMORE_TRAIN
+SATURATED = 0.97     # readings_through_time's default, diagnose's threshold (the app passes its own):
+                     # |tanh| above it passes less than 6% of a gradient
+
+
+def recurrent_spec(kind, title, weights):
+    """The spec the three models share but for their kind, title and cell weights (torch's (out, in))."""
+    return Spec(kind=kind, title=title, options=OPTIONS, train=TRAIN, data=SEQUENCES, mirror=f"{kind}_forward",
+                unshaped=("block_size",), embedding="wte.weight",
+                makemore=Makemore(type=kind, transposed=(*weights, "lm_head.weight")))
+
+
+RNN_SPEC = recurrent_spec("rnn", "makemore.py's RNN: one tanh cell, tanh([x, hprev] @ W + b), read position by "
+                          "position", ("cell.xh_to_h.weight",))
+GRU_SPEC = recurrent_spec("gru", "makemore.py's GRU: the RNN with a reset gate and a switch gate",
+                          ("cell.xh_to_z.weight", "cell.xh_to_r.weight", "cell.xh_to_hbar.weight"))
+LSTM_SPEC = recurrent_spec("lstm", "the LSTM makemore.py's README lists: torch.nn.LSTMCell (gates i, f, g, o; a "
+                           "cell state beside h) in makemore.py's RNN", ("cell.weight_ih", "cell.weight_hh"))
+
+
+class Recurrent(Model):
+    """What the three recurrent models share: their sizes, init, input checks and the readings
+    through time. A subclass writes its shapes, forward and backward (the maths), and which of a
+    forward's values are tanh outputs (tanh_outputs).
+
+    params: makemore.py's state_dict keys, NumPy's (in, out) layout, one float dtype (copied).
+    block_size: the longest sequence T the model reads (makemore.py's; no shape shows it)."""
+
+    act_names = ("logits", "hidden", "emb")      # the intermediates, in backward order
+    starts: tuple[str, ...] = ("start",)         # the learned first states
+
+    def __init__(self, params, buffers=None, block_size=MAKEMORE_BLOCK):
+        """The sizes follow from the params' shapes (wte.weight (V, E), start (1, H)); block_size
+        does not show in them, so it is given (from_params reads it from a checkpoint's sizes)."""
+        V, E = dims(params, "wte.weight")
+        _, H = dims(params, self.starts[0])
+        if int(block_size) != block_size or block_size < 1:
+            raise ValueError(f"block_size must be a whole number >= 1, got {block_size}")
+        self.params = own_params(params, self.shapes(V, E, H))
+        self.buffers = {}
+        self.param_names = tuple(self.params)
+        self.vocab_size, self.block_size, self.n_embd, self.n_hidden = V, int(block_size), E, H
+
+    @classmethod
+    def init(cls, vocab_size, block_size=None, n_embd=None, n_hidden=None, seed=SEED, dtype=np.float32):
+        """torch's defaults, drawn in makemore.py's module order from one generator (float64, then
+        cast): the starts zeros (its torch.zeros); wte standard normal (nn.Embedding); an nn.Linear's
+        weight and bias uniform in +-1/sqrt(fan_in), its input width; nn.LSTMCell's four tensors
+        uniform in +-1/sqrt(H). block_size None: makemore.py's on names.txt."""
+        E, H = with_defaults(cls, vocab_size, n_embd=n_embd, n_hidden=n_hidden).values()
+        rng = np.random.default_rng(seed)
+        shapes = cls.shapes(vocab_size, E, H)
+        p = {}
+        for k, s in shapes.items():
+            if k in cls.starts:
+                p[k] = np.zeros(s)
+            elif k == "wte.weight":
+                p[k] = rng.standard_normal(s)
+            else:
+                bound = cls.init_bound(k, shapes)
+                p[k] = rng.uniform(-bound, bound, s)
+        return cls({k: v.astype(dtype) for k, v in p.items()},
+                   block_size=MAKEMORE_BLOCK if block_size is None else block_size)
+
+    @staticmethod
+    def init_bound(name, shapes) -> float:
+        """nn.Linear's: 1/sqrt(fan_in), fan_in the rows of its (in, out) weight (its bias's too)."""
+        return shapes[name.replace(".bias", ".weight")][0] ** -0.5
+
+    @staticmethod
+    def step_floats(E, H) -> int:
+        """The floats one row's cell step keeps in its cache (the RNN's xh and h)."""
+        return E + 2 * H
+
+    @classmethod
+    def activation_shapes(cls, batch, vocab_size, block_size, n_embd, n_hidden, **_):
+        """The named intermediates, the cells' caches ("steps"), and the softmax of the targets that count."""
+        B, T, E, H, V = batch, block_size, n_embd, n_hidden, vocab_size
+        return {"emb": (B, T, E), "steps": (B, T, cls.step_floats(E, H)), "hidden": (B, T, H), "logits": (B, T, V),
+                "probs": (B * T, V)}
+
+    def check_input(self, X, Y=None):
+        """X (B, t) integers with 1 <= t <= block_size (sampling feeds prefixes), Y None or of X's shape."""
+        X = np.asarray(X)
+        if X.ndim != 2 or not 1 <= X.shape[1] <= self.block_size:
+            raise ValueError(f"X has shape {X.shape}; the model takes sequences (B, T), 1 <= T <= "
+                             f"block_size={self.block_size}")
+        if Y is not None and np.shape(Y) != X.shape:
+            raise ValueError(f"Y has shape {np.shape(Y)}, not X's {X.shape}: one target per position")
+        return X
+
+    def tanh_outputs(self, c):
+        """(B, T, k): the tanh outputs of each position's cell step, for readings_through_time."""
+        raise NotImplementedError
+
+    def readings_through_time(self, X, Y, saturated=SATURATED):
+        """How the model reads one batch of sequences X (B, T), Y (B, T), position by position, from
+        the reference forward and backward (training mode), for `npmlp diagnose` to draw:
+
+            saturation  (T,) the share of position t's tanh outputs with |value| > saturated, over the
+                        rows whose target at t counts (NaN where none does): the RNN's h_t, the GRU's
+                        candidate hbar_t, the LSTM's candidate g_t and tanh(c_t) (tanh_outputs)
+            dh_norm     (T,) ||dloss/dh_t||, the Frobenius norm over the batch of the gradient reaching
+                        h_t from position t's output and from every later step (backprop through time:
+                        where it shrinks towards the first positions, the early characters stop learning)
+            targets     (T,) how many rows' target at t counts (is not -1)"""
+        X = self.check_input(X, Y)
+        Y = np.asarray(Y)
+        _, c = self.forward(X, Y)
+        _, _, dh = self.backward(c, return_dh=True)                                   # (B, T, H)
+        counts = Y != IGNORE                                                          # (B, T)
+        n = counts.sum(0)                                                             # (T,)
+        share = (np.abs(self.tanh_outputs(c)) > saturated).mean(2)                    # (B, T) per row
+        with np.errstate(invalid="ignore"):
+            saturation = (share * counts).sum(0) / n                                  # (T,)
+        dh_norm = np.sqrt(np.square(dh, dtype=np.float64).sum(axis=(0, 2)))          # (T,)
+        return {"saturation": saturation, "dh_norm": dh_norm, "targets": n}
+
+    def logits_and_loss(self, c, Y):
+        """The tail every model shares: (logits, or (loss, c) with the masked cross-entropy's cache)."""
+        if Y is None:
+            return c.logits
+        loss, c.ce = masked_cross_entropy_forward(c.logits, Y)                        # () over the unmasked targets
+        return loss, c
+
+
+def dims(params, name):
+    """The two sizes of a 2-D param (0, 0 if it is missing or not 2-D: own_params then says what is wrong)."""
+    shape = np.shape(params.get(name, ()))
+    return shape if len(shape) == 2 else (0, 0)
+
+
+class RNN(Recurrent):
+    """makemore.py's RNN(config, cell_type='rnn'): start (1, H), wte.weight (V, E),
+    cell.xh_to_h.weight (E+H, H), cell.xh_to_h.bias (H,), lm_head.weight (H, V), lm_head.bias (V,).
+    Its hidden states are tanh outputs: `npmlp diagnose` reads their saturation, and the gradient
+    reaching them from the outputs (dacts["hidden"]); the gradient through time is
+    readings_through_time's."""
+
+    spec = RNN_SPEC
+    tanh_names = ("hidden",)
+
+    @staticmethod
+    def shapes(vocab_size, n_embd, n_hidden, **_):
+        V, E, H = vocab_size, n_embd, n_hidden
+        return {"start": (1, H), "wte.weight": (V, E), "cell.xh_to_h.weight": (E + H, H), "cell.xh_to_h.bias": (H,),
+                "lm_head.weight": (H, V), "lm_head.bias": (V,)}
+
+    def forward(self, X, Y=None, at=None, training=True):
+        """X (B, T) -> logits (B, T, V) if Y is None, else (loss over the targets that are not -1, c):
+        c holds the intermediates by name (c.emb, c.hidden, c.logits) and each step's cell cache
+        (c.steps). at: {name: array} puts that array in place of the intermediate (gradcheck)."""
+        X = self.check_input(X, Y)
+        P = self.params
+        c = Intermediates(at, X=X, Y=Y)
+        c.emb, _ = embedding_forward(P["wte.weight"], X)                                  # (B, T, E)
+        # h_t = tanh([emb_t, h_t-1] @ W + b), h_-1 = start
+        c.hidden, bptt = recurrent_forward(c.emb, P["start"], "rnn", P["cell.xh_to_h.weight"],
+                                           P["cell.xh_to_h.bias"])                        # (B, T, H)
+        c.steps = bptt.steps
+        c.logits, _ = linear_forward(c.hidden, P["lm_head.weight"], P["lm_head.bias"])    # (B, T, V)
+        return self.logits_and_loss(c, Y)
+
+    def backward(self, c, return_dh=False):
+        """-> (grads, dacts), each in the order computed; return_dh: also dh (B, T, H), the gradient
+        reaching each hidden state through time."""
+        P = self.params
+        W, b, W_lm = P["cell.xh_to_h.weight"], P["cell.xh_to_h.bias"], P["lm_head.weight"]
+        # dlogits = (probs - onehot(Y)) / (targets that count), 0 at a masked position
+        dlogits = masked_cross_entropy_backward(1.0, c.ce)                                      # (B, T, V)
+        # dhidden = dlogits @ W_lm.T, dW_lm = hidden.T @ dlogits, db_lm = dlogits summed over B and T
+        dhidden, dW_lm, db_lm = linear_backward(dlogits, LinearCache(c.hidden, W_lm))           # (B, T, H), (H, V)
+        # backprop through time: rnn_cell_backward at each step, the last position first; dstart is
+        # what reaches h_-1 (summed over the batch), and dW, db sum every step's
+        cache = RecurrentCache("rnn", c.steps, (W, b), c.emb.shape)
+        (demb, dstart, dW, db), dh = recurrent_backward(dhidden, cache, return_dh=True)         # (B, T, E), (1, H)
+        # dwte[i] = demb summed over every place where X is i
+        dwte = embedding_backward(demb, EmbeddingCache(c.X, len(P["wte.weight"])))               # (V, E)
+        grads = {"lm_head.weight": dW_lm, "lm_head.bias": db_lm, "cell.xh_to_h.weight": dW, "cell.xh_to_h.bias": db,
+                 "start": dstart, "wte.weight": dwte}
+        dacts = {"logits": dlogits, "hidden": dhidden, "emb": demb}
+        return (grads, dacts, dh) if return_dh else (grads, dacts)
+
+    def tanh_outputs(self, c):
+        return c.hidden                                                                   # (B, T, H)
+
+
+class GRU(Recurrent):
+    """makemore.py's RNN(config, cell_type='gru'): start (1, H), wte.weight (V, E); the gates
+    cell.xh_to_z, cell.xh_to_r and the candidate cell.xh_to_hbar, each a weight (E+H, H) and a
+    bias (H,); lm_head.weight (H, V), lm_head.bias (V,).
+    tanh_names is empty: its hidden state blends hprev and the tanh candidate hbar, and is no tanh
+    output; hbar is one, but lives inside each step's cell (readings_through_time reads its
+    saturation), with no gradient of its own in the backward's dacts."""
+
+    spec = GRU_SPEC
+
+    @staticmethod
+    def shapes(vocab_size, n_embd, n_hidden, **_):
+        V, E, H = vocab_size, n_embd, n_hidden
+        s = {"start": (1, H), "wte.weight": (V, E)}
+        for gate in ("z", "r", "hbar"):
+            s[f"cell.xh_to_{gate}.weight"], s[f"cell.xh_to_{gate}.bias"] = (E + H, H), (H,)
+        return {**s, "lm_head.weight": (H, V), "lm_head.bias": (V,)}
+
+    @staticmethod
+    def step_floats(E, H) -> int:
+        return 2 * (E + H) + 4 * H                    # xh, xhr, hprev, r, z, hbar
+
+    def cell(self):
+        """The cell's parameters in gru_cell_forward's order: Wr, br, Wz, bz, Wh, bh."""
+        P = self.params
+        return tuple(P[f"cell.xh_to_{gate}.{k}"] for gate in ("r", "z", "hbar") for k in ("weight", "bias"))
+
+    def forward(self, X, Y=None, at=None, training=True):
+        """As RNN.forward, with makemore.py's GRUCell at each step."""
+        X = self.check_input(X, Y)
+        P = self.params
+        c = Intermediates(at, X=X, Y=Y)
+        c.emb, _ = embedding_forward(P["wte.weight"], X)                                  # (B, T, E)
+        # r, z gates; hbar = tanh([emb_t, r * h_t-1] @ Wh + bh); h_t = (1 - z) * h_t-1 + z * hbar
+        c.hidden, bptt = recurrent_forward(c.emb, P["start"], "gru", *self.cell())        # (B, T, H)
+        c.steps = bptt.steps
+        c.logits, _ = linear_forward(c.hidden, P["lm_head.weight"], P["lm_head.bias"])    # (B, T, V)
+        return self.logits_and_loss(c, Y)
+
+    def backward(self, c, return_dh=False):
+        """As RNN.backward; each gate's weight and bias sum the gradients of every step."""
+        P = self.params
+        Wr, br, Wz, bz, Wh, bh = self.cell()
+        W_lm = P["lm_head.weight"]
+        # dlogits = (probs - onehot(Y)) / (targets that count), 0 at a masked position
+        dlogits = masked_cross_entropy_backward(1.0, c.ce)                                      # (B, T, V)
+        # dhidden = dlogits @ W_lm.T, dW_lm = hidden.T @ dlogits, db_lm = dlogits summed over B and T
+        dhidden, dW_lm, db_lm = linear_backward(dlogits, LinearCache(c.hidden, W_lm))           # (B, T, H), (H, V)
+        # backprop through time: gru_cell_backward at each step, the last position first
+        cache = RecurrentCache("gru", c.steps, (Wr, br, Wz, bz, Wh, bh), c.emb.shape)
+        (demb, dstart, dWr, dbr, dWz, dbz, dWh, dbh), dh = recurrent_backward(dhidden, cache, return_dh=True)
+        # dwte[i] = demb summed over every place where X is i
+        dwte = embedding_backward(demb, EmbeddingCache(c.X, len(P["wte.weight"])))               # (V, E)
+        grads = {"lm_head.weight": dW_lm, "lm_head.bias": db_lm,
+                 "cell.xh_to_z.weight": dWz, "cell.xh_to_z.bias": dbz, "cell.xh_to_r.weight": dWr,
+                 "cell.xh_to_r.bias": dbr, "cell.xh_to_hbar.weight": dWh, "cell.xh_to_hbar.bias": dbh,
+                 "start": dstart, "wte.weight": dwte}
+        dacts = {"logits": dlogits, "hidden": dhidden, "emb": demb}
+        return (grads, dacts, dh) if return_dh else (grads, dacts)
+
+    def tanh_outputs(self, c):
+        return np.stack([step.hbar for step in c.steps], axis=1)                          # (B, T, H)
+
+
+class LSTM(Recurrent):
+    """The LSTM of makemore.py's README, in its RNN: start_h, start_c (1, H), wte.weight (V, E), the
+    torch.nn.LSTMCell `cell`: cell.weight_ih (E, 4H), cell.weight_hh (H, 4H), cell.bias_ih,
+    cell.bias_hh (4H,) (gates i, f, g, o side by side); lm_head.weight (H, V), lm_head.bias (V,).
+    tanh_names is empty: h = o * tanh(c) is no tanh output; the cell's tanh outputs g and tanh(c)
+    live inside each step (readings_through_time reads their saturation)."""
+
+    spec = LSTM_SPEC
+    starts = ("start_h", "start_c")
+
+    @staticmethod
+    def shapes(vocab_size, n_embd, n_hidden, **_):
+        V, E, H = vocab_size, n_embd, n_hidden
+        return {"start_h": (1, H), "start_c": (1, H), "wte.weight": (V, E), "cell.weight_ih": (E, 4 * H),
+                "cell.weight_hh": (H, 4 * H), "cell.bias_ih": (4 * H,), "cell.bias_hh": (4 * H,),
+                "lm_head.weight": (H, V), "lm_head.bias": (V,)}
+
+    @staticmethod
+    def step_floats(E, H) -> int:
+        return E + 7 * H                              # x, hprev, cprev, i, f, g, o, tanh(c)
+
+    @staticmethod
+    def init_bound(name, shapes) -> float:
+        """nn.LSTMCell's 1/sqrt(H) for its four tensors; nn.Linear's for lm_head."""
+        if name.startswith("cell."):
+            return shapes["cell.weight_hh"][0] ** -0.5
+        return Recurrent.init_bound(name, shapes)
+
+    def forward(self, X, Y=None, at=None, training=True):
+        """As RNN.forward, with torch.nn.LSTMCell's step (h, c carried from position to position)."""
+        X = self.check_input(X, Y)
+        P = self.params
+        c = Intermediates(at, X=X, Y=Y)
+        c.emb, _ = embedding_forward(P["wte.weight"], X)                                  # (B, T, E)
+        # gates i, f, g, o of [emb_t, h_t-1]; c_t = f * c_t-1 + i * g; h_t = o * tanh(c_t)
+        c.hidden, bptt = lstm_forward(c.emb, P["start_h"], P["start_c"], P["cell.weight_ih"], P["cell.weight_hh"],
+                                      P["cell.bias_ih"], P["cell.bias_hh"])               # (B, T, H)
+        c.steps = bptt.steps
+        c.logits, _ = linear_forward(c.hidden, P["lm_head.weight"], P["lm_head.bias"])    # (B, T, V)
+        return self.logits_and_loss(c, Y)
+
+    def backward(self, c, return_dh=False):
+        """As RNN.backward, with two states carried back through time (dh and dc)."""
+        P = self.params
+        W_ih, W_hh, b_ih, b_hh = (P[f"cell.{k}"] for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        W_lm = P["lm_head.weight"]
+        # dlogits = (probs - onehot(Y)) / (targets that count), 0 at a masked position
+        dlogits = masked_cross_entropy_backward(1.0, c.ce)                                      # (B, T, V)
+        # dhidden = dlogits @ W_lm.T, dW_lm = hidden.T @ dlogits, db_lm = dlogits summed over B and T
+        dhidden, dW_lm, db_lm = linear_backward(dlogits, LinearCache(c.hidden, W_lm))           # (B, T, H), (H, V)
+        # backprop through time: lstm_cell_backward at each step, the last position first
+        cache = LSTMCache(c.steps, (W_ih, W_hh, b_ih, b_hh), c.emb.shape)
+        (demb, dstart_h, dstart_c, dW_ih, dW_hh, db_ih, db_hh), dh = lstm_backward(dhidden, cache, return_dh=True)
+        # dwte[i] = demb summed over every place where X is i
+        dwte = embedding_backward(demb, EmbeddingCache(c.X, len(P["wte.weight"])))               # (V, E)
+        grads = {"lm_head.weight": dW_lm, "lm_head.bias": db_lm, "cell.weight_ih": dW_ih, "cell.weight_hh": dW_hh,
+                 "cell.bias_ih": db_ih, "cell.bias_hh": db_hh, "start_h": dstart_h, "start_c": dstart_c,
+                 "wte.weight": dwte}
+        dacts = {"logits": dlogits, "hidden": dhidden, "emb": demb}
+        return (grads, dacts, dh) if return_dh else (grads, dacts)
+
+    def tanh_outputs(self, c):
+        g = np.stack([step.g for step in c.steps], axis=1)                                # (B, T, H)
+        tanhc = np.stack([step.tanhc for step in c.steps], axis=1)                        # (B, T, H)
+        return np.concatenate([g, tanhc], axis=2)                                         # (B, T, 2H)

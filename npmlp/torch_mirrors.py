@@ -131,6 +131,162 @@ def wavenet_forward(P, X, Y, buffers=None, batchnorm_over_batch_only=0, **sizes)
     return F.cross_entropy(logits, Y), acts
 
 
+
+# ----------------------------------------------------------------------------- makemore.py's recurrent models
+
+def _through_time(P, X, Y, step, state):
+    """makemore.py's RNN.forward around one cell: wte, the cell run position by position from the
+    learned start state(s) expanded over the batch, lm_head on every hidden state, and its
+    F.cross_entropy(..., ignore_index=-1). step(x_t, state) -> (h_t, the next state)."""
+    import torch
+    import torch.nn.functional as F
+
+    B, T = X.shape
+    emb = P["wte.weight"][X]                                   # (B, T, E)
+    state = tuple(s.expand(B, -1) for s in state)              # (B, H) each
+    hiddens = []
+    for t in range(T):
+        h, state = step(emb[:, t], state)                      # (B, H)
+        hiddens.append(h)
+    hidden = torch.stack(hiddens, 1)                           # (B, T, H)
+    logits = hidden @ P["lm_head.weight"] + P["lm_head.bias"]  # (B, T, V)
+    loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), Y.reshape(-1), ignore_index=-1)
+    return loss, {"logits": logits, "hidden": hidden, "emb": emb}
+
+
+def rnn_forward(P, X, Y, buffers=None, **sizes):
+    """makemore.py's RNN with its RNNCell, h = tanh(xh_to_h([x, hprev])), weights in npmlp's (in, out)
+    layout. Returns (loss, acts dict named as recurrent.RNN's)."""
+    import torch
+
+    def step(x, state):
+        (hprev,) = state
+        h = torch.tanh(torch.cat([x, hprev], 1) @ P["cell.xh_to_h.weight"] + P["cell.xh_to_h.bias"])
+        return h, (h,)
+
+    return _through_time(P, X, Y, step, (P["start"],))
+
+
+def gru_forward(P, X, Y, buffers=None, **sizes):
+    """makemore.py's RNN with its GRUCell, line by line. Returns (loss, acts dict named as recurrent.GRU's)."""
+    import torch
+
+    def linear(xh, gate):
+        return xh @ P[f"cell.xh_to_{gate}.weight"] + P[f"cell.xh_to_{gate}.bias"]
+
+    def step(x, state):
+        (hprev,) = state
+        xh = torch.cat([x, hprev], 1)                          # (B, E+H)
+        r = torch.sigmoid(linear(xh, "r"))                     # (B, H)
+        xhr = torch.cat([x, r * hprev], 1)                     # (B, E+H)
+        hbar = torch.tanh(linear(xhr, "hbar"))                 # (B, H)
+        z = torch.sigmoid(linear(xh, "z"))                     # (B, H)
+        h = (1 - z) * hprev + z * hbar                         # (B, H)
+        return h, (h,)
+
+    return _through_time(P, X, Y, step, (P["start"],))
+
+
+def lstm_forward(P, X, Y, buffers=None, **sizes):
+    """The LSTM: makemore.py's RNN with torch.nn.LSTMCell's maths written in torch ops (the four gates
+    i, f, g, o side by side, both biases added), weights in npmlp's (in, out) layout; makemore_module
+    runs the real nn.LSTMCell. Returns (loss, acts dict named as recurrent.LSTM's)."""
+    import torch
+
+    def step(x, state):
+        hprev, cprev = state
+        gates = x @ P["cell.weight_ih"] + P["cell.bias_ih"] + hprev @ P["cell.weight_hh"] + P["cell.bias_hh"]
+        i, f, g, o = gates.chunk(4, 1)                         # (B, H) each
+        c = torch.sigmoid(f) * cprev + torch.sigmoid(i) * torch.tanh(g)   # (B, H)
+        h = torch.sigmoid(o) * torch.tanh(c)                   # (B, H)
+        return h, (h, c)
+
+    return _through_time(P, X, Y, step, (P["start_h"], P["start_c"]))
+
+
+def makemore_module(kind, state_dict=None, vocab_size=None, n_embd=64, n_hidden=64, block_size=16):
+    """makemore.py's recurrent model as a torch nn.Module, written here from its maths (makemore.py
+    itself is no part of npmlp): RNN(config, cell_type='rnn' or 'gru') with its RNNCell or GRUCell,
+    and for kind 'lstm' the same RNN with start_h, start_c and `self.cell = nn.LSTMCell(n_embd,
+    n_embd2)`. Its state_dict() has makemore.py's keys and torch's shapes; forward(idx, targets=None)
+    -> (logits, loss) as makemore.py's. n_hidden is makemore.py's n_embd2.
+
+    state_dict: the weights to load (arrays or tensors, its keys and shapes; strict), which also
+    give the sizes and the dtype; without one, torch's own init for vocab_size characters."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    if kind not in ("rnn", "gru", "lstm"):
+        raise ValueError(f"kind must be 'rnn', 'gru' or 'lstm', got {kind!r}")
+    dtype = torch.float32
+    if state_dict is not None:
+        state_dict = {k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()}
+        vocab_size, n_embd = state_dict["wte.weight"].shape
+        n_hidden = state_dict["lm_head.weight"].shape[1]
+        dtype = state_dict["wte.weight"].dtype
+    E, H = n_embd, n_hidden
+
+    class RNNCell(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.xh_to_h = nn.Linear(E + H, H)
+
+        def forward(self, x, hprev):
+            return torch.tanh(self.xh_to_h(torch.cat([x, hprev], 1)))
+
+    class GRUCell(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.xh_to_z = nn.Linear(E + H, H)                 # makemore.py's order: z, r, hbar
+            self.xh_to_r = nn.Linear(E + H, H)
+            self.xh_to_hbar = nn.Linear(E + H, H)
+
+        def forward(self, x, hprev):
+            xh = torch.cat([x, hprev], 1)
+            r = torch.sigmoid(self.xh_to_r(xh))
+            hbar = torch.tanh(self.xh_to_hbar(torch.cat([x, r * hprev], 1)))
+            z = torch.sigmoid(self.xh_to_z(xh))
+            return (1 - z) * hprev + z * hbar
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block_size, self.vocab_size = block_size, vocab_size
+            if kind == "lstm":
+                self.start_h = nn.Parameter(torch.zeros(1, H))
+                self.start_c = nn.Parameter(torch.zeros(1, H))
+            else:
+                self.start = nn.Parameter(torch.zeros(1, H))
+            self.wte = nn.Embedding(vocab_size, E)
+            self.cell = nn.LSTMCell(E, H) if kind == "lstm" else RNNCell() if kind == "rnn" else GRUCell()
+            self.lm_head = nn.Linear(H, vocab_size)
+
+        def forward(self, idx, targets=None):
+            b, t = idx.shape
+            emb = self.wte(idx)                                # (b, t, E)
+            if kind == "lstm":
+                h, c = self.start_h.expand(b, -1), self.start_c.expand(b, -1)
+            else:
+                h = self.start.expand(b, -1)
+            hiddens = []
+            for i in range(t):
+                if kind == "lstm":
+                    h, c = self.cell(emb[:, i], (h, c))
+                else:
+                    h = self.cell(emb[:, i], h)
+                hiddens.append(h)
+            logits = self.lm_head(torch.stack(hiddens, 1))     # (b, t, V)
+            loss = None
+            if targets is not None:
+                loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            return logits, loss
+
+    module = Recurrent().to(dtype)
+    if state_dict is not None:
+        module.load_state_dict(state_dict, strict=True)
+    return module
+
 def _mirror(model):
     """The model's mirror (its spec's), told the model's sizes: what its params cannot show, such
     as the wavenet's BatchNorm bug."""

@@ -4,12 +4,13 @@ mirror, is its own spec (contract.Spec); the rest of app/ reads the specs of the
 """
 from __future__ import annotations
 
-from .. import bigram, bn, deep, mlp, transformer, wavenet
+from .. import bigram, bn, deep, mlp, recurrent, transformer, wavenet
 from ..contract import Model, Option, Spec
 from .errors import UsageError
 
 MODELS: dict[str, type[Model]] = {cls.spec.kind: cls for cls in (
-    mlp.MLP, bigram.Bigram, bn.BNMLP, deep.Deep, wavenet.Wavenet, transformer.BoW, transformer.Transformer)}
+    mlp.MLP, bigram.Bigram, bn.BNMLP, deep.Deep, wavenet.Wavenet, recurrent.RNN, recurrent.GRU, recurrent.LSTM,
+    transformer.BoW, transformer.Transformer)}
 DEFAULT = "mlp"      # `npmlp train` with no --model: lecture 2's run
 FORMAT_1 = "mlp"     # the one model npmlp 0.1 knew: what a format-1 checkpoint holds
 
