@@ -36,7 +36,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .. import train
-from ..contract import Model
+from ..contract import SEQUENCES, Model
 from ..layers import BN_EPS as EPS_BN
 from ..mlp import MLP
 from ..train import BLOCK, AdamW, TrainConfig, check_loss, step_block
@@ -272,9 +272,9 @@ _BLAS: dict = {"open": 0, "limit": None}   # one BLAS-thread limit shared by eve
 class Chunks:
     """The arrays one training step needs, for batches of `batch_size` rows run as `chunks` in
     this process: each chunk's update (n, P) and loss (n,), the gathered rows of `group` steps,
-    Xg (G, B, T) and Yg (G, B), and where each chunk's targets and characters sit in its flat
-    buffers, pick (G, B) and hot (G, B*T) (see gather). parallel.ChunkPool is the same with
-    helper processes.
+    Xg (G, B, T) and Yg (G, B) (a sequence model's (G, B, T)), and where each chunk's targets and
+    characters sit in its flat buffers, pick (Yg's shape) and hot (G, B*T) (see gather).
+    parallel.ChunkPool is the same with helper processes.
     Use as a context manager, or close() it."""
 
     def __init__(self, model: Model, batch_size: int):
@@ -288,9 +288,10 @@ class Chunks:
         n, P, G = len(self.chunks), self.engine.flat.size, gather_group(batch_size)
         self.grads = self.array((n, P), model.dtype)
         self.parts = self.array((n,), np.float64)
+        tail = (model.block_size,) if model.spec.data == SEQUENCES else ()   # a sequence's targets, (T,)
         self.Xg = self.array((G, batch_size, model.block_size), np.intp)
-        self.Yg = self.array((G, batch_size), np.intp)
-        self.pick = self.array((G, batch_size), np.intp)
+        self.Yg = self.array((G, batch_size, *tail), np.intp)
+        self.pick = self.array((G, batch_size, *tail), np.intp)
         self.hot = self.array((G, batch_size * model.block_size), np.intp)
         self.grad_views = [self.engine.views(row) for row in self.grads]
         self.mine = range(n)          # the chunks this process runs
@@ -315,7 +316,7 @@ class Chunks:
         m, T, V = len(ix), self.engine.T, self.engine.V
         Xg, Yg = self.Xg[:m], self.Yg[:m]
         np.copyto(Xg, X.take(ix, axis=0))                         # (m, B, T) (take: faster than
-        np.copyto(Yg, Y.take(ix))                                 #   X[ix]), (m, B)
+        np.copyto(Yg, Y.take(ix, axis=0))                         #   X[ix]), (m, B) or (m, B, T)
         for a, e, _ in self.chunks:
             n = e - a
             self.engine.picks(Yg[:, a:e], n, self.pick[:m, a:e])  # (m, n)
