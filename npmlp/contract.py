@@ -21,6 +21,8 @@ A model is a subclass of Model with a `spec`, and these members (Model writes th
                                every array it holds and a training step makes, by name
     check_options(sizes)       ValueError, in the options' flags, for sizes no model is built with (a wavenet's)
     calibrate(X)               statistics measured over the training split after training (none by default)
+    readings_through_time, attention_patterns, residual_norms
+                               what `npmlp diagnose` draws of a sequence model (None where a model has none)
 """
 from __future__ import annotations
 
@@ -176,6 +178,24 @@ class Model:
     def makemore_buffers(self) -> dict[str, Array]:
         """The buffers a makemore.py state_dict of this model holds beside its params (none by default)."""
         return {}
+
+    # ------------------------------------------------------------------------- what diagnose can read
+    # each None where a model has no such reading
+
+    def readings_through_time(self, X, Y, saturated: float = 0.97) -> dict[str, Array] | None:
+        """A recurrent model's readings per position t of the sequences X, Y (B, T): 'saturation' (T,),
+        the share of its tanh outputs above `saturated`; 'dh_norm' (T,), the size of the gradient
+        reaching h_t through time; 'targets' (T,), the rows whose target at t counts."""
+        return None
+
+    def attention_patterns(self, X) -> dict[int, Array] | None:
+        """A Transformer's attention weights of the sequences X, {block: (B, n_head, T, T)} (inference)."""
+        return None
+
+    def residual_norms(self, X) -> Array | None:
+        """The mean length of a position's vector in the residual stream before the first block and after
+        each one (inference)."""
+        return None
 
     # ------------------------------------------------------------------------- shared
 

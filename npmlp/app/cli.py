@@ -181,7 +181,8 @@ def write_run_figures(args, run):
     if run.ratios is not None:                  # --diagnose: part 3's figures too
         from . import diagnose
         readings = diagnose.read(run.model, *minibatch(*run.data.train, run.cfg.batch_size, 0))
-        written += plots.write_diagnose_figures(run.out, readings, run.ratios, run.model.params, missing)
+        written += plots.write_diagnose_figures(run.out, readings, run.ratios, run.model.params, missing,
+                                                run.vocab.itos)
     notes(args, missing)
     return written
 
@@ -491,7 +492,7 @@ def cmd_diagnose(args):
         data = read_splits(args, meta, model, vocab, ckpt, batch)
         readings = diagnose.read(model, *minibatch(*data.train, batch, args.seed))
         missing: list[str] = []
-        written = plots.write_diagnose_figures(out, readings, ratios, model.params, missing)
+        written = plots.write_diagnose_figures(out, readings, ratios, model.params, missing, vocab.itos)
     # the figures first: the tables go to stdout, which a reader may close (`| head`)
     print(f"{model.kind} model in {ckpt}, step {meta['step']:,} of {cfg.steps:,}; one minibatch of "
           f"{batch} training rows (seed {args.seed})\n")

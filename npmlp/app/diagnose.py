@@ -5,7 +5,10 @@
   - the gradients reaching those outputs: mean and std per layer (do they shrink or grow with depth?);
   - each weight matrix's gradient: std(grad) / std(weight), the grad:data ratio;
   - over training, log10(std(lr * grad) / std(param)) per parameter, the update:data ratio:
-    about -3 is healthy (an update changes a weight by a thousandth of its spread).
+    about -3 is healthy (an update changes a weight by a thousandth of its spread);
+  - of makemore.py's models, what their spec's model reads of itself: a recurrent model's
+    saturation and gradient size per position through time (vanishing gradients), a
+    Transformer's attention patterns, the residual stream's size block by block.
 
 Legend: B batch. All readings come from the reference tier's forward and backward of one minibatch
 (training mode), with any running statistics left as they were; plots.py draws them.
@@ -70,41 +73,69 @@ class Readings(NamedTuple):
     activations: list      # [Layer], each tanh layer's output
     gradients: list        # [Layer], the gradient reaching each tanh layer's output
     weights: list          # [Weight], each weight matrix (the parameters with 2 dimensions)
+    through_time: dict | None = None    # Model.readings_through_time's, of a recurrent model
+    attention: dict | None = None       # {block: (k, n_head, T, T)} of the first k names, of a Transformer
+    names: np.ndarray | None = None     # (k, T) those names' inputs
+    residual: np.ndarray | None = None  # Model.residual_norms', (blocks + 1,)
 
 
-def _layer(name, a, saturated=True):
-    a = np.asarray(a, np.float64).ravel()
+ATTENTION_NAMES = 3        # the names whose attention patterns are drawn
+
+
+def _layer(name, a, saturated=True, keep=None):
+    a = np.asarray(a, np.float64)
+    if keep is not None and a.shape[:keep.ndim] == keep.shape:   # a sequence's padded positions: left out
+        a = a[keep]
+    a = a.ravel()
     return Layer(name, a, float(a.mean()), float(a.std()),
                  float((np.abs(a) > SATURATED).mean()) if saturated else float("nan"))
 
 
 def read(model, X, Y) -> Readings:
-    """The readings of one minibatch X (B, T), Y (B,). A diverged run's NaN/inf are read as they
-    are (the tables print nan, the figures leave them out), without NumPy's warnings."""
+    """The readings of one minibatch X (B, T), Y (B,) (a sequence model's (B, T), whose padded
+    positions are left out). A diverged run's NaN/inf are read as they are (the tables print nan,
+    the figures leave them out), without NumPy's warnings."""
+    Y = np.asarray(Y)
+    keep = Y != -1 if Y.ndim > 1 else None            # (B, T) the positions whose target counts
     with frozen(model), np.errstate(all="ignore"):
         loss, cache = model.forward(X, Y)
         grads, dacts = model.backward(cache)
         names = model.tanh_names
-        acts = [_layer(n, cache[n]) for n in names]
-        grads_in = [_layer(n, dacts[n], saturated=False) for n in names]
+        acts = [_layer(n, cache[n], keep=keep) for n in names]
+        grads_in = [_layer(n, dacts[n], saturated=False, keep=keep) for n in names]
         weights = []
         for k, p in model.params.items():
             if p.ndim == 2:
                 g = np.asarray(grads[k], np.float64).ravel()
                 weights.append(Weight(k, p.shape, g, float(g.mean()), float(g.std()), grad_data(g, p)))
-    return Readings(loss, acts, grads_in, weights)
+        through_time = model.readings_through_time(X, Y, SATURATED)
+        attention = model.attention_patterns(X[:ATTENTION_NAMES])
+        residual = model.residual_norms(X)
+    return Readings(loss, acts, grads_in, weights, through_time, attention,
+                    None if attention is None else np.asarray(X[:ATTENTION_NAMES]), residual)
 
 
 def tables(r: Readings) -> str:
     """The readings as the lecture prints them."""
     lines = [f"loss of the minibatch {r.loss:.4f}", "", "activations (tanh outputs)"]
     lines += [f"  {a.name:8s}  mean {a.mean:+.2f}  std {a.std:.2f}  saturated (|h| > {SATURATED}) "
-              f"{100 * a.saturated:5.2f}%" for a in r.activations]
+              f"{100 * a.saturated:5.2f}%" for a in r.activations] or ["  none: the model has no tanh layer read here"]
     lines += ["", "gradients reaching them"]
-    lines += [f"  {g.name:8s}  mean {g.mean:+.6f}  std {g.std:.6e}" for g in r.gradients]
+    lines += [f"  {g.name:8s}  mean {g.mean:+.6f}  std {g.std:.6e}" for g in r.gradients] or ["  none"]
     lines += ["", "weights"]
     lines += [f"  {w.name:8s}  {w.shape!s:11s}  grad mean {w.mean:+.6f}  std {w.std:.6e}  grad:data {w.ratio:.3e}"
               for w in r.weights]
+    if r.through_time is not None:
+        t = r.through_time
+        lines += ["", f"through time (position t: the share of tanh outputs with |h| > {SATURATED}, and "
+                      f"||dloss/dh_t||, the gradient reaching h_t from its output and every later step)"]
+        lines += [f"  t={i:<3d} saturated {100 * s:6.2f}%  |dh| {d:.4e}  ({int(n)} targets)" if n else
+                  f"  t={i:<3d} no target counts here" for i, (s, d, n) in
+                  enumerate(zip(t["saturation"], t["dh_norm"], t["targets"], strict=True))]
+    if r.residual is not None:
+        lines += ["", "residual stream: the mean length of a position's vector before the first block and after each"]
+        lines += [f"  {'embeddings' if i == 0 else f'after block {i - 1}':16s} {v:.4f}"
+                  for i, v in enumerate(r.residual)]
     return "\n".join(lines)
 
 

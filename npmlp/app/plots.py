@@ -424,16 +424,88 @@ def update_ratio_figure(u: UpdateRatios, params: dict):
     return fig
 
 
+def through_time_figure(t: dict) -> Figure:
+    """A recurrent model per position: the share of saturated tanh outputs, and the size of the
+    gradient reaching each hidden state through time (log scale: a vanishing gradient falls
+    towards the first positions)."""
+    fig = Figure(figsize=(11, 6.5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    pos = np.arange(len(t["saturation"]))
+    counted = np.asarray(t["targets"]) > 0
+    top.bar(pos[counted], 100 * np.asarray(t["saturation"])[counted], color="tab:red", alpha=0.7)
+    top.set(ylabel=f"% saturated (|h| > {SATURATED})", title="tanh outputs per position (the rows whose target counts)")
+    top.grid(alpha=0.3, axis="y")
+    dh = np.asarray(t["dh_norm"], np.float64)
+    bottom.plot(pos, dh, marker="o", color="tab:blue")
+    if np.all(dh[np.isfinite(dh)] > 0):
+        bottom.set_yscale("log")
+    bottom.set(xlabel="position t (0: the start token)", ylabel="||dloss / dh_t||",
+               title="the gradient reaching h_t: from position t's output and from every later step")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.grid(alpha=0.3)
+    fig.suptitle("Through time: saturation and gradient size per position", fontsize=14)
+    return fig
+
+
+def attention_figure(patterns: dict, X, itos) -> Figure:
+    """Each head's attention pattern, block by block, for the names X (k, T): row t is the position
+    attending (its character), column j the position attended (0 above the diagonal: causal)."""
+    k = len(X)
+    blocks = sorted(patterns)
+    n_head = patterns[blocks[0]].shape[1]
+    fig = Figure(figsize=(2.2 * n_head * k + 1, 2.2 * len(blocks) + 1), layout="constrained")
+    axes = fig.subplots(len(blocks), n_head * k, squeeze=False)
+    for b, block in enumerate(blocks):
+        for i in range(k):
+            ids = list(X[i])
+            T = (ids.index(0, 1) + 1) if 0 in ids[1:] else len(ids)      # the name and its closing '.'
+            chars = [itos[int(c)] for c in ids[:T]]
+            for h in range(n_head):
+                ax = axes[b, i * n_head + h]
+                ax.imshow(patterns[block][i, h, :T, :T], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+                ax.set_xticks(range(T), chars, fontsize=7)
+                ax.set_yticks(range(T), chars, fontsize=7)
+                if b == 0:
+                    ax.set_title(f"{''.join(chars[1:]).rstrip('.')!r}, head {h}", fontsize=9)
+                if i == 0 and h == 0:
+                    ax.set_ylabel(f"block {block}\nattending")
+    fig.suptitle("Attention patterns: each row a position's softmax over the positions before it (yellow: 1)",
+                 fontsize=13)
+    note_missing_glyphs(fig)
+    return fig
+
+
+def residual_figure(norms) -> Figure:
+    """The residual stream's size, block by block: the mean length of a position's vector."""
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(range(len(norms)), norms, marker="o", color="tab:purple")
+    ax.set_xticks(range(len(norms)), ["emb"] + [f"block {i}" for i in range(len(norms) - 1)])
+    ax.set(ylabel="mean ||x|| of a position", title="The residual stream's size, before and after each block")
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def write_diagnose_figures(out, readings: Readings, ratios: UpdateRatios | None, params: dict,
-                           notes=None) -> list[Path]:
-    """activations.png, activation_grads.png, weight_grads.png and (if recorded) update_ratio.png
-    (params: the model's, by name: which are weight matrices)."""
+                           notes=None, itos=None) -> list[Path]:
+    """activations.png and activation_grads.png (a model with tanh layers), weight_grads.png, and
+    (if recorded) update_ratio.png (params: the model's, by name: which are weight matrices); of a
+    recurrent model through_time.png, of a Transformer attention.png (itos: its characters) and
+    residual.png."""
     out = Path(out)
-    written = [save(activations_figure(readings), out / "activations.png", notes),
-               save(activation_grads_figure(readings), out / "activation_grads.png", notes),
-               save(weight_grads_figure(readings), out / "weight_grads.png", notes)]
+    written = []
+    if readings.activations:
+        written += [save(activations_figure(readings), out / "activations.png", notes),
+                    save(activation_grads_figure(readings), out / "activation_grads.png", notes)]
+    written.append(save(weight_grads_figure(readings), out / "weight_grads.png", notes))
     if ratios is not None and ratios.steps:
         written.append(save(update_ratio_figure(ratios, params), out / "update_ratio.png", notes))
+    if readings.through_time is not None:
+        written.append(save(through_time_figure(readings.through_time), out / "through_time.png", notes))
+    if readings.attention is not None and itos is not None:
+        written.append(save(attention_figure(readings.attention, readings.names, itos), out / "attention.png", notes))
+    if readings.residual is not None:
+        written.append(save(residual_figure(readings.residual), out / "residual.png", notes))
     return written
 
 
