@@ -14,8 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-EPS = 1e-4          # central-difference step, in float64 (measured best of 1e-3..1e-5 on the lecture's model)
-REFINE = (1e-5, 1e-6, 1e-7)   # smaller steps that confirm a coordinate missed at EPS (see fd_estimates)
+FD_STEP = 1e-4          # central-difference step, in float64 (measured best of 1e-3..1e-5 on the lecture's model)
+REFINE = (1e-5, 1e-6, 1e-7)   # smaller steps that confirm a coordinate missed at FD_STEP (see fd_estimates)
 # (rtol against torch and the fast engine, finite-difference tolerance) by dtype. torch: float64 agrees
 # to ~1e-12, float32 to ~2e-6 (summation order differs). fd: float64 differences are good to ~1e-8
 # here; in float32 mode float32 gradients meet float64 differences, so float32 round-off sets the bar.
@@ -34,7 +34,7 @@ class Row(NamedTuple):
     fast_verdict: str             # the fast engine's gradient: exact / approx / FAIL, "-" where it has none
     norm: float                   # ||mine||, Frobenius
     problem: str = ""             # why the gradient could not be compared at all: its shape, NaN/inf
-    fd_refined: int = 0           # coordinates confirmed at a smaller step than EPS
+    fd_refined: int = 0           # coordinates confirmed at a smaller step than FD_STEP
 
     @property
     def failed(self) -> list[str]:
@@ -60,7 +60,7 @@ def minibatch(X, Y, batch_size=32, seed=0):
     return X[ix], Y[ix]
 
 
-def central_difference(f, x, coords, eps=EPS):
+def central_difference(f, x, coords, eps=FD_STEP):
     """d f / d x.flat[i] for i in coords, by (f(x + eps) - f(x - eps)) / 2 eps. x is restored."""
     out = np.empty(len(coords))
     flat = x.reshape(-1)          # a view: writing it perturbs x
@@ -118,15 +118,15 @@ def largest(grads) -> float:
 def fd_estimates(fd_of, name, idx, g, tol):
     """Central differences of the coordinates idx of `name`, each close enough to the hand-written
     gradient g[idx] (within tol) at some step, or its closest miss -> (estimates, how many needed a
-    smaller step than EPS).
+    smaller step than FD_STEP).
 
     One step cannot suit every coordinate: in a deep stack a perturbation of 1e-4 grows layer by
     layer and the difference's truncation error (~ step^2) swamps the gradient, and a variance
-    near 0 has no room for a step of 1e-4 below it (NaN). So a coordinate that misses at EPS is
+    near 0 has no room for a step of 1e-4 below it (NaN). So a coordinate that misses at FD_STEP is
     tried again at each smaller step of REFINE, 100x less truncation each time, until it agrees
     or the steps run out. A right gradient is met as the differences converge to it; a wrong one
     is not, since they converge to the true derivative, away from it."""
-    fd = fd_of(name, idx, EPS)
+    fd = fd_of(name, idx, FD_STEP)
     miss = ~(np.abs(g - fd) <= tol)                           # NaN misses too
     refined = 0
     for step in REFINE:
@@ -313,7 +313,7 @@ def format_table(rows, dtype, fast: bool = True, torch_why: str | None = None) -
         f"torch: exact = bitwise equal; approx = allclose(rtol={rtol:g}, atol={rtol:g} * max|torch|, or {NOISE} x",
         "       the change one ulp in every parameter makes to the gradient, if larger: a deep stack's round-off)"]
     legend += [
-        f"fd:    float64 central differences (step {EPS:g}) at (n) random coordinates; a coordinate that misses",
+        f"fd:    float64 central differences (step {FD_STEP:g}) at (n) random coordinates; a coordinate that misses",
         f"       is tried again at steps {', '.join(f'{h:g}' for h in REFINE)} (refined: how many then agreed);",
         f"       rel err = max|mine - fd| / (largest |mine| in the tensor, or |fd| if larger); ok if <= {fd_tol:g}",
         f"       (max|torch| and largest |mine|: at least {FLOOR:g} x the table's largest, for gradients that are 0)"]

@@ -18,7 +18,7 @@ from npmlp.gradcheck import central_difference
 from npmlp.layers import cross_entropy_forward, linear_forward, tanh_forward
 from npmlp.mlp import MLP, PARAM_NAMES, param_shapes
 
-EPS = 1e-5
+STEP = 1e-5
 REL = 1e-6
 MAX_COORDS = 60  # per param: all coordinates of smaller params, a fixed random sample of bigger ones
 
@@ -37,7 +37,7 @@ def make_model(V, T, E, H, seed):
 
 def numeric_grad(f, x, coords):
     """Central differences of the scalar f() w.r.t. x.flat[coords] (the report's helper, eps 1e-5)."""
-    return central_difference(f, x, coords, eps=EPS)
+    return central_difference(f, x, coords, eps=STEP)
 
 
 def report(name, a, n):
@@ -86,12 +86,12 @@ def test_random_direction_derivative():
         u = {k: rng.standard_normal(p.shape) for k, p in p0.items()}
         norm = np.sqrt(sum((v ** 2).sum() for v in u.values()))
         u = {k: v / norm for k, v in u.items()}
-        move(u, EPS)
+        move(u, STEP)
         fp = model.loss(X, Y)
-        move(u, -EPS)
+        move(u, -STEP)
         fm = model.loss(X, Y)
         move(u, 0)
-        num, ana = (fp - fm) / (2 * EPS), float(sum((grads[k] * u[k]).sum() for k in PARAM_NAMES))
+        num, ana = (fp - fm) / (2 * STEP), float(sum((grads[k] * u[k]).sum() for k in PARAM_NAMES))
         assert abs(num - ana) / max(abs(num) + abs(ana), 1e-300) < REL, (num, ana)
 
 

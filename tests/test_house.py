@@ -132,3 +132,21 @@ def test_the_app_names_no_model_and_imports_none_but_through_the_registry():
         assert not imported, f"app/{path.name} imports the model modules {imported}: read them through the registry"
         names = sorted({m.group(1) for m in named.finditer(path.read_text())})
         assert not names, f"app/{path.name} names the models {names}: a model's rules belong in its spec"
+
+
+PATHS = re.compile(r"\bnpmlp/[\w/]*\.py\b")
+
+
+def test_every_npmlp_file_a_page_or_docstring_names_exists():
+    """A Markdown page or a docstring that sends the reader to npmlp/x.py names a file that is there
+    (a rename left model.py and registry paths behind before)."""
+    texts = {str(p.relative_to(REPO)): p.read_text() for p in [*PAGES, *(REPO / "examples").glob("*.py")]}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        texts[str(path.relative_to(REPO))] = "\n".join(
+            ast.get_docstring(node) or "" for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)))
+    named = {(where, m) for where, text in texts.items() for m in PATHS.findall(text)}
+    assert len(named) > 10, named
+    missing = sorted((where, m) for where, m in named if not (REPO / m).exists())
+    assert not missing, f"these name npmlp files that do not exist: {missing}"

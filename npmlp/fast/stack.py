@@ -163,12 +163,12 @@ class StackEngine(FlatParams):
         has its ones ((row * T + t) * V + x), kept for the backward (Chunks.gather makes them for
         many steps at once; None: made here)."""
         B = len(xb)
-        b = self._buffers(B)
-        b.target = yb + b.rows_V if pick is None else pick
-        b.hot = xb.reshape(-1) + b.rows_v if hot is None else hot
-        self.w.C.take(xb.reshape(-1), 0, b.emb)                         # (B*T, E)
+        bufs = self._buffers(B)
+        bufs.target = yb + bufs.rows_V if pick is None else pick
+        bufs.hot = xb.reshape(-1) + bufs.rows_v if hot is None else hot
+        self.w.C.take(xb.reshape(-1), 0, bufs.emb)                         # (B*T, E)
         # ufuncs take `out` by position: a keyword costs more than the arithmetic on these arrays
-        for blk, a in zip(self.blocks, b.blocks, strict=True):
+        for blk, a in zip(self.blocks, bufs.blocks, strict=True):
             np.dot(a.x, a.W, a.pre)                                      # (n, O) x @ W
             if a.b is not None:
                 np.add(a.pre, a.b, a.pre)                                # (n, O) + b
@@ -190,28 +190,28 @@ class StackEngine(FlatParams):
             # running = (1 - momentum) * running + momentum * the batch's statistic, every BatchNorm
             # at once; the same multiply turns sums of squared deviations into unbiased variances
             self.running *= 1 - MOMENTUM
-            np.multiply(self.batch, b.coef, out=self.batch)
+            np.multiply(self.batch, bufs.coef, out=self.batch)
             self.running += self.batch
-        return self._cross_entropy(b, yb), b
+        return self._cross_entropy(bufs, yb), bufs
 
-    def _cross_entropy(self, b, yb) -> float:
-        c = b.counts
-        np.maximum.reduce(b.logits, 1, None, b.maxes, keepdims=True)    # (B, 1)
-        np.subtract(b.logits, b.maxes, c)                               # (B, V) logits - max
-        picked = b.counts_flat.take(b.target)                           # (B,) the targets' shifted logits
+    def _cross_entropy(self, bufs, yb) -> float:
+        c = bufs.counts
+        np.maximum.reduce(bufs.logits, 1, None, bufs.maxes, keepdims=True)    # (B, 1)
+        np.subtract(bufs.logits, bufs.maxes, c)                               # (B, V) logits - max
+        picked = bufs.counts_flat.take(bufs.target)                           # (B,) the targets' shifted logits
         np.exp(c, c)                                                    # (B, V) counts
-        np.dot(c, b.ones_V, b.sums)                                     # (B,) counts.sum(1), by BLAS
-        nll = np.log(b.sums)
+        np.dot(c, bufs.ones_V, bufs.sums)                                     # (B,) counts.sum(1), by BLAS
+        nll = np.log(bufs.sums)
         nll -= picked                                                   # (B,) -log softmax[y]
         return float(np.add.reduce(nll)) / len(yb)
 
-    def backward(self, b, xb, yb, dloss: float, g) -> None:
-        """After forward_loss(xb, yb) gave b: dloss * the gradient of the mean loss into g (views()
+    def backward(self, bufs, xb, yb, dloss: float, g) -> None:
+        """After forward_loss(xb, yb) gave bufs: dloss * the gradient of the mean loss into g (views()
         of a gradient vector)."""
         B = len(yb)
-        np.multiply(b.counts, ((dloss / B) / b.sums)[:, None], b.dlogits)   # (B, V) dloss * softmax / B
-        b.dlogits_flat[b.target] -= dloss / B                           #   minus dloss * onehot(Y) / B
-        for blk, a in zip(reversed(self.blocks), reversed(b.blocks), strict=True):
+        np.multiply(bufs.counts, ((dloss / B) / bufs.sums)[:, None], bufs.dlogits)   # (B, V) dloss * softmax / B
+        bufs.dlogits_flat[bufs.target] -= dloss / B                           #   minus dloss * onehot(Y) / B
+        for blk, a in zip(reversed(self.blocks), reversed(bufs.blocks), strict=True):
             d = a.dout
             if blk.tanh:                                                # through tanh: (1 - h^2) * dout
                 np.square(a.out, a.t)
@@ -238,9 +238,9 @@ class StackEngine(FlatParams):
             np.dot(a.xT, d, getattr(g, blk.W))                          # (I, O) x.T @ dpre
             np.dot(d, a.WT, a.dx)                                       # (n, I), into the layer below
         # dC = onehot(X).T @ demb: BLAS adds the rows of repeated characters
-        b.onehot.fill(0)
-        b.onehot_flat[b.hot] = 1                                        # (B*T, V)
-        np.dot(b.onehot_t, b.demb, g.C)                                 # (V, E)
+        bufs.onehot.fill(0)
+        bufs.onehot_flat[bufs.hot] = 1                                        # (B*T, V)
+        np.dot(bufs.onehot_t, bufs.demb, g.C)                                 # (V, E)
 
 
 def inference_loss(model, X, Y, chunk: int | None = None) -> float:
