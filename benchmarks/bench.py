@@ -5,8 +5,13 @@ deep: part 3's six Linear -> BatchNorm1d layers; wavenet: part 5's), full-split 
 per-op profile of the fast step, and whole-process runs of `npmlp train` and of the lecture's
 torch loop (benchmarks/torch_lecture.py).
 
-    python -m benchmarks.bench                      # the full sweep, results in benchmarks/results/
+Run from the repository's root:
+
+    python -m benchmarks.bench                      # the full sweep
     python -m benchmarks.bench --help               # smaller sweeps, other peers, other output
+
+It writes NAME.json (every repeat), NAME.md (the tables) and NAME.png (the plot) into a new folder
+under the system's temp dir, or into --out DIR, and prints where; nothing in the checkout changes.
 
 Legend: B batch, H n_hidden; the model is the lecture's (block_size 3, n_embd 10, vocab 27), float32;
 the bn section's is npmlp.bn.BNMLP of the same sizes (`--bn-hidden`, `--bn-batch-sizes`), the deep
@@ -26,6 +31,9 @@ How it measures (see benchmarks/README.md):
   - reported: median us/step with min-max over repeats, the ratio to torch eager (and, for npmlp,
     to its reference loop), the step's matmul GFLOP/s (6*B*H*(T*E + V) FLOPs per step) and its
     fraction of a measured sgemm peak;
+  - a cell whose repeats spread by more than report.BUSY_SPREAD (max/min), or whose median is more
+    than report.BUSY_FACTOR times the median of its row's other peers, is marked as measured on a
+    busy machine, and never bolded as the fastest;
   - torch is imported only when a torch peer is asked for (`--peers npmlp npmlp_reference` runs
     without it).
 """
@@ -42,13 +50,10 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):                    # `python benchmarks/bench.py`: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    __package__ = "benchmarks"
+from npmlp.contract import SEED  # the lecture's
 
 REPO = Path(__file__).resolve().parents[1]
 T, E = 3, 10                                     # the lecture's block_size and n_embd
-from npmlp.contract import SEED  # the lecture's (imported after the sys.path line above)
 
 # the sections after the lecture model's cells: each model's kind (npmlp.app.registry), its default
 # n_hidden values and batch sizes (options --KIND-hidden, --KIND-batch-sizes), and what it is
@@ -259,7 +264,7 @@ def bench_eval(X, Y, V, H, peers, repeats):
     out, losses = {}, {}
     for name, f in fns.items():
         losses[name] = f()                        # warm-up (and JAX's compile)
-    for r in range(repeats):
+    for _ in range(repeats):
         for name, f in fns.items():
             out.setdefault(name, []).append(_timed(f) * 1e3)
     ref = losses["npmlp"]
@@ -399,42 +404,68 @@ def machine_description():
             "versions": versions}
 
 
-def parse_args(argv=None):
+def _listed(values):
+    return " ".join(map(str, values)) or "none"
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command's options, each with its help and its default."""
     from .peers import PEERS
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 256, 1024, 4096])
-    p.add_argument("--hidden", type=int, nargs="+", default=[200, 1000], help="n_hidden values (default 200 1000)")
-    p.add_argument("--threads", type=int, nargs="+", default=None,
-                   help="thread settings: 1 = one core, pinned; N = N threads unpinned (default: 1 and all CPUs)")
-    p.add_argument("--peers", nargs="+", default=list(PEERS),
-                   help=f"which peers, of {', '.join(PEERS)} (default all); npmlp always runs first; "
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Run from the repository's root. What each number means: benchmarks/README.md.")
+    batch_sizes, hidden = [1, 32, 256, 1024, 4096], [200, 1000]
+    p.add_argument("--batch-sizes", metavar="B", type=int, nargs="+", default=batch_sizes,
+                   help=f"batch sizes of the lecture model's cells (default: {_listed(batch_sizes)})")
+    p.add_argument("--hidden", metavar="H", type=int, nargs="+", default=hidden,
+                   help=f"n_hidden values of the lecture model's cells (default: {_listed(hidden)})")
+    p.add_argument("--threads", metavar="N", type=int, nargs="+", default=None,
+                   help="thread settings: 1 = one core, pinned; N = N threads unpinned (default: 1 and every CPU, "
+                   f"here {_listed(sorted({1, os.cpu_count() or 1}))})")
+    p.add_argument("--peers", metavar="PEER", nargs="+", default=list(PEERS),
+                   help=f"which peers, of {', '.join(PEERS)} (default: all); npmlp always runs first; "
                    "torch is imported only for a torch peer")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per peer and configuration (default 5)")
-    p.add_argument("--min-time", type=float, default=0.25, help="seconds per timed repeat (default 0.25)")
-    p.add_argument("--lr", type=float, default=0.1)
-    for kind, (hidden, sizes, what) in SECTIONS.items():
-        p.add_argument(f"--{kind}-hidden", type=int, nargs="*", default=hidden,
-                       help=f"n_hidden values of the {kind} section ({what}; default {' '.join(map(str, hidden))})")
-        p.add_argument(f"--{kind}-batch-sizes", type=int, nargs="*", default=sizes,
-                       help=f"batch sizes of the {kind} section, each at least 2 (default "
-                       f"{' '.join(map(str, sizes))}); none or 0 to skip it. Its peers: npmlp, npmlp_reference, "
-                       "torch_eager, torch_compile, where asked for")
-    p.add_argument("--eval-hidden", type=int, nargs="*", default=[200], help="H values of the eval timing")
-    p.add_argument("--eval-repeats", type=int, default=5)
-    p.add_argument("--profile-batch-sizes", type=int, nargs="*", default=[32, 4096],
-                   help="batch sizes of the per-op profile (H=200), none to skip")
-    p.add_argument("--profile-time", type=float, default=1.0, help="seconds of steps per profile")
-    p.add_argument("--e2e-repeats", type=int, default=1,
+    p.add_argument("--repeats", metavar="N", type=int, default=5,
+                   help="timed repeats per peer and cell, the peers alternating (default: 5)")
+    p.add_argument("--min-time", metavar="SECONDS", type=float, default=0.25,
+                   help="seconds per timed repeat (default: 0.25)")
+    p.add_argument("--lr", type=float, default=0.1, help="the SGD learning rate of every peer (default: 0.1)")
+    for kind, (k_hidden, sizes, what) in SECTIONS.items():
+        p.add_argument(f"--{kind}-hidden", metavar="H", type=int, nargs="*", default=k_hidden,
+                       help=f"n_hidden values of the {kind} section ({what}; default: {_listed(k_hidden)})")
+        p.add_argument(f"--{kind}-batch-sizes", metavar="B", type=int, nargs="*", default=sizes,
+                       help=f"batch sizes of the {kind} section, each at least 2 (default: {_listed(sizes)}); "
+                       "none or 0 to skip it. Its peers: npmlp, npmlp_reference, torch_eager, torch_compile, "
+                       "where asked for")
+    eval_hidden, profile_sizes = [200], [32, 4096]
+    p.add_argument("--eval-hidden", metavar="H", type=int, nargs="*", default=eval_hidden,
+                   help=f"n_hidden values of the full-split evaluation timing, none to skip it "
+                   f"(default: {_listed(eval_hidden)})")
+    p.add_argument("--eval-repeats", metavar="N", type=int, default=5, help="repeats of each evaluation (default: 5)")
+    p.add_argument("--profile-batch-sizes", metavar="B", type=int, nargs="*", default=profile_sizes,
+                   help=f"batch sizes of the per-op profile of the fast step (H=200), none to skip it "
+                   f"(default: {_listed(profile_sizes)})")
+    p.add_argument("--profile-time", metavar="SECONDS", type=float, default=1.0,
+                   help="seconds of steps per profile (default: 1.0)")
+    p.add_argument("--e2e-repeats", metavar="N", type=int, default=1,
                    help="whole-process runs per thread setting of `npmlp train` and, with torch_eager among "
-                   "the peers, of benchmarks/torch_lecture.py, alternating (0: none)")
-    p.add_argument("--e2e-steps", type=int, default=200_000, help="steps of those runs (default: "
-                   "the lecture's 200000)")
-    p.add_argument("--e2e-batch-size", type=int, default=32, help="batch size of those runs (default 32)")
-    p.add_argument("--data", help="names file (default: $NPMLP_DATA, then npmlp's cache/download)")
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="output folder")
-    p.add_argument("--name", default="bench", help="output file stem: NAME.json, NAME.md, NAME.png")
+                   "the peers, of `python -m benchmarks.torch_lecture`, alternating; 0: none (default: 1)")
+    p.add_argument("--e2e-steps", metavar="N", type=int, default=200_000,
+                   help="steps of those runs (default: 200000, the lecture's)")
+    p.add_argument("--e2e-batch-size", metavar="B", type=int, default=32, help="batch size of those runs (default: 32)")
+    p.add_argument("--data", metavar="FILE", help="names file (default: $NPMLP_DATA, then npmlp's cache or download)")
+    p.add_argument("--out", metavar="DIR",
+                   help="folder for the results (default: a new folder under the system's temp dir, printed at "
+                   "the start and the end; nothing in the checkout is written)")
+    p.add_argument("--name", default="bench",
+                   help="file stem of the results: NAME.json, NAME.md, NAME.png (default: bench)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv=None):
+    from .peers import PEERS
+    p = parser()
     a = p.parse_args(argv)
     if a.threads is None:
         a.threads = sorted({1, os.cpu_count() or 1})
@@ -467,10 +498,10 @@ def e2e_programs(a, data):
     data_args = ["--data", data] if data else []
     progs = [{"name": "npmlp train", "cmd": [sys.executable, "-m", "npmlp", "train", "--quiet", *size, *data_args],
               "shown": "python -m npmlp train --quiet --out DIR " + " ".join(size)}]
-    if "torch_eager" in a.peers and available("torch_eager") is None:
-        script = REPO / "benchmarks" / "torch_lecture.py"
-        progs.append({"name": "torch lecture", "cmd": [sys.executable, str(script), *size, *data_args],
-                      "shown": "python benchmarks/torch_lecture.py --threads N " + " ".join(size)})
+    if "torch_eager" in a.peers and available("torch_eager") is None:       # run from REPO (run_e2e's cwd)
+        progs.append({"name": "torch lecture", "cmd": [sys.executable, "-m", "benchmarks.torch_lecture", *size,
+                                                       *data_args],
+                      "shown": "python -m benchmarks.torch_lecture --threads N " + " ".join(size)})
     return progs
 
 
@@ -503,8 +534,12 @@ def main(argv=None):
     a = parse_args(argv)
     if a.worker:
         return worker(a.worker)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+    else:                                          # never the checkout: a run reports, it does not overwrite
+        out = Path(tempfile.mkdtemp(prefix="npmlp-bench-"))
+    log(f"bench: the results go to {out}")
     data = str(Path(a.data).resolve()) if a.data else None
     report = {"command": "python -m benchmarks.bench " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": machine_description(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -59,7 +59,8 @@ def table(before, after, label_before="before", label_after="after"):
         wa, la = winner(pa)
         lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {fmt_us(pb['npmlp'])} | {fmt_us(pa['npmlp'])} | "
                      f"{pb['npmlp'] / pa['npmlp']:.2f} | "
-                     f"{fmt_us(ob[1]) + ' ' + ob[0] if ob[0] else '–'} | {fmt_us(oa[1]) + ' ' + oa[0] if oa[0] else '–'} | "
+                     f"{fmt_us(ob[1]) + ' ' + ob[0] if ob[0] else '–'} | "
+                     f"{fmt_us(oa[1]) + ' ' + oa[0] if oa[0] else '–'} | "
                      f"{wb} ({lb:.2f}×) | {wa} ({la:.2f}×) |")
         name = f"{k[0]}, H={k[1]}, B={k[2]}"
         if wb != "npmlp" and wa == "npmlp":
@@ -68,7 +69,8 @@ def table(before, after, label_before="before", label_after="after"):
             (lost if wb != "npmlp" else dropped).append(f"{name} ({wa} {la:.2f}× faster)")
         else:
             kept.append(name)
-    lines += ["", f"Lost {label_before} and won {label_after} ({len(flipped)}): " + ("; ".join(flipped) or "none") + ".",
+    lines += ["",
+              f"Lost {label_before} and won {label_after} ({len(flipped)}): " + ("; ".join(flipped) or "none") + ".",
               f"Lost in both ({len(lost)}): " + ("; ".join(lost) or "none") + ".",
               f"Won {label_before}, lost {label_after} ({len(dropped)}): " + ("; ".join(dropped) or "none") + ".",
               f"npmlp fastest {label_after} in {len(flipped) + len(kept)} of {len(keys)} cells."]

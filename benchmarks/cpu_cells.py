@@ -6,9 +6,10 @@ peer alike.
     taskset -c 0 python -m benchmarks.cpu_cells /tmp/engine_before.py [--repeats 9]
 
 The older file is loaded as a module of the installed npmlp's fast tier (its relative imports must
-still resolve: an engine.py of the current layout, npmlp/fast/). Each cell (H 200, 1000 x B 1, 32, 256, 1024, 4096) runs blocks of ~60,000 row-steps per
-peer, the order reversed every repeat, and prints the medians of process CPU µs per step and
-the medians of the per-repeat ratios. JAX runs with one thread, as bench.py's one-core setting.
+still resolve: an engine.py of the current layout, npmlp/fast/). Each cell (H 200, 1000 x B 1, 32,
+256, 1024, 4096) runs blocks of ~60,000 row-steps per peer, the order reversed every repeat, and
+prints the medians of process CPU µs per step and the medians of the per-repeat ratios. JAX runs
+with one thread, as bench.py's one-core setting.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def load_engine(path):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.cpu_cells", description=__doc__.split("\n\n")[0])
     p.add_argument("before", help="an older npmlp/fast/engine.py")
-    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--repeats", type=int, default=9, help="alternating repeats per cell (default: 9)")
     a = p.parse_args(argv)
     os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = "1"
@@ -68,7 +69,10 @@ def main(argv=None):
                     run(2 + r * steps, steps)
                     us[k].append((time.process_time() - t) / steps * 1e6)
             m = {k: float(np.median(v)) for k, v in us.items()}
-            ratio = lambda x, y: float(np.median(np.array(us[x]) / np.array(us[y])))  # noqa: E731
+
+            def ratio(x, y, us=us):                                # this cell's repeats
+                return float(np.median(np.array(us[x]) / np.array(us[y])))
+
             print(f"H={H:4d} B={B:5d}: before {m['before']:9.1f}  after {m['after']:9.1f}  jax {m['jax']:9.1f} µs  "
                   f"before/after {ratio('before', 'after'):.2f}  jax/before {ratio('jax', 'before'):.2f}  "
                   f"jax/after {ratio('jax', 'after'):.2f}", flush=True)

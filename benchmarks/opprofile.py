@@ -289,7 +289,8 @@ def profile_markdown(p):
         head += (" **No NumPy call was seen**: npmlp/fast/engine.py no longer reaches NumPy through its "
                  "module's `np`, so this profile shows only the layers' totals.")
     lines = [head, "",
-             "| layer | op | calls/step | us/step | floor us | bound by | MFLOP | kB moved | alone: NumPy / torch (MKL) us |",
+             "| layer | op | calls/step | us/step | floor us | bound by | MFLOP | kB moved "
+             "| alone: NumPy / torch (MKL) us |",
              "|---|---|---:|---:|---:|---|---:|---:|---:|"]
     for r in p["rows"]:
         floor = "" if r["floor_us"] is None else f"{r['floor_us']:.2f}"

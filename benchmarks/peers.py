@@ -30,11 +30,12 @@ makers, LAYERS_MAKERS, with the same contract; `kind` says which model, `init` h
 
   npmlp            the fast engine's StackEngine (npmlp/fast/stack.py; never chunked)
   npmlp_reference  npmlp.train.sgd on the model: its Sequential of layer objects, layer by layer
-  torch_eager      the lectures' layer loop: benchmarks/torch_layers.py's Linear, BatchNorm1d, Tanh,
-                   Embedding and FlattenConsecutive built from the npmlp model (torch_network),
-                   `for layer in layers: x = layer(x)`, F.cross_entropy, loss.backward(), the update
-  torch_compile    torch.compile of the same layers' maths as one pure function of the parameters
-                   and running statistics, its gradient by torch.func.grad_and_value
+  torch_eager      the lectures' loop with autograd over the package's torch mirror of the network
+                   (npmlp.torch_mirrors.deep_forward / wavenet_forward, the npmlp model's initial
+                   values): forward, F.cross_entropy, loss.backward(), the update; the mirror updates
+                   the running statistics each step
+  torch_compile    torch.compile of that whole step, the same mirror, its gradient by
+                   torch.func.grad_and_value, returning the new parameters and running statistics
 """
 from __future__ import annotations
 
@@ -298,9 +299,12 @@ def make_bn_torch_compile(init, X, Y, batches, lr, total_steps):
 
 def _layers_model(kind, init):
     """The npmlp model of `kind` with the parameters `init` and fresh running statistics (mean 0,
-    variance 1), as every peer of a cell starts."""
+    variance 1), as every peer of a cell starts, and its torch mirror: the function of
+    npmlp.torch_mirrors that its spec names (deep_forward, wavenet_forward), told the model's sizes."""
+    from npmlp import torch_mirrors
     from npmlp.app.registry import model_class
-    return model_class(kind)(init)                # the constructor copies the arrays
+    model = model_class(kind)(init)               # the constructor copies the arrays
+    return model, functools.partial(getattr(torch_mirrors, model.spec.mirror), **model.sizes)
 
 
 def make_layers_npmlp(kind, init, X, Y, batches, lr, total_steps):
@@ -314,109 +318,56 @@ def make_layers_npmlp_reference(kind, init, X, Y, batches, lr, total_steps):
 
 
 def make_layers_torch_eager(kind, init, X, Y, batches, lr, total_steps):
-    """The lectures' loop over layer objects (benchmarks/torch_layers.py's classes, with the npmlp
-    model's initial values): every layer in turn, F.cross_entropy, autograd's backward, the update.
-    The BatchNorm layers update their running statistics each step, as npmlp's do."""
+    """The lectures' loop with autograd over the package's torch mirror of the network
+    (mirror(P, Xb, Yb, buffers), from the npmlp model's initial values): forward, F.cross_entropy,
+    zero the grads, loss.backward(), p.data += -lr * p.grad. The mirror updates the running
+    statistics in `buffers` each step, as npmlp's BatchNorm layers do."""
     import torch
-    import torch.nn.functional as F
-
-    from .torch_layers import torch_network
-    layers = torch_network(_layers_model(kind, init), torch)
-    parameters = [p for layer in layers for p in layer.parameters()]
+    model, mirror = _layers_model(kind, init)
+    P = {k: torch.tensor(v, requires_grad=True) for k, v in model.params.items()}
+    buffers = {k: torch.tensor(v) for k, v in model.buffers.items()}
     Xt, Yt = torch.from_numpy(X.astype(np.int64)), torch.from_numpy(Y.astype(np.int64))
 
-    def layer_loop_loss(Xb, Yb):
-        x = Xb
-        for layer in layers:
-            x = layer(x)
-        return F.cross_entropy(x, Yb)
+    def mirror_loss(Xb, Yb):
+        return mirror(P, Xb, Yb, buffers)[0]
 
-    run = autograd_loop(parameters, layer_loop_loss, Xt, Yt, batches, lr)
-    run.layers = layers
+    def running_stats():
+        return {k: v.numpy() for k, v in buffers.items()}
+
+    run = autograd_loop(list(P.values()), mirror_loss, Xt, Yt, batches, lr)
+    run.buffers = running_stats
     return run
 
 
-def layer_recipe(layers):
-    """torch_network's layers as plain tuples, for a pure function to read (torch.func and
-    torch.compile want no tensors stored on objects): ("emb",), ("flatten", n), ("linear", bias),
-    ("bn", unbiased, eps, momentum), ("tanh",); and their parameters and running statistics."""
-    recipe, params, stats = [], [], []
-    for layer in layers:
-        kind = type(layer).__name__
-        if kind == "Embedding":
-            recipe.append(("emb",))
-        elif kind == "FlattenConsecutive":
-            recipe.append(("flatten", layer.n))
-        elif kind == "Linear":
-            recipe.append(("linear", layer.bias is not None))
-        elif kind == "BatchNorm1d":
-            recipe.append(("bn", layer.unbiased, layer.eps, layer.momentum))
-            stats += [layer.running_mean, layer.running_var]
-        elif kind == "Tanh":
-            recipe.append(("tanh",))
-        else:
-            raise ValueError(f"no recipe for a {kind} layer")
-        params += [p.detach().clone() for p in layer.parameters()]
-    return recipe, params, [s.clone() for s in stats]
-
-
-def recipe_loss(recipe, params, stats, Xb, Yb):
-    """The layer loop of torch_layers.py, the same operations in the same order, as a pure function:
-    -> (loss, the new running statistics). Legend: x is (B, T', C) before the last flatten, (B, C)
-    after it."""
+def layers_compiled_step(mirror, names, buffer_names, Xt, Yt, ix, lr: float, *state):
+    """torch_eager's step as one function for torch.compile: gather, the mirror's forward,
+    autograd's backward (torch.func.grad_and_value: loss.backward() would break the graph), update.
+    state is the parameters (in `names` order), then the running statistics (`buffer_names`). It
+    returns the loss and the new state, as compiled_step does (in-place updates of the inputs
+    compiled wrong with torch 2.13.0)."""
     import torch
-    import torch.nn.functional as F
-    P, S, new_stats = iter(params), iter(stats), []
-    x = Xb                                                      # (B, T)
-    for step in recipe:
-        if step[0] == "emb":
-            x = next(P)[x]                                      # (B, T, E)
-        elif step[0] == "flatten":
-            B, T, C = x.shape
-            x = x.view(B, T // step[1], C * step[1])            # (B, T/n, C*n)
-            if x.shape[1] == 1:
-                x = x.squeeze(1)                                # (B, C*n)
-        elif step[0] == "linear":
-            x = x @ next(P)
-            if step[1]:
-                x = x + next(P)
-        elif step[0] == "bn":
-            _, unbiased, eps, m = step
-            gamma, beta, running_mean, running_var = next(P), next(P), next(S), next(S)
-            dim = 0 if x.ndim == 2 else (0, 1)                  # part 5: every axis but the channels
-            xmean = x.mean(dim, keepdim=True)
-            xvar = x.var(dim, keepdim=True, unbiased=unbiased)
-            # the running statistics take no gradient (torch_layers updates them under no_grad)
-            new_stats += [(1 - m) * running_mean + m * xmean.detach().reshape(-1),
-                          (1 - m) * running_var + m * x.detach().var(dim, unbiased=True).reshape(-1)]
-            x = gamma * (x - xmean) / torch.sqrt(xvar + eps) + beta
-        elif step[0] == "tanh":
-            x = torch.tanh(x)
-    return F.cross_entropy(x, Yb), new_stats
+    params = dict(zip(names, state[:len(names)], strict=True))
+    buffers = {k: v.clone() for k, v in zip(buffer_names, state[len(names):], strict=True)}
 
+    def loss_of(p, b):
+        # the buffers are an argument, not captured: torch.func lets the mirror update a
+        # function's inputs in place, never a tensor it closes over
+        return mirror(p, Xt[ix], Yt[ix], b)[0]
 
-def layers_compiled_step(recipe, n_params, Xt, Yt, ix, lr: float, *state):
-    """torch_eager's step on the layers as one function for torch.compile: gather, forward,
-    autograd's backward (torch.func.grad_and_value), update; state is the parameters, then the
-    running statistics. It returns the loss and the new state, as compiled_step does."""
-    import torch
-    params, stats = state[:n_params], state[n_params:]
-    grads, (loss, new_stats) = torch.func.grad_and_value(
-        lambda p: recipe_loss(recipe, p, stats, Xt[ix], Yt[ix]), has_aux=True)(params)
-    return loss, [p - lr * g for p, g in zip(params, grads, strict=True)] + list(new_stats)
+    grads, loss = torch.func.grad_and_value(loss_of)(params, buffers)
+    return loss, [params[k] - lr * grads[k] for k in names] + [buffers[k] for k in buffer_names]
 
 
 def make_layers_torch_compile(kind, init, X, Y, batches, lr, total_steps):
     """torch.compile (inductor, default mode) of layers_compiled_step, the running statistics
     included; the first call is the compile."""
     import torch
-
-    from .torch_layers import torch_network
     torch._dynamo.reset()
-    recipe, params, stats = layer_recipe(torch_network(_layers_model(kind, init), torch))
-    step = torch.compile(functools.partial(layers_compiled_step, recipe, len(params)), dynamic=False,
+    model, mirror = _layers_model(kind, init)
+    names, buffer_names = list(model.params), list(model.buffers)
+    step = torch.compile(functools.partial(layers_compiled_step, mirror, names, buffer_names), dynamic=False,
                          fullgraph=True)
-    state = params + stats
+    state = [torch.tensor(model.params[k]) for k in names] + [torch.tensor(model.buffers[k]) for k in buffer_names]
     Xt, Yt = torch.from_numpy(X.astype(np.int64)), torch.from_numpy(Y.astype(np.int64))
 
     def run(start, n):
@@ -426,8 +377,11 @@ def make_layers_torch_compile(kind, init, X, Y, batches, lr, total_steps):
             losses.append(loss.item())
         return losses
 
+    def running_stats():
+        return {k: v.numpy() for k, v in zip(buffer_names, state[len(names):], strict=True)}
+
     wrapped = flush_denormals(run)
-    wrapped.state = state                          # parameters, then running statistics
+    wrapped.buffers = running_stats
     return wrapped
 
 

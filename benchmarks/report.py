@@ -6,8 +6,20 @@ import statistics
 from .opprofile import profile_markdown
 from .peers import PEERS
 
-SHORT = {"npmlp": "npmlp", "npmlp_reference": "npmlp reference", "torch_eager": "torch eager", "torch_manual": "torch manual",
-         "torch_compile": "torch.compile", "jax": "JAX jit"}
+SHORT = {"npmlp": "npmlp", "npmlp_reference": "npmlp reference", "torch_eager": "torch eager",
+         "torch_manual": "torch manual", "torch_compile": "torch.compile", "jax": "JAX jit"}
+
+# A cell measured while the machine was busy: the peers alternate, so on a quiet machine a cell's
+# repeats agree and a row's peers stay within a few times of each other (at most ~6x in every
+# report so far); another program holding a core shows up as repeats far apart, or as one peer
+# (torch's second thread waiting for the core) hundreds of times slower than the rest of its row.
+BUSY_SPREAD = 3.0          # max/min of a cell's repeats above this
+BUSY_FACTOR = 10.0         # a cell's median above this times the median of its row's other peers
+BUSY = "†"
+BUSY_LEGEND = (f"{BUSY}: measured while the machine was busy (the cell's repeats spread more than "
+               f"{BUSY_SPREAD:g}× from min to max, or its median is more than {BUSY_FACTOR:g}× the median of its "
+               f"row's other peers); it is never bolded as the fastest, and a × against a {BUSY} torch eager cell "
+               "is not a speed-up.")
 
 
 def _us(x):
@@ -27,9 +39,32 @@ def peers_in(report, key="configs"):
     return [p for p in PEERS if p in seen]
 
 
+def busy(c, p):
+    """Whether peer p's cell of the row (configuration) c was measured while the machine was busy:
+    its repeats spread by more than BUSY_SPREAD, or its median is more than BUSY_FACTOR times the
+    median of the row's other peers."""
+    r = c["peers"][p]
+    if r["min_us"] > 0 and r["max_us"] / r["min_us"] > BUSY_SPREAD:
+        return True
+    others = [q["median_us"] for k, q in c["peers"].items() if k != p]
+    return bool(others) and r["median_us"] > BUSY_FACTOR * statistics.median(others)
+
+
+def fastest(c):
+    """The row's fastest peer, or None when that cell is busy (a busy cell is never called the fastest)."""
+    P = c["peers"]
+    best = min(P, key=lambda p: P[p]["median_us"])
+    return None if busy(c, best) else best
+
+
+def any_busy(report, key="configs"):
+    return any(busy(c, p) for run in report["runs"] for c in run.get(key, []) for p in c["peers"])
+
+
 def losses(report, key="configs"):
-    """[(setting, H, B, npmlp us, best peer, its us)] where another library's median beats npmlp's
-    (npmlp's own reference loop is not another library: see tricks())."""
+    """[(setting, H, B, npmlp us, best peer, its us, marker)] where another library's median beats
+    npmlp's (npmlp's own reference loop is not another library: see tricks()); the marker is BUSY
+    when either of the two cells was measured on a busy machine, else ""."""
     out = []
     for run in report["runs"]:
         for c in run.get(key, []):
@@ -37,7 +72,8 @@ def losses(report, key="configs"):
             best = min((p for p in P if p not in ("npmlp", "npmlp_reference")), key=lambda p: P[p]["median_us"],
                        default=None)
             if best and P[best]["median_us"] < P["npmlp"]["median_us"]:
-                out.append((run["label"], c["H"], c["B"], P["npmlp"]["median_us"], best, P[best]["median_us"]))
+                mark = BUSY if busy(c, "npmlp") or busy(c, best) else ""
+                out.append((run["label"], c["H"], c["B"], P["npmlp"]["median_us"], best, P[best]["median_us"], mark))
     return out
 
 
@@ -47,21 +83,28 @@ def tricks(report):
             for run in report["runs"] for c in run["configs"] if "speedup_vs_reference" in c["peers"]["npmlp"]]
 
 
+def _ratio(c, p, digits):
+    """' ×2.41' (p's speed-up over torch eager in row c), BUSY after it when torch eager's cell is
+    busy; '' for torch eager itself or without it."""
+    ratio = c["peers"][p].get("ratio_vs_torch_eager")
+    if ratio is None or p == "torch_eager":
+        return ""
+    return f" ×{ratio:.{digits}f}" + (BUSY if "torch_eager" in c["peers"] and busy(c, "torch_eager") else "")
+
+
 def step_cells(c, peers):
     """One table row's cells: each peer's median [min–max] ×ratio to torch eager (bold: the
-    fastest), then, when the reference loop is among the peers, the fast engine's speed-up over it."""
+    fastest, unless busy; BUSY: measured on a busy machine), then, when the reference loop is among
+    the peers, the fast engine's speed-up over it."""
     cells = []
+    best = fastest(c)
     for p in peers:
         r = c["peers"].get(p)
         if r is None:
             cells.append("–")
             continue
-        ratio = r.get("ratio_vs_torch_eager")
-        best = min(c["peers"].values(), key=lambda x: x["median_us"]) is r
-        txt = _range(r["median_us"], r["min_us"], r["max_us"])
-        if ratio is not None and p != "torch_eager":
-            txt += f" ×{ratio:.2f}"
-        cells.append(f"**{txt}**" if best else txt)
+        txt = _range(r["median_us"], r["min_us"], r["max_us"]) + (BUSY if busy(c, p) else "") + _ratio(c, p, 2)
+        cells.append(f"**{txt}**" if p == best else txt)
     n = c["peers"]["npmlp"]
     if "npmlp_reference" in peers:
         cells.append(f"×{n['speedup_vs_reference']:.2f}" if "speedup_vs_reference" in n else "–")
@@ -77,6 +120,8 @@ def step_table(run, peers):
         n = c["peers"]["npmlp"]
         lines.append(f"| {c['H']} | {c['B']} | " + " | ".join(step_cells(c, peers)) +
                      f" | {n['gflops']:.1f} ({100 * n['peak_frac']:.0f} %) |")
+    if any(busy(c, p) for c in run["configs"] for p in c["peers"]):
+        lines += ["", BUSY_LEGEND]
     return "\n".join(lines)
 
 
@@ -84,10 +129,11 @@ def step_table(run, peers):
 LAYERS_WHAT = {"npmlp": ("the fast engine's StackEngine (npmlp/fast/stack.py: the layers fused block by block, "
                          "the whole batch at once, so no helper processes)"),
                "npmlp_reference": "`train.sgd` on the model: its layer objects' forward and backward, one by one",
-               "torch_eager": ("the lecture's layer loop: benchmarks/torch_layers.py's classes built from the npmlp "
-                               "model, `for layer in layers: x = layer(x)`, `F.cross_entropy`, `loss.backward()`, "
-                               "`p.data += -lr * p.grad`, the running statistics updated under `no_grad`"),
-               "torch_compile": ("the same layers' operations as one pure function compiled whole, its gradient by "
+               "torch_eager": ("the lectures' loop with autograd over the package's torch mirror of the network "
+                               "(`npmlp.torch_mirrors`: `deep_forward`, `wavenet_forward`) from the npmlp model's "
+                               "initial values, `loss.backward()`, `p.data += -lr * p.grad`, the running statistics "
+                               "updated by the mirror each step"),
+               "torch_compile": ("torch eager's step (the same mirror) compiled whole, its gradient by "
                                  "`torch.func.grad_and_value`, returning the new parameters and running statistics")}
 SECTION_TEXT = {
     "bn": ("bn model (makemore part 4)",
@@ -137,6 +183,8 @@ def section_markdown(report, kind):
         for c in run.get(key, []):
             L.append(f"| {run['label']} | {c['H']} | {c['B']} | " + " | ".join(step_cells(c, peers)) + " |")
     L.append("")
+    if any_busy(report, key):
+        L += [BUSY_LEGEND, ""]
     comp = [(run["label"], c["H"], c["B"], c["peers"]["torch_compile"]["compile_s"]) for run in report["runs"]
             for c in run.get(key, []) if "torch_compile" in c["peers"]]
     if comp:
@@ -147,7 +195,7 @@ def section_markdown(report, kind):
     if any(p not in ("npmlp", "npmlp_reference") for p in peers):
         L.append(f"npmlp has the fastest median of the libraries in {cells - len(lost)} of {cells} cells"
                  + (": it loses at " + "; ".join(f"{s}, H={h}, B={b} ({SHORT[p]} {_us(t)}, npmlp {_us(n)}, "
-                                                 f"{n / t:.2f}× slower)" for s, h, b, n, p, t in lost)
+                                                 f"{n / t:.2f}× slower){mark}" for s, h, b, n, p, t, mark in lost)
                     if lost else "") + ".")
         L.append("")
     return L
@@ -167,7 +215,8 @@ def markdown(report, png_name="bench.png"):
           "(the lecture's loop). npmlp is the fast engine as `npmlp train` runs it (npmlp/fast/engine.py, with "
           "helper processes where it would use them); npmlp reference is the readable lecture loop "
           "(`npmlp train --engine reference`), and \"fast vs reference\" is what the fast engine's tricks buy. "
-          "Bold: the fastest peer of the row. Every peer started from the same "
+          f"Bold: the fastest peer of the row, unless its cell is marked {BUSY} (measured while the machine was "
+          "busy: a line under such a table says how that is told). Every peer started from the same "
           "parameters, trained on the same minibatch indices, and matched npmlp's first "
           "three losses (float32, rtol 1e-4) before timing. GFLOP/s counts the step's matmul FLOPs, "
           "6·B·H·(T·E + V) = 342·B·H here, against the measured sgemm peak of the same setting."), ""]
@@ -205,8 +254,8 @@ def markdown(report, png_name="bench.png"):
     elif lost:
         L.append(f"npmlp has the fastest median of the libraries in {cells - len(lost)} of {cells} cells. "
                  f"It loses at:")
-        L += [f"- {s}, H={h}, B={b}: npmlp {_us(n)}, {SHORT[p]} {_us(t)} ({n / t:.2f}× slower)"
-              for s, h, b, n, p, t in lost]
+        L += [f"- {s}, H={h}, B={b}: npmlp {_us(n)}, {SHORT[p]} {_us(t)} ({n / t:.2f}× slower){mark}"
+              for s, h, b, n, p, t, mark in lost]
     else:
         L.append(f"Nowhere in this run: npmlp has the fastest median of the libraries in all {cells} cells.")
     L.append("")
@@ -214,8 +263,8 @@ def markdown(report, png_name="bench.png"):
     if sped:
         slower = [f"{s}, H={h}, B={b} (×{x:.2f})" for s, h, b, x in sped if x < 1]
         L += ["## What the fast engine's tricks buy", "",
-              f"The fast engine's step against the reference loop's, median over median: ×{min(x for *_, x in sped):.2f}"
-              f"–×{max(x for *_, x in sped):.2f} over {len(sped)} cells"
+              "The fast engine's step against the reference loop's, median over median: "
+              f"×{min(x for *_, x in sped):.2f}–×{max(x for *_, x in sped):.2f} over {len(sped)} cells"
               + (f"; the reference loop is faster at {', '.join(slower)}." if slower else "."), ""]
     for kind in SECTION_TEXT:
         L += section_markdown(report, kind)
@@ -236,7 +285,7 @@ def e2e_markdown(e2e):
     L = [f"## End to end: whole processes ({first['steps']:,} steps at B={first.get('batch_size', 32)})", "",
          ("`npmlp train` (the fast engine) loads the data, trains, evaluates the three splits, samples 20 "
           "names and writes its checkpoint and figures; the lecture's torch loop as a program "
-          "(benchmarks/torch_lecture.py: same split, init and minibatches) loads the data, trains and "
+          "(`python -m benchmarks.torch_lecture`: same split, init and minibatches) loads the data, trains and "
           "evaluates the train and dev splits. Wall: the whole process, start-up included; training "
           "loop: each program's own timer around its steps. The programs alternate."), "",
          "| program | setting | wall | training loop | µs/step | peak RSS | dev loss |",
@@ -312,16 +361,15 @@ def readme_table(report):
          "|---|---:|---:|" + "---:|" * len(peers)]
     for run in report["runs"]:
         for c in run["configs"]:
-            P = c["peers"]
-            best = min(P, key=lambda p: P[p]["median_us"])
+            best = fastest(c)
             cells = []
             for p in peers:
-                if p not in P:
+                if p not in c["peers"]:
                     cells.append("–")
                     continue
-                r = P[p]
-                txt = _us(r["median_us"]) + (f" ×{r['ratio_vs_torch_eager']:.1f}"
-                                             if p != "torch_eager" and r.get("ratio_vs_torch_eager") else "")
+                txt = _us(c["peers"][p]["median_us"]) + (BUSY if busy(c, p) else "") + _ratio(c, p, 1)
                 cells.append(f"**{txt}**" if p == best else txt)
             L.append(f"| {run['label'].split()[0]} | {c['H']} | {c['B']} | " + " | ".join(cells) + " |")
+    if any_busy(report):
+        L += ["", BUSY_LEGEND]
     return "\n".join(L)

@@ -1,9 +1,9 @@
 """The lecture's training loop in torch, as a whole program: what makemore part 2's notebook does, on
 the same split, init and minibatches as `npmlp train`, for a whole-process comparison with it
-(start-up, data, training and evaluation all counted).
+(start-up, data, training and evaluation all counted). Run from the repository's root:
 
-    python benchmarks/torch_lecture.py                                # 200,000 steps at batch 32
-    python benchmarks/torch_lecture.py --steps 300 --batch-size 4096 --threads 1
+    python -m benchmarks.torch_lecture                                # 200,000 steps at batch 32
+    python -m benchmarks.torch_lecture --steps 300 --batch-size 4096 --threads 1
 
 Shared with npmlp, so both train on the same rows from the same start: the names
 (npmlp.loading.load_words: --data FILE, else $NPMLP_DATA, else npmlp's checked download), the 80/10/10
@@ -23,14 +23,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the npmlp beside this folder
 
 
-def program_parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    """The options every torch program here shares: steps, batch size, threads, names file."""
-    p = argparse.ArgumentParser(prog=f"python benchmarks/{prog}", description=doc.split("\n\n")[0])
+def program_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """The options every torch program here shares: steps, batch size, threads, names file; `module`
+    is the program's name in benchmarks/ (`python -m benchmarks.MODULE`)."""
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{module}", description=doc.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=200_000, help="SGD steps (default 200000, the lecture's)")
     p.add_argument("--batch-size", type=int, default=32, help="minibatch size (default 32)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads(N) (default: torch's own choice)")
@@ -81,9 +79,10 @@ def report(train_loss: float, dev_loss: float, seconds: float) -> int:
 
 
 def parse_args(argv=None):
-    p = program_parser("torch_lecture.py", __doc__)
+    p = program_parser("torch_lecture", __doc__)
     p.add_argument("--flush-denormal", action="store_true",
-                   help="torch.set_flush_denormal(True) (the lecture does not; the benchmark's torch peers do)")
+                   help="torch.set_flush_denormal(True) (default: off, as the lecture; the benchmark's torch "
+                   "peers turn it on)")
     return checked(p, argv)
 
 

@@ -475,7 +475,8 @@ def test_attention_dropout_mask_of_ones_is_no_dropout():
     out1, cache1 = causal_self_attention_forward(x, *params, 2, np.ones((2, 2, 5, 5)))
     assert np.array_equal(out, out1)
     dout = rng.standard_normal(out.shape)
-    for g, g1 in zip(causal_self_attention_backward(dout, cache), causal_self_attention_backward(dout, cache1), strict=True):
+    grads, grads1 = causal_self_attention_backward(dout, cache), causal_self_attention_backward(dout, cache1)
+    for g, g1 in zip(grads, grads1, strict=True):
         assert np.array_equal(g, g1)
 
 

@@ -1,9 +1,11 @@
 """The benchmark command on a tiny sweep, so it never rots: it runs, every peer agrees with npmlp
 before it is timed, and the JSON, Markdown and PNG it writes exist and parse; the lectures' torch
-loops as programs (benchmarks/torch_lecture.py; torch_layers.py, --model deep and wavenet) train
-exactly what npmlp's reference loop trains.
+loops as programs (`python -m benchmarks.torch_lecture`; benchmarks.torch_layers, --model deep and
+wavenet) train exactly what npmlp's reference loop trains.
 The sections of makemore parts 3-5's models (bn, deep, wavenet) run one tiny cell each, B=8, H=8,
-with the same checks; the deep and wavenet torch peers keep the running statistics npmlp keeps.
+with the same checks; the deep and wavenet torch peers (npmlp.torch_mirrors' networks) keep the
+running statistics npmlp keeps. The README's quick look, on tiny sizes and without --out, leaves
+the checkout as it was; a cell measured on a busy machine is marked and never called the fastest.
 
 The sweep runs npmlp (the fast engine) and npmlp_reference always, torch_eager and torch_manual when
 torch is installed, and asks for JAX (which runs if installed, else the report says it was skipped
@@ -13,11 +15,16 @@ fails on import, to show that the npmlp-only benchmark never imports it. No asse
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,21 +197,22 @@ def test_npmlp_peers_alone_never_import_torch(tmp_path, names):
     assert "No other library ran" in md and "torch lecture" not in md, r.stdout
 
 
-# the torch programs of whole-process comparisons: the lecture's loop (lecture 2's MLP) and the
-# lectures' layer-object loops (parts 3 and 5), each with the options that pick its npmlp model
-TORCH_PROGRAMS = [pytest.param("torch_lecture.py", [], 120, id="lecture"),
-                  pytest.param("torch_layers.py", ["--model", "deep"], 300, id="deep"),
-                  pytest.param("torch_layers.py", ["--model", "wavenet"], 300, id="wavenet")]
+# the torch programs of whole-process comparisons (modules of benchmarks/, run from the repository's
+# root): the lecture's loop (lecture 2's MLP) and the lectures' layer-object loops (parts 3 and 5),
+# each with the options that pick its npmlp model
+TORCH_PROGRAMS = [pytest.param("benchmarks.torch_lecture", [], 120, id="lecture"),
+                  pytest.param("benchmarks.torch_layers", ["--model", "deep"], 300, id="deep"),
+                  pytest.param("benchmarks.torch_layers", ["--model", "wavenet"], 300, id="wavenet")]
 
 
 @pytest.mark.parametrize("program, model_args, timeout", TORCH_PROGRAMS)
 def test_torch_program_trains_what_npmlp_reference_trains(tmp_path, names, program, model_args, timeout):
-    """benchmarks/PROGRAM and `npmlp train --engine reference` with its defaults: the same names,
+    """`python -m PROGRAM` and `npmlp train --engine reference` with its defaults: the same names,
     split, init and minibatches, so after 20 steps (the rate drops after 10; deep's after 15) the
     same train and dev loss, up to float32 rounding."""
     pytest.importorskip("torch")
     path, _ = names
-    r = subprocess.run([sys.executable, f"benchmarks/{program}", *model_args, "--data", str(path), "--steps", "20",
+    r = subprocess.run([sys.executable, "-m", program, *model_args, "--data", str(path), "--steps", "20",
                         "--threads", "1"], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
     assert r.returncode == 0, r.stderr
     assert "Warning" not in r.stderr, r.stderr              # e.g. torch on a read-only array
@@ -223,7 +231,7 @@ def test_torch_program_trains_what_npmlp_reference_trains(tmp_path, names, progr
 @pytest.mark.parametrize("program, model_args, timeout", TORCH_PROGRAMS)
 def test_torch_program_refuses_a_bad_option(program, model_args, timeout):
     """Refused by argparse before torch is imported: this runs without torch too."""
-    r = subprocess.run([sys.executable, f"benchmarks/{program}", *model_args, "--steps", "0"], cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", program, *model_args, "--steps", "0"], cwd=REPO,
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and "--steps must be >= 1" in r.stderr and "Traceback" not in r.stderr
 
@@ -270,11 +278,8 @@ def test_layer_peers_keep_the_running_statistics_npmlp_keeps(names, kind):
     losses = {p: run(0, 5) for p, run in runs.items()}
     names_ = list(model.buffers)                     # running_mean1, running_var1, ...
     stats = {p: runs[p].model.buffers for p in ("npmlp", "npmlp_reference")}
-    stats["torch_eager"] = dict(zip(names_, (t.numpy() for layer in runs["torch_eager"].layers
-                                             if type(layer).__name__ == "BatchNorm1d"
-                                             for t in (layer.running_mean, layer.running_var)), strict=True))
-    if "torch_compile" in runs:
-        stats["torch_compile"] = dict(zip(names_, (t.numpy() for t in runs["torch_compile"].state[-len(names_):]), strict=True))
+    stats.update({p: runs[p].buffers() for p in peers if p.startswith("torch")})
+    assert all(sorted(stats[p]) == sorted(names_) for p in peers)
     ref = stats["npmlp_reference"]
     for p in peers:
         assert losses[p] == pytest.approx(losses["npmlp_reference"], rel=1e-5), p
@@ -289,3 +294,88 @@ def test_unknown_peer_is_a_usage_error():
     r = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--peers", "tensorflow"], cwd=REPO,
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 2 and "unknown peer" in r.stderr and "Traceback" not in r.stderr
+
+
+
+def test_every_option_says_what_it_does_and_its_default():
+    from benchmarks.bench import parser
+    shown = [a for a in parser()._actions if a.option_strings and a.help != argparse.SUPPRESS and a.dest != "help"]
+    assert len(shown) > 20
+    for action in shown:
+        assert action.help and "default" in action.help, action.option_strings
+
+
+def quick_look():
+    """The arguments of the README's quick look: the line of its first code block marked so."""
+    block = re.search(r"```bash\n(.*?)```", (REPO / "benchmarks" / "README.md").read_text(), re.S).group(1)
+    (line,) = [line for line in block.replace("\\\n", " ").splitlines() if "# the quick look" in line]
+    args = shlex.split(line.split("#")[0])
+    assert args[:3] == ["python", "-m", "benchmarks.bench"], line
+    return args[3:]
+
+
+def _checkout_state():
+    """Every file of the checkout (but .git and the bytecode caches) with its size and mtime, and
+    `git status --porcelain`: what a benchmark run must leave as it was."""
+    files = {}
+    for path in REPO.rglob("*"):
+        parts = path.relative_to(REPO).parts
+        if parts[0] == ".git" or "__pycache__" in parts or ".pytest_cache" in parts or not path.is_file():
+            continue
+        st = path.stat()
+        files[str(path.relative_to(REPO))] = (st.st_size, st.st_mtime_ns)
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout
+    return files, status
+
+
+def test_the_quick_look_leaves_the_checkout_as_it_was(names):
+    """The README's quick look, on tiny sizes and without --out: its results go to a new folder
+    outside the checkout, which it names; no file of the checkout is written (git status included)."""
+    path, _ = names
+    before = _checkout_state()
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    r = run_bench(*quick_look(), "--data", path, "--batch-sizes", "8", "--hidden", "8", "--threads", "1",
+                  "--repeats", "1", "--min-time", "0.01", "--eval-hidden", "--profile-batch-sizes", env=env)
+    after = _checkout_state()
+    named = re.findall(r"the results go to (.+)", r.stdout)
+    try:
+        assert after[1] == before[1], f"git status changed:\n{after[1]}"
+        changed = sorted(k for k in before[0].keys() | after[0].keys() if before[0].get(k) != after[0].get(k))
+        assert not changed, f"the benchmark wrote into the checkout: {changed}\n{r.stdout}"
+        (out,) = map(Path, named)
+        assert REPO.resolve() not in out.resolve().parents
+        assert sorted(f.name for f in out.iterdir()) == ["bench.json", "bench.md", "bench.png"]
+        assert f"wrote {out / 'bench.json'}" in r.stdout
+    finally:
+        for folder in named:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _cell(median, lo=None, hi=None, ratio=None):
+    return {"median_us": median, "min_us": lo or median, "max_us": hi or median, "ratio_vs_torch_eager": ratio}
+
+
+def test_a_busy_cell_is_marked_and_never_the_fastest():
+    """A torch cell hundreds of times slower than its row (another program held the core its
+    second thread waits for), or repeats far apart, is marked, explained under the table, and
+    never bolded as the fastest."""
+    from benchmarks.report import BUSY, BUSY_LEGEND, readme_table, step_table
+    rows = [  # quiet: npmlp the fastest
+            {"npmlp": _cell(100, 95, 110, 4.0), "torch_eager": _cell(400, 390, 420, 1.0), "jax": _cell(150, ratio=2.7)},
+            # torch eager 632x npmlp's step: its cell and every ratio against it are marked
+            {"npmlp": _cell(100, 95, 110, 632.0), "torch_eager": _cell(63200, 60000, 64000, 1.0),
+             "jax": _cell(150, ratio=421.3)},
+            # npmlp's repeats spread 5x: fastest by its median, but not bolded (nor anything else)
+            {"npmlp": _cell(90, 60, 300, 4.4), "torch_eager": _cell(400, 390, 420, 1.0), "jax": _cell(150, ratio=2.7)}]
+    run = {"label": "2 cores", "configs": [{"H": 200, "B": 32, "peers": p} for p in rows]}
+    for c in run["configs"]:
+        c["peers"]["npmlp"].update(gflops=1.0, peak_frac=0.01)
+    quiet, slow_torch, spread = readme_table({"runs": [run]}).splitlines()[2:5]
+    assert quiet == "| 2 | 200 | 32 | **100 µs ×4.0** | 400 µs | 150 µs ×2.7 |"
+    assert slow_torch == f"| 2 | 200 | 32 | **100 µs ×632.0{BUSY}** | 63.20 ms{BUSY} | 150 µs ×421.3{BUSY} |"
+    assert spread == f"| 2 | 200 | 32 | 90.0 µs{BUSY} ×4.4 | 400 µs | 150 µs ×2.7 |"
+    assert readme_table({"runs": [run]}).endswith(BUSY_LEGEND)
+    assert BUSY_LEGEND in step_table(run, ["npmlp", "torch_eager", "jax"])
+    run["configs"] = run["configs"][:1]
+    assert BUSY not in readme_table({"runs": [run]}) and BUSY not in step_table(run, ["npmlp", "torch_eager", "jax"])

@@ -111,7 +111,8 @@ def test_eval_prints_the_three_losses(capsys, run_dir, names):
     from npmlp.data import split_words
     from npmlp.loading import load_words
     parts = split_words(load_words(names), meta["run"]["split_seed"])
-    want = {k: evaluate(model, *build_dataset(p, vocab, model.block_size)) for k, p in zip(("train", "dev", "test"), parts, strict=True)}
+    want = {k: evaluate(model, *build_dataset(p, vocab, model.block_size))
+            for k, p in zip(("train", "dev", "test"), parts, strict=True)}
     assert got.keys() == want.keys()
     for k in want:
         assert got[k] == pytest.approx(want[k], abs=6e-5)

@@ -361,7 +361,8 @@ def test_the_exp_form_of_tanh_is_tanh():
 @pytest.mark.parametrize("machine,loop,form", [
     ("x86_64", "X86_V4", "np.tanh"), ("x86_64", "AVX512_SKX", "np.tanh"), ("x86_64", "AVX512F", "np.tanh"),
     ("x86_64", "X86_V3", "exp"), ("x86_64", "FMA3__AVX2", "exp"), ("x86_64", "baseline(X86_V2)", "exp"),
-    ("AMD64", "baseline(SSE SSE2 SSE3)", "exp"), ("aarch64", "ASIMD", "np.tanh"), ("aarch64", "baseline(NEON)", "np.tanh")])
+    ("AMD64", "baseline(SSE SSE2 SSE3)", "exp"), ("aarch64", "ASIMD", "np.tanh"),
+    ("aarch64", "baseline(NEON)", "np.tanh")])
 def test_tanh_form_follows_numpys_loop(monkeypatch, machine, loop, form):
     """fast_tanh.tanh_form reads which loop NumPy's tanh runs for a dtype (numpy.lib.introspect): the exp
     form on x86 unless that loop is an AVX-512 one; NumPy's tanh elsewhere."""
@@ -404,9 +405,9 @@ def test_an_exp_form_run_gives_no_overflow_warning(data, monkeypatch):
 def test_divergence_is_caught_before_the_update(data, B, lr_decayed, step, window):
     """lr 0.1, then from step 10 a huge rate: step 10's update makes step 11's loss ~1e59 or ~1e199
     (above float32's max; at 1e200 the hidden layer's pre-activations overflow to inf on the way).
-    With lr 1e30 throughout, the losses stay finite and the mean at the run's last step (4) explodes. Both engines raise Diverged
-    at the same step with the same numbers; fast.sgd's params are those before that step's update
-    (bit for bit those of a run stopped there) and equal the reference's."""
+    With lr 1e30 throughout, the losses stay finite and the mean at the run's last step (4) explodes.
+    Both engines raise Diverged at the same step with the same numbers; fast.sgd's params are those
+    before that step's update (bit for bit those of a run stopped there) and equal the reference's."""
     vocab, X, Y = data
     cfg = TrainConfig(steps=20 if not window else 5, batch_size=B, lr=0.1 if not window else lr_decayed,
                       lr_decayed=lr_decayed, decay_at=0.5, seed=3)
@@ -472,7 +473,7 @@ def test_no_denormals_in_the_softmax_and_the_same_numbers(names_rows, dtype, w2_
     lr = 0.1
     eng = fast.Engine(model)
     eng.load(model)
-    for a, e, share in fast.batch_chunks(len(X)):              # the engine's chunks, as in a step
+    for a, e, _share in fast.batch_chunks(len(X)):             # the engine's chunks, as in a step
         part, bufs = eng.forward_loss(X[a:e], Y[a:e])
         update = eng.views(np.zeros_like(eng.flat))
         eng.backward(bufs, X[a:e], Y[a:e], -lr, update)

@@ -58,7 +58,10 @@ def test_param_grads_vs_central_differences(V, T, E, H, B, seed):
     X[: B // 2, 0] = X[0, 0]   # some repeated indices so dC rows sum several contributions
     Y = rng.integers(0, V, size=B).astype(np.uint8)
     _, grads = model.loss_and_grads(X, Y)
-    f = lambda: model.loss(X, Y)
+
+    def f():
+        return model.loss(X, Y)
+
     for k in PARAM_NAMES:
         p = model.params[k]
         n = p.size

@@ -237,7 +237,10 @@ def test_check_pair_fails_a_backward_that_returns_nan_or_inf(bad, problem):
     x = np.random.default_rng(0).standard_normal((8, 5))
     rep = gradcheck.check_pair(forward, lambda d, c: np.full_like(d, bad), x)
     assert not rep.ok and rep.rows[0].problem.startswith(problem) and "NaN/inf" in rep.rows[0].failed
-    one = lambda d, c: np.where(np.arange(d.size).reshape(d.shape) == 7, bad, (1 - c.h ** 2) * d)
+
+    def one(d, c):
+        return np.where(np.arange(d.size).reshape(d.shape) == 7, bad, (1 - c.h ** 2) * d)
+
     assert not gradcheck.check_pair(forward, one, x).ok                      # one bad entry is enough
 
 
@@ -250,12 +253,18 @@ def test_check_pair_fails_a_gradient_of_the_wrong_shape():
     assert not rep.ok and rep.rows[0].problem == "shape 4x10, not the input's 8x5"
     assert "dx: shape 4x10, not the input's 8x5" in rep.text
     # a db of shape (1,) for a (3,) bias: summed over everything instead of over the batch
-    wrong_db = lambda d, c: (*linear_backward(d, c)[:2], d.sum(keepdims=True).reshape(1))
+
+    def wrong_db(d, c):
+        return (*linear_backward(d, c)[:2], d.sum(keepdims=True).reshape(1))
+
     rep = gradcheck.check_pair(linear_forward, wrong_db, rng.standard_normal((4, 2)), rng.standard_normal((2, 3)),
                                rng.standard_normal(3))
     assert [r.ok for r in rep.rows] == [True, True, False] and rep.rows[2].problem.startswith("shape 1,")
     # one element too many: failed, not an IndexError from the finite differences
-    extra = lambda d, c: np.append(backward(d, c), 0.0)
+
+    def extra(d, c):
+        return np.append(backward(d, c), 0.0)
+
     rep = gradcheck.check_pair(forward, extra, x)
     assert not rep.ok and rep.rows[0].problem == "shape 41, not the input's 8x5"
 

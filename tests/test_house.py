@@ -10,7 +10,8 @@ import pytest
 from helpers import REPO
 
 PACKAGE = REPO / "npmlp"
-PAGES = [REPO / "README.md", REPO / "benchmarks" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+PAGES = [REPO / "README.md", REPO / "benchmarks" / "README.md", REPO / "benchmarks" / "HISTORY.md",
+         *sorted((REPO / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 

@@ -72,8 +72,8 @@ def test_lr_find_with_the_reference_engine_and_a_usage_error(capsys, names, tmp_
 
 def test_the_suggestion_is_the_train_command_of_what_was_swept(capsys, names, tmp_path):
     """The suggested command trains the model the sweep swept: its --model, sizes and --data."""
-    code, out, err = run_main(capsys, "lr-find", "--data", names, "--model", "deep", "--n-layers", "2", "--no-batchnorm",
-                              "--steps", "30", "--out", tmp_path, "--quiet", *TINY)
+    code, out, err = run_main(capsys, "lr-find", "--data", names, "--model", "deep", "--n-layers", "2",
+                              "--no-batchnorm", "--steps", "30", "--out", tmp_path, "--quiet", *TINY)
     assert code == 0, err
     line = next(l for l in out.splitlines() if l.startswith("suggested learning rate:"))
     command = line.split(": ", 1)[1].split("): ", 1)[1]

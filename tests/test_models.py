@@ -139,15 +139,16 @@ def test_lr_find_for_the_other_models(capsys, names, tmp_path):
     (["--model", "cnn"], ["--model", "'cnn'"]),
 ])
 def test_options_a_model_does_not_have_are_refused(capsys, names, tmp_path, argv, needles):
-    code, _out, err = run_main(capsys, "train", "--data", names, "--steps", "5", "--quiet", "--out", tmp_path / "r", *argv)
+    code, _out, err = run_main(capsys, "train", "--data", names, "--steps", "5", "--quiet", "--out", tmp_path / "r",
+                               *argv)
     assert code == 2 and err.count("\n") == 1 and err.startswith("npmlp: error:"), err
     assert all(n in err for n in needles), err
     assert not (tmp_path / "r").exists()
 
 
 def test_deep_without_batchnorm_trains_with_a_batch_of_one(capsys, names, tmp_path):
-    code, _out, err = run_main(capsys, "train", "--data", names, "--model", "deep", "--no-batchnorm", "--batch-size", "1",
-                         "--steps", "50", "--quiet", "--no-plots", "--out", tmp_path / "r", *SMALL["deep"])
+    code, _out, err = run_main(capsys, "train", "--data", names, "--model", "deep", "--no-batchnorm", "--batch-size",
+                               "1", "--steps", "50", "--quiet", "--no-plots", "--out", tmp_path / "r", *SMALL["deep"])
     assert code == 0, err
     model, *_ = load_checkpoint(tmp_path / "r" / "model.npz")
     assert model.batchnorm == 0 and model.num_params == sum(p.size for p in model.params.values())
@@ -182,5 +183,6 @@ def test_models_default_sizes_have_one_home(monkeypatch):
     vocab = Vocab.from_words(make_names(50))
     assert MODELS["mlp"].init(vocab.size).n_hidden == 123 and MODELS["deep"].init(vocab.size).n_layers == 7
     train = cli.build_parser().parse(["train"])
-    assert (train.steps, train.batch_size, train.lr) == (options.TRAIN.steps, options.TRAIN.batch_size, options.TRAIN.lr)
+    assert (train.steps, train.batch_size, train.lr) == (options.TRAIN.steps, options.TRAIN.batch_size,
+                                                         options.TRAIN.lr)
     assert options.TRAIN == TrainConfig()

@@ -1,6 +1,6 @@
-"""The distributions, built as `python -m build` builds them: the wheel holds the npmlp package and its subpackages only,
-the sdist holds everything its own tests need (and they collect and pass there), and the package
-page's readme shows no image that a package index cannot find.
+"""The distributions, built as `python -m build` builds them: the wheel holds the npmlp package and its
+subpackages only, the sdist holds everything its own tests need (and they collect and pass there), and
+the package page's readme shows no image that a package index cannot find.
 
 The sdist is built from this checkout and the wheel from the unpacked sdist, as pip does when it
 installs from source: a file the sdist forgot breaks the wheel here, not on a user's machine.

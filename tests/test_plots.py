@@ -218,7 +218,7 @@ def test_save_passes_other_warnings_on(tmp_path):
     from matplotlib.figure import Figure
 
     def savefig(*a, **k):   # a stand-in that warns about something else
-        warnings.warn("something else", UserWarning)
+        warnings.warn("something else", UserWarning, stacklevel=2)
     fig = Figure()
     fig.savefig = savefig
     with warnings.catch_warnings(record=True) as caught:

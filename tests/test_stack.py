@@ -193,7 +193,8 @@ def test_inference_with_each_batchnorm_folded_equals_the_reference(kind, sizes, 
     check("loss (reference engine)", npmlp.fast.evaluate(model, X, Y, "reference"), ref, 0)
 
 
-@pytest.mark.parametrize("kind,sizes,V", [("wavenet", {"n_hidden": 16}, 27), ("deep", {"n_layers": 2, "n_hidden": 8}, 27),
+@pytest.mark.parametrize("kind,sizes,V", [("wavenet", {"n_hidden": 16}, 27),
+                                          ("deep", {"n_layers": 2, "n_hidden": 8}, 27),
                                           ("deep", {"block_size": 9, "n_embd": 2, "n_layers": 1, "n_hidden": 8}, 256)])
 @pytest.mark.parametrize("pool", [None, 50])
 def test_inference_once_per_distinct_window_equals_the_reference(kind, sizes, V, pool):

@@ -383,7 +383,8 @@ def test_the_performance_logs_parameter_counts(sizes, count):
 
 def test_init_is_part_5s():
     m = Wavenet.init(27, seed=1, dtype=np.float64)
-    assert (m.block_size, m.n_embd, m.n_hidden, m.flatten, m.n_levels, m.batchnorm_over_batch_only) == (8, 24, 128, 2, 3, 0)
+    sizes = (m.block_size, m.n_embd, m.n_hidden, m.flatten, m.n_levels, m.batchnorm_over_batch_only)
+    assert sizes == (8, 24, 128, 2, 3, 0)
     assert list(m.params) == ["C", "W1", "gamma1", "beta1", "W2", "gamma2", "beta2", "W3", "gamma3", "beta3",
                               "W4", "b4"]
     rng = np.random.default_rng(1)
