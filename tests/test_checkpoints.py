@@ -139,7 +139,7 @@ TAMPERED = {
     "meta dtype garbage": (lambda a: _meta(a, dtype="no-such-type"), ["missing or malformed metadata"]),
     "meta newer format": (lambda a: _meta(a, format="npmlp-checkpoint-3"),
                           ["'npmlp-checkpoint-3'", "newer", "upgrade npmlp"]),
-    "meta unknown model": (lambda a: _meta(a, model="transformer"), ["'transformer' model", "does not know",
+    "meta unknown model": (lambda a: _meta(a, model="cnn"), ["'cnn' model", "does not know",
                                                                      "upgrade npmlp"]),
     "meta model missing": (lambda a: _drop(a, "model"), ["missing or malformed metadata"]),
     "meta sizes missing": (lambda a: _drop(a, "sizes"), ["missing or malformed metadata"]),
@@ -415,7 +415,7 @@ def test_format_1_checkpoint_refuses_another_engine(tmp_path, format_1):
 
 @pytest.mark.parametrize("change, needles", [
     (lambda a: _meta(a, format="npmlp-checkpoint-3"), ["'npmlp-checkpoint-3'", "newer", "upgrade npmlp"]),
-    (lambda a: _meta(a, model="transformer"), ["'transformer' model", "does not know", "upgrade npmlp"]),
+    (lambda a: _meta(a, model="cnn"), ["'cnn' model", "does not know", "upgrade npmlp"]),
 ], ids=["format 3", "unknown model"])
 @pytest.mark.parametrize("command", [["eval"], ["sample"], ["plot"], ["gradcheck", "--run"]])
 def test_reading_commands_refuse_a_checkpoint_they_cannot_read(tmp_path, interrupted, change, needles, command):

@@ -555,7 +555,7 @@ def test_a_side_file_that_is_a_folder_or_a_lock_full_of_garbage(h):
 def _(h):
     out = h.tmp / "run"
     r = h.main("train", "--data", h.names, "--model", "bn", "--n-layers", "3", "--out", out, *TINY)
-    assert_user_error(r, 2, "--n-layers applies to the deep model only")
+    assert_user_error(r, 2, "--n-layers applies to the deep and transformer models only")
     r = h.main("train", "--data", h.names, "--model", "bn", "--batch-size", "1", "--steps", "5", "--out", out, *TINY)
     assert_user_error(r, 2, "--batch-size 1", "at least 2")
     assert not out.exists()
@@ -566,7 +566,7 @@ def _(h):
     run = h.copy("stopped")
     before = snapshot(run)
     r = h.main("train", "--resume", run, "--n-layers", "3", "--quiet")      # was ignored without a word
-    assert_user_error(r, 2, "--n-layers applies to the deep model only", f"{run} holds a bn model", "drop --n-layers")
+    assert_user_error(r, 2, "--n-layers applies to the deep and transformer models only", f"{run} holds a bn model", "drop --n-layers")
     r = h.main("train", "--resume", run, "--no-batchnorm", "--quiet")
     assert_user_error(r, 2, "--no-batchnorm applies to the deep model only", "drop --no-batchnorm")
     assert snapshot(run) == before

@@ -133,7 +133,7 @@ def test_lr_find_for_the_other_models(capsys, names, tmp_path):
     (["--model", "bn", "--batch-size", "1"], ["--batch-size 1", "at least 2"]),
     (["--model", "deep", "--batch-size", "1"], ["--batch-size 1", "at least 2"]),
     (["--model", "bn", "--init", "kaiming"], ["--init", "drop --init"]),
-    (["--n-layers", "3"], ["--n-layers", "deep model only"]),
+    (["--n-layers", "3"], ["--n-layers", "deep and transformer models only"]),
     (["--model", "bn", "--no-batchnorm"], ["--no-batchnorm", "deep model only"]),
     (["--model", "deep", "--engine", "reference", "--processes", "2"], ["--processes", "fast engine"]),
     (["--model", "cnn"], ["--model", "'cnn'"]),
@@ -174,8 +174,8 @@ def test_models_default_sizes_have_one_home(monkeypatch):
     set_default(monkeypatch, MODELS["mlp"], "n_hidden", 123)
     set_default(monkeypatch, MODELS["deep"], "n_layers", 7)
     help_text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
-    assert "hidden units H (default 123; deep: 100; wavenet: 128)" in help_text
-    assert "hidden layers (default 7)" in help_text
+    assert "hidden units H (default 123; deep: 100; wavenet: 128; rnn: 64;" in help_text
+    assert "hidden layers (default 7; transformer: 4)" in help_text
     for kind, want in (("mlp", {"n_hidden": 123}), ("deep", {"n_layers": 7})):
         args = cli.build_parser().parse(["train", "--model", kind])
         _, sizes, _ = options.model_options(args)

@@ -534,7 +534,7 @@ def test_lr_find(capsys, names, tmp_path):
      ["--engine fast", "part 5's BatchNorm bug", "reference engine only", "drop --engine fast"]),
     (["--model", "wavenet", "--batch-size", "1"], ["--batch-size 1", "at least 2"]),
     (["--model", "wavenet", "--init", "kaiming"], ["drop --init"]),
-    (["--model", "wavenet", "--n-layers", "2"], ["--n-layers", "deep model only"]),
+    (["--model", "wavenet", "--n-layers", "2"], ["--n-layers", "deep and transformer models only"]),
     (["--flatten", "2"], ["--flatten", "wavenet model only", "--model wavenet"]),
     (["--model", "deep", "--batchnorm-over-batch-only"], ["--batchnorm-over-batch-only", "wavenet model only"]),
 ])

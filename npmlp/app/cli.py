@@ -325,7 +325,7 @@ def cmd_sample(args):
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-    if seen is not None and count:
+    if seen is not None and count and not stop:
         splits = ", ".join(f"{where.get(k, 0):,} in the {k} split" for k in ("train", "dev", "test"))
         log(args, f"npmlp: of {count:,} name{'s' * (count != 1)}: {splits}, {where.get('new', 0):,} new")
     if stop:

@@ -22,7 +22,7 @@ from ..contract import SEED, Model, Option, count_params
 from ..data import SPLIT_SEED
 from ..train import TrainConfig
 from .errors import UsageError
-from .registry import DEFAULT, MODELS, model_class, options, owners, train_default, with_inits
+from .registry import DEFAULT, MODELS, model_class, options, owners, owners_text, train_default, with_inits
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 TRAIN = TrainConfig()            # the lecture's training defaults, for the help text and the parser
@@ -266,9 +266,8 @@ def model_options(args) -> tuple[str, dict, str | None]:
         raise UsageError(f"--init {args.init}: the {args.model} model's init schemes are {', '.join(spec.inits)}")
     for key in options():
         if getattr(args, key, None) is not None and spec.option(key) is None:
-            have = owners(key)
-            raise UsageError(f"{flag(key)} applies to the {' and '.join(have)} model only; drop it, or add "
-                             f"--model {have[0]}")
+            raise UsageError(f"{flag(key)} applies to {owners_text(key)} only; drop it, or add "
+                             f"--model {owners(key)[0]}")
     sizes = {o.name: o.default if getattr(args, o.name, None) is None else getattr(args, o.name)
              for o in spec.options}
     if "block_size" not in sizes and spec.context:

@@ -54,6 +54,12 @@ def owners(name: str) -> list[str]:
     return [k for k, c in MODELS.items() if c.spec.option(name) is not None]
 
 
+def owners_text(name: str) -> str:
+    """'the deep model' or 'the deep and transformer models': who has the option `name`."""
+    have = owners(name)
+    return f"the {', '.join(have[:-1])}{' and ' * (len(have) > 1)}{have[-1]} model{'s' * (len(have) > 1)}"
+
+
 def with_inits() -> list[str]:
     """The models that offer init schemes (--init)."""
     return [k for k, c in MODELS.items() if c.spec.inits]

@@ -26,7 +26,7 @@ from .checkpoint import RunRecord, load_checkpoint, save_checkpoint
 from .errors import NpmlpError, UsageError
 from .files import atomic_write_json, cannot_write
 from .options import MODEL_OPTIONS, check_batch, check_memory, flag, option_text
-from .registry import make_model, model_class, options, owners
+from .registry import make_model, model_class, options, owners_text
 
 SNAPSHOT = 1000   # steps between copies of the model kept to replay a divergence from
 BEST = "best.npz"  # with --eval-every: the checkpoint of the best dev estimate, beside the last (model.npz)
@@ -358,7 +358,7 @@ def _check_typed(typed: dict, out: Path, model, cfg: TrainConfig, record: RunRec
         if key == "steps" and start == 0:
             continue
         if key not in theirs and key in MODEL_OPTIONS:
-            raise UsageError(f"{flag(key)} applies to the {' and '.join(owners(key))} model only, and {out} holds a "
+            raise UsageError(f"{flag(key)} applies to {owners_text(key)} only, and {out} holds a "
                              f"{model.kind} model; "
                              f"--resume continues it with its own options: drop {flag(key)}")
         if key in theirs and mine != theirs[key]:
