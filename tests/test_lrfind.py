@@ -40,6 +40,11 @@ def test_suggest_steps_back_from_the_smoothed_minimum():
     assert smoothed.shape == lre.shape and np.std(np.diff(smoothed)) < np.std(np.diff(noisy))
 
 
+def test_the_sweep_centres_on_the_models_rate():
+    """From 1/100 to 10 times the default rate: the lecture's 10^-3 to 10^0 around its 0.1."""
+    assert lrfind.sweep_range(0.1) == (-3, 0) and lrfind.sweep_range(5e-4) == pytest.approx((-5.3, -2.3))
+
+
 @pytest.mark.parametrize("engine", npmlp.fast.ENGINES)
 def test_sweep_uses_one_training_step_per_rate(engine):
     """Each sweep step is the reference loop's step at that rate (bit for bit with the reference
@@ -48,7 +53,7 @@ def test_sweep_uses_one_training_step_per_rate(engine):
     X, Y = rng.integers(0, 10, (200, 3)), rng.integers(0, 10, 200)
     a, b = MLP.init(10, 3, 4, 8, seed=5, dtype=np.float64), MLP.init(10, 3, 4, 8, seed=5, dtype=np.float64)
     with npmlp.fast.steps(engine, a, 16) as steps:
-        lossa = lrfind.sweep(steps, X, Y, [-1.0, -0.5], batch_size=16, seed=9)
+        lossa = lrfind.sweep(steps, X, Y, [-1.0, -0.5], TrainConfig(steps=2, batch_size=16, seed=9))
     lossb = np.zeros(2, np.float32)
     for i, lr in enumerate([0.1, 10 ** -0.5]):
         sgd(b, X, Y, TrainConfig(steps=2, batch_size=16, lr=lr, lr_decayed=lr, seed=9), lossb, i, i + 1)

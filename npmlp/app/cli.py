@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, fast
+from .. import __version__, fast, train
 from ..contract import MAKEMORE_TRAIN
 from ..data import SPLIT_SEED, split_words
 from ..fast.parallel import HelperFailed
@@ -254,9 +254,11 @@ def cmd_gradcheck(args):
 def cmd_lr_find(args):
     from . import lrfind, plots
     from .progress import Progress
-    if args.steps < 10:
-        raise UsageError(f"--steps {args.steps} is too few for a sweep from 10^-3 to 10^0; use at least 10")
     kind, sizes, init = model_options(args)
+    low, high = lrfind.sweep_range(registry.train_default(kind, "lr", TRAIN.lr))
+    if args.steps < 10:
+        raise UsageError(f"--steps {args.steps} is too few for a sweep from 10^{low:g} to 10^{high:g}; use at "
+                         f"least 10")
     engine = check_engine(kind, args.engine, args.processes, sizes)
     with output_folder(Path(args.out or time.strftime("runs/lr-find-%Y%m%d-%H%M%S"))) as out:
         data = rundir.fresh_splits(kind, sizes, args.data, args.split_seed, args.batch_size, args.steps, args.typed)
@@ -264,13 +266,15 @@ def cmd_lr_find(args):
         model = make_model(kind, data.vocab.size, rundir.fresh_sizes(sizes, data), args.seed, DTYPES[args.dtype],
                            init)
         check_batch(args.batch_size, model, len(data.train[0]))
-        lre = np.linspace(-3, 0, args.steps)                      # the lecture's lre; lrs = 10**lre
+        lre = np.linspace(low, high, args.steps)                  # the lecture's lre; lrs = 10**lre
+        base = TrainConfig(**{**registry.spec(kind).train, "steps": args.steps, "batch_size": args.batch_size,
+                              "optimizer": args.optimizer, "seed": args.seed, "reg": 0.0, "eval_every": 0})
+        opt = train.optimizer(base, model.params)                 # AdamW's moments carry through the sweep
         # the helper processes fork before the progress bar starts a thread
-        with fast.steps(engine, model, args.batch_size or len(data.train[0]), args.processes) as steps, \
+        with fast.steps(engine, model, args.batch_size or len(data.train[0]), args.processes, opt) as steps, \
                 np.errstate(over="ignore", invalid="ignore"), \
                 Progress(args.steps, quiet=args.quiet, every=max(1, args.steps // 100), desc="lr-find") as bar:
-            losses = lrfind.sweep(steps, *data.train, lre, args.batch_size, args.seed,
-                                  on_step=lambda i, loss, lr: bar.step(i, loss, lr))
+            losses = lrfind.sweep(steps, *data.train, lre, base, on_step=lambda i, loss, lr: bar.step(i, loss, lr))
         ran = int(np.isfinite(losses).sum())
         if ran < 2:
             raise NpmlpError("the loss was NaN/inf from the first steps of the sweep; check the data and --init")
@@ -288,7 +292,7 @@ def cmd_lr_find(args):
     print("wrote:", path, sep="\n  ")
 
 
-SWEPT = (*MODEL_OPTIONS, "dtype", "seed", "batch_size", "engine", "data", "split_seed")   # lr-find's, for train
+SWEPT = (*MODEL_OPTIONS, "dtype", "seed", "batch_size", "optimizer", "engine", "data", "split_seed")   # for train
 
 
 def cmd_sample(args):
@@ -548,11 +552,14 @@ def build_parser():
     p.add_argument("--quiet", action="store_true", help="no notes about the data")
     p.set_defaults(func=cmd_gradcheck)
 
-    p = sub.add_parser("lr-find", help="the lecture's learning-rate sweep (10^-3 to 10^0), with a plot")
+    p = sub.add_parser("lr-find", help="the lecture's learning-rate sweep (from 1/100 to 10 times the model's "
+                       "default rate; the lecture's 10^-3 to 10^0), with a plot")
     add_data_args(p)
     add_model_args(p)
     p.typed("--steps", type=positive_int, default=1000, help="steps, one rate each (default 1000)")
     add_batch_arg(p)
+    p.typed("--optimizer", choices=train.OPTIMIZERS, default=lambda args: registry.train_default(
+        args.model, "optimizer", TRAIN.optimizer), help="sgd or adamw (default: the model's own)")
     p.add_argument("--out", metavar="DIR", help="where lr_find.png goes (default runs/lr-find-<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_engine_args(p)

@@ -6,6 +6,8 @@ step of the chosen engine (fast.steps), so the update and the minibatches are tr
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..contract import SEED
@@ -14,15 +16,24 @@ from ..train import Diverged, TrainConfig
 MARGIN = 0.2  # suggested exponent = exponent of the smoothed minimum minus this (rate / 1.6)
 
 
-def sweep(steps, X, Y, lre, batch_size: int = 32, seed: int = SEED, on_step=None):
-    """Train a model in place with `steps` (fast.steps of it), step i at rate 10**lre[i];
-    -> losses (len(lre),), NaN from a divergence on (the sweep stops there: the model is ruined).
-    on_step(i, loss, lr) is optional."""
+def sweep_range(lr: float) -> tuple[float, float]:
+    """The exponents a sweep runs between: from 1/100 to 10 times a model's default rate, the
+    lecture's -3 to 0 around its 0.1."""
+    e = round(float(np.log10(lr)), 2)
+    return e - 2, e + 1
+
+
+def sweep(steps, X, Y, lre, base: TrainConfig | None = None, on_step=None):
+    """Train a model in place with `steps` (fast.steps of it, its optimiser bound), step i at rate
+    10**lre[i] with the rest of `base` (default: the lecture's SGD, batch 32); -> losses (len(lre),),
+    NaN from a divergence on (the sweep stops there: the model is ruined). on_step(i, loss, lr) is
+    optional."""
     n = len(lre)
+    base = TrainConfig(steps=n, seed=SEED) if base is None else base
     losses = np.full(n, np.nan, np.float32)     # the lecture's `lossi` against `lri`
     for i, e in enumerate(lre):
         lr = float(10.0 ** e)
-        cfg = TrainConfig(steps=n, batch_size=batch_size, lr=lr, lr_decayed=lr, seed=seed)
+        cfg = dataclasses.replace(base, steps=n, lr=lr, lr_decayed=lr, decay_at=1.0, schedule="step")
         try:
             steps(X, Y, cfg, losses, i, i + 1, None)
         except Diverged:
