@@ -58,14 +58,15 @@ class RecurrentEngine(FlatParams):
         V, T, E, H = model.vocab_size, model.block_size, model.n_embd, model.n_hidden
         self.V, self.T, self.E, self.H, self.K = V, T, E, H, self.gates * H
         super().__init__(model)
-        self.tanh_form, self.tanh = pick(self.dtype, tanh)
+        self.tanh_form, _ = pick(self.dtype, tanh)                # this CPU's (tanh.py), or `tanh`
         self.exp_form = self.tanh_form == "exp"
         w, dt = self.w, self.dtype
+        # the loops' constants as 0-d arrays of the dtype: a Python number is converted on every
+        # call, which costs more than the arithmetic on these arrays
+        self.one, self.two, self.minus_two = (np.full((), c, dt) for c in (1, 2, -2))
+        self.tanh = self.exp_tanh if self.exp_form else np.tanh
         self.wte, self.W_lm, self.b_lm = (getattr(w, k) for k in ("wte.weight", "lm_head.weight", "lm_head.bias"))
-        self.b_lm_col = self.b_lm[:, None]                        # (V, 1)
-        # BLAS multiplies a C-ordered right operand of these shapes faster: the transposed weights
-        # the products read are copied once a step (forward_loss; fresh_copies runs only for 64+ rows)
-        self.W_lmT = np.empty((V, H), dt)                         # W_lm.T
+        self.b_lm_col, self.W_lmT = self.b_lm[:, None], self.W_lm.T   # (V, 1), (V, H) views
         self.table = np.empty((V, self.K), dt)
         self._bufs: dict[int, SimpleNamespace] = {}               # batch rows -> buffers
         self._slabs: tuple = (None, None)                         # (g, its slabs by name)
@@ -139,7 +140,6 @@ class RecurrentEngine(FlatParams):
         v.count, v.pick_t, v.xT = count, pick.T[:U], xb.T[:U]     # (U, n) in the positions' order
         self.cells(b, v)                                          # (R, H) hidden, every position
         c, maxes = v.counts_t, v.maxes
-        np.copyto(self.W_lmT, self.W_lm.T)
         # the logits are made as their transpose (V, R): each reduction over V then adds whole
         # contiguous rows of R numbers instead of R short rows of V
         np.dot(self.W_lmT, v.hidden.T, c)                         # (V, R) (hidden @ W_lm).T
@@ -178,6 +178,15 @@ class RecurrentEngine(FlatParams):
         np.add(v.hot, v.positions, v.hot)                         # (U, n) x * R + t * n + row
         v.onehot_flat[v.hot] = 1                                  # (V, R)
         self.input_backward(b, v, s)
+
+    def exp_tanh(self, x, out) -> None:
+        """tanh(x) = 2 / (1 + exp(-2x)) - 1 into out: tanh.py's exp form (exp(-2x) overflows to inf
+        for x << 0, which gives -1; sgd runs with overflow warnings off)."""
+        np.multiply(x, self.minus_two, out)
+        np.exp(out, out)
+        np.add(out, self.one, out)
+        np.divide(self.two, out, out)
+        np.subtract(out, self.one, out)
 
     def _grad_slabs(self, g) -> SimpleNamespace:
         """The gradient arrays the backward writes, as views of g, made once per g (run_chunks
@@ -257,6 +266,9 @@ class RNNEngine(RecurrentEngine):
         # the exp form's tanh(u) = 2 / (1 + exp(-2u)) - 1 reads -2u: the -2 goes into the table and
         # a copy of W_h, so the loop makes -2u itself
         self.Wh_s = np.empty((H, H), dt) if self.exp_form else self.Wh      # -2 W_h, or W_h
+        # BLAS runs the loop's small products with a C-ordered right operand faster than with a
+        # transposed view (the LSTM's by a third): the backward's W_h.T is a copy, made in the
+        # forward each step (run_chunks calls fresh_copies only for chunks of 64+ rows)
         self.WhT = np.empty((H, H), dt)                           # W_h.T
 
     def cell_buffers(self, b):
@@ -273,12 +285,12 @@ class RNNEngine(RecurrentEngine):
         s.Wx, s.Wh, s.b, s.start = W[:self.E], W[self.E:], getattr(g, "cell.xh_to_h.bias"), g.start[0]
 
     def cells(self, b, v):
-        table, Wh_s = self.table, self.Wh_s
+        table, Wh_s, one, two = self.table, self.Wh_s, self.one, self.two
         np.dot(self.wte, self.Wx, table)                          # (V, H) wte @ W_x
         np.add(table, self.b, table)                              #   + b
         if self.exp_form:
-            np.multiply(table, -2, table)
-            np.multiply(self.Wh, -2, Wh_s)
+            np.multiply(table, self.minus_two, table)
+            np.multiply(self.Wh, self.minus_two, Wh_s)
         np.copyto(self.WhT, self.Wh.T)                            # for the backward
         table.take(v.xT, 0, v.xin, "clip")                        # (U, n, H) x_t @ W_x + b, every position
         hs, xin = b.hs_t, b.xin_t
@@ -289,9 +301,9 @@ class RNNEngine(RecurrentEngine):
             np.add(h, xin[t], h)                                  #   + x_t @ W_x + b (both -2x in the exp form)
             if self.exp_form:
                 np.exp(h, h)
-                np.add(h, 1, h)
-                np.divide(2, h, h)
-                np.subtract(h, 1, h)                              # (n, H) h_t = tanh(hpreact)
+                np.add(h, one, h)
+                np.divide(two, h, h)
+                np.subtract(h, one, h)                            # (n, H) h_t = tanh(hpreact)
             else:
                 self.tanh(h, h)
 
@@ -339,7 +351,7 @@ class GRUEngine(RecurrentEngine):
         self.bx_s = np.empty(3 * H, dt)                           # [-br, -bz, scale * bh]
         self.Wrz_s = np.empty((H, 2 * H), dt)                     # [-Wr_h, -Wz_h]
         self.Wh_s = np.empty((H, H), dt) if self.exp_form else self.Wh_h    # scale * Wh_h
-        self.WrzT = np.empty((2 * H, H), dt)                      # [Wr_h, Wz_h].T, for the backward
+        self.WrzT = np.empty((2 * H, H), dt)                      # [Wr_h, Wz_h].T, copies (see RNNEngine)
         self.WhT = np.empty((H, H), dt)                           # Wh_h.T
         self.table_rz, self.table_h = self.table[:, :2 * H], self.table[:, 2 * H:]
 
@@ -387,30 +399,30 @@ class GRUEngine(RecurrentEngine):
         np.negative(self.Wr_h, Wrz_s[:, :H])
         np.negative(self.Wz_h, Wrz_s[:, H:])
         if self.exp_form:
-            np.multiply(self.Wh_h, -2, Wh_s)
+            np.multiply(self.Wh_h, self.minus_two, Wh_s)
         np.copyto(self.WrzT[:H], self.Wr_h.T)                     # for the backward
         np.copyto(self.WrzT[H:], self.Wz_h.T)
         np.copyto(self.WhT, self.Wh_h.T)
         self.table_rz.take(v.xT, 0, b.xrz[:v.U], "clip")          # (U, n, 2H) every position's x @ W_x + b
         self.table_h.take(v.xT, 0, b.xh[:v.U], "clip")            # (U, n, H)
         hs, xrz, xh, rz_t, r_t, z_t = b.hs_t, b.xrz_t, b.xh_t, b.rz_t, b.r_t, b.z_t
-        hr_t, hbar_t, dif_t = b.hr_t, b.hbar_t, b.dif_t
+        hr_t, hbar_t, dif_t, one, two = b.hr_t, b.hbar_t, b.dif_t, self.one, self.two
         np.copyto(hs[0], self.start)                              # (n, H) h_-1 = start
         for t in range(v.U):
             hprev, rz, hbar, dif = hs[t], rz_t[t], hbar_t[t], dif_t[t]
             np.dot(hprev, Wrz_s, rz)                              # (n, 2H) -hprev @ [Wr_h, Wz_h]
             np.add(rz, xrz[t], rz)                                #   - (x @ W_x + b): -[rpreact, zpreact]
             np.exp(rz, rz)
-            np.add(rz, 1, rz)
-            np.divide(1, rz, rz)                                  # (n, 2H) [r, z]
+            np.add(rz, one, rz)
+            np.divide(one, rz, rz)                                # (n, 2H) [r, z]
             np.multiply(r_t[t], hprev, hr_t[t])                   # (n, H) hprev_reset = r * hprev
             np.dot(hr_t[t], Wh_s, hbar)                           # (n, H) hprev_reset @ Wh_h
             np.add(hbar, xh[t], hbar)                             #   + x @ Wh_x + bh (both -2x in the exp form)
             if self.exp_form:
                 np.exp(hbar, hbar)
-                np.add(hbar, 1, hbar)
-                np.divide(2, hbar, hbar)
-                np.subtract(hbar, 1, hbar)                        # (n, H) hbar = tanh(hbarpreact)
+                np.add(hbar, one, hbar)
+                np.divide(two, hbar, hbar)
+                np.subtract(hbar, one, hbar)                      # (n, H) hbar = tanh(hbarpreact)
             else:
                 self.tanh(hbar, hbar)
             np.subtract(hbar, hprev, dif)                         # (n, H) hbar - hprev
@@ -490,7 +502,7 @@ class LSTMEngine(RecurrentEngine):
         # (exact: powers of two), the numerators 1, 1, 2, 1 into one divide
         self.scale = np.repeat(np.array([-1, -1, -2, -1], dt), H)      # (4H,)
         self.numer = np.repeat(np.array([1, 1, 2, 1], dt), H)          # (4H,)
-        self.W_hh_s, self.W_hhT = np.empty((H, 4 * H), dt), np.empty((4 * H, H), dt)
+        self.W_hh_s, self.W_hhT = np.empty((H, 4 * H), dt), np.empty((4 * H, H), dt)   # W_hh.T: see RNNEngine
 
     def cell_buffers(self, b):
         T, n, H, dt = self.T, b.n, self.H, self.dtype
@@ -532,7 +544,7 @@ class LSTMEngine(RecurrentEngine):
         np.copyto(self.W_hhT, self.W_hh.T)                        # for the backward
         table.take(v.xT, 0, v.xin, "clip")                        # (U, n, 4H) every position's x @ W_ih + b
         hs, cs, xin, gates_t, i_t, f_t, g_t, o_t = b.hs_t, b.cs_t, b.xin_t, b.gates_t, b.i_t, b.f_t, b.g_t, b.o_t
-        tanhc_t, tmp = b.tanhc_t, b.tmp
+        tanhc_t, tmp, one = b.tanhc_t, b.tmp, self.one
         np.copyto(hs[0], self.start_h)                            # (n, H)
         np.copyto(cs[0], self.start_c)                            # (n, H)
         for t in range(v.U):
@@ -540,9 +552,9 @@ class LSTMEngine(RecurrentEngine):
             np.dot(hs[t], W_hh_s, gates)                          # (n, 4H) hprev @ W_hh, scaled
             np.add(gates, xin[t], gates)                          #   + x @ W_ih + b_ih + b_hh, scaled
             np.exp(gates, gates)
-            np.add(gates, 1, gates)
+            np.add(gates, one, gates)
             np.divide(numer, gates, gates)                        # (n, 4H) i, f, 2 sigmoid(2 gpreact), o
-            np.subtract(g_t[t], 1, g_t[t])                        # (n, H) g = tanh(gpreact)
+            np.subtract(g_t[t], one, g_t[t])                      # (n, H) g = tanh(gpreact)
             np.multiply(f_t[t], cs[t], c)
             np.multiply(i_t[t], g_t[t], tmp)
             np.add(c, tmp, c)                                     # (n, H) c = f * cprev + i * g
