@@ -285,10 +285,10 @@ class RNNEngine(RecurrentEngine):
         s.Wx, s.Wh, s.b, s.start = W[:self.E], W[self.E:], getattr(g, "cell.xh_to_h.bias"), g.start[0]
 
     def cells(self, b, v):
-        table, Wh_s, one, two = self.table, self.Wh_s, self.one, self.two
+        table, Wh_s, one, two, exp_form = self.table, self.Wh_s, self.one, self.two, self.exp_form
         np.dot(self.wte, self.Wx, table)                          # (V, H) wte @ W_x
         np.add(table, self.b, table)                              #   + b
-        if self.exp_form:
+        if exp_form:
             np.multiply(table, self.minus_two, table)
             np.multiply(self.Wh, self.minus_two, Wh_s)
         np.copyto(self.WhT, self.Wh.T)                            # for the backward
@@ -299,7 +299,7 @@ class RNNEngine(RecurrentEngine):
             h = hs[t + 1]
             np.dot(hs[t], Wh_s, h)                                # (n, H) h_t-1 @ W_h
             np.add(h, xin[t], h)                                  #   + x_t @ W_x + b (both -2x in the exp form)
-            if self.exp_form:
+            if exp_form:
                 np.exp(h, h)
                 np.add(h, one, h)
                 np.divide(two, h, h)
@@ -406,7 +406,7 @@ class GRUEngine(RecurrentEngine):
         self.table_rz.take(v.xT, 0, b.xrz[:v.U], "clip")          # (U, n, 2H) every position's x @ W_x + b
         self.table_h.take(v.xT, 0, b.xh[:v.U], "clip")            # (U, n, H)
         hs, xrz, xh, rz_t, r_t, z_t = b.hs_t, b.xrz_t, b.xh_t, b.rz_t, b.r_t, b.z_t
-        hr_t, hbar_t, dif_t, one, two = b.hr_t, b.hbar_t, b.dif_t, self.one, self.two
+        hr_t, hbar_t, dif_t, one, two, exp_form = b.hr_t, b.hbar_t, b.dif_t, self.one, self.two, self.exp_form
         np.copyto(hs[0], self.start)                              # (n, H) h_-1 = start
         for t in range(v.U):
             hprev, rz, hbar, dif = hs[t], rz_t[t], hbar_t[t], dif_t[t]
@@ -418,7 +418,7 @@ class GRUEngine(RecurrentEngine):
             np.multiply(r_t[t], hprev, hr_t[t])                   # (n, H) hprev_reset = r * hprev
             np.dot(hr_t[t], Wh_s, hbar)                           # (n, H) hprev_reset @ Wh_h
             np.add(hbar, xh[t], hbar)                             #   + x @ Wh_x + bh (both -2x in the exp form)
-            if self.exp_form:
+            if exp_form:
                 np.exp(hbar, hbar)
                 np.add(hbar, one, hbar)
                 np.divide(two, hbar, hbar)
