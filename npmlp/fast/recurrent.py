@@ -246,7 +246,7 @@ def inference_loss(eng: RecurrentEngine, model, X, Y, chunk: int = EVAL_CHUNK) -
     return total / count if count else float("nan")
 
 
-def stack(a, U: int):
+def stacked(a, U: int):
     """The first U positions of a (T, n, k) array as one (U * n, k) array (the same memory)."""
     return a[:U].reshape(-1, a.shape[-1])
 
@@ -278,7 +278,7 @@ class RNNEngine(RecurrentEngine):
         b.G = np.empty((self.V, H), dt)
 
     def cell_views(self, b, v):
-        v.dpre, v.dtanh = stack(b.dpre, v.U), stack(b.dtanh, v.U)
+        v.dpre, v.dtanh = stacked(b.dpre, v.U), stacked(b.dtanh, v.U)
 
     def cell_slabs(self, g, s):
         W = getattr(g, "cell.xh_to_h.weight")
@@ -375,8 +375,8 @@ class GRUEngine(RecurrentEngine):
     def cell_views(self, b, v):
         H, U = self.H, v.U
         for k in ("hr", "hbar", "dif", "A", "Bc", "Cc", "Dc", "dhb"):
-            setattr(v, k, stack(getattr(b, k), U))                # (R, H)
-        v.rz, v.drz = stack(b.rz, U), stack(b.drz, U)             # (R, 2H)
+            setattr(v, k, stacked(getattr(b, k), U))                # (R, H)
+        v.rz, v.drz = stacked(b.rz, U), stacked(b.drz, U)             # (R, 2H)
         v.r, v.z, v.dr, v.dz = v.rz[:, :H], v.rz[:, H:], v.drz[:, :H], v.drz[:, H:]
 
     def cell_slabs(self, g, s):
@@ -524,8 +524,8 @@ class LSTMEngine(RecurrentEngine):
 
     def cell_views(self, b, v):
         H, U = self.H, v.U
-        v.cprev, v.tanhc, v.P = stack(b.cs, U), stack(b.tanhc, U), stack(b.P, U)     # (R, H)
-        v.gates, v.coef, v.dgates = stack(b.gates, U), stack(b.coef, U), stack(b.dgates, U)   # (R, 4H)
+        v.cprev, v.tanhc, v.P = stacked(b.cs, U), stacked(b.tanhc, U), stacked(b.P, U)     # (R, H)
+        v.gates, v.coef, v.dgates = stacked(b.gates, U), stacked(b.coef, U), stacked(b.dgates, U)   # (R, 4H)
         v.i, v.f, v.g, v.o = (v.gates[:, k * H:(k + 1) * H] for k in range(4))
         v.ci, v.cf, v.cg, v.co = (v.coef[:, k * H:(k + 1) * H] for k in range(4))
 
