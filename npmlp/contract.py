@@ -99,7 +99,8 @@ class Spec:
     init_help  what each scheme is, for --help
     train      the training defaults where it differs from train.TrainConfig (its lecture's recipe)
     data       WINDOWS or SEQUENCES: the rows it learns from
-    engine     the fast engine that trains it (fast/: 'mlp', 'bn', 'stack'), None for the reference only
+    engine     the fast engine that trains it (a name of fast/engine.py's ENGINE_CLASS), None for the
+               reference only
     mirror     the function of torch_mirrors.py computing the same forward in torch
     unshaped   sizes its parameters' shapes do not show, given to the constructor (a checkpoint's)
     embedding  the parameter whose rows embed the characters (embedding.png), None if it has none

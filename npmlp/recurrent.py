@@ -327,7 +327,7 @@ SATURATED = 0.97     # readings_through_time's default, diagnose's threshold (th
 def recurrent_spec(kind, title, weights):
     """The spec the three models share but for their kind, title and cell weights (torch's (out, in))."""
     return Spec(kind=kind, title=title, options=OPTIONS, train=TRAIN, data=SEQUENCES, mirror=f"{kind}_forward",
-                unshaped=("block_size",), embedding="wte.weight",
+                unshaped=("block_size",), embedding="wte.weight", engine=kind,
                 makemore=Makemore(type=kind, transposed=(*weights, "lm_head.weight")))
 
 

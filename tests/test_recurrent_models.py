@@ -279,7 +279,7 @@ def test_spec_and_construction(kind):
     from npmlp import torch_mirrors
     cls = CLASSES[kind]
     spec = cls.spec
-    assert spec.kind == kind and spec.data == SEQUENCES and spec.engine is None
+    assert spec.kind == kind and spec.data == SEQUENCES and spec.engine == kind
     assert spec.defaults == {"n_embd": 64, "n_hidden": 64} and spec.unshaped == ("block_size",)
     assert dict(spec.train) == {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.01, "beta1": 0.9, "beta2": 0.99,
                                 "eps": 1e-8, "decay_at": 1.0, "batch_size": 32, "steps": 30_000, "eval_every": 500}

@@ -205,9 +205,10 @@ class Run:
         """--eval-every: the loss on the fixed rows of the train and dev splits (train.estimate_rows)
         at the steps done; a better dev estimate saves best.npz. on_eval is told."""
         train_rows, dev_rows = (train.estimate_rows(xy[1], self.cfg.seed) for xy in (self.data.train, self.data.dev))
-        with np.errstate(over="ignore", invalid="ignore"):
-            t = train.evaluate(self.model, self.data.train[0][train_rows], self.data.train[1][train_rows])
-            d = train.evaluate(self.model, self.data.dev[0][dev_rows], self.data.dev[1][dev_rows])
+        with np.errstate(over="ignore", invalid="ignore"):       # by the run's engine, as at the end
+            t = fast.evaluate(self.model, self.data.train[0][train_rows], self.data.train[1][train_rows],
+                              self.record.engine)
+            d = fast.evaluate(self.model, self.data.dev[0][dev_rows], self.data.dev[1][dev_rows], self.record.engine)
         self.evals.append([self.step, t, d])
         better = np.isfinite(d) and (self.best is None or d < self.best["dev"])
         if better:

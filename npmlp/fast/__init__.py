@@ -5,6 +5,7 @@ tier (npmlp/*.py), arranged for speed, and held to it by the tests.
     engine.py    the MLP and bn models' training step: fused layers, chunks; the loop every engine runs
     counts.py    the bigram's step from its batch's pair counts
     stack.py     the layer-object networks' (deep, wavenet) step, fused block by block
+    recurrent.py makemore.py's recurrent models' (rnn, gru, lstm) step, backprop through time
     tanh.py      the tanh the engines use on this CPU
     parallel.py  helper processes that run some of a large batch's chunks on other cores
     dataset.py   build_dataset vectorised
@@ -21,6 +22,8 @@ from ..contract import Spec
 from . import engine as _engine
 from .engine import ARITHMETIC as FAST_ARITHMETIC
 from .engine import CHUNK, ENGINE_CLASS, GATHER, gradients
+from .recurrent import RecurrentEngine
+from .recurrent import inference_loss as recurrent_loss
 from .stack import EVAL_BYTES, StackEngine, inference_loss
 
 ENGINES = ("fast", "reference")
@@ -71,7 +74,12 @@ def eval_bytes(spec: Spec) -> int:
 def evaluate(model, X, Y, engine: str = "fast") -> float:
     """train.evaluate's mean loss in inference mode, by `engine`: for a layer-object network the
     fast one folds each BatchNorm into the Linear before it and runs each block once per distinct
-    window of characters (stack.inference_loss); every other case runs train.evaluate itself."""
+    window of characters (stack.inference_loss); a recurrent model runs its engine's forward on
+    chunks of names of similar length (recurrent.inference_loss); every other case runs
+    train.evaluate itself."""
     if engine == "fast" and _stacked(model.spec, model.sizes):
         return inference_loss(model, X, Y)
+    cls = ENGINE_CLASS.get(model.spec.engine or "")
+    if engine == "fast" and cls is not None and issubclass(cls, RecurrentEngine):
+        return recurrent_loss(cls(model), model, X, Y)
     return train.evaluate(model, X, Y)

@@ -42,6 +42,7 @@ from ..mlp import MLP
 from ..train import BLOCK, AdamW, TrainConfig, check_loss, step_block
 from .counts import CountsEngine
 from .flat import FlatParams
+from .recurrent import GRUEngine, LSTMEngine, RNNEngine
 from .stack import StackEngine
 from .tanh import TANH, pick
 
@@ -241,9 +242,10 @@ class BNEngine(Engine):
 
 
 # by the name a spec's `engine` gives: one hidden layer; one with BatchNorm before tanh; layer objects;
-# a bigram's pair counts
+# a bigram's pair counts; makemore.py's recurrent cells
 ENGINE_CLASS: dict[str, type[FlatParams]] = {"mlp": Engine, "mlp-batchnorm": BNEngine, "stack": StackEngine,
-                                             "counts": CountsEngine}
+                                             "counts": CountsEngine,
+                                             "rnn": RNNEngine, "gru": GRUEngine, "lstm": LSTMEngine}
 
 
 def run_chunks(eng: FlatParams, pool, ks, g: int, lr: float):
