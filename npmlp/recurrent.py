@@ -315,8 +315,8 @@ def lstm_backward(dhidden, cache, return_dh=False):
 
 # Each model's params are makemore.py's state_dict keys, in its order (the GRU's gates as makemore.py
 # defines them: z, r, hbar); the LSTM's as makemore.py's would be with `self.cell = nn.LSTMCell(...)`.
-OPTIONS = (Option("n_embd", 64, "embedding size E"),
-           Option("n_hidden", 64, "hidden state size H (makemore.py's n_embd2)"))
+OPTIONS = (Option("n_embd", 64, "embedding size E", makemore="--n-embd"),
+           Option("n_hidden", 64, "hidden state size H (makemore.py's n_embd2)", makemore="--n-embd2"))
 # makemore.py's recipe (contract.MAKEMORE_TRAIN). Its loop has no end (--max-steps -1); npmlp stops at
 # 30,000 steps, the longer of the two runs measured for these models (the dev loss still falls at 5,000).
 TRAIN = MAKEMORE_TRAIN

@@ -72,17 +72,18 @@ from .layers import (
 
 BOW = Spec(
     kind="bow", title="makemore.py's bag of words: a causal average of the embeddings, then an MLP",
-    options=(Option("n_embd", 64, "channels C of the embeddings and the residual stream"),
-             Option("n_hidden", 64, "hidden units H of the block's MLP (makemore.py's --n-embd2)")),
+    options=(Option("n_embd", 64, "channels C of the embeddings and the residual stream", makemore="--n-embd"),
+             Option("n_hidden", 64, "hidden units H of the block's MLP (makemore.py's --n-embd2)",
+                    makemore="--n-embd2")),
     train={**MAKEMORE_TRAIN, "steps": 10_000}, data=SEQUENCES, mirror="bow_forward", embedding="wte.weight",
     makemore=Makemore(type="bow", transposed=("context_block.mlp.c_fc.weight", "context_block.mlp.c_proj.weight",
                                               "lm_head.weight"), ignored=("cbow.bias",)))
 
 TRANSFORMER = Spec(
     kind="transformer", title="makemore.py's Transformer: GPT-2's blocks of causal self-attention and an MLP",
-    options=(Option("n_embd", 64, "channels C of the embeddings and every block"),
-             Option("n_layers", 4, "Transformer blocks (makemore.py's --n-layer)", repeats=True),
-             Option("n_head", 4, "attention heads per block; must divide --n-embd"),
+    options=(Option("n_embd", 64, "channels C of the embeddings and every block", makemore="--n-embd"),
+             Option("n_layers", 4, "Transformer blocks (makemore.py's --n-layer)", repeats=True, makemore="--n-layer"),
+             Option("n_head", 4, "attention heads per block; must divide --n-embd", makemore="--n-head"),
              Option("dropout", 0.0, "dropout probability in training, at nanoGPT's places (0: makemore.py's model)",
                     type=float, minimum=0, maximum=1, metavar="P")),
     # makemore.py's recipe for now; a tuned default (dropout, a cosine schedule, decay on the
