@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__, fast, train
-from ..contract import MAKEMORE_TRAIN
+from ..contract import MAKEMORE_TRAIN, SEQUENCES
 from ..data import SPLIT_SEED, split_words
 from ..fast.parallel import HelperFailed
 from ..gradcheck import minibatch
@@ -397,7 +397,8 @@ def cmd_import_makemore(args):
         except Exception as e:               # not a zip, not torch's, not tensors: whatever torch.load says
             raise NpmlpError(f"cannot read {src} as makemore.py's model.pt ({str(e).splitlines()[0][:200]})") from None
         sizes = {k: getattr(args, k) for k in ("n_head",) if k in cls.spec.unshaped and getattr(args, k) is not None}
-        data = rundir.splits(args.data, SPLIT_SEED, cls.spec.context, cls.spec.data)
+        data = rundir.splits(args.data, SPLIT_SEED, None if cls.spec.data == SEQUENCES else cls.spec.context,
+                             cls.spec.data)       # a sequence model's positions: its names' longest + 1
         notes(args, data.notes)
         if "block_size" in cls.spec.unshaped:
             sizes["block_size"] = data.block_size
