@@ -1,9 +1,10 @@
 """makemore part 4, "becoming a backprop ninja": its four exercises in NumPy, on npmlp.
 
-Open it as a notebook:   marimo edit examples/backprop_ninja.py
-Run it top to bottom:    python examples/backprop_ninja.py
-Data: as in examples/lecture2.py, the names come from $NPMLP_DATA, the cached download, or the
-lecture's URL; offline without any of those, generated names stand in so every cell still runs.
+Open it as a notebook:   marimo edit examples/backprop_ninja.py   (then "Run all": it opens with nothing run)
+Run it as an app:        marimo run examples/backprop_ninja.py    (every cell run, the results on the page)
+Run it top to bottom:    python examples/backprop_ninja.py        (the same results on the terminal)
+Data: as in examples/lecture2.py, the names come from $NPMLP_DATA, npmlp's cache, or the lecture's
+URL (a checked download); without any of them the notebook stops and says what to do.
 torch is optional: with it every hand-written gradient is held against torch autograd, without it
 against central finite differences of the NumPy forward.
 """
@@ -17,6 +18,62 @@ app = marimo.App(width="medium")
 def _():
     import marimo as mo
     return (mo,)
+
+
+@app.cell(hide_code=True)
+def _(mo):
+    # The same cell in the four notebooks: how each result reaches the page and the terminal, and
+    # what happens without the names. marimo's script mode (`python FILE`) shows no cell outputs,
+    # so there each result is printed as well; in the browser it is only the cell's output.
+    def show(md, text=None):
+        """A result: markdown `md` as the cell's output. In a script run it is printed instead:
+        `text` if given, else `md`, without markdown's marks (#, **, `) and blank lines."""
+        if not mo.running_in_notebook():
+            import inspect
+            import re
+            plain = re.sub(r"^#+ |\*\*|`", "", inspect.cleandoc(md if text is None else text), flags=re.M)
+            print("\n".join(line for line in plain.splitlines() if line.strip()))
+        return mo.md(md)
+
+    def cmp_table(title, rows):
+        """cmp's rows (name, exact, approximate, maxdiff) as a table under `title`, the cell's
+        output; in a script run, `title` and the lecture's cmp lines printed."""
+        width = max([15, *(len(r["name"]) for r in rows)])
+        lines = [f"{r['name']:{width}s} | exact: {r['exact']!s:5s} | approximate: {r['approximate']!s:5s} | "
+                 f"maxdiff: {r['maxdiff']:.3g}" for r in rows]
+        table = [f"| {r['name']} | {r['exact']} | {r['approximate']} | {r['maxdiff']:.3g} |" for r in rows]
+        return show("\n".join([f"**{title}**", "", "| name | exact | approximate | maxdiff |", "|---|---|---|---:|",
+                               *table]), "\n".join([title, *lines]))
+
+    def load_names():
+        """npmlp's load_words(): the names of $NPMLP_DATA, else npmlp's cache, else the lecture's URL
+        (a checked download). Without them the notebook stops and says why and what to do: in a
+        callout on the page; in a script run, in one line on stderr, with exit status 1."""
+        import html
+        import sys
+        from pathlib import Path
+
+        from npmlp.data import DataError
+        from npmlp.loading import data_source, load_words
+
+        try:
+            return load_words()
+        except DataError as e:
+            problem = str(e)
+        if "--data" in problem:                   # the npmlp command's advice: a notebook has no --data
+            problem = problem.rsplit("; ", 1)[0]
+        problem += ("; check NPMLP_DATA, or unset it to use npmlp's cache or the checked download" if data_source()
+                    else "; offline, set NPMLP_DATA=path/to/names.txt, a copy of the lecture's names.txt")
+        notebook = f"examples/{Path(__file__).name}"
+        if not mo.running_in_notebook():
+            sys.exit(f"{notebook}: error: {problem}")
+        mo.stop(True, mo.callout(mo.vstack([
+            mo.md(f"**{notebook} stopped here: it has no names to work on.**"),
+            mo.Html(f"<p>{html.escape(problem)}</p>"),
+            mo.md(f"Every result below needs them. Fix that and start marimo again, for example with "
+                  f"`NPMLP_DATA=path/to/names.txt marimo edit {notebook}`.")]), kind="danger"))
+
+    return cmp_table, load_names, show
 
 
 @app.cell(hide_code=True)
@@ -44,7 +101,6 @@ def _(mo):
 @app.cell
 def _():
     import inspect
-    import random
 
     import numpy as np
     from threadpoolctl import threadpool_limits
@@ -52,8 +108,7 @@ def _():
     from npmlp import gradcheck, layers
     from npmlp.app import plots
     from npmlp.bn import BNMLP, PARAM_NAMES
-    from npmlp.data import DataError, Vocab, build_dataset, split_words
-    from npmlp.loading import load_words
+    from npmlp.data import Vocab, build_dataset, split_words
     from npmlp.layers import BN_EPS as EPS
     from npmlp.mlp import Intermediates
     from npmlp.train import TrainConfig, evaluate, sample, sgd
@@ -63,24 +118,14 @@ def _():
         import torch.nn.functional as F
     except ImportError:
         torch = F = None
-    return (Intermediates, BNMLP, EPS, F, DataError, PARAM_NAMES, TrainConfig, Vocab, build_dataset, evaluate,
-            gradcheck, inspect, layers, load_words, np, plots, random, sample, sgd, split_words,
-            threadpool_limits, torch)
+    return (Intermediates, BNMLP, EPS, F, PARAM_NAMES, TrainConfig, Vocab, build_dataset, evaluate,
+            gradcheck, inspect, layers, np, plots, sample, sgd, split_words, threadpool_limits, torch)
 
 
 @app.cell
-def _(DataError, load_words, mo, random):
-    try:
-        words = load_words()           # $NPMLP_DATA, the cache, or the lecture's URL
-        _note, _kind = f"{len(words):,} names, e.g. {', '.join(words[:8])}", "neutral"
-    except DataError as _e:           # offline, no copy: generated names keep the notebook running
-        _rng = random.Random(0)
-        words = ["".join(_rng.choice("bdklmnrstv") + _rng.choice("aeiou") for _ in range(_rng.randint(1, 4)))
-                 for _ in range(2000)]
-        _note = (f"Could not load names.txt ({_e}); using {len(words):,} generated names. "
-                 f"Set `NPMLP_DATA=path/to/names.txt` for the real data.")
-        _kind = "warn"
-    mo.callout(mo.md(_note), kind=_kind)
+def _(load_names, mo):
+    words = load_names()               # $NPMLP_DATA, npmlp's cache, or the lecture's URL
+    mo.md(f"{len(words):,} names, e.g. {', '.join(words[:8])}")
     return (words,)
 
 
@@ -128,7 +173,7 @@ def _(mo):
 
 
 @app.cell
-def _(Intermediates, EPS, P, PARAM_NAMES, Xb, Yb, mo, model0, np):
+def _(Intermediates, EPS, P, PARAM_NAMES, Xb, Yb, model0, np, show):
     def forward_atoms(P, Xb, Yb, at=None):
         """Part 4's forward, atom by atom. -> Intermediates with every intermediate and the loss.
         `at`: {name: array} keeps that array in place of the computed atom, so that a finite
@@ -166,9 +211,9 @@ def _(Intermediates, EPS, P, PARAM_NAMES, Xb, Yb, mo, model0, np):
     fwd = forward_atoms(P, Xb, Yb)
     _lib_loss, _ = model0.forward(Xb, Yb)
     _rows = "\n".join(f"| `{k}` | {np.shape(v)} |" for k, v in fwd.items() if k != "loss")
-    mo.md(f"loss **{fwd.loss:.6f}** (`BNMLP.forward`, which fuses the cross-entropy: "
-          f"{_lib_loss:.6f}; the lecture's torch run, on its own minibatch: 3.3377)\n\n"
-          f"| atom | shape |\n|---|---|\n{_rows}")
+    _loss = (f"loss **{fwd.loss:.6f}** (`BNMLP.forward`, which fuses the cross-entropy: {_lib_loss:.6f}; "
+             f"the lecture's torch run, on its own minibatch: 3.3377)")
+    show(f"{_loss}\n\n| atom | shape |\n|---|---|\n{_rows}", _loss)
     return forward_atoms, fwd
 
 
@@ -341,34 +386,23 @@ def _(gradcheck, grads, np):
     def cmp(name, mine, ref, rtol=1e-10, floor=floor):
         """The lecture's cmp: bitwise equal? equal up to round-off (gradcheck.verdict)? largest
         difference? Entries where `ref` is NaN (finite differences not taken there) are skipped.
-        Prints one line and returns it as a dict."""
+        -> a row of cmp_table, with the verdict, the shape and how many entries were compared."""
         mine, ref = np.asarray(mine, np.float64), np.asarray(ref, np.float64)
         assert mine.shape == ref.shape, f"{name}: shape {mine.shape} != {ref.shape}"
         known = ~np.isnan(ref)
         m, r = mine[known], ref[known]
         verdict = gradcheck.verdict(m, r, rtol, floor)
-        row = {"name": name, "shape": mine.shape, "exact": verdict == "exact",
-               "approximate": verdict != "FAIL", "maxdiff": float(np.abs(m - r).max(initial=0.0)),
-               "verdict": verdict, "compared": int(known.sum())}
-        print(f"{name:15s} | exact: {row['exact']!s:5s} | approximate: {row['approximate']!s:5s} "
-              f"| maxdiff: {row['maxdiff']:.3g}")
-        return row
-
-    def cmp_table(rows):
-        """The cmp lines as a markdown table."""
-        lines = [f"| d{r['name']} | {'x'.join(map(str, r['shape'])) or '()'} | {r['compared']} | "
-                 f"{r['exact']} | {r['approximate']} | {r['maxdiff']:.2e} |" for r in rows]
-        return ("| gradient | shape | entries compared | exact | approximate | maxdiff |\n"
-                "|---|---|---:|---|---|---:|\n" + "\n".join(lines))
-    return cmp, cmp_table
+        return {"name": name, "shape": mine.shape, "exact": verdict == "exact",
+                "approximate": verdict != "FAIL", "maxdiff": float(np.abs(m - r).max(initial=0.0)),
+                "verdict": verdict, "compared": int(known.sum())}
+    return (cmp,)
 
 
 @app.cell
 def _(cmp, cmp_table, grads, mo, ref, ref_kind, ref_rtol):
-    print(f"exercise 1: every atom's gradient against {ref_kind}")
     cmp_rows = [cmp(name, g, ref[name], rtol=ref_rtol) for name, g in grads.items()]
     _bad = [r["name"] for r in cmp_rows if not r["approximate"]]
-    mo.vstack([mo.md(f"Reference: **{ref_kind}**.\n\n" + cmp_table(cmp_rows)),
+    mo.vstack([cmp_table(f"exercise 1: every atom's gradient against {ref_kind}", cmp_rows),
                mo.callout(f"all {len(cmp_rows)} gradients agree" if not _bad else "FAIL: " + ", ".join(_bad),
                           kind="success" if not _bad else "danger")])
     return (cmp_rows,)
@@ -390,18 +424,16 @@ def _(mo):
 
 
 @app.cell
-def _(Yb, cmp, dlogits, fwd, layers, mo, np, ref, ref_rtol):
+def _(Yb, cmp, cmp_table, dlogits, fwd, layers, mo, np, ref, ref_kind, ref_rtol, show):
     loss_fast, _ce_cache = layers.cross_entropy_forward(fwd.logits, Yb)
     dlogits_fast = layers.cross_entropy_backward(1.0, _ce_cache)   # (B, V) (softmax - onehot(Yb)) / n
-    print("exercise 2: the fused cross-entropy backward")
-    ce_rows = [cmp("logits", dlogits_fast, dlogits),           # against the atom chain
-               cmp("logits", dlogits_fast, ref["logits"], rtol=ref_rtol)]
-    mo.md(f"loss of the atoms {fwd.loss:.12f}, fused forward {loss_fast:.12f} "
-          f"(diff {abs(fwd.loss - loss_fast):.1e}); largest row sum of `dlogits_fast`: "
-          f"{np.abs(dlogits_fast.sum(1)).max():.1e}\n\n"
-          f"| `dlogits_fast` against | exact | approximate | maxdiff |\n|---|---|---|---:|\n"
-          + "\n".join(f"| {what} | {r['exact']} | {r['approximate']} | {r['maxdiff']:.2e} |"
-                      for what, r in zip(("the atom chain's `dlogits`", "the reference"), ce_rows)))
+    ce_rows = [cmp("logits (chain)", dlogits_fast, dlogits),
+               cmp("logits (ref)", dlogits_fast, ref["logits"], rtol=ref_rtol)]
+    mo.vstack([show(f"loss of the atoms {fwd.loss:.12f}, fused forward {loss_fast:.12f} "
+                    f"(diff {abs(fwd.loss - loss_fast):.1e}); largest row sum of `dlogits_fast`: "
+                    f"{np.abs(dlogits_fast.sum(1)).max():.1e}"),
+               cmp_table("exercise 2: the fused cross-entropy backward `dlogits_fast` against the atom chain's "
+                         f"`dlogits` and against the reference, {ref_kind}", ce_rows)])
     return ce_rows, dlogits_fast
 
 
@@ -433,17 +465,15 @@ def _(mo):
 
 
 @app.cell
-def _(EPS, P, cmp, dbnbias, dbngain, dhpreact, dhprebn, fwd, layers, mo, np):
+def _(EPS, P, cmp, cmp_table, dbnbias, dbngain, dhpreact, dhprebn, fwd, layers, mo, np, show):
     hpreact_fast, _bn_cache = layers.batchnorm_forward(fwd.hprebn, P["bngain"], P["bnbias"], eps=EPS,
                                                        unbiased=True)                       # (B, H)
     dhprebn_fast, dbngain_fast, dbnbias_fast = layers.batchnorm_backward(dhpreact, _bn_cache)  # (B, H), (H,), (H,)
-    print("exercise 3: the fused BatchNorm backward against the atom chain")
     bn_rows = [cmp("hprebn", dhprebn_fast, dhprebn), cmp("bngain", dbngain_fast, dbngain),
                cmp("bnbias", dbnbias_fast, dbnbias)]
-    mo.md(f"forward: max |`hpreact_fast` - `hpreact`| = {np.abs(hpreact_fast - fwd.hpreact).max():.1e}\n\n"
-          "| fused | against the atom chain's | exact | approximate | maxdiff |\n|---|---|---|---|---:|\n"
-          + "\n".join(f"| `d{r['name']}_fast` | `d{r['name']}` | {r['exact']} | {r['approximate']} | "
-                      f"{r['maxdiff']:.2e} |" for r in bn_rows))
+    mo.vstack([show(f"forward: max |`hpreact_fast` - `hpreact`| = {np.abs(hpreact_fast - fwd.hpreact).max():.1e}"),
+               cmp_table("exercise 3: the fused BatchNorm backward, `dhprebn_fast`, `dbngain_fast`, `dbnbias_fast`, "
+                         "against the atom chain's", bn_rows)])
     return bn_rows, dbnbias_fast, dbngain_fast, dhprebn_fast
 
 
@@ -468,13 +498,13 @@ def _(mo):
 
 
 @app.cell
-def _(EPS, F, P, cmp, fwd, layers, mo, np, torch):
+def _(EPS, F, P, cmp, cmp_table, fwd, layers, mo, np, show, torch):
     _x, _g, _b = fwd.hprebn, P["bngain"], P["bnbias"]
     _y_unb, _ = layers.batchnorm_forward(_x, _g, _b, eps=EPS, unbiased=True)
     _y_bia, _c_bia = layers.batchnorm_forward(_x, _g, _b, eps=EPS, unbiased=False)
     _ratio = np.abs((_y_bia - _b) / (_y_unb - _b))
-    _lines = [(f"unbiased vs biased output: (y - beta) ratio {_ratio.min():.6f} .. {_ratio.max():.6f} "
-               f"(sqrt(n/(n-1)) = {np.sqrt(len(_x) / (len(_x) - 1)):.6f}, up to eps)")]
+    _shown = [show(f"unbiased vs biased output: (y - beta) ratio {_ratio.min():.6f} .. {_ratio.max():.6f} "
+                   f"(sqrt(n/(n-1)) = {np.sqrt(len(_x) / (len(_x) - 1)):.6f}, up to eps)")]
     bessel_rows = []
     if torch is not None:
         # torch's training-mode batch norm (biased variance) against unbiased=False, forward and backward
@@ -482,20 +512,19 @@ def _(EPS, F, P, cmp, fwd, layers, mo, np, torch):
         _tx, _tg, _tb = (torch.tensor(v, requires_grad=True) for v in (_x, _g, _b))
         _ty = F.batch_norm(_tx, None, None, _tg, _tb, training=True, eps=EPS)
         (_ty * torch.as_tensor(_dy)).sum().backward()
-        print("unbiased=False against torch.nn.functional.batch_norm (training mode)")
         _dx, _dg, _db = layers.batchnorm_backward(_dy, _c_bia)
         bessel_rows = [cmp("bn out", _y_bia, _ty.detach().numpy()), cmp("bn x", _dx, _tx.grad.numpy()),
                        cmp("bn gamma", _dg, _tg.grad.numpy()), cmp("bn beta", _db, _tb.grad.numpy())]
-        _lines.append("`unbiased=False` against `F.batch_norm(training=True)`: "
-                      + ", ".join(f"{r['name']} {r['verdict']} ({r['maxdiff']:.1e})" for r in bessel_rows))
+        _shown.append(cmp_table("`unbiased=False` against torch.nn.functional.batch_norm (training mode), "
+                                "the output and its gradients", bessel_rows))
     else:
-        _lines.append("(torch is not installed: the comparison with `F.batch_norm` is skipped)")
-    mo.md("\n\n".join(_lines))
+        _shown.append(show("(torch is not installed: the comparison with `F.batch_norm` is skipped)"))
+    mo.vstack(_shown)
     return (bessel_rows,)
 
 
 @app.cell
-def _(EPS, F, P, fwd, gradcheck, layers, mo, torch):
+def _(EPS, F, P, fwd, gradcheck, layers, mo, show, torch):
     # npmlp's public checker for anyone's forward/backward pair: float64 central differences of
     # sum(out * dout) for a random dout, and torch autograd when a torch forward is given
     def _torch_bn(unbiased):
@@ -513,7 +542,7 @@ def _(EPS, F, P, fwd, gradcheck, layers, mo, torch):
                      "`check_pair(batchnorm_forward, batchnorm_backward, x, gamma, beta, eps, unbiased, "
                      "torch_forward=...)`: the lecture's variance (`unbiased=True`, torch side: its "
                      "`hpreact_fast` line) and torch's (`unbiased=False`, torch side: `F.batch_norm`).")]
-              + [mo.vstack([mo.md(f"`unbiased={u}`: {'ok' if c.ok else 'FAIL'}"), mo.plain_text(c.text)])
+              + [show(f"`check_pair`, `unbiased={u}`: {'ok' if c.ok else 'FAIL'}\n\n```\n{c.text}\n```")
                  for u, c in pair_checks.items()])
     return (pair_checks,)
 
@@ -557,7 +586,7 @@ def _(BNMLP, TrainConfig, Xtr, Ytr, block_size, mo, np, plots, sgd, steps, vocab
 
 
 @app.cell
-def _(Xdev, Xtr, Ydev, Ytr, cfg, evaluate, mo, model, threadpool_limits):
+def _(Xdev, Xtr, Ydev, Ytr, cfg, evaluate, model, show, threadpool_limits):
     # inference cannot use a batch's statistics (one name at a time has no batch): measure the
     # mean and the (n-1) variance of hprebn over the whole training split once, and use those.
     # One BLAS thread: on two busy cores OpenBLAS's second thread made these 1024-row products
@@ -565,25 +594,26 @@ def _(Xdev, Xtr, Ydev, Ytr, cfg, evaluate, mo, model, threadpool_limits):
     with threadpool_limits(1, user_api="blas"):
         model.calibrate(Xtr)
         train_loss, dev_loss = evaluate(model, Xtr, Ytr), evaluate(model, Xdev, Ydev)
-    mo.md(f"""
+    _result = (f"After {cfg.steps:,} steps, with the statistics calibrated over the {len(Xtr):,} training rows: "
+               f"train loss **{train_loss:.4f}**, dev loss **{dev_loss:.4f}**.")
+    show(f"""
     ### Calibrate, then evaluate
 
-    After {cfg.steps:,} steps, with the statistics calibrated over the {len(Xtr):,} training rows:
-    train loss **{train_loss:.4f}**, dev loss **{dev_loss:.4f}**.
+    {_result}
 
     The full run, `npmlp train --model bn` (200,000 steps), reaches train 2.0733 / dev 2.1156 /
     test 2.1065 in this project; the lecture's run reached train 2.0705 / dev 2.1099. NumPy
     cannot replay torch's random stream, so the init and the minibatches differ and only the
     statistics of the two runs agree.
-    """)
+    """, _result)
     return dev_loss, train_loss
 
 
 @app.cell
-def _(mo, model, sample, vocab):
+def _(model, sample, show, vocab):
     # sampling with the calibrated statistics: context all '.', draw from softmax(logits) until '.'
     samples = sample(model, vocab, 20)    # seed: the lecture's + 10
-    mo.md("### Samples\n\n" + ", ".join(f"`{s}`" for s in samples))
+    show("### Samples\n\n" + ", ".join(f"`{s}`" for s in samples))
     return (samples,)
 
 

@@ -1,10 +1,12 @@
 """makemore part 1 in NumPy: the bigram model, counted and then trained, with its gradient by hand.
 
-Open it as a notebook:   marimo edit examples/bigram.py
-Run it top to bottom:    python examples/bigram.py
+Open it as a notebook:   marimo edit examples/bigram.py   (then "Run all": it opens with nothing run)
+Run it as an app:        marimo run examples/bigram.py    (every cell run, the results on the page)
+Run it top to bottom:    python examples/bigram.py        (the same results on the terminal)
 Data: names.txt from $NPMLP_DATA, npmlp's cache, or the lecture's URL (a checked download), as
-`npmlp train` finds it. torch is optional: with it the hand-written gradient is also held against
-torch autograd; central finite differences check it either way.
+`npmlp train` finds it; without any of them the notebook stops and says what to do. torch is
+optional: with it the hand-written gradient is also held against torch autograd; central finite
+differences check it either way.
 """
 
 import marimo
@@ -18,6 +20,62 @@ def _():
     import marimo as mo
 
     return (mo,)
+
+
+@app.cell(hide_code=True)
+def _(mo):
+    # The same cell in the four notebooks: how each result reaches the page and the terminal, and
+    # what happens without the names. marimo's script mode (`python FILE`) shows no cell outputs,
+    # so there each result is printed as well; in the browser it is only the cell's output.
+    def show(md, text=None):
+        """A result: markdown `md` as the cell's output. In a script run it is printed instead:
+        `text` if given, else `md`, without markdown's marks (#, **, `) and blank lines."""
+        if not mo.running_in_notebook():
+            import inspect
+            import re
+            plain = re.sub(r"^#+ |\*\*|`", "", inspect.cleandoc(md if text is None else text), flags=re.M)
+            print("\n".join(line for line in plain.splitlines() if line.strip()))
+        return mo.md(md)
+
+    def cmp_table(title, rows):
+        """cmp's rows (name, exact, approximate, maxdiff) as a table under `title`, the cell's
+        output; in a script run, `title` and the lecture's cmp lines printed."""
+        width = max([15, *(len(r["name"]) for r in rows)])
+        lines = [f"{r['name']:{width}s} | exact: {r['exact']!s:5s} | approximate: {r['approximate']!s:5s} | "
+                 f"maxdiff: {r['maxdiff']:.3g}" for r in rows]
+        table = [f"| {r['name']} | {r['exact']} | {r['approximate']} | {r['maxdiff']:.3g} |" for r in rows]
+        return show("\n".join([f"**{title}**", "", "| name | exact | approximate | maxdiff |", "|---|---|---|---:|",
+                               *table]), "\n".join([title, *lines]))
+
+    def load_names():
+        """npmlp's load_words(): the names of $NPMLP_DATA, else npmlp's cache, else the lecture's URL
+        (a checked download). Without them the notebook stops and says why and what to do: in a
+        callout on the page; in a script run, in one line on stderr, with exit status 1."""
+        import html
+        import sys
+        from pathlib import Path
+
+        from npmlp.data import DataError
+        from npmlp.loading import data_source, load_words
+
+        try:
+            return load_words()
+        except DataError as e:
+            problem = str(e)
+        if "--data" in problem:                   # the npmlp command's advice: a notebook has no --data
+            problem = problem.rsplit("; ", 1)[0]
+        problem += ("; check NPMLP_DATA, or unset it to use npmlp's cache or the checked download" if data_source()
+                    else "; offline, set NPMLP_DATA=path/to/names.txt, a copy of the lecture's names.txt")
+        notebook = f"examples/{Path(__file__).name}"
+        if not mo.running_in_notebook():
+            sys.exit(f"{notebook}: error: {problem}")
+        mo.stop(True, mo.callout(mo.vstack([
+            mo.md(f"**{notebook} stopped here: it has no names to work on.**"),
+            mo.Html(f"<p>{html.escape(problem)}</p>"),
+            mo.md(f"Every result below needs them. Fix that and start marimo again, for example with "
+                  f"`NPMLP_DATA=path/to/names.txt marimo edit {notebook}`.")]), kind="danger"))
+
+    return cmp_table, load_names, show
 
 
 @app.cell(hide_code=True)
@@ -44,21 +102,20 @@ def _(mo):
 def _():
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from npmlp import load_words
+    from threadpoolctl import threadpool_limits
 
     try:  # optional: torch only checks the hand-written gradient
         import torch
         import torch.nn.functional as F
     except ImportError:
         torch = F = None
-    return F, load_words, np, plt, torch
+    return F, np, plt, threadpool_limits, torch
 
 
 @app.cell
-def _(load_words):
+def _(load_names):
     # one name per line ($NPMLP_DATA, npmlp's cache, or the lecture's URL)
-    words = load_words()
+    words = load_names()
     len(words), words[:8]
     return (words,)
 
@@ -92,7 +149,7 @@ def _(V, np, stoi, words):
     xs, ys = [], []
     for w in words:
         chs = ["."] + list(w) + ["."]
-        for ch1, ch2 in zip(chs, chs[1:]):
+        for ch1, ch2 in zip(chs, chs[1:], strict=False):   # each character with the next
             ix1, ix2 = stoi[ch1], stoi[ch2]
             N[ix1, ix2] += 1
             xs.append(ix1)
@@ -130,7 +187,7 @@ def _(mo):
 
 
 @app.cell
-def _(N, V, itos, np):
+def _(N, V, itos, np, show):
     P = (N + 1) / (N + 1).sum(1, keepdims=True)      # (V, V) row i: P(next | i)
 
     def sample_names(next_probs, how_many=5, seed=2147483647):
@@ -148,7 +205,7 @@ def _(N, V, itos, np):
         return names
 
     samples_counts = sample_names(lambda ix: P[ix])
-    print("counting model samples:", " ".join(samples_counts))
+    show("counting model samples: " + " ".join(samples_counts))
     return P, sample_names, samples_counts
 
 
@@ -166,12 +223,12 @@ def _(mo):
 
 
 @app.cell
-def _(N, P, np, stoi, xs, ys):
+def _(N, P, np, show, stoi, xs, ys):
     nll_counts = -np.log(P[xs, ys]).mean()                         # () smoothed, the model
     nll_unsmoothed = -np.log(N[xs, ys] / N[xs].sum(1)).mean()      # () the same without the + 1
-    print(f"counting model nll {nll_counts:.4f}")
-    (f"without smoothing {nll_unsmoothed:.4f}; N[j, q] = {N[stoi['j'], stoi['q']]}, "
-     f"P[j, q] = {P[stoi['j'], stoi['q']]:.2e}")
+    show(f"counting model nll {nll_counts:.4f}\n\n"
+         f"without smoothing {nll_unsmoothed:.4f}: N[j, q] = {N[stoi['j'], stoi['q']]}, "
+         f"P[j, q] = {P[stoi['j'], stoi['q']]:.2e}")
     return (nll_counts,)
 
 
@@ -249,17 +306,14 @@ def _(mo):
 
 
 @app.cell
-def _(F, W, backward, forward, np, torch, xs, ys):
+def _(F, W, backward, cmp_table, forward, np, torch, xs, ys):
     def cmp(name, mine, ref, tol):
         """The lecture's cmp: bitwise equal? equal within tol * max|mine|? largest difference?
-        Entries where `ref` is NaN (no finite difference taken there) are skipped."""
+        Entries where `ref` is NaN (no finite difference taken there) are skipped. -> a row of cmp_table."""
         known = ~np.isnan(ref)
         maxdiff = float(np.abs(mine[known] - ref[known]).max())
-        row = {"name": name, "exact": bool(np.array_equal(mine[known], ref[known])),
-               "approximate": maxdiff <= tol * float(np.abs(mine).max()), "maxdiff": maxdiff}
-        print(f"{name:28s} | exact: {row['exact']!s:5s} | approximate: {row['approximate']!s:5s} | "
-              f"maxdiff: {maxdiff:.3g}")
-        return row
+        return {"name": name, "exact": bool(np.array_equal(mine[known], ref[known])),
+                "approximate": maxdiff <= tol * float(np.abs(mine).max()), "maxdiff": maxdiff}
 
     _data, _reg, _probs = forward(W)
     loss0 = _data + _reg
@@ -282,10 +336,11 @@ def _(F, W, backward, forward, np, torch, xs, ys):
         _probs_t = _counts / _counts.sum(1, keepdims=True)
         _loss_t = -_probs_t[torch.arange(len(ys)), torch.as_tensor(ys)].log().mean() + 0.01 * (_Wt**2).mean()
         _loss_t.backward()
-        print(f"loss {loss0:.12f}, torch's {_loss_t.item():.12f}")
         check_rows.append(cmp("dW vs torch autograd", dW0, _Wt.grad.numpy(), 1e-10))
+        _title = f"dW at the initial W: loss {loss0:.12f}, torch's {_loss_t.item():.12f}"
     else:
-        print("torch is not installed: dW is checked against central differences only")
+        _title = "dW at the initial W (torch is not installed: dW is checked against central differences only)"
+    cmp_table(_title, check_rows)
     return
 
 
@@ -303,16 +358,18 @@ def _(mo):
 
 
 @app.cell
-def _(W, backward, forward):
+def _(W, backward, forward, show, threadpool_limits):
     lossi = []
-    for k in range(100):
-        data_loss, reg_loss, probs = forward(W)         # (), (), (num, V)
-        dW = backward(W, probs)                         # (V, V)
-        W[:] += -50 * dW                                # in place; `W[:]`, as marimo lets only W's own cell rebind W
-        lossi.append(data_loss + reg_loss)
+    # one BLAS thread: xenc.T @ dlogits sums 228,146 rows into a (27, 27) matrix, which a second
+    # OpenBLAS thread only slows down when the cores are busy
+    with threadpool_limits(1, user_api="blas"):
+        for _ in range(100):
+            data_loss, reg_loss, probs = forward(W)     # (), (), (num, V)
+            dW = backward(W, probs)                     # (V, V)
+            W[:] += -50 * dW                            # in place; `W[:]`, as marimo lets only W's own cell rebind W
+            lossi.append(data_loss + reg_loss)
     nll_nn, reg_nn, _ = forward(W)                      # the data loss and the penalty after the last step
-    print(f"neural net nll {nll_nn:.4f}")
-    print(f"regularisation {reg_nn:.4f} (loss minimised: {nll_nn + reg_nn:.4f})")
+    show(f"neural net nll {nll_nn:.4f}\n\nregularisation {reg_nn:.4f} (loss minimised: {nll_nn + reg_nn:.4f})")
     return lossi, nll_nn
 
 
@@ -350,7 +407,7 @@ def _(mo):
 
 
 @app.cell
-def _(N, P, W, backward, forward, itos, mo, nll_counts, nll_nn, np, num):
+def _(N, P, W, backward, forward, itos, nll_counts, nll_nn, np, num, show):
     _counts = np.exp(W)
     probs_nn = _counts / _counts.sum(1, keepdims=True)   # (V, V) the net's table: softmax of each row of W
     _dW_grouped = (N.sum(1, keepdims=True) * probs_nn - N) / num + 0.01 * 2 * W / W.size   # (V, V)
@@ -359,24 +416,23 @@ def _(N, P, W, backward, forward, itos, mo, nll_counts, nll_nn, np, num):
     _common = N.sum(1) >= 3000                           # (V,) characters that start 3,000 pairs or more
     _worst = int(_row_diff.argmax())
     _col = int(np.abs(probs_nn - P)[_worst].argmax())
-    mo.md(f"""
+    show(f"""
     - nll: the net {nll_nn:.4f}, the counts {nll_counts:.4f}
     - `dW` from the counts vs from all {num:,} pairs: largest difference {np.abs(_dW_grouped - _dW).max():.1e}
-    - the net's table vs `P`, rows of the {_common.sum()} characters that start 3,000 pairs or more:
+    - the net's table vs `P` in the rows of the {_common.sum()} characters that start 3,000 pairs or more:
       largest difference {_row_diff[_common].max():.4f}
-    - the row furthest from `P`: `{itos[_worst]}` ({N[_worst].sum():,} pairs), largest difference
-      {_row_diff[_worst]:.4f}: P(`{itos[_col]}` after `{itos[_worst]}`) is {P[_worst, _col]:.3f}
-      in `P`, {probs_nn[_worst, _col]:.3f} in the net
+    - the row furthest from `P`, `{itos[_worst]}` ({N[_worst].sum():,} pairs): largest difference
+      {_row_diff[_worst]:.4f}, P(`{itos[_col]}` after `{itos[_worst]}`) is {P[_worst, _col]:.3f} in `P`,
+      {probs_nn[_worst, _col]:.3f} in the net
     """)
     return (probs_nn,)
 
 
 @app.cell
-def _(probs_nn, sample_names, samples_counts):
+def _(probs_nn, sample_names, samples_counts, show):
     # the same sampler and seed as the counting model: the net's row for ix is softmax(W[ix])
     samples_nn = sample_names(lambda ix: probs_nn[ix])
-    print("neural net samples:    ", " ".join(samples_nn))
-    print("counting model samples:", " ".join(samples_counts))
+    show(f"neural net samples: {' '.join(samples_nn)}\n\ncounting model samples: {' '.join(samples_counts)}")
     return
 
 

@@ -1,10 +1,12 @@
 """makemore part 2 in NumPy, cell by cell, with `loss.backward()` written out by hand.
 
-Open it as a notebook:   marimo edit examples/lecture2.py
-Run it top to bottom:    python examples/lecture2.py
+Open it as a notebook:   marimo edit examples/lecture2.py   (then "Run all": it opens with nothing run)
+Run it as an app:        marimo run examples/lecture2.py    (every cell run, the results on the page)
+Run it top to bottom:    python examples/lecture2.py        (the same results on the terminal)
 Data: names.txt from $NPMLP_DATA, npmlp's cache, or the lecture's URL (a checked download), as
-`npmlp train` finds it. torch is optional: with it the hand-written gradients are held against
-torch autograd, without it against central finite differences.
+`npmlp train` finds it; without any of them the notebook stops and says what to do. torch is
+optional: with it the hand-written gradients are held against torch autograd, without it against
+central finite differences.
 """
 
 import marimo
@@ -18,6 +20,62 @@ def _():
     import marimo as mo
 
     return (mo,)
+
+
+@app.cell(hide_code=True)
+def _(mo):
+    # The same cell in the four notebooks: how each result reaches the page and the terminal, and
+    # what happens without the names. marimo's script mode (`python FILE`) shows no cell outputs,
+    # so there each result is printed as well; in the browser it is only the cell's output.
+    def show(md, text=None):
+        """A result: markdown `md` as the cell's output. In a script run it is printed instead:
+        `text` if given, else `md`, without markdown's marks (#, **, `) and blank lines."""
+        if not mo.running_in_notebook():
+            import inspect
+            import re
+            plain = re.sub(r"^#+ |\*\*|`", "", inspect.cleandoc(md if text is None else text), flags=re.M)
+            print("\n".join(line for line in plain.splitlines() if line.strip()))
+        return mo.md(md)
+
+    def cmp_table(title, rows):
+        """cmp's rows (name, exact, approximate, maxdiff) as a table under `title`, the cell's
+        output; in a script run, `title` and the lecture's cmp lines printed."""
+        width = max([15, *(len(r["name"]) for r in rows)])
+        lines = [f"{r['name']:{width}s} | exact: {r['exact']!s:5s} | approximate: {r['approximate']!s:5s} | "
+                 f"maxdiff: {r['maxdiff']:.3g}" for r in rows]
+        table = [f"| {r['name']} | {r['exact']} | {r['approximate']} | {r['maxdiff']:.3g} |" for r in rows]
+        return show("\n".join([f"**{title}**", "", "| name | exact | approximate | maxdiff |", "|---|---|---|---:|",
+                               *table]), "\n".join([title, *lines]))
+
+    def load_names():
+        """npmlp's load_words(): the names of $NPMLP_DATA, else npmlp's cache, else the lecture's URL
+        (a checked download). Without them the notebook stops and says why and what to do: in a
+        callout on the page; in a script run, in one line on stderr, with exit status 1."""
+        import html
+        import sys
+        from pathlib import Path
+
+        from npmlp.data import DataError
+        from npmlp.loading import data_source, load_words
+
+        try:
+            return load_words()
+        except DataError as e:
+            problem = str(e)
+        if "--data" in problem:                   # the npmlp command's advice: a notebook has no --data
+            problem = problem.rsplit("; ", 1)[0]
+        problem += ("; check NPMLP_DATA, or unset it to use npmlp's cache or the checked download" if data_source()
+                    else "; offline, set NPMLP_DATA=path/to/names.txt, a copy of the lecture's names.txt")
+        notebook = f"examples/{Path(__file__).name}"
+        if not mo.running_in_notebook():
+            sys.exit(f"{notebook}: error: {problem}")
+        mo.stop(True, mo.callout(mo.vstack([
+            mo.md(f"**{notebook} stopped here: it has no names to work on.**"),
+            mo.Html(f"<p>{html.escape(problem)}</p>"),
+            mo.md(f"Every result below needs them. Fix that and start marimo again, for example with "
+                  f"`NPMLP_DATA=path/to/names.txt marimo edit {notebook}`.")]), kind="danger"))
+
+    return cmp_table, load_names, show
 
 
 @app.cell(hide_code=True)
@@ -48,20 +106,20 @@ def _():
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from npmlp import MLP, load_words
+    from npmlp import MLP
 
     try:  # optional: torch only checks the hand-written gradients at the end
         import torch
         import torch.nn.functional as F
     except ImportError:
         torch = F = None
-    return F, MLP, load_words, np, plt, torch
+    return F, MLP, np, plt, torch
 
 
 @app.cell
-def _(load_words):
+def _(load_names):
     # read the dataset: one name per line ($NPMLP_DATA, npmlp's cache, or the lecture's URL)
-    words = load_words()
+    words = load_names()
     len(words), words[:8]
     return (words,)
 
@@ -183,9 +241,9 @@ def _(block_size, np, vocab_size):
 
 
 @app.cell
-def _(parameters):
-    n_params = sum(p.size for p in parameters)  # number of parameters in total: 11,897
-    n_params
+def _(parameters, show):
+    n_params = sum(p.size for p in parameters)  # number of parameters in total
+    show(f"{n_params:,} parameters")
     return
 
 
@@ -262,7 +320,7 @@ def _(C, W1, W2, Xtr, Ytr, b1, b2, g, np, parameters, vocab_size):
             params_last = {"C": C.copy(), "W1": W1.copy(), "b1": b1.copy(), "W2": W2.copy(), "b2": b2.copy()}
 
         # update
-        for p, grad in zip(parameters, grads):
+        for p, grad in zip(parameters, grads, strict=True):
             p += -lr * grad
 
         lossi.append(np.log10(loss))
@@ -320,13 +378,11 @@ def _(C, W1, W2, b1, b2, np):
 
 
 @app.cell
-def _(Xdev, Xte, Xtr, Ydev, Yte, Ytr, calculate_loss):
+def _(Xdev, Xte, Xtr, Ydev, Yte, Ytr, calculate_loss, show):
     loss_train = calculate_loss(Xtr, Ytr)
     loss_val = calculate_loss(Xdev, Ydev)
     loss_test = calculate_loss(Xte, Yte)
-    print("loss train", loss_train)
-    print("loss val", loss_val)
-    print("loss test", loss_test)
+    show(f"loss train {loss_train:.4f}\n\nloss val {loss_val:.4f}\n\nloss test {loss_test:.4f}")
     return
 
 
@@ -382,7 +438,7 @@ def _(mo):
 
 
 @app.cell
-def _(C, W1, W2, b1, b2, block_size, itos, np, vocab_size):
+def _(C, W1, W2, b1, b2, block_size, itos, np, show, vocab_size):
     def sample_name(gen):
         out = []
         context = [0] * block_size
@@ -401,8 +457,7 @@ def _(C, W1, W2, b1, b2, block_size, itos, np, vocab_size):
 
     _gen = np.random.default_rng(2147483647 + 10)                # the lecture samples with seed + 10
     samples = [sample_name(_gen) for _ in range(20)]
-    for _s in samples:
-        print(_s)
+    show(" ".join(samples), "\n".join(samples))             # the terminal: one name a line
     return
 
 
@@ -437,11 +492,8 @@ def _(np):
         m, r = mine[known], ref[known]
         maxdiff = float(np.abs(m - r).max())
         scale = float(np.abs(mine).max())                        # the gradient's largest entry
-        row = {"name": name, "exact": bool(np.array_equal(m, r)),
-               "approximate": maxdiff <= tol * scale, "maxdiff": maxdiff}
-        print(f"{name:8s} | exact: {row['exact']!s:5s} | approximate: {row['approximate']!s:5s} | "
-              f"maxdiff: {maxdiff:.3g}")
-        return row
+        return {"name": name, "exact": bool(np.array_equal(m, r)),
+                "approximate": maxdiff <= tol * scale, "maxdiff": maxdiff}   # a row of cmp_table
 
     return (cmp,)
 
@@ -498,28 +550,29 @@ def _(F, MLP, Xb, Yb, np, params_last, torch):
 
 
 @app.cell
-def _(cmp, mine, mo, ref, ref_kind, ref_tol):
-    print(f"the loop's gradients against {ref_kind}")
+def _(cmp, cmp_table, mine, mo, ref, ref_kind, ref_tol):
     ref_rows = [cmp(name, d, ref[name], ref_tol) for name, d in mine.items() if name in ref]
     _bad = [r["name"] for r in ref_rows if not r["approximate"]]
-    mo.callout(mo.md(f"{len(ref_rows)} gradients against {ref_kind}: "
-                     + ("all agree" if not _bad else "FAIL " + ", ".join(_bad))),
-               kind="success" if not _bad else "danger")
+    mo.vstack([cmp_table(f"the loop's gradients against {ref_kind}", ref_rows),
+               mo.callout(mo.md(f"{len(ref_rows)} gradients against {ref_kind}: "
+                                + ("all agree" if not _bad else "FAIL " + ", ".join(_bad))),
+                          kind="success" if not _bad else "danger")])
     return
 
 
 @app.cell
-def _(MLP, Xb, Yb, cmp, loss, mine, mo, params_last):
+def _(MLP, Xb, Yb, cmp, cmp_table, loss, mine, mo, params_last):
     model = MLP(params_last)
     lib_loss, _cache = model.forward(Xb, Yb)
     lib_grads, lib_dacts = model.backward(_cache)                # the backward `npmlp train` runs
     lib = {**lib_dacts, **lib_grads}
-    print(f"the loop's gradients against npmlp's MLP.backward (loss {loss:.12f} vs {lib_loss:.12f})")
     lib_rows = [cmp(name, d, lib[name], 1e-12) for name, d in mine.items()]
     _bad = [r["name"] for r in lib_rows if not r["approximate"]]
-    mo.callout(mo.md(f"{len(lib_rows)} gradients against `MLP.backward`: "
-                     + ("all agree" if not _bad else "FAIL " + ", ".join(_bad))),
-               kind="success" if not _bad else "danger")
+    mo.vstack([cmp_table(f"the loop's gradients against npmlp's MLP.backward (loss {loss:.12f} vs {lib_loss:.12f})",
+                         lib_rows),
+               mo.callout(mo.md(f"{len(lib_rows)} gradients against `MLP.backward`: "
+                                + ("all agree" if not _bad else "FAIL " + ", ".join(_bad))),
+                          kind="success" if not _bad else "danger")])
     return
 
 

@@ -1,9 +1,10 @@
 """makemore part 5, "building a WaveNet": its new layers' gradients and its training loop in NumPy.
 
-Open it as a notebook:   marimo edit examples/wavenet.py
-Run it top to bottom:    python examples/wavenet.py
-Data: as in examples/lecture2.py, the names come from $NPMLP_DATA, the cached download, or the
-lecture's URL; offline without any of those, generated names stand in so every cell still runs.
+Open it as a notebook:   marimo edit examples/wavenet.py   (then "Run all": it opens with nothing run)
+Run it as an app:        marimo run examples/wavenet.py    (every cell run, the results on the page)
+Run it top to bottom:    python examples/wavenet.py        (the same results on the terminal)
+Data: as in examples/lecture2.py, the names come from $NPMLP_DATA, npmlp's cache, or the lecture's
+URL (a checked download); without any of them the notebook stops and says what to do.
 torch is optional: with it each hand-written gradient is held against torch autograd, without it
 against central finite differences of the NumPy forward.
 """
@@ -17,6 +18,62 @@ app = marimo.App(width="medium")
 def _():
     import marimo as mo
     return (mo,)
+
+
+@app.cell(hide_code=True)
+def _(mo):
+    # The same cell in the four notebooks: how each result reaches the page and the terminal, and
+    # what happens without the names. marimo's script mode (`python FILE`) shows no cell outputs,
+    # so there each result is printed as well; in the browser it is only the cell's output.
+    def show(md, text=None):
+        """A result: markdown `md` as the cell's output. In a script run it is printed instead:
+        `text` if given, else `md`, without markdown's marks (#, **, `) and blank lines."""
+        if not mo.running_in_notebook():
+            import inspect
+            import re
+            plain = re.sub(r"^#+ |\*\*|`", "", inspect.cleandoc(md if text is None else text), flags=re.M)
+            print("\n".join(line for line in plain.splitlines() if line.strip()))
+        return mo.md(md)
+
+    def cmp_table(title, rows):
+        """cmp's rows (name, exact, approximate, maxdiff) as a table under `title`, the cell's
+        output; in a script run, `title` and the lecture's cmp lines printed."""
+        width = max([15, *(len(r["name"]) for r in rows)])
+        lines = [f"{r['name']:{width}s} | exact: {r['exact']!s:5s} | approximate: {r['approximate']!s:5s} | "
+                 f"maxdiff: {r['maxdiff']:.3g}" for r in rows]
+        table = [f"| {r['name']} | {r['exact']} | {r['approximate']} | {r['maxdiff']:.3g} |" for r in rows]
+        return show("\n".join([f"**{title}**", "", "| name | exact | approximate | maxdiff |", "|---|---|---|---:|",
+                               *table]), "\n".join([title, *lines]))
+
+    def load_names():
+        """npmlp's load_words(): the names of $NPMLP_DATA, else npmlp's cache, else the lecture's URL
+        (a checked download). Without them the notebook stops and says why and what to do: in a
+        callout on the page; in a script run, in one line on stderr, with exit status 1."""
+        import html
+        import sys
+        from pathlib import Path
+
+        from npmlp.data import DataError
+        from npmlp.loading import data_source, load_words
+
+        try:
+            return load_words()
+        except DataError as e:
+            problem = str(e)
+        if "--data" in problem:                   # the npmlp command's advice: a notebook has no --data
+            problem = problem.rsplit("; ", 1)[0]
+        problem += ("; check NPMLP_DATA, or unset it to use npmlp's cache or the checked download" if data_source()
+                    else "; offline, set NPMLP_DATA=path/to/names.txt, a copy of the lecture's names.txt")
+        notebook = f"examples/{Path(__file__).name}"
+        if not mo.running_in_notebook():
+            sys.exit(f"{notebook}: error: {problem}")
+        mo.stop(True, mo.callout(mo.vstack([
+            mo.md(f"**{notebook} stopped here: it has no names to work on.**"),
+            mo.Html(f"<p>{html.escape(problem)}</p>"),
+            mo.md(f"Every result below needs them. Fix that and start marimo again, for example with "
+                  f"`NPMLP_DATA=path/to/names.txt marimo edit {notebook}`.")]), kind="danger"))
+
+    return cmp_table, load_names, show
 
 
 @app.cell(hide_code=True)
@@ -46,15 +103,12 @@ def _(mo):
 
 @app.cell
 def _():
-    import random
-
     import matplotlib.pyplot as plt
     import numpy as np
     from threadpoolctl import threadpool_limits
 
     from npmlp import gradcheck, layers
-    from npmlp.data import DataError, Vocab, build_dataset, split_words
-    from npmlp.loading import load_words
+    from npmlp.data import Vocab, build_dataset, split_words
     from npmlp.deep import BatchNorm1d, Linear, Tanh
     from npmlp.layers import BN_EPS as EPS
     from npmlp.mlp import SEED
@@ -65,24 +119,14 @@ def _():
         import torch
     except ImportError:
         torch = None
-    return (BatchNorm1d, DataError, EPS, Embedding, FlattenConsecutive, Linear, SEED, Tanh, Vocab, Wavenet,
-            build_dataset, gradcheck, layers, load_words, np, plt, random, sample, split_words,
-            threadpool_limits, torch)
+    return (BatchNorm1d, EPS, Embedding, FlattenConsecutive, Linear, SEED, Tanh, Vocab, Wavenet, build_dataset,
+            gradcheck, layers, np, plt, sample, split_words, threadpool_limits, torch)
 
 
 @app.cell
-def _(DataError, load_words, mo, random):
-    try:
-        words = load_words()           # $NPMLP_DATA, the cache, or the lecture's URL
-        _note, _kind = f"{len(words):,} names, e.g. {', '.join(words[:8])}", "neutral"
-    except DataError as _e:           # offline, no copy: generated names keep the notebook running
-        _rng = random.Random(0)
-        words = ["".join(_rng.choice("bdklmnrstv") + _rng.choice("aeiou") for _ in range(_rng.randint(1, 4)))
-                 for _ in range(2000)]
-        _note = (f"Could not load names.txt ({_e}); using {len(words):,} generated names. "
-                 f"Set `NPMLP_DATA=path/to/names.txt` for the real data.")
-        _kind = "warn"
-    mo.callout(mo.md(_note), kind=_kind)
+def _(load_names, mo):
+    words = load_names()               # $NPMLP_DATA, npmlp's cache, or the lecture's URL
+    mo.md(f"{len(words):,} names, e.g. {', '.join(words[:8])}")
     return (words,)
 
 
@@ -93,7 +137,7 @@ def _(Vocab, build_dataset, mo, split_words, words):
     _tr, _dev, _te = split_words(words)                # the lecture's random.seed(42) shuffle, 80/10/10
     Xtr, Ytr = build_dataset(_tr, vocab, block_size)   # (N, 8), (N,)
     Xdev, Ydev = build_dataset(_dev, vocab, block_size)
-    _rows = "\n".join(f"    {vocab.decode(x)} --> {vocab.itos[y]}" for x, y in zip(Xtr[:8], Ytr[:8]))
+    _rows = "\n".join(f"    {vocab.decode(x)} --> {vocab.itos[y]}" for x, y in zip(Xtr[:8], Ytr[:8], strict=True))
     mo.md(f"vocabulary of {vocab.size}; rows: train {len(Xtr):,}, dev {len(Xdev):,} (the lecture: 182,625 "
           f"and 22,655). The first rows:\n\n```\n{_rows}\n```")
     return Xdev, Xtr, Ydev, Ytr, block_size, vocab
@@ -140,22 +184,14 @@ def _(gradcheck, np, torch):
 
     def cmp(name, mine, ref, rtol=1e-10):
         """The lecture's cmp: bitwise equal? equal up to round-off? largest difference? Entries
-        where `ref` is NaN (no finite difference taken there) are skipped. Prints one line."""
+        where `ref` is NaN (no finite difference taken there) are skipped. -> a row of cmp_table."""
         mine, ref = np.asarray(mine, np.float64), np.asarray(ref, np.float64)
         assert mine.shape == ref.shape, f"{name}: shape {mine.shape} != {ref.shape}"
         known = ~np.isnan(ref)
         verdict = gradcheck.verdict(mine[known], ref[known], rtol)
-        row = {"name": name, "shape": mine.shape, "exact": verdict == "exact", "approximate": verdict != "FAIL",
-               "maxdiff": float(np.abs(mine[known] - ref[known]).max(initial=0.0)), "verdict": verdict}
-        print(f"{name:10s} | exact: {row['exact']!s:5s} | approximate: {row['approximate']!s:5s} "
-              f"| maxdiff: {row['maxdiff']:.3g}")
-        return row
-
-    def cmp_table(rows):
-        return ("| gradient | shape | exact | approximate | maxdiff |\n|---|---|---|---|---:|\n"
-                + "\n".join(f"| d{r['name']} | {'x'.join(map(str, r['shape']))} | {r['exact']} | "
-                            f"{r['approximate']} | {r['maxdiff']:.2e} |" for r in rows))
-    return cmp, cmp_table, ref_kind, reference_grads
+        return {"name": name, "shape": mine.shape, "exact": verdict == "exact", "approximate": verdict != "FAIL",
+                "maxdiff": float(np.abs(mine[known] - ref[known]).max(initial=0.0)), "verdict": verdict}
+    return cmp, ref_kind, reference_grads
 
 
 @app.cell(hide_code=True)
@@ -172,7 +208,7 @@ def _(mo):
 
 
 @app.cell
-def _(cmp, np, reference_grads, torch):
+def _(cmp, cmp_table, np, ref_kind, reference_grads, torch):
     def flatten_forward(x, n):
         B, T, C = x.shape
         out = x.reshape(B, T // n, C * n)         # (B, T/n, C*n) positions nt .. nt+n-1 side by side
@@ -194,20 +230,14 @@ def _(cmp, np, reference_grads, torch):
     x_demo = _rng.standard_normal((4, 8, 10))                                 # (B, T, E)
     _out = flatten_forward(x_demo, 2)                                         # (4, 4, 20)
     assert np.array_equal(_out[:, 1], np.concatenate([x_demo[:, 2], x_demo[:, 3]], axis=1))
-    print("FlattenConsecutive backward, against the reference")
     flatten_rows = []
     for _n in (2, 8):                                                         # (4, 4, 20), then squeezed (4, 80)
         _dout = _rng.standard_normal(flatten_forward(x_demo, _n).shape)
         (_ref,), _rtol = reference_grads(lambda x, n=_n: flatten_forward(x, n), _torch_flatten(_n), [x_demo], _dout)
         flatten_rows.append(cmp(f"x (n={_n})", flatten_backward(_dout, x_demo.shape), _ref, _rtol))
+    cmp_table(f"FlattenConsecutive backward against {ref_kind}: n = 2 gives (4, 4, 20); n = 8 leaves one position, "
+              "squeezed to (4, 80)", flatten_rows)
     return flatten_backward, flatten_forward, flatten_rows
-
-
-@app.cell
-def _(cmp_table, flatten_rows, mo, ref_kind):
-    mo.md(f"Reference: **{ref_kind}**.\n\n" + cmp_table(flatten_rows) + "\n\nn = 2 gives (4, 4, 20); n = 8 "
-          "leaves one position, squeezed to (4, 80).")
-    return
 
 
 @app.cell(hide_code=True)
@@ -235,7 +265,8 @@ def _(mo):
 
 
 @app.cell
-def _(EPS, Xtr, Ytr, cmp, flatten_forward, gradcheck, layers, np, reference_grads, torch, vocab):
+def _(EPS, Xtr, Ytr, cmp, cmp_table, flatten_forward, gradcheck, layers, mo, np, ref_kind, reference_grads, torch,
+      vocab):
     def bn3d_forward(x, gamma, beta):
         n = x.shape[0] * x.shape[1]                                   # rows per channel: B*T
         xmean = x.mean((0, 1), keepdims=True)                         # (1, 1, C)
@@ -266,21 +297,16 @@ def _(EPS, Xtr, Ytr, cmp, flatten_forward, gradcheck, layers, np, reference_grad
     bn_grads = bn3d_backward(dout_bn, _xhat, _var_inv, gamma_bn)
     _refs, _rtol = reference_grads(lambda x, g, b: bn3d_forward(x, g, b)[0], _torch_bn3d,
                                    [x_bn, gamma_bn, beta_bn], dout_bn)
-    print("3-D BatchNorm backward, against the reference")
-    bn_rows = [cmp(name, mine, ref, _rtol) for name, mine, ref in zip(("x", "gamma", "beta"), bn_grads, _refs)]
+    bn_rows = [cmp(name, mine, ref, _rtol)
+               for name, mine, ref in zip(("x", "gamma", "beta"), bn_grads, _refs, strict=True)]
     # the library's pair (layers.py) computes the same thing for any number of leading axes
     _lib_out, _cache = layers.batchnorm_forward(x_bn, gamma_bn, beta_bn, unbiased=True)
     lib_rows = [cmp(f"lib {name}", mine, ours, 1e-12) for name, mine, ours in
-                zip(("x", "gamma", "beta"), layers.batchnorm_backward(dout_bn, _cache), bn_grads)]
+                zip(("x", "gamma", "beta"), layers.batchnorm_backward(dout_bn, _cache), bn_grads, strict=True)]
+    mo.vstack([cmp_table(f"3-D BatchNorm backward against {ref_kind}", bn_rows),
+               cmp_table("`layers.batchnorm_forward / batchnorm_backward(..., unbiased=True)`, which takes "
+                         "statistics over every axis but the last, against the backward above", lib_rows)])
     return bn_grads, bn_rows, dout_bn, gamma_bn, lib_rows, x_bn
-
-
-@app.cell
-def _(bn_rows, cmp_table, lib_rows, mo, ref_kind):
-    mo.md(f"Reference: **{ref_kind}**.\n\n" + cmp_table(bn_rows) + "\n\n`layers.batchnorm_forward / "
-          "batchnorm_backward(..., unbiased=True)`, which takes statistics over every axis but the last, "
-          "gives the same numbers: " + ", ".join(f"{r['name'][4:]} {r['verdict']}" for r in lib_rows) + ".")
-    return
 
 
 @app.cell(hide_code=True)
@@ -298,12 +324,12 @@ def _(mo):
 
 
 @app.cell
-def _(mo, np, x_bn):
+def _(np, show, x_bn):
     _bug_mean, _fix_mean = x_bn.mean(0, keepdims=True), x_bn.mean((0, 1), keepdims=True)
     _bug_var, _fix_var = x_bn.var(0, keepdims=True, ddof=1), x_bn.var((0, 1), keepdims=True, ddof=1)
     stat_shapes = {"bug": (_bug_mean.shape, _bug_var.shape), "fix": (_fix_mean.shape, _fix_var.shape)}
     _spread = np.abs(_bug_mean - _fix_mean).max()
-    mo.md(f"""
+    show(f"""
     | | reduces over | mean | var | numbers per statistic |
     |---|---|---|---|---:|
     | the bug | dim 0 | {_bug_mean.shape} | {_bug_var.shape} | {x_bn.shape[0]} |
@@ -370,7 +396,7 @@ def _(BatchNorm1d, Embedding, FlattenConsecutive, Linear, SEED, Tanh, layers, np
             loss, ce = layers.cross_entropy_forward(logits, Y[ix])
             dx = layers.cross_entropy_backward(1.0, ce)                # (B, V) (softmax - onehot) / B
             grads = {}
-            for layer, cache in zip(reversed(net), reversed(caches)):  # backward, last layer first
+            for layer, cache in zip(reversed(net), reversed(caches), strict=True):  # backward, last layer first
                 dx, g = layer.backward(dx, cache)
                 grads.update(g)
             lr = 0.1 if i < 0.75 * steps else 0.01
@@ -399,7 +425,7 @@ def _(mo):
 
 
 @app.cell
-def _(Wavenet, Xdev, Xtr, Ydev, Ytr, make_wavenet, mo, np, split_loss, steps, threadpool_limits, train_loop,
+def _(Wavenet, Xdev, Xtr, Ydev, Ytr, make_wavenet, np, show, split_loss, steps, threadpool_limits, train_loop,
       vocab):
     net, P, S = make_wavenet(vocab.size)
     n_params = sum(p.size for p in P.values())
@@ -408,21 +434,22 @@ def _(Wavenet, Xdev, Xtr, Ydev, Ytr, make_wavenet, mo, np, split_loss, steps, th
     with threadpool_limits(1, user_api="blas"):    # small products: a second BLAS thread only waits
         lossi = train_loop(net, P, Xtr, Ytr, steps.value)
         train_loss, dev_loss = split_loss(net, Xtr, Ytr), split_loss(net, Xdev, Ydev)
-    mo.md(f"""
+    _result = (f"After {steps.value:,} steps: train loss **{train_loss:.4f}**, dev loss **{dev_loss:.4f}** "
+               f"(mean minibatch loss of the last 100 steps {lossi[-100:].mean():.4f}).")
+    show(f"""
     {n_params:,} parameters (the lecture: 76,579), {', '.join(layer.name for layer in net)}.
 
-    After {steps.value:,} steps: train loss **{train_loss:.4f}**, dev loss **{dev_loss:.4f}**
-    (mean minibatch loss of the last 100 steps {lossi[-100:].mean():.4f}). The full run of 200,000
-    steps reaches train 1.7691 / dev 1.9913 with npmlp, 1.769 / 1.993 in the lecture.
-    """)
+    {_result} The full run of 200,000 steps reaches train 1.7691 / dev 1.9913 with npmlp, 1.769 / 1.993
+    in the lecture.
+    """, _result)
     return P, S, dev_loss, lossi, n_params, same_init, train_loss
 
 
 @app.cell
-def _(P, S, Wavenet, mo, sample, vocab):
+def _(P, S, Wavenet, sample, show, vocab):
     # npmlp's sampler reads a model's logits: the trained arrays, put in a Wavenet
     samples = sample(Wavenet(P, {f"running_{k}": v for k, v in S.items()}), vocab, 20)
-    mo.md("### Samples\n\n" + ", ".join(f"`{s}`" for s in samples))
+    show("### Samples\n\n" + ", ".join(f"`{s}`" for s in samples))
     return (samples,)
 
 
@@ -439,7 +466,7 @@ def _(mo):
 
 
 @app.cell
-def _(Xdev, Xtr, Ydev, Ytr, make_wavenet, mo, plt, split_loss, steps, threadpool_limits, train_loop, vocab):
+def _(Xdev, Xtr, Ydev, Ytr, make_wavenet, mo, plt, show, split_loss, steps, threadpool_limits, train_loop, vocab):
     bug_results = {}
     _fig, _ax = plt.subplots(figsize=(7, 3.5))
     with threadpool_limits(1, user_api="blas"):
@@ -452,18 +479,17 @@ def _(Xdev, Xtr, Ydev, Ytr, make_wavenet, mo, plt, split_loss, steps, threadpool
             _ax.plot(_lossi[:len(_lossi) // _w * _w].reshape(-1, _w).mean(1), label=_name)
     _ax.set(xlabel=f"step / {_w}", ylabel="mean minibatch loss", title="22,397 parameters, bug and fix")
     _ax.legend()
-    _rows = "\n".join(f"| {k} | {r['train']:.4f} | {r['dev']:.4f} | {r['stats']['mean1']}, {r['stats']['mean2']}, "
-                      f"{r['stats']['mean3']} |" for k, r in bug_results.items())
-    mo.vstack([mo.md(f"""
-    | after {steps.value:,} steps | train | dev | running means, levels 1-3 |
-    |---|---:|---:|---|
-    {_rows}
+    _table = "\n".join([f"| after {steps.value:,} steps | train | dev | running means, levels 1-3 |",
+                         "|---|---:|---:|---|",
+                         *(f"| {k} | {r['train']:.4f} | {r['dev']:.4f} | {r['stats']['mean1']}, "
+                           f"{r['stats']['mean2']}, {r['stats']['mean3']} |" for k, r in bug_results.items())])
+    mo.vstack([show(_table + """
 
     Over the full 200,000 steps (docs/wavenet.md): the bug 1.9407 / 2.0233, the fix 1.9122 / 2.0159
     (the lecture: 1.941 / 2.029 and 1.912 / 2.022). A short run barely tells them apart; in the
     end the fix gains about 0.03 on train and 0.007 on dev, in npmlp as in the lecture: each
     statistic is estimated from 4 (or 2) times as many numbers, and every position shares one.
-    """), _fig])
+    """, _table), _fig])
     return (bug_results,)
 
 

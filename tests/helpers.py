@@ -1,6 +1,6 @@
 """Helpers shared by the tests: generated names and datasets, a CLI runner, the real names file,
-the example notebooks run as scripts and in-process, checks that explain themselves, and how a
-user error must look.
+the example notebooks run as scripts, in-process and exported with their outputs (what their
+pages show), checks that explain themselves, and how a user error must look.
 
 Import them with `from helpers import ...` (pytest puts tests/ on sys.path); fixtures are in conftest.py.
 """
@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
 import importlib.util
 import io
+import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -93,26 +97,46 @@ def names_file(folder: Path, n: int = 300, seed: int = 0) -> Path:
 
 # ----------------------------------------------------------------------------- notebooks
 
-def run_notebook(path: Path, env: dict | None = None, hide_torch: bool = False,
-                 timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python NOTEBOOK` as a script, with env added to ours (and MPLBACKEND=Agg); it must exit 0
-    without a traceback. hide_torch: a `torch` package first on the path whose import fails."""
+@contextlib.contextmanager
+def notebook_env(env: dict | None = None, hide_torch: bool = False):
+    """Our environment with env added (and MPLBACKEND=Agg). hide_torch: a `torch` package first on
+    the path whose import fails."""
     with tempfile.TemporaryDirectory() as hide:
         full_env = {**os.environ, "MPLBACKEND": "Agg", **(env or {})}
         if hide_torch:
             (Path(hide) / "torch").mkdir()
             (Path(hide) / "torch" / "__init__.py").write_text('raise ImportError("torch is hidden by this test")\n')
             full_env["PYTHONPATH"] = os.pathsep.join(p for p in (hide, full_env.get("PYTHONPATH")) if p)
-        r = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=full_env,
-                           timeout=timeout, check=False)
+        yield full_env
+
+
+def notebook_script(path: Path, env: dict | None = None, hide_torch: bool = False,
+                    timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python NOTEBOOK` as a script in notebook_env(env, hide_torch), whatever its exit."""
+    with notebook_env(env, hide_torch) as full_env:
+        return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=full_env,
+                              timeout=timeout, check=False)
+
+
+def run_notebook(path: Path, env: dict | None = None, hide_torch: bool = False,
+                 timeout: float = 300) -> subprocess.CompletedProcess:
+    """notebook_script(...), which must exit 0 without a traceback."""
+    r = notebook_script(path, env, hide_torch, timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     return r
 
 
-def notebook_defs(path: Path, names: Path) -> tuple[dict, str]:
-    """Run the notebook's marimo app in this process on NPMLP_DATA=names -> (the names its cells
-    defined, what it printed). Its figures are closed after."""
+class NotebookRun(NamedTuple):
+    defs: dict      # the names its cells defined
+    stdout: str     # what it printed: what `python NOTEBOOK` shows on the terminal
+    page: str       # the text of its cells' outputs (page_text), what the page shows
+
+
+def notebook_run(path: Path, names: Path) -> NotebookRun:
+    """Run the notebook's marimo app in this process on NPMLP_DATA=names (marimo's script mode, as
+    `python NOTEBOOK` runs it). Its figures are closed after."""
+    import marimo as mo
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NPMLP_DATA", str(names))
         spec = importlib.util.spec_from_file_location(Path(path).stem, path)
@@ -120,15 +144,159 @@ def notebook_defs(path: Path, names: Path) -> tuple[dict, str]:
         spec.loader.exec_module(module)
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            _, defs = module.app.run()
+            outputs, defs = module.app.run()
     if "matplotlib.pyplot" in sys.modules:
         sys.modules["matplotlib.pyplot"].close("all")
-    return defs, out.getvalue()
+    page = "\n".join(page_text(o.text) for o in outputs if isinstance(o, mo.Html))
+    return NotebookRun(defs, out.getvalue(), page)
 
 
 def cmp_lines(stdout: str) -> list[str]:
     """The notebooks' printed cmp lines: `name | exact: ... | approximate: ... | maxdiff: ...`."""
     return [line for line in stdout.splitlines() if "| approximate: " in line]
+
+
+def printed(stdout: str, label: str) -> float:
+    """The number on the one printed line `label X`."""
+    found = re.findall(rf"^{re.escape(label)} (\S+)", stdout, re.M)
+    assert len(found) == 1, f"want one line '{label} X', got {found} in:\n{stdout}"
+    return float(found[0])
+
+
+CMP_LINE = re.compile(r"^(.*?)\s*\| exact: (\w+)\s*\| approximate: (\w+)\s*\| maxdiff: (\S+)$")
+
+
+def page_text(output: str) -> str:
+    """The text a reader sees in one cell output, marimo's HTML or markdown: components that carry
+    their content in an attribute (a callout's data-html) opened, each table row on a line as
+    `| cell | cell |`, tags dropped, entities decoded."""
+    def opened(m):
+        return page_text(json.loads(html.unescape(m.group(1))))
+    s = re.sub(r"<[\w-]+ [^>]*?data-html='([^']*)'[^>]*>", opened, output)
+    s = re.sub(r"\s*(</?(?:table|thead|tbody|tr|th|td)\b[^>]*>)\s*", r"\1", s)   # cells: no stray newlines
+    s = re.sub(r"<tr\b[^>]*>", "\n|", s)
+    s = re.sub(r"<t[hd]\b[^>]*>", " ", s)
+    s = re.sub(r"</t[hd]>", " |", s)
+    s = re.sub(r"<(?:br|/p|/li|/h\d|/pre|/div|/table)\b[^>]*>", "\n", s)
+    return html.unescape(re.sub(r"<[^>]+>", "", s))
+
+
+def plain(line: str) -> str:
+    """A line of text or markdown as a comparison sees it: no emphasis, code marks, heading or list
+    markers; whitespace collapsed."""
+    line = re.sub(r"^\s*(?:#+|[-*]) ", "", line).replace("**", "").replace("`", "")
+    return " ".join(line.split())
+
+
+def shows(page: str, text: str) -> bool:
+    """Whether `text` (a line) is in a page_text, as a reader sees both (plain)."""
+    return plain(text) in plain(page.replace("\n", " "))
+
+
+def table_rows(page: str) -> list[list[str]]:
+    """The cells of every table row of a page_text (or markdown): `| a | b |` -> ['a', 'b']."""
+    return [[plain(c) for c in line.strip().strip("|").split("|")]
+            for line in page.splitlines() if line.strip().startswith("|")]
+
+
+def cmp_rows(page: str) -> list[list[str]]:
+    """The rows of the page's cmp tables: [name, exact, approximate, maxdiff]."""
+    return [row for row in table_rows(page) if len(row) == 4 and {row[1], row[2]} <= {"True", "False"}]
+
+
+def assert_printed_on_page(stdout: str, page: str) -> None:
+    """Nothing the notebook printed is only on the terminal: every cmp line is a row of a table on
+    the page (name, exact, approximate, maxdiff), every other line is in the page's text (markdown's
+    table rules and blank lines aside)."""
+    rows = table_rows(page)
+    missing = []
+    for line in stdout.splitlines():
+        m = CMP_LINE.match(line.strip())
+        if m:
+            want = [plain(g) for g in m.groups()]
+            if want not in rows:
+                missing.append(line)
+        elif plain(line) and not re.fullmatch(r"[|:\- ]+", line.strip()) and not shows(page, line):
+            missing.append(line)
+    assert not missing, "printed but not on the page:\n" + "\n".join(missing)
+
+
+class Page(NamedTuple):
+    text: str               # every output a reader sees (display data), as page_text
+    printed: str            # what the cells printed to stdout while marimo ran them
+    errors: list[str]       # the cells' errors, "ename: evalue"
+
+
+def export_page(path: Path, env: dict, folder: Path, hide_torch: bool = False, timeout: float = 900) -> Page:
+    """`marimo export ipynb --include-outputs NOTEBOOK` in notebook_env(env, hide_torch): the
+    notebook run as `marimo run` runs it, and what its page shows."""
+    import nbformat
+    out = Path(folder) / f"{Path(path).stem}.ipynb"
+    with notebook_env(env, hide_torch) as full_env:
+        r = subprocess.run([sys.executable, "-m", "marimo", "export", "ipynb", "--include-outputs", "-f", str(path),
+                            "-o", str(out)], capture_output=True, text=True, timeout=timeout, env=full_env)
+    assert r.returncode == 0 and out.is_file(), r.stderr[-3000:]
+    shown, printed, errors = [], [], []
+    for cell in nbformat.read(out, as_version=4).cells:
+        for o in cell.get("outputs", []):
+            if o.output_type in ("display_data", "execute_result"):
+                data = o.get("data", {})
+                shown += [page_text(data[k]) for k in ("text/html", "text/markdown", "text/plain") if k in data][:1]
+            elif o.output_type == "stream" and o.name == "stdout":
+                printed.append(o.text)
+            elif o.output_type == "error":
+                errors.append(f"{o.ename}: {o.evalue}")
+    return Page("\n".join(shown), "".join(printed), errors)
+
+
+def assert_data_failure(path: Path, env: dict, *needles: str) -> str:
+    """`python NOTEBOOK` without usable names: exit 1, nothing on stdout, no traceback, and one line
+    on stderr, `examples/NAME.py: error: PROBLEM; FIX`, holding every needle and the notebooks'
+    advice (NPMLP_DATA, never the command's --data). Torch is hidden: the data come first."""
+    r = notebook_script(path, env, hide_torch=True)
+    lines = r.stderr.splitlines()
+    assert r.returncode == 1 and len(lines) == 1, f"exit {r.returncode}, stderr:\n{r.stderr[-3000:]}"
+    assert r.stdout == "", r.stdout
+    line = lines[0]
+    assert line.startswith(f"examples/{Path(path).name}: error: "), line
+    assert "NPMLP_DATA" in line and "--data" not in line, line
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    return line
+
+
+NO_NAMES = ("missing file", "binary file", "offline")
+
+
+def no_names(how: str, folder: Path) -> tuple[dict, str]:
+    """One of NO_NAMES as a notebook's environment -> (env, what its error must say): NPMLP_DATA
+    naming a file that is not there, or a binary file; or no NPMLP_DATA, an empty cache and no
+    server (a closed port) for the download."""
+    folder = Path(folder)
+    if how == "missing file":
+        return {"NPMLP_DATA": str(folder / "missing.txt")}, f"data file {folder / 'missing.txt'} does not exist"
+    if how == "binary file":
+        (folder / "names.bin").write_bytes(bytes(range(256)) * 4)
+        return {"NPMLP_DATA": str(folder / "names.bin")}, "looks like a binary file"
+    assert how == "offline", how
+    return ({"NPMLP_DATA": "", "XDG_CACHE_HOME": str(folder / "cache"), "NPMLP_DATA_URL": "http://127.0.0.1:9/names.txt"},
+            "cannot connect to http://127.0.0.1:9/names.txt")
+
+
+def assert_page_stops_without_names(page: Page, needle: str) -> None:
+    """An exported page without names: the callout that names the problem and the fix, and every
+    cell that needs the names stopped by it, not failed."""
+    assert "stopped here: it has no names to work on" in page.text and needle in page.text, page.text[-3000:]
+    assert "NPMLP_DATA=path/to/names.txt marimo edit examples/" in page.text, page.text[-3000:]
+    assert page.errors and all(e.startswith("ancestor-stopped") for e in page.errors), page.errors
+    assert not page.printed, page.printed
+
+
+def notebook_cell(path: Path, marker: str) -> str:
+    """The source of the one cell of the notebook that contains `marker`."""
+    cells = [c for c in Path(path).read_text().split("@app.cell") if marker in c]
+    assert len(cells) == 1, f"{len(cells)} cells of {path} contain {marker!r}"
+    return cells[0]
 
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -1,41 +1,71 @@
-"""examples/wavenet.py (makemore part 5) runs top to bottom as a script, with torch and with torch
-hidden and no names file (finite differences, generated names); in-process, its cmp verdicts all
-pass, its written-out network is npmlp's Wavenet draw for draw, its loop learns, and the bug and
-the fix keep the statistics the lecture describes."""
+"""examples/wavenet.py, makemore part 5: the flatten and 3-D BatchNorm backwards, the BatchNorm bug
+and its fix, and the training loop over layer objects.
+
+On 300 generated names it runs as a script with torch hidden (finite differences take torch's
+place) and once in this process, in marimo's script mode as `python FILE` runs it: its cmp
+verdicts all pass, what it prints is what its cells show, its written-out network is npmlp's
+Wavenet draw for draw, its loop learns, and the bug and the fix keep the statistics the lecture
+describes. On the real names.txt it is exported with its outputs as `marimo run` shows it;
+without names, it stops with one line.
+"""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import HAVE_TORCH, REPO, cmp_lines, make_names, names_file, notebook_defs, run_notebook
+from helpers import (
+    HAVE_TORCH,
+    NO_NAMES,
+    REPO,
+    assert_data_failure,
+    assert_page_stops_without_names,
+    assert_printed_on_page,
+    cmp_lines,
+    cmp_rows,
+    export_page,
+    make_names,
+    names_file,
+    no_names,
+    notebook_cell,
+    notebook_run,
+    run_notebook,
+    shows,
+)
 
 pytest.importorskip("marimo", reason="marimo is not installed (pip install 'npmlp[notebook]')")
-NOTEBOOK = REPO / "examples" / "wavenet.py"
+WAVENET = REPO / "examples" / "wavenet.py"
+BIGRAM = REPO / "examples" / "bigram.py"
 
 
-@pytest.fixture
-def names(tmp_path):
-    return names_file(tmp_path, 300, seed=4)
+@pytest.fixture(scope="module")
+def names(tmp_path_factory):
+    return names_file(tmp_path_factory.mktemp("data"), 300, seed=4)
 
 
-def run_script(env, hide_torch=False):
-    r = run_notebook(NOTEBOOK, env, hide_torch=hide_torch)
-    lines = cmp_lines(r.stdout)
-    assert len(lines) == 2 + 3 + 3 and all("approximate: True" in line for line in lines), r.stdout
-    return r
+@pytest.fixture(scope="module")
+def wavenet(names):
+    return notebook_run(WAVENET, names)
 
 
-def test_runs_as_a_script(names):
-    run_script({"NPMLP_DATA": str(names)})
+def assert_cmp_lines(stdout):
+    lines = cmp_lines(stdout)
+    assert len(lines) == 2 + 3 + 3 and all("approximate: True" in line for line in lines), stdout
 
 
-def test_runs_without_torch_and_offline(tmp_path):
-    """A `torch` package earlier on the path whose import fails, and no names file anywhere: the
-    checks fall back to finite differences, the data to generated names."""
-    run_script({"NPMLP_DATA": str(tmp_path / "missing.txt"), "XDG_CACHE_HOME": str(tmp_path)}, hide_torch=True)
+def test_wavenet_prints_every_check(wavenet):
+    """What `python examples/wavenet.py` prints (marimo's script mode, run here in-process)."""
+    assert_cmp_lines(wavenet.stdout)
 
 
-def test_cells_check_train_and_show_the_bug(names):
-    defs, _ = notebook_defs(NOTEBOOK, names)
+def test_wavenet_runs_without_torch(names):
+    """A `torch` package earlier on the path whose import fails: the checks fall back to finite differences."""
+    r = run_notebook(WAVENET, {"NPMLP_DATA": str(names)}, hide_torch=True)
+    assert_cmp_lines(r.stdout)
+    assert "central differences of the NumPy forward (torch is not installed)" in r.stdout
+    assert "torch autograd" not in r.stdout
+
+
+def test_wavenet_cells_check_train_and_show_the_bug(wavenet):
+    defs = wavenet.defs
     assert defs["words"] == make_names(300, seed=4)
     assert defs["ref_kind"].startswith("torch autograd" if HAVE_TORCH else "central differences")
     rows = defs["flatten_rows"] + defs["bn_rows"] + defs["lib_rows"]
@@ -46,7 +76,7 @@ def test_cells_check_train_and_show_the_bug(names):
     # the notebook's 3-D BatchNorm backward is the library's pair
     from npmlp.layers import batchnorm_backward, batchnorm_forward
     _, cache = batchnorm_forward(defs["x_bn"], defs["gamma_bn"], np.zeros(68), unbiased=True)
-    for mine, lib in zip(defs["bn_grads"], batchnorm_backward(defs["dout_bn"], cache)):
+    for mine, lib in zip(defs["bn_grads"], batchnorm_backward(defs["dout_bn"], cache), strict=True):
         np.testing.assert_allclose(mine, lib, rtol=1e-12, atol=1e-14)
 
     # the written-out network is npmlp's, draw for draw; its loop learns; its samples end
@@ -64,3 +94,38 @@ def test_cells_check_train_and_show_the_bug(names):
     assert bug["stats"]["mean1"] == (4, 68) and bug["stats"]["mean2"] == (2, 68) and bug["stats"]["mean3"] == (68,)
     assert all(s == (68,) for s in fix["stats"].values())
     assert all(np.isfinite([r["train"], r["dev"]]).all() for r in (bug, fix))
+
+
+def test_wavenet_shows_everything_it_prints(wavenet):
+    """What `python examples/wavenet.py` prints is what its cells show: every line is on the page."""
+    assert len(cmp_lines(wavenet.stdout)) == 2 + 3 + 3 and "dev loss" in wavenet.stdout
+    assert_printed_on_page(wavenet.stdout, wavenet.page)
+
+
+def test_wavenet_page_shows_the_results(names_path, tmp_path):
+    """`marimo run examples/wavenet.py` on the real names, exported with its outputs: the cmp
+    tables, the losses, the samples and the bug's table are on the page, nothing went to the
+    terminal, no cell failed."""
+    page = export_page(WAVENET, {"NPMLP_DATA": str(names_path)}, tmp_path)
+    assert not page.errors and not page.printed, (page.errors, page.printed[-3000:])
+    assert shows(page.text, "rows: train 182,625, dev 22,655"), "not the real names"
+    rows = cmp_rows(page.text)
+    assert len(rows) == 2 + 3 + 3 and all(row[2] == "True" for row in rows), rows
+    for shown in ("train loss", "dev loss", "Samples", "| bug: dim 0 |", "| fix: dims (0, 1) |"):
+        assert shows(page.text, shown), shown
+
+
+def test_wavenet_shares_the_bigram_helpers():
+    """The cell through which every result and the data go is the same in the four notebooks."""
+    assert notebook_cell(WAVENET, "def load_names") == notebook_cell(BIGRAM, "def load_names")
+
+
+@pytest.mark.parametrize("how", NO_NAMES)
+def test_wavenet_without_names_stops_with_one_line(how, tmp_path):
+    env, problem = no_names(how, tmp_path)
+    assert_data_failure(WAVENET, env, problem)
+
+
+def test_wavenet_page_without_names_says_why(tmp_path):
+    env, problem = no_names("missing file", tmp_path)
+    assert_page_stops_without_names(export_page(WAVENET, env, tmp_path, hide_torch=True), problem)

@@ -1,41 +1,66 @@
-"""examples/backprop_ninja.py (part 4's exercises) runs top to bottom as a plain script, also with
-torch hidden and offline. The lecture notebooks (lecture2.py, bigram.py) are tested in test_lectures.py."""
+"""examples/backprop_ninja.py, makemore part 4's exercises (every gradient of the BatchNorm MLP by
+hand, atom by atom, then fused).
+
+On 300 generated names it runs once in this process, in marimo's script mode as `python FILE`
+runs it (its cells' values, what it prints and what its cells show are read back, its chain held
+to npmlp's BNMLP.backward), and as a script with torch hidden; on the real names.txt it is
+exported with its outputs as `marimo run` shows it; without names, it stops with one line.
+"""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import HAVE_TORCH, REPO, check, cmp_lines, make_names, names_file, notebook_defs, run_notebook
+from helpers import (
+    HAVE_TORCH,
+    NO_NAMES,
+    REPO,
+    assert_data_failure,
+    assert_page_stops_without_names,
+    assert_printed_on_page,
+    check,
+    cmp_lines,
+    cmp_rows,
+    export_page,
+    make_names,
+    names_file,
+    no_names,
+    notebook_cell,
+    notebook_run,
+    run_notebook,
+    shows,
+)
 
 pytest.importorskip("marimo", reason="marimo is not installed (pip install 'npmlp[notebook]')")
 NINJA = REPO / "examples" / "backprop_ninja.py"
+BIGRAM = REPO / "examples" / "bigram.py"
 # the 26 gradients of part 4's exercise 1, in the order its backward computes them
 NINJA_GRADS = ("logprobs", "probs", "counts_sum_inv", "counts_sum", "counts", "norm_logits", "logit_maxes",
                "logits", "h", "W2", "b2", "hpreact", "bngain", "bnbias", "bnraw", "bnvar_inv", "bnvar",
                "bndiff2", "bndiff", "bnmeani", "hprebn", "embcat", "W1", "b1", "emb", "C")
 
 
-@pytest.fixture
-def names(tmp_path):
-    return names_file(tmp_path, 300, seed=4)
+@pytest.fixture(scope="module")
+def names(tmp_path_factory):
+    return names_file(tmp_path_factory.mktemp("data"), 300, seed=4)
 
 
-def test_ninja_falls_back_to_generated_names_offline(tmp_path):
-    run_notebook(NINJA, {"NPMLP_DATA": str(tmp_path / "missing.txt"), "XDG_CACHE_HOME": str(tmp_path)})
+@pytest.fixture(scope="module")
+def ninja(names):
+    return notebook_run(NINJA, names)
 
 
-# ----------------------------------------------------------------------------- backprop_ninja.py
-
-def test_ninja_runs_as_a_script(names):
-    r = run_notebook(NINJA, {"NPMLP_DATA": str(names)})
-    lines = cmp_lines(r.stdout)
+def test_ninja_prints_every_check(ninja):
+    """What `python examples/backprop_ninja.py` prints (marimo's script mode, run here in-process):
+    the lecture's cmp line for every gradient, each exact or approximate."""
+    lines = cmp_lines(ninja.stdout)
     assert [line.split("|")[0].strip() for line in lines[:26]] == list(NINJA_GRADS)
     assert all("approximate: True" in line for line in lines), "\n".join(lines)
-    assert ("against torch autograd" if HAVE_TORCH else "against central differences") in r.stdout
+    assert ("against torch autograd" if HAVE_TORCH else "against central differences") in ninja.stdout
 
 
-def test_ninja_cells_check_every_gradient(names):
+def test_ninja_cells_check_every_gradient(ninja):
     """Run the app in-process and read what its cells defined."""
-    defs, _ = notebook_defs(NINJA, names)
+    defs = ninja.defs
     assert defs["words"] == make_names(300, seed=4)            # the names of NPMLP_DATA
 
     # exercise 1: every cmp verdict exact or approximate, against torch when it is installed
@@ -88,3 +113,41 @@ def test_ninja_runs_without_torch(names):
     lines = cmp_lines(r.stdout)
     assert len(lines) == 26 + 2 + 3                  # exercise 1, 2 (chain and fd), 3; no torch-only lines
     assert all("approximate: True" in line for line in lines), "\n".join(lines)
+
+
+def test_ninja_shows_everything_it_prints(ninja):
+    """What `python examples/backprop_ninja.py` prints is what its cells show: every line is on the page."""
+    assert len(cmp_lines(ninja.stdout)) == 26 + 2 + 3 + 4 * HAVE_TORCH and "dev loss" in ninja.stdout
+    assert_printed_on_page(ninja.stdout, ninja.page)
+
+
+def test_ninja_page_shows_the_results(names_path, tmp_path):
+    """`marimo run examples/backprop_ninja.py` on the real names, exported with its outputs: every
+    cmp table, the calibrated losses and the samples are on the page, nothing went to the
+    terminal, no cell failed."""
+    page = export_page(NINJA, {"NPMLP_DATA": str(names_path)}, tmp_path)
+    assert not page.errors and not page.printed, (page.errors, page.printed[-3000:])
+    assert shows(page.text, "rows: train 182,625, dev 22,655"), "not the real names"
+    kind = "torch autograd (float64)" if HAVE_TORCH else "central differences of the NumPy forward"
+    assert shows(page.text, f"exercise 1: every atom's gradient against {kind}")
+    rows = cmp_rows(page.text)
+    assert [row[0] for row in rows[:26]] == list(NINJA_GRADS)
+    assert len(rows) == 26 + 2 + 3 + 4 * HAVE_TORCH and all(row[2] == "True" for row in rows), rows
+    for shown in ("train loss", "dev loss", "Samples"):
+        assert shows(page.text, shown), shown
+
+
+def test_ninja_shares_the_bigram_helpers():
+    """The cell through which every result and the data go is the same in the four notebooks."""
+    assert notebook_cell(NINJA, "def load_names") == notebook_cell(BIGRAM, "def load_names")
+
+
+@pytest.mark.parametrize("how", NO_NAMES)
+def test_ninja_without_names_stops_with_one_line(how, tmp_path):
+    env, problem = no_names(how, tmp_path)
+    assert_data_failure(NINJA, env, problem)
+
+
+def test_ninja_page_without_names_says_why(tmp_path):
+    env, problem = no_names("offline", tmp_path)
+    assert_page_stops_without_names(export_page(NINJA, env, tmp_path, hide_torch=True), problem)
