@@ -566,7 +566,8 @@ def _(h):
     run = h.copy("stopped")
     before = snapshot(run)
     r = h.main("train", "--resume", run, "--n-layers", "3", "--quiet")      # was ignored without a word
-    assert_user_error(r, 2, "--n-layers applies to the deep and transformer models only", f"{run} holds a bn model", "drop --n-layers")
+    assert_user_error(r, 2, "--n-layers applies to the deep and transformer models only", f"{run} holds a bn model",
+                      "drop --n-layers")
     r = h.main("train", "--resume", run, "--no-batchnorm", "--quiet")
     assert_user_error(r, 2, "--no-batchnorm applies to the deep model only", "drop --no-batchnorm")
     assert snapshot(run) == before
