@@ -36,7 +36,8 @@ needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed 
 
 def real_names_path() -> Path:
     """The lecture's names.txt, found the way npmlp finds it: $NPMLP_DATA, then the cache, then
-    the checked download (into the cache). Offline with no copy: one line saying how to pass one."""
+    the checked download (into the cache). Offline with no copy, the whole suite stops once, with
+    one line saying to set NPMLP_DATA (pytest takes no --data)."""
     from npmlp.data import DataError
     from npmlp.loading import cache_path, data_source, load_words
     path = data_source(None)
@@ -44,9 +45,10 @@ def real_names_path() -> Path:
         load_words(path)                                # reads, or fills the cache
         problem = None
     except DataError as e:
-        problem = str(e)
+        problem = str(e).split("; ")[0]                  # what is wrong; the loader's advice names --data
     if problem:                                         # outside the except: no chained traceback
-        pytest.fail(f"the tests need the lecture's names.txt: {problem}", pytrace=False)
+        pytest.exit(f"the tests need the lecture's names.txt ({problem}); set NPMLP_DATA=path/to/names.txt "
+                    f"and run them again", returncode=4)
     return path or cache_path()
 
 
