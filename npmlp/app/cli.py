@@ -270,7 +270,7 @@ def cmd_lr_find(args):
                 np.errstate(over="ignore", invalid="ignore"), \
                 Progress(args.steps, quiet=args.quiet, every=max(1, args.steps // 100), desc="lr-find") as bar:
             losses = lrfind.sweep(steps, *data.train, lre, args.batch_size, args.seed,
-                                  on_step=lambda i, loss, lr: bar.step(i, loss, lr))
+                                  on_step=lambda i, loss, lr: bar.step(i, loss, lr), model=model)
         ran = int(np.isfinite(losses).sum())
         if ran < 2:
             raise NpmlpError("the loss was NaN/inf from the first steps of the sweep; check the data and --init")
@@ -278,7 +278,7 @@ def cmd_lr_find(args):
         path = plots.save(plots.lr_find_figure(lre[:ran], losses[:ran], smoothed, best, suggested),
                           out / "lr_find.png")
     if ran < args.steps:
-        print(f"the loss diverged at lr {10 ** lre[ran]:.3g}; the sweep stopped after {ran} steps")
+        print(f"training diverged at lr {10 ** lre[ran]:.3g}; the sweep stopped after {ran} steps")
     print(f"lowest smoothed loss {np.nanmin(smoothed):.3f} at lr 10^{best:.2f} = {10 ** best:.3g}")
     swept = [option_text(k, shlex.quote(str(getattr(args, k))) if k == "data" else getattr(args, k))
              for k in SWEPT if k in args.typed]
