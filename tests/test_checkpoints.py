@@ -14,6 +14,8 @@ import signal
 import numpy as np
 import pytest
 from helpers import TINY, StopAfter, assert_user_error, make_names, notes, run_cli, snapshot, temp_files
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 import npmlp.fast
 from npmlp.app import cli
@@ -21,6 +23,7 @@ from npmlp.app import rundir as runs
 from npmlp.app.checkpoint import load_checkpoint, save_checkpoint
 from npmlp.app.errors import NpmlpError
 from npmlp.app.files import atomic_open
+from npmlp.app.registry import MODELS
 from npmlp.mlp import MLP, PARAM_NAMES
 from npmlp.train import TrainConfig
 
@@ -432,3 +435,62 @@ def test_reading_commands_refuse_a_checkpoint_they_cannot_read(tmp_path, interru
     r = run_cli(*command, run, "--quiet") if command[0] != "sample" else run_cli(*command, run)
     assert_user_error(r, 1, str(run / "model.npz"), *needles)
     assert r.stdout == "" and snapshot(run) == before
+
+
+# ----------------------------------------------------------------------------- what train writes, loads
+
+@st.composite
+def run_sizes(draw):
+    """(model kind, its sizes): each option drawn over its whole legal range, its extremes included
+    (1-wide layers, 512 positions, 24 layers), kept small enough to train in a moment."""
+    kind = draw(st.sampled_from(sorted(MODELS)))
+    cls = MODELS[kind]
+    sizes = {}
+    for o in cls.spec.options:
+        if o.const is not None:                                      # a switch
+            sizes[o.name] = draw(st.sampled_from([o.default, o.const]))
+        elif o.type is float:
+            sizes[o.name] = draw(st.sampled_from([0.0, 0.5, 0.99]))
+        else:
+            high = {"block_size": 512, "n_layers": 3 if kind == "transformer" else 24, "n_hidden": 8}.get(o.name, 6)
+            sizes[o.name] = draw(st.one_of(st.just(1), st.just(high), st.integers(1, high)))
+    if kind == "wavenet":                # the block is a power of the group: n**L positions, or the flat network
+        n = draw(st.integers(1, 8))
+        sizes["flatten"] = n
+        sizes["block_size"] = n ** draw(st.integers(1, int(np.log(512) / np.log(n)))) if n > 1 else 1
+    if kind == "transformer":            # the heads divide the embedding
+        sizes["n_embd"] = sizes["n_head"] * draw(st.integers(1, 3))
+    return kind, sizes
+
+
+def cli_flags(kind, sizes) -> list[str]:
+    """`npmlp train` options giving a model these sizes (a switch's flag where it differs from the default)."""
+    out = ["--model", kind]
+    for o in MODELS[kind].spec.options:
+        if o.const is not None:
+            out += [o.cli] if sizes[o.name] != o.default else []
+        else:
+            out += [o.cli, str(sizes[o.name])]
+    return out
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(drawn=run_sizes())
+@example(drawn=("wavenet", {"block_size": 512, "n_embd": 1, "n_hidden": 1, "flatten": 2,
+                            "batchnorm_over_batch_only": 0}))
+def test_every_checkpoint_train_writes_loads(tmp_path_factory, drawn):
+    """Whatever legal sizes a run has, the checkpoint `npmlp train` writes is one every command reads
+    (load_checkpoint): `--model wavenet --block-size 512 --n-embd 1 --n-hidden 1` trained, exited 0,
+    and then eval, sample and plot said its metadata was malformed (the tamper guard bounded a size
+    by the file's element count)."""
+    kind, sizes = drawn
+    tmp = tmp_path_factory.mktemp("sizes")
+    data = tmp / "names.txt"
+    data.write_text("\n".join(make_names(60, seed=1)) + "\n")
+    out = tmp / "run"
+    code = cli.main(["train", "--data", str(data), "--steps", "3", "--batch-size", "4", "--out", str(out),
+                     "--quiet", "--no-plots", *cli_flags(kind, sizes)])
+    assert code == 0, (kind, sizes)
+    model, _, meta, lossi = load_checkpoint(out / "model.npz")
+    assert model.kind == kind and meta["step"] == 3 and len(lossi) == 3
+    assert {k: v for k, v in model.sizes.items() if k in sizes} == sizes
