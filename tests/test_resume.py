@@ -6,19 +6,14 @@ with the same seed are bit-identical."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
 import signal
-import subprocess
-import sys
-import threading
-import time
 
 import numpy as np
 import pytest
-from helpers import StopAfter, assert_user_error, check, make_names, run_cli, snapshot, temp_files
+from helpers import StopAfter, assert_user_error, check, interrupt, make_names, run_cli, snapshot, temp_files
 
 import npmlp.fast
 from npmlp.app import cli
@@ -61,32 +56,6 @@ def assert_bit_identical(run, ref):
     for k in ARRAYS:
         assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
         assert np.array_equal(a[k], b[k]), f"{k}: max abs diff {np.abs(a[k] - b[k]).max()}"
-
-
-PROGRESS = re.compile(r"\|\s*(\d+)/(\d+) \[")
-
-
-def interrupt(args, signum, after_step: int):
-    """Start `npmlp ARGS` (with its progress bar on), wait until the bar passes `after_step`, send
-    `signum`, and return (exit code, stderr)."""
-    env = {k: v for k, v in os.environ.items() if k != "NPMLP_DATA"}
-    p = subprocess.Popen([sys.executable, "-m", "npmlp", *map(str, args)], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, env=env)
-    chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: p.stderr.read1(4096), b"")), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 120
-    while True:
-        done = [int(m.group(1)) for m in PROGRESS.finditer(b"".join(chunks).decode(errors="replace"))]
-        if done and done[-1] > after_step:
-            break
-        assert p.poll() is None, f"npmlp ended before it could be interrupted:\n{b''.join(chunks).decode()}"
-        assert time.monotonic() < deadline, "no training progress within 120 s"
-        time.sleep(0.02)
-    p.send_signal(signum)
-    code = p.wait(timeout=120)
-    reader.join(timeout=10)
-    return code, b"".join(chunks).decode()
 
 
 def check_interrupted(run, code, err, signum, ref, steps=STEPS):

@@ -44,6 +44,7 @@ from .options import (
     train_config,
 )
 from .registry import make_model
+from .signals import Interrupted, Saving, StopFlag, interrupts, signum_of
 
 # ----------------------------------------------------------------------------- output
 
@@ -58,24 +59,6 @@ def notes(args, lines):
 
 
 # ----------------------------------------------------------------------------- train
-
-class StopFlag:
-    """SIGINT/SIGTERM set the flag; the loop finishes its step, then saves and exits."""
-
-    def __init__(self):
-        self.signum = None
-
-    def __enter__(self):
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
 
 def cmd_train(args):
     return resume_run(args) if args.resume else new_run(args)
@@ -143,20 +126,30 @@ def train_and_finish(args, run: rundir.Run, claimed) -> int:
         run.on_eval = on_eval
         run.train(steps, on_step)
         bar.finish(run.step)
-    run.save()
+        bar.close()
+        earlier = run.ckpt.is_file()
+        try:
+            with Saving(run.ckpt) as saving:      # a save that has begun finishes (signals.py)
+                run.save()
+        except KeyboardInterrupt as e:            # a second signal while it ran
+            raise Interrupted(signum_of(e), "the save was aborted; " + (
+                f"{run.ckpt} holds the checkpoint of an earlier save: resume with: npmlp train --resume {where}"
+                if earlier else "nothing of this run is saved")) from None
     if not run.finished:
         print(f"npmlp: {signal.Signals(flag.signum).name}: stopped after step {run.step:,} of {run.cfg.steps:,}; "
               f"saved {run.ckpt}\nnpmlp: resume with: npmlp train --resume {where}", file=sys.stderr)
         return 128 + flag.signum
     try:
+        if saving.signum is not None:              # a signal held while the last save ran: as one now
+            raise Interrupted(saving.signum)
         metrics = run.finish()
         written = [run.out / "metrics.json", run.ckpt] + write_run_figures(args, run)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"npmlp: interrupted: training finished and saved in {run.ckpt}; " + (
               f"figures not written: run `npmlp plot {where}`" if (run.out / "metrics.json").exists() else
               f"evaluation not finished: run `npmlp train --resume {where}` to evaluate and draw the figures"),
               file=sys.stderr)
-        return 130
+        return 128 + signum_of(e)
     except NpmlpError as e:                       # metrics.json or a figure could not be written
         raise NpmlpError(f"{e}; training finished and saved in {run.ckpt}: " + (
             f"`npmlp plot {where} --out DIR` draws the figures" if (run.out / "metrics.json").exists() else
@@ -320,8 +313,8 @@ def cmd_sample(args):
     except ValueError as e:
         raise NpmlpError(f"cannot sample from {ckpt}: {e}; the checkpoint is damaged, or diverged: retrain "
                          f"with a lower --lr") from None
-    except KeyboardInterrupt:
-        stop.append(signal.SIGINT)
+    except KeyboardInterrupt as e:                  # a second Ctrl-C, or SIGTERM / SIGHUP (signals.py)
+        stop.append(signum_of(e))
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -330,7 +323,7 @@ def cmd_sample(args):
         log(args, f"npmlp: of {count:,} name{'s' * (count != 1)}: {splits}, {where.get('new', 0):,} new")
     if stop:
         print(f"npmlp: interrupted after {count:,} of {args.n:,} names", file=sys.stderr)
-        return 130
+        return 128 + stop[0]
 
 
 def split_names(args, meta) -> dict | None:
@@ -621,12 +614,13 @@ def build_parser():
 
 
 class Stdout:
-    """sys.stdout while a command runs. A reader that goes away (`npmlp diagnose RUN | head -1`), or
-    a stdout closed from the start (`>&-`), is no error of the command: the rest of its output is
-    dropped (file descriptor 1 pointed at /dev/null, so nothing fails at exit either), the command
-    still writes its files and exits as it would have. Any other failure to write (`> /dev/full`)
-    is kept in `failed`, for main to report once the files are written. `reader_gone` tells a
-    command whose only product is stdout (sample) to stop."""
+    """sys.stdout (or sys.stderr) while a command runs. A reader that goes away (`npmlp diagnose RUN
+    | head -1`), or a stream closed from the start (`>&-`, `2>&-`), is no error of the command: the
+    rest of its output is dropped (its file descriptor pointed at /dev/null, so nothing fails at
+    exit either), the command still writes its files and exits as it would have. Any other failure
+    to write stdout (`> /dev/full`) is kept in `failed`, for main to report once the files are
+    written; stderr's (`2>/dev/full`, a terminal closed under the run) have nowhere to be reported
+    and are only dropped. `reader_gone` tells a command whose only product is stdout (sample) to stop."""
 
     def __init__(self, stream):
         self.stream, self.reader_gone, self.failed = stream, stream is None, None
@@ -635,7 +629,7 @@ class Stdout:
         if not self.reader_gone:
             try:
                 self.stream.write(text)
-            except OSError as e:
+            except (OSError, ValueError) as e:          # ValueError: a stream closed meanwhile
                 self._gone(e)
         return len(text)
 
@@ -643,10 +637,10 @@ class Stdout:
         if not self.reader_gone:
             try:
                 self.stream.flush()
-            except OSError as e:
+            except (OSError, ValueError) as e:
                 self._gone(e)
 
-    def _gone(self, e: OSError):
+    def _gone(self, e: Exception):
         self.reader_gone = True
         if not isinstance(e, BrokenPipeError):
             self.failed = e
@@ -661,15 +655,31 @@ class Stdout:
         return getattr(self.stream, name)
 
 
+def keep_open(fd: int) -> None:
+    """A standard stream closed from the start (`2>&-`) gets /dev/null as its descriptor, so that no
+    file npmlp opens (a checkpoint) takes that number and receives what is meant for the stream."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        if devnull != fd:
+            os.dup2(devnull, fd)
+            os.close(devnull)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(map(str, argv))
-    args = build_parser().parse(argv)
-    from threadpoolctl import threadpool_limits
-    stdout = sys.stdout = Stdout(sys.stdout)
+    for fd in (1, 2):
+        keep_open(fd)
+    stdout, stderr = sys.stdout, sys.stderr = Stdout(sys.stdout), Stdout(sys.stderr)
     try:
+        args = build_parser().parse(argv)
+        from threadpoolctl import threadpool_limits
         # every product npmlp makes is small: a second BLAS thread gains little on an idle machine
-        # and, on a busy one, waits for a core, making every product many times slower
-        with threadpool_limits(1, user_api="blas"):
+        # and, on a busy one, waits for a core, making every product many times slower. NaN/inf are
+        # checked where they matter (divergence, a damaged checkpoint): NumPy's warnings of them
+        # would only be noise. SIGTERM and SIGHUP end a command as Ctrl-C does (signals.py).
+        with threadpool_limits(1, user_api="blas"), np.errstate(all="ignore"), interrupts():
             code = args.func(args) or 0
         stdout.flush()
         if stdout.failed is not None and code == 0:
@@ -682,12 +692,14 @@ def main(argv=None) -> int:
     except HelperFailed as e:
         print(f"npmlp: error: {e}; run again with --processes 1", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("npmlp: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"npmlp: {getattr(e, 'message', None) or 'interrupted'}", file=sys.stderr)
+        return 128 + signum_of(e)
     finally:
         stdout.flush()
+        stderr.flush()
         sys.stdout = stdout.stream if stdout.stream is not None else sys.__stdout__
+        sys.stderr = stderr.stream if stderr.stream is not None else sys.__stderr__
 
 
 if __name__ == "__main__":
