@@ -310,8 +310,23 @@ def test_failed_save_during_training_is_one_line_and_keeps_the_old_checkpoint(tm
     err = capsys.readouterr().err
     assert code == 1, err
     assert err.splitlines() == [(f"npmlp: error: cannot write {run / 'model.npz'}: No space left on device; "
-                                 f"free space or fix permissions, then resume from the last saved checkpoint")]
+                                 f"the checkpoint of an earlier save is intact: free space or fix permissions, then "
+                                 f"resume with: npmlp train --resume {run}")]
     assert snapshot(run) == before and temp_files(run) == []
+
+
+def test_failed_first_save_of_a_new_run_says_nothing_is_saved(tmp_path, monkeypatch, capsys):
+    """A full disk at a new run's first save: there is no checkpoint to resume from, and no folder is left."""
+    data = tmp_path / "names.txt"
+    data.write_text("\n".join(make_names(200)) + "\n")
+    monkeypatch.setattr(np, "savez", _broken_savez(OSError(errno.ENOSPC, "No space left on device")))
+    out = tmp_path / "run"
+    code = cli.main(["train", "--data", str(data), "--steps", "20", "--out", str(out), *TINY])
+    err = capsys.readouterr().err
+    assert code == 1 and err.splitlines() == [
+        f"npmlp: error: cannot write {out / 'model.npz'}: No space left on device; nothing of this run is saved: "
+        f"free space or fix permissions, then train again"], err
+    assert not out.exists()
 
 
 def test_non_finite_parameters_are_never_saved(tmp_path, interrupted):

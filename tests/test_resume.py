@@ -359,3 +359,18 @@ def test_resume_of_a_run_from_an_older_npmlp_says_it_is_not_bit_identical(stoppe
     err = capsys.readouterr().err
     assert "trained by an older npmlp" in err and "not bit-identically" in err
     assert load_checkpoint(stopped / "model.npz")[2]["run"]["arithmetic"] == npmlp.fast.ARITHMETIC["fast"]
+
+
+def test_resume_takes_the_checkpoint_path_eval_takes(stopped, tmp_path):
+    """eval and sample take RUN or RUN/model.npz: so does --resume (it said it could not create a
+    folder there); RUN/best.npz, a model other than the last, and a path that is not there are
+    refused naming what to give, with nothing made."""
+    r = run_cli("train", "--resume", stopped / "model.npz", "--quiet", "--no-plots")
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(stopped / "model.npz")[2]["complete"]
+    (stopped / "best.npz").write_bytes(b"")
+    r = run_cli("train", "--resume", stopped / "best.npz", "--quiet")
+    assert_user_error(r, 2, "from its last checkpoint, model.npz, not best.npz", f"--resume {stopped}")
+    r = run_cli("train", "--resume", tmp_path / "nowhere", "--quiet")
+    assert_user_error(r, 2, f"--resume {tmp_path / 'nowhere'}: no such run directory")
+    assert not (tmp_path / "nowhere").exists()

@@ -81,6 +81,13 @@ def new_run(args):
 
 def resume_run(args):
     out = Path(args.resume)
+    if not out.exists():
+        raise UsageError(f"--resume {out}: no such run directory; give one written by `npmlp train`")
+    if out.is_file():                             # a run's checkpoint, as eval and sample take it
+        if out.name != "model.npz":
+            raise UsageError(f"--resume continues a run from its last checkpoint, model.npz, not {out.name}: "
+                             f"give its run directory, --resume {shlex.quote(str(out.parent))}")
+        out = out.parent
     if args.out and Path(args.out) != out:
         raise UsageError(f"--out {args.out} differs from the run's {out}; --resume continues {out} in place: "
                          f"drop --out")

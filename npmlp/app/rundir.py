@@ -204,9 +204,13 @@ class Run:
                 from .diagnose import RATIOS
                 self.ratios.until(step).save(self.out / RATIOS)
             save_checkpoint(path, self.model, self.vocab, meta, self.lossi[:step], self.opt.state())
-        except OSError as e:  # the write is atomic: an older model.npz, if any, is still intact
-            raise NpmlpError(f"cannot write {path}: {e.strerror}; free space or fix permissions, "
-                             f"then resume from the last saved checkpoint") from None
+        except OSError as e:
+            why = f"cannot write {path}: {e.strerror or e}"
+            if earlier:
+                raise NpmlpError(f"{why}; the checkpoint of an earlier save is intact: free space or fix permissions, "
+                                 f"then resume with: npmlp train --resume {shlex.quote(str(self.out))}") from None
+            raise NpmlpError(f"{why}; nothing of this run is saved: free space or fix permissions, then train "
+                             f"again") from None
 
     def estimate(self) -> None:
         """--eval-every: the loss on the fixed rows of the train and dev splits (train.estimate_rows)
