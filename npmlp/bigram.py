@@ -73,15 +73,19 @@ class Bigram(Model):
         W = np.random.default_rng(seed).standard_normal((V, V)) if scheme == "lecture" else np.zeros((V, V))
         return cls({"W": W.astype(dtype)})
 
+    def check_inputs(self, X, Y=None, sequences=None):
+        """contract.Model.check_inputs: the bigram takes rows of one character of context (B, 1),
+        targets (B,), or makemore.py's sequences (B, T) of any length, targets (B, T)."""
+        if sequences is None:
+            sequences = np.ndim(X) == 2 and (np.shape(X)[1] > 1 if Y is None else np.ndim(Y) == 2)
+        return super().check_inputs(X, Y, sequences)
+
     def forward(self, X, Y=None, at=None, training=True):
         """Rows of context X (B, 1) -> logits (B, V); or makemore.py's sequences X (B, T), with
         targets Y (B, T) (-1 masked), -> logits (B, T, V), each position's the row of its own
         character. With Y, (loss, c: the intermediates by name)."""
-        X = np.asarray(X)
-        sequences = X.ndim == 2 and (X.shape[1] > 1 if Y is None else np.ndim(Y) == 2)
-        if X.ndim != 2 or (X.shape[1] != 1 and not sequences):
-            raise ValueError(f"X has shape {X.shape}; the bigram takes (B, 1), one character of context, "
-                             f"or sequences (B, T) with targets (B, T)")
+        X, Y = self.check_inputs(X, Y)                              # indices in 0..V-1 (contract.py)
+        sequences = X.shape[1] > 1 if Y is None else Y.ndim == 2
         c = Intermediates(at, X=X, Y=Y, sequences=sequences)
         emb, _ = embedding_forward(self.params["W"], X)             # (B, T, V) row X[b, t] of W
         c.logits = emb if sequences else emb[:, 0]                  # (B, T, V), or (B, V)

@@ -96,6 +96,7 @@ class BNMLP(MLP):
     def forward(self, X, Y=None, at=None, training=True):
         """Training mode (batch statistics; logits() is inference). X (B, T) -> logits (B, V) if Y is None, else
         (loss, c: every intermediate by name). at: as MLP.forward's."""
+        X, Y = self.check_inputs(X, Y)                            # indices in 0..V-1 (contract.py)
         C, W1, b1, bngain, bnbias, W2, b2 = (self.params[k] for k in PARAM_NAMES)
         n = X.shape[0]
         c = Intermediates(at, X=X, Y=Y)
@@ -164,7 +165,7 @@ class BNMLP(MLP):
 
     def logits(self, X):
         """Inference: X (N, T) -> logits (N, V), normalised with the calibrated statistics."""
-        X = np.asarray(X)
+        X, _ = self.check_inputs(X)
         p, s = self.params, self.buffers
         hpreact = p["bngain"] * (self._hprebn(X) - s["bnmean"]) * (s["bnvar"] + BN_EPS) ** -0.5 + p["bnbias"]
         return np.tanh(hpreact) @ p["W2"] + p["b2"]               # (N, V)

@@ -12,6 +12,8 @@ A model is a subclass of Model with a `spec`, and these members (Model writes th
                                -> logits, or with targets (loss, c): c holds every intermediate by name
     backward(c)                -> (grads by parameter, dacts by intermediate), each in the order computed
     logits(X), loss(X, Y)      inference (running statistics, no dropout)
+    check_inputs(X, Y)         the one rule for what a forward is given (indices in 0..V-1, targets too, -1
+                               masking a sequence's position, at least one row): every forward calls it first
     loss_and_grads(X, Y)       training mode: (loss, grads)
     param_names, act_names     the parameters, and the intermediates the backward returns gradients of
     tanh_names                 the tanh outputs `npmlp diagnose` reads (their saturation, their gradients)
@@ -32,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+
+from .layers import IGNORE
 
 SEED = 2147483647   # the lecture's torch.Generator().manual_seed(2147483647): init and minibatches
 MAKEMORE_BLOCK = 16  # makemore.py's block_size on names.txt (its longest name + 1), where no shape records it
@@ -227,6 +231,46 @@ class Model:
         """A model of the same kind and sizes holding other params (gradcheck's copies)."""
         return self.from_params(params, self.sizes)
 
+    def check_inputs(self, X, Y=None, sequences: bool | None = None):
+        """The one rule for what every model's forward (and inference) is given, checked first:
+
+            X  integer indices, (B, T) rows of context of block_size T, or a sequence model's
+               (B, t), 1 <= t <= block_size (sampling feeds prefixes); B >= 1 (an empty batch
+               has no loss, so none is taken); every index a character, 0 <= x < V (NumPy would
+               read a negative one from the end of the table, silently)
+            Y  None, or integer targets: one per row (B,), each 0 <= y < V; or, for sequences,
+               one per position, X's shape, each 0 <= y < V or -1 (layers.IGNORE: masked)
+
+        sequences: the form of X and Y, default the spec's (the bigram takes both). A windows
+        model taking sequences (the bigram: each position on its own) reads any number of
+        positions. -> (X, Y) as arrays; ValueError saying what is wrong."""
+        X = np.asarray(X)
+        seq = self.spec.data == SEQUENCES if sequences is None else sequences
+        T, V = self.block_size, self.vocab_size
+        bounded = self.spec.data == SEQUENCES                # else a windows model's sequences: any length
+        if X.ndim != 2 or X.dtype.kind not in "iu" or (seq and not (1 <= X.shape[1] and (X.shape[1] <= T or
+                                                                                           not bounded))):
+            form = (f"rows (B, block_size={T})" if not seq else
+                    f"sequences (B, T), 1 <= T <= block_size={T}" if bounded else "sequences (B, T), T >= 1")
+            raise ValueError(f"X has shape {X.shape} ({X.dtype}); the model takes integer {form}")
+        if len(X) == 0:
+            raise ValueError(f"X has shape {X.shape}: no rows; a batch needs at least one")
+        if not seq and X.shape[1] != T:
+            raise ValueError(f"X has {X.shape[1]} context columns, the model takes block_size={T}")
+        _in_range(X, "X", 0, V, "an input is a character's index")
+        if Y is None:
+            return X, None
+        Y = np.asarray(Y)
+        if seq and Y.shape != X.shape:
+            raise ValueError(f"Y has shape {Y.shape}, not X's {X.shape}: one target per position (-1 masks one)")
+        if not seq and Y.shape != X.shape[:1]:
+            raise ValueError(f"Y has shape {Y.shape}; the model takes one target per row of X, shape ({len(X)},)")
+        if Y.dtype.kind not in "iu":
+            raise ValueError(f"Y holds {Y.dtype} values; targets are integer character indices")
+        _in_range(Y, "Y", IGNORE if seq else 0, V,
+                  "a target is a character's index" + (", or -1 to mask its position" if seq else ""))
+        return X, Y
+
     def logits(self, X):
         """Inference: X (N, T) -> logits (N, V)."""
         return self.forward(np.asarray(X), training=False)
@@ -235,7 +279,7 @@ class Model:
         """Inference: the mean loss of the rows X (N, T), Y (N,), or of the sequences X (B, T),
         Y (B, T) over their unmasked targets."""
         from .layers import cross_entropy_forward, masked_cross_entropy_forward
-        Y = np.asarray(Y)
+        X, Y = self.check_inputs(X, Y)
         ce = masked_cross_entropy_forward if Y.ndim > 1 else cross_entropy_forward   # sequences' (B, T) targets
         return ce(self.logits(X), Y)[0]
 
@@ -243,6 +287,18 @@ class Model:
         """(loss: float, grads: dict of arrays shaped and typed like params), in training mode."""
         loss, cache = self.forward(np.asarray(X), np.asarray(Y))
         return loss, self.backward(cache)[0]
+
+
+def _in_range(a, name: str, low: int, high: int, what: str) -> None:
+    """ValueError naming the first value of `a` (integers) outside [low, high) and where it is.
+    Checked on every training step of the reference engine: two bare reductions, few calls."""
+    if not a.size:
+        return
+    if (a.dtype.kind == "i" or low > 0) and np.minimum.reduce(a, axis=None) < low or \
+            np.maximum.reduce(a, axis=None) >= high:
+        first = np.argwhere((a < low) | (a >= high))[0]
+        raise ValueError(f"{name} holds {a[tuple(first)]} at {tuple(int(i) for i in first)}, outside "
+                         f"{low}..{high - 1}: {what}")
 
 
 class Intermediates(dict):

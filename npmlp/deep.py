@@ -262,6 +262,7 @@ class Deep(Model):
         """X (B, T) -> logits (B, V) if Y is None, else (loss, c: every intermediate by name).
         Training mode uses (and updates, as torch does) the BatchNorm1d layers' running
         statistics. at: as MLP.forward's."""
+        X, Y = self.check_inputs(X, Y)                                  # indices in 0..V-1 (contract.py)
         B = X.shape[0]
         c = Intermediates(at, X=X, Y=Y, caches={})
         c.emb, _ = embedding_forward(self.params["C"], X)               # (B, T, E)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 import unicodedata
 from pathlib import Path
@@ -68,15 +69,48 @@ def load_words(path: str | os.PathLike | None = None, notes: list[str] | None = 
     return parse_words(download(cached), str(cached), notes)
 
 
+MAX_BYTES = 64 * 2**20    # the largest names file read (names.txt is 228 KB): an endless device is not read forever
+CHUNK = 2**20
+
+
 def _read_file(path: Path) -> bytes:
+    """The bytes of a names file, at most MAX_BYTES: a larger file is refused with its size, before
+    it is read; a pipe (/dev/stdin, <(...)) or device is read in chunks up to the cap, and only up to
+    the first chunk holding a NUL byte (/dev/zero, /dev/urandom), which parse_words refuses."""
     if path.is_dir():
         raise DataError(f"{path} is a directory, not a names file; give the path of a text file with one name per line")
     try:
-        return path.read_bytes()
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if stat.S_ISREG(st.st_mode) and st.st_size > MAX_BYTES:
+                raise DataError(f"data file {path} is {size_text(st.st_size)}, more than the {size_text(MAX_BYTES)} "
+                                f"npmlp reads as a names file; give a smaller file of names")
+            chunks: list[bytes] = []
+            got = 0
+            while got <= MAX_BYTES:
+                chunk = f.read(CHUNK)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+                if b"\x00" in chunk:                          # binary: refused by parse_words
+                    break
     except FileNotFoundError:
         raise DataError(f"data file {path} does not exist; check the path given to --data or NPMLP_DATA") from None
     except OSError as e:
         raise DataError(f"cannot read data file {path}: {e.strerror}") from None
+    if got > MAX_BYTES and b"\x00" not in chunks[-1]:
+        raise DataError(f"data file {path} gives more than {size_text(MAX_BYTES)} (an endless stream?), more than "
+                        f"npmlp reads as a names file; give a file of names")
+    return b"".join(chunks)
+
+
+def size_text(n: int) -> str:
+    """Bytes as a person reads them: '228 KiB', '3.1 GiB'."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
 
 
 def download_timeout() -> float:

@@ -95,10 +95,9 @@ class MLP(Model):
         """X (B, T) -> logits (B, V) if Y is None, else (loss, c): c holds every intermediate by
         name (c.emb, c.h...). at: {name: array} puts that array in place of the intermediate
         (gradcheck's finite differences perturb one and run the rest)."""
+        X, Y = self.check_inputs(X, Y)                           # indices in 0..V-1 (contract.py)
         C, W1, b1, W2, b2 = (self.params[k] for k in PARAM_NAMES)
-        B, T = X.shape
-        if T != self.block_size:
-            raise ValueError(f"X has {T} context columns, the model takes block_size={self.block_size}")
+        B = len(X)
         c = Intermediates(at, X=X, Y=Y)
         c.emb, _ = embedding_forward(C, X)                       # (B, T, E)
         c.embcat = c.emb.reshape(B, -1)                          # (B, T*E) the T embeddings side by side

@@ -400,16 +400,6 @@ class Recurrent(Model):
         return {"emb": (B, T, E), "steps": (B, T, cls.step_floats(E, H)), "hidden": (B, T, H), "logits": (B, T, V),
                 "probs": (B * T, V)}
 
-    def check_input(self, X, Y=None):
-        """X (B, t) integers with 1 <= t <= block_size (sampling feeds prefixes), Y None or of X's shape."""
-        X = np.asarray(X)
-        if X.ndim != 2 or not 1 <= X.shape[1] <= self.block_size:
-            raise ValueError(f"X has shape {X.shape}; the model takes sequences (B, T), 1 <= T <= "
-                             f"block_size={self.block_size}")
-        if Y is not None and np.shape(Y) != X.shape:
-            raise ValueError(f"Y has shape {np.shape(Y)}, not X's {X.shape}: one target per position")
-        return X
-
     def tanh_outputs(self, c):
         """(B, T, k): the tanh outputs of each position's cell step, for readings_through_time."""
         raise NotImplementedError
@@ -425,8 +415,7 @@ class Recurrent(Model):
                         h_t from position t's output and from every later step (backprop through time:
                         where it shrinks towards the first positions, the early characters stop learning)
             targets     (T,) how many rows' target at t counts (is not -1)"""
-        X = self.check_input(X, Y)
-        Y = np.asarray(Y)
+        X, Y = self.check_inputs(X, Y)
         _, c = self.forward(X, Y)
         _, _, dh = self.backward(c, return_dh=True)                                   # (B, T, H)
         counts = Y != IGNORE                                                          # (B, T)
@@ -471,7 +460,7 @@ class RNN(Recurrent):
         """X (B, T) -> logits (B, T, V) if Y is None, else (loss over the targets that are not -1, c):
         c holds the intermediates by name (c.emb, c.hidden, c.logits) and each step's cell cache
         (c.steps). at: {name: array} puts that array in place of the intermediate (gradcheck)."""
-        X = self.check_input(X, Y)
+        X, Y = self.check_inputs(X, Y)                    # (B, t) indices in 0..V-1 (contract.py)
         P = self.params
         c = Intermediates(at, X=X, Y=Y)
         c.emb, _ = embedding_forward(P["wte.weight"], X)                                  # (B, T, E)
@@ -535,7 +524,7 @@ class GRU(Recurrent):
 
     def forward(self, X, Y=None, at=None, training=True):
         """As RNN.forward, with makemore.py's GRUCell at each step."""
-        X = self.check_input(X, Y)
+        X, Y = self.check_inputs(X, Y)                    # (B, t) indices in 0..V-1 (contract.py)
         P = self.params
         c = Intermediates(at, X=X, Y=Y)
         c.emb, _ = embedding_forward(P["wte.weight"], X)                                  # (B, T, E)
@@ -600,7 +589,7 @@ class LSTM(Recurrent):
 
     def forward(self, X, Y=None, at=None, training=True):
         """As RNN.forward, with torch.nn.LSTMCell's step (h, c carried from position to position)."""
-        X = self.check_input(X, Y)
+        X, Y = self.check_inputs(X, Y)                    # (B, t) indices in 0..V-1 (contract.py)
         P = self.params
         c = Intermediates(at, X=X, Y=Y)
         c.emb, _ = embedding_forward(P["wte.weight"], X)                                  # (B, T, E)

@@ -228,6 +228,22 @@ def check_loss(lossi, step: int, loss: float, cfg: TrainConfig, vocab_size: int)
         raise Diverged(step, loss, mean, first, limit)
 
 
+def nonfinite(model, opt=None) -> str | None:
+    """The divergence rule's second half: the first of the model's parameters, its buffers (running
+    statistics) and the optimiser's state that holds NaN/inf, as a message names it ('parameter
+    W1', 'running statistic running_var1', "AdamW's v.W1"), or None. A loss can stay finite while
+    they overflow (a BatchNorm's running variance on batches of two rows: training normalises with
+    the batch's statistics, not the running ones), and no checkpoint can keep them. Checked
+    between segments of steps (npmlp/app/rundir.py), which finds the step by replaying."""
+    groups = (("parameter", model.params), ("running statistic", model.buffers),
+              (f"{type(opt).__name__}'s", opt.state() if opt is not None else {}))
+    for what, arrays in groups:
+        for name, a in arrays.items():
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                return f"{what} {name}"
+    return None
+
+
 def sgd(model, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: int | None = None, on_step=None,
         opt=None):
     """Train `model` in place, steps `start` up to (not including) `stop` (default cfg.steps),

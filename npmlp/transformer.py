@@ -121,17 +121,6 @@ def check_block_size(block_size) -> int:
     return int(T)
 
 
-def check_sequences(X, vocab_size: int, block_size: int):
-    """X as an integer array (B, T) of indices < V, 1 <= T <= block_size; ValueError otherwise."""
-    X = np.asarray(X)
-    if X.ndim != 2 or X.dtype.kind not in "iu" or not 1 <= X.shape[1] <= block_size or X.shape[0] < 1:
-        raise ValueError(f"X has shape {X.shape} ({X.dtype}); the model takes integer sequences (B, T) of 1 to "
-                         f"block_size={block_size} positions")
-    if X.min() < 0 or X.max() >= vocab_size:
-        raise ValueError(f"X holds {X.min() if X.min() < 0 else X.max()}, outside the vocabulary 0..{vocab_size - 1}")
-    return X
-
-
 def keeper(c: Intermediates):
     """keep(name, (out, cache)) -> out, kept in c as `name` (or the array c's `at` gives for it,
     which is what the rest of the forward then reads), the pair's cache in c.caches[name]."""
@@ -228,7 +217,7 @@ class BoW(Model):
 
     def intermediates(self, X, Y=None, at=None, training=True) -> Intermediates:
         """The forward up to the logits: every intermediate by name, the pairs' caches in c.caches."""
-        X = check_sequences(X, self.vocab_size, self.block_size)
+        X, Y = self.check_inputs(X, Y)                          # (B, t) indices in 0..V-1 (contract.py)
         P = self.params
         c = Intermediates(at, X=X, Y=Y, caches={})
         keep = keeper(c)
@@ -439,7 +428,7 @@ class Transformer(Model):
 
     def intermediates(self, X, Y=None, at=None, training=True) -> Intermediates:
         """The forward up to the logits: every intermediate by name, the pairs' caches in c.caches."""
-        X = check_sequences(X, self.vocab_size, self.block_size)
+        X, Y = self.check_inputs(X, Y)                          # (B, t) indices in 0..V-1 (contract.py)
         P = self.params
         p = self.dropout if training else 0.0                       # inference never drops
         rng = self.dropout_rng() if p > 0 else None                 # masks drawn in the forward's order

@@ -202,9 +202,7 @@ class Wavenet(Model):
         """X (B, T) -> logits (B, V) if Y is None, else (loss, c: every layer's output by its name).
         Training mode normalises with the batch's statistics and updates the running ones.
         at: as MLP.forward's."""
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] != self.block_size:
-            raise ValueError(f"X has shape {X.shape}; the model takes (B, block_size={self.block_size})")
+        X, Y = self.check_inputs(X, Y)                                  # indices in 0..V-1 (contract.py)
         c = Intermediates(at, X=X, Y=Y, caches={})
         c.emb, c.caches["emb"] = self.embedding.forward(X)              # (B, T, E)
         logits = self.net.forward(c.emb, c, training)                   # (B, V) flatten1 ... logits

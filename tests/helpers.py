@@ -19,6 +19,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -76,6 +78,34 @@ def run_cli(*args, env: dict | None = None, timeout: float = 300, cwd=None) -> s
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "npmlp", *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=cwd)
+
+
+PROGRESS = re.compile(r"\|\s*(\d+)/(\d+) \[")
+
+
+def interrupt(args, signum, after_step: int, then=(), gap: float = 0.0):
+    """Start `npmlp ARGS` (with its progress bar on), wait until the bar passes `after_step`, send
+    `signum` (then each signal of `then`, `gap` seconds apart), and return (exit code, stderr)."""
+    env = {k: v for k, v in os.environ.items() if k != "NPMLP_DATA"}
+    p = subprocess.Popen([sys.executable, "-m", "npmlp", *map(str, args)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, env=env)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: p.stderr.read1(4096), b"")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while True:
+        done = [int(m.group(1)) for m in PROGRESS.finditer(b"".join(chunks).decode(errors="replace"))]
+        if done and done[-1] > after_step:
+            break
+        assert p.poll() is None, f"npmlp ended before it could be interrupted:\n{b''.join(chunks).decode()}"
+        assert time.monotonic() < deadline, "no training progress within 120 s"
+        time.sleep(0.02)
+    for s in (signum, *then):
+        p.send_signal(s)
+        time.sleep(gap)
+    code = p.wait(timeout=120)
+    reader.join(timeout=10)
+    return code, b"".join(chunks).decode()
 
 
 def run_main(capsys, *argv):

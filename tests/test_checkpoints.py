@@ -14,6 +14,8 @@ import signal
 import numpy as np
 import pytest
 from helpers import TINY, StopAfter, assert_user_error, make_names, notes, run_cli, snapshot, temp_files
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 import npmlp.fast
 from npmlp.app import cli
@@ -21,6 +23,7 @@ from npmlp.app import rundir as runs
 from npmlp.app.checkpoint import load_checkpoint, save_checkpoint
 from npmlp.app.errors import NpmlpError
 from npmlp.app.files import atomic_open
+from npmlp.app.registry import MODELS
 from npmlp.mlp import MLP, PARAM_NAMES
 from npmlp.train import TrainConfig
 
@@ -307,8 +310,23 @@ def test_failed_save_during_training_is_one_line_and_keeps_the_old_checkpoint(tm
     err = capsys.readouterr().err
     assert code == 1, err
     assert err.splitlines() == [(f"npmlp: error: cannot write {run / 'model.npz'}: No space left on device; "
-                                 f"free space or fix permissions, then resume from the last saved checkpoint")]
+                                 f"the checkpoint of an earlier save is intact: free space or fix permissions, then "
+                                 f"resume with: npmlp train --resume {run}")]
     assert snapshot(run) == before and temp_files(run) == []
+
+
+def test_failed_first_save_of_a_new_run_says_nothing_is_saved(tmp_path, monkeypatch, capsys):
+    """A full disk at a new run's first save: there is no checkpoint to resume from, and no folder is left."""
+    data = tmp_path / "names.txt"
+    data.write_text("\n".join(make_names(200)) + "\n")
+    monkeypatch.setattr(np, "savez", _broken_savez(OSError(errno.ENOSPC, "No space left on device")))
+    out = tmp_path / "run"
+    code = cli.main(["train", "--data", str(data), "--steps", "20", "--out", str(out), *TINY])
+    err = capsys.readouterr().err
+    assert code == 1 and err.splitlines() == [
+        f"npmlp: error: cannot write {out / 'model.npz'}: No space left on device; nothing of this run is saved: "
+        f"free space or fix permissions, then train again"], err
+    assert not out.exists()
 
 
 def test_non_finite_parameters_are_never_saved(tmp_path, interrupted):
@@ -432,3 +450,62 @@ def test_reading_commands_refuse_a_checkpoint_they_cannot_read(tmp_path, interru
     r = run_cli(*command, run, "--quiet") if command[0] != "sample" else run_cli(*command, run)
     assert_user_error(r, 1, str(run / "model.npz"), *needles)
     assert r.stdout == "" and snapshot(run) == before
+
+
+# ----------------------------------------------------------------------------- what train writes, loads
+
+@st.composite
+def run_sizes(draw):
+    """(model kind, its sizes): each option drawn over its whole legal range, its extremes included
+    (1-wide layers, 512 positions, 24 layers), kept small enough to train in a moment."""
+    kind = draw(st.sampled_from(sorted(MODELS)))
+    cls = MODELS[kind]
+    sizes = {}
+    for o in cls.spec.options:
+        if o.const is not None:                                      # a switch
+            sizes[o.name] = draw(st.sampled_from([o.default, o.const]))
+        elif o.type is float:
+            sizes[o.name] = draw(st.sampled_from([0.0, 0.5, 0.99]))
+        else:
+            high = {"block_size": 512, "n_layers": 3 if kind == "transformer" else 24, "n_hidden": 8}.get(o.name, 6)
+            sizes[o.name] = draw(st.one_of(st.just(1), st.just(high), st.integers(1, high)))
+    if kind == "wavenet":                # the block is a power of the group: n**L positions, or the flat network
+        n = draw(st.integers(1, 8))
+        sizes["flatten"] = n
+        sizes["block_size"] = n ** draw(st.integers(1, int(np.log(512) / np.log(n)))) if n > 1 else 1
+    if kind == "transformer":            # the heads divide the embedding
+        sizes["n_embd"] = sizes["n_head"] * draw(st.integers(1, 3))
+    return kind, sizes
+
+
+def cli_flags(kind, sizes) -> list[str]:
+    """`npmlp train` options giving a model these sizes (a switch's flag where it differs from the default)."""
+    out = ["--model", kind]
+    for o in MODELS[kind].spec.options:
+        if o.const is not None:
+            out += [o.cli] if sizes[o.name] != o.default else []
+        else:
+            out += [o.cli, str(sizes[o.name])]
+    return out
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(drawn=run_sizes())
+@example(drawn=("wavenet", {"block_size": 512, "n_embd": 1, "n_hidden": 1, "flatten": 2,
+                            "batchnorm_over_batch_only": 0}))
+def test_every_checkpoint_train_writes_loads(tmp_path_factory, drawn):
+    """Whatever legal sizes a run has, the checkpoint `npmlp train` writes is one every command reads
+    (load_checkpoint): `--model wavenet --block-size 512 --n-embd 1 --n-hidden 1` trained, exited 0,
+    and then eval, sample and plot said its metadata was malformed (the tamper guard bounded a size
+    by the file's element count)."""
+    kind, sizes = drawn
+    tmp = tmp_path_factory.mktemp("sizes")
+    data = tmp / "names.txt"
+    data.write_text("\n".join(make_names(60, seed=1)) + "\n")
+    out = tmp / "run"
+    code = cli.main(["train", "--data", str(data), "--steps", "3", "--batch-size", "4", "--out", str(out),
+                     "--quiet", "--no-plots", *cli_flags(kind, sizes)])
+    assert code == 0, (kind, sizes)
+    model, _, meta, lossi = load_checkpoint(out / "model.npz")
+    assert model.kind == kind and meta["step"] == 3 and len(lossi) == 3
+    assert {k: v for k, v in model.sizes.items() if k in sizes} == sizes

@@ -1,7 +1,9 @@
 """A learning rate that blows up: `npmlp train` stops at the step whose loss is NaN/inf, names it and
 the last finite loss, saves exactly the parameters of the last good step, and exits 1.
 A loss that stays finite but explodes (`--lr 1e6`: a 1,000-step mean above 10x the first loss)
-stops the same way, naming the steps and the mean. No NaN or inf ever reaches a saved file."""
+stops the same way, naming the steps and the mean; so do parameters or running statistics that
+overflow while the loss stays finite (a BatchNorm on batches of two rows), at the step that made
+them NaN/inf. No NaN or inf ever reaches a saved file."""
 from __future__ import annotations
 
 import math
@@ -13,11 +15,13 @@ import pytest
 from helpers import TINY, assert_user_error, make_names, run_cli, temp_files
 
 import npmlp.fast
+from npmlp.app import lrfind
 from npmlp.app import rundir as runs
 from npmlp.app.checkpoint import load_checkpoint
 from npmlp.app.files import LOCK
+from npmlp.deep import Deep
 from npmlp.mlp import MLP
-from npmlp.train import EXPLODE, WINDOW, TrainConfig, batch_rows
+from npmlp.train import EXPLODE, WINDOW, TrainConfig, batch_rows, nonfinite
 
 MESSAGE = re.compile(r"training diverged: the loss became NaN/inf at step ([\d,]+) \(last finite loss (\S+) "
                      r"at step ([\d,]+)\); saved the parameters that gave it in (\S+) \(for eval/plot\); train again "
@@ -177,3 +181,78 @@ def test_resuming_an_exploded_run_stops_again_the_same_way(exploded, tmp_path):
     after = load_checkpoint(copy / "model.npz")
     assert same_params(after[0], before[0]) and after[2]["step"] == before[2]["step"]
     assert np.array_equal(after[3], before[3])
+
+
+# ----------------------------------------------------------------------------- statistics that overflow
+
+OVERFLOWED = re.compile(r"training diverged: the running statistic (running_var\d+) became NaN/inf at step ([\d,]+), "
+                        r"though the loss stayed finite \((\S+)\); saved the model after ([\d,]+) steps in (\S+) "
+                        r"\(for eval/plot\); train again with a lower --lr \(was 0\.1\) or a larger --batch-size "
+                        r"\(was (\d+): BatchNorm's statistics of so few rows are noisy\) and a new --out")
+
+
+@pytest.fixture(scope="module")
+def one_letter(tmp_path_factory):
+    """100 one-letter names: a deep BatchNorm stack at batch 4 sees rows so alike that the inputs of
+    its first BatchNorm grow until their running variance overflows float32, while the loss stays
+    near 2.3 (training normalises with the batch's own statistics)."""
+    rng = np.random.default_rng(0)
+    p = tmp_path_factory.mktemp("one") / "names.txt"
+    p.write_text("\n".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 100)) + "\n")
+    return p
+
+
+@pytest.mark.parametrize("data, batch, engine", [("one letter", 4, "fast"), ("one letter", 4, "reference"),
+                                                 ("names", 2, "fast")],
+                         ids=["the loss stays finite", "the reference engine, no warning", "then the loss is NaN"])
+def test_statistics_that_overflow_stop_the_run_where_it_happens(tmp_path, names, one_letter, data, batch, engine):
+    """`--model deep --batch-size 2` (or 4 on low-variety names): a running variance overflows to inf
+    while the loss stays finite, so the loss alone never stops the run (on the generated names it
+    turns NaN a few steps later). The run stops at the step whose forward or update overflowed, keeps
+    the model before it (finite, loadable) and says what overflowed; no NumPy warning reaches
+    stderr (assert_user_error allows nothing but npmlp: lines). It used to train on, refuse to
+    save the NaN/inf model at the end, and remove the whole run directory."""
+    run, source = tmp_path / "run", one_letter if data == "one letter" else names
+    r = run_cli("train", "--model", "deep", "--batch-size", batch, "--steps", 300, "--data", source,
+                "--engine", engine, "--out", run, "--quiet", "--no-plots")
+    line = assert_user_error(r, 1, "training diverged")
+    m = OVERFLOWED.search(line)
+    assert m, line
+    step = int(m.group(2).replace(",", ""))
+    assert int(m.group(4).replace(",", "")) == step and m.group(5) == str(run / "model.npz")
+    assert m.group(6) == str(batch)
+    no_nan_anywhere(run)
+    model, _, meta, lossi = load_checkpoint(run / "model.npz")
+    assert meta["step"] == step and len(lossi) == step and np.isfinite(lossi).all()
+    assert not (run / "metrics.json").exists() and temp_files(run) == []
+    # where it happens: the model saved is finite, and its next step (the one named) overflows
+    cfg = TrainConfig(**meta["train"])
+    rows = runs.splits(meta["run"]["data"], meta["run"]["split_seed"], 3)
+    full = np.zeros(cfg.steps, np.float32)
+    with npmlp.fast.steps(engine, model, cfg.batch_size) as steps, np.errstate(all="ignore"):
+        steps(*rows.train, cfg, full, step, step + 1, None)
+    assert np.isfinite(full[step]) and float(f"{full[step]:.4g}") == float(m.group(3)), "the loss stayed finite"
+    assert nonfinite(model) == f"running statistic {m.group(1)}"
+    # the run is kept: resuming it stops again the same way, at the same step
+    r = run_cli("train", "--resume", run, "--quiet", "--no-plots")
+    assert assert_user_error(r, 1, "training diverged") == line
+
+
+def test_lr_find_stops_its_sweep_where_the_statistics_overflow(one_letter):
+    """lr-find's sweep stops at the rate whose step leaves the model's running statistics NaN/inf,
+    not at a NaN loss that comes (if it comes) only later: the rates after it sweep a ruined model."""
+    rows = runs.splits(one_letter, 42, 3)
+    lre = np.linspace(-3, 0, 300)
+
+    def sweep(rates):
+        model = Deep.init(rows.vocab.size)
+        with npmlp.fast.steps("reference", model, 4) as steps, np.errstate(all="ignore"):
+            losses = lrfind.sweep(steps, *rows.train, rates, 4, model=model)
+        return model, losses
+
+    model, losses = sweep(lre)
+    ran = int(np.isfinite(losses).sum())
+    assert 2 <= ran < len(lre) and np.isfinite(losses[:ran]).all() and np.isnan(losses[ran:]).all()
+    assert nonfinite(model) is not None, "the sweep stopped before the model was ruined"
+    model, losses = sweep(lre[:ran])
+    assert nonfinite(model) is None and np.isfinite(losses).all(), "the sweep went on with a ruined model"

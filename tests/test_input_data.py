@@ -2,10 +2,18 @@
 clear line (exit 1, no run directory created) or normalised with a note on stderr."""
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers import TINY, assert_user_error, make_names, notes, run_cli, snapshot
 
+from npmlp import loading
 from npmlp.app.checkpoint import load_checkpoint
 from npmlp.app.rundir import Splits
 from npmlp.data import DataError, Vocab, build_dataset
@@ -192,3 +200,48 @@ def test_eval_with_characters_outside_the_vocabulary(tmp_path):
     r = run_cli("eval", out, "--quiet")
     assert r.returncode == 0 and "dev loss" in r.stdout, r.stderr
     assert snapshot(out) == before
+
+
+# ----------------------------------------------------------------------------- endless, huge, piped
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_an_endless_device_is_refused_without_reading_it_to_the_end(tmp_path, device):
+    """It was read until memory ran out: a names file is read in chunks, and a chunk holding a NUL
+    byte ends the reading (parse_words refuses binary data)."""
+    if not Path(device).exists():
+        pytest.skip(f"{device} is not on this system")
+    r = train(device, tmp_path / "run")
+    assert_user_error(r, 1, device, "binary", "NUL")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_names_file_larger_than_the_cap_is_refused_with_its_size(tmp_path, monkeypatch):
+    """Refused from its size, before a byte is read; a file within the cap reads as usual."""
+    monkeypatch.setattr(loading, "MAX_BYTES", 2**20)
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"emma\n" * (3 * 2**20 // 10))                 # 1.5 MiB
+    with pytest.raises(DataError, match=r"big.txt is 1.5 MiB, more than the 1 MiB npmlp reads as a names file; "
+                                        r"give a smaller file of names"):
+        load_words(big)
+    big.write_bytes(b"emma\n" * 1000)
+    assert load_words(big) == ["emma"] * 1000
+
+
+@pytest.mark.skipif(not Path("/dev/stdin").exists() or shutil.which("bash") is None, reason="a POSIX shell's pipes")
+def test_pipes_are_read_and_an_endless_one_is_cut_at_the_cap(tmp_path):
+    """/dev/stdin and <(...) are names files too; an endless one (`yes emma |`) stops at the cap."""
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(NAMES) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "NPMLP_DATA"}
+    npmlp_train = f"{shlex.quote(sys.executable)} -m npmlp train --steps 5 --quiet --no-plots --n-embd 2 --n-hidden 8"
+    quoted = shlex.quote(str(names))
+    for i, (data, stdin) in enumerate([("/dev/stdin", f"< {quoted}"), (f"<(cat {quoted})", "")]):
+        run = tmp_path / f"run{i}"
+        cmd = f"{npmlp_train} --data {data} --out {run} {stdin}"
+        r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert load_checkpoint(run / "model.npz")[1] == Vocab.from_words(NAMES)
+    r = subprocess.run(["bash", "-c", f"yes emma | {npmlp_train} --data /dev/stdin --out {tmp_path / 'endless'}"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert_user_error(r, 1, "/dev/stdin gives more than 64 MiB", "an endless stream")
+    assert not (tmp_path / "endless").exists()

@@ -149,3 +149,17 @@ def test_a_stacks_parameter_count_is_extrapolated_exactly():
             want = sum(math.prod(s) for s in MODELS["deep"].shapes(27, **sizes).values())
             assert options.num_params("deep", sizes, 27) == want
     assert options.num_params("mlp", dict(block_size=3, n_embd=10, n_hidden=200), 27) == 11897   # the lecture's
+
+
+@pytest.mark.parametrize("argv", [["train", "--data", ""], ["train", "--out", ""], ["train", "--resume", ""],
+                                  ["lr-find", "--out", ""], ["eval", ""], ["sample", ""], ["plot", "RUN", "--out", ""],
+                                  ["gradcheck", "--run", ""], ["export-makemore", "RUN", "--out", ""]],
+                         ids=lambda a: " ".join(x or '""' for x in a))
+def test_an_empty_path_is_refused_as_such(tmp_path, tiny_run, argv):
+    """pathlib reads "" as the current folder: `--data ""` said that `.` is a directory, `--resume ""`
+    and `--out ""` silently started a new run in runs/. Every path option and argument refuses it,
+    before anything is made."""
+    argv = [str(tiny_run) if a == "RUN" else a for a in argv]
+    r = run_cli(*argv, *(["--steps", "10", "--quiet"] if argv[0] in ("train", "lr-find") else []), cwd=tmp_path)
+    assert_user_error(r, 2, "must be a path, got an empty string")
+    assert list(tmp_path.iterdir()) == [], "something was written"

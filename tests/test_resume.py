@@ -6,19 +6,14 @@ with the same seed are bit-identical."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
 import signal
-import subprocess
-import sys
-import threading
-import time
 
 import numpy as np
 import pytest
-from helpers import StopAfter, assert_user_error, check, make_names, run_cli, snapshot, temp_files
+from helpers import StopAfter, assert_user_error, check, interrupt, make_names, run_cli, snapshot, temp_files
 
 import npmlp.fast
 from npmlp.app import cli
@@ -61,32 +56,6 @@ def assert_bit_identical(run, ref):
     for k in ARRAYS:
         assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
         assert np.array_equal(a[k], b[k]), f"{k}: max abs diff {np.abs(a[k] - b[k]).max()}"
-
-
-PROGRESS = re.compile(r"\|\s*(\d+)/(\d+) \[")
-
-
-def interrupt(args, signum, after_step: int):
-    """Start `npmlp ARGS` (with its progress bar on), wait until the bar passes `after_step`, send
-    `signum`, and return (exit code, stderr)."""
-    env = {k: v for k, v in os.environ.items() if k != "NPMLP_DATA"}
-    p = subprocess.Popen([sys.executable, "-m", "npmlp", *map(str, args)], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, env=env)
-    chunks: list[bytes] = []
-    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: p.stderr.read1(4096), b"")), daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 120
-    while True:
-        done = [int(m.group(1)) for m in PROGRESS.finditer(b"".join(chunks).decode(errors="replace"))]
-        if done and done[-1] > after_step:
-            break
-        assert p.poll() is None, f"npmlp ended before it could be interrupted:\n{b''.join(chunks).decode()}"
-        assert time.monotonic() < deadline, "no training progress within 120 s"
-        time.sleep(0.02)
-    p.send_signal(signum)
-    code = p.wait(timeout=120)
-    reader.join(timeout=10)
-    return code, b"".join(chunks).decode()
 
 
 def check_interrupted(run, code, err, signum, ref, steps=STEPS):
@@ -390,3 +359,18 @@ def test_resume_of_a_run_from_an_older_npmlp_says_it_is_not_bit_identical(stoppe
     err = capsys.readouterr().err
     assert "trained by an older npmlp" in err and "not bit-identically" in err
     assert load_checkpoint(stopped / "model.npz")[2]["run"]["arithmetic"] == npmlp.fast.ARITHMETIC["fast"]
+
+
+def test_resume_takes_the_checkpoint_path_eval_takes(stopped, tmp_path):
+    """eval and sample take RUN or RUN/model.npz: so does --resume (it said it could not create a
+    folder there); RUN/best.npz, a model other than the last, and a path that is not there are
+    refused naming what to give, with nothing made."""
+    r = run_cli("train", "--resume", stopped / "model.npz", "--quiet", "--no-plots")
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(stopped / "model.npz")[2]["complete"]
+    (stopped / "best.npz").write_bytes(b"")
+    r = run_cli("train", "--resume", stopped / "best.npz", "--quiet")
+    assert_user_error(r, 2, "from its last checkpoint, model.npz, not best.npz", f"--resume {stopped}")
+    r = run_cli("train", "--resume", tmp_path / "nowhere", "--quiet")
+    assert_user_error(r, 2, f"--resume {tmp_path / 'nowhere'}: no such run directory")
+    assert not (tmp_path / "nowhere").exists()

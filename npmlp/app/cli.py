@@ -44,6 +44,7 @@ from .options import (
     train_config,
 )
 from .registry import make_model
+from .signals import Interrupted, Saving, StopFlag, interrupts, signum_of
 
 # ----------------------------------------------------------------------------- output
 
@@ -58,24 +59,6 @@ def notes(args, lines):
 
 
 # ----------------------------------------------------------------------------- train
-
-class StopFlag:
-    """SIGINT/SIGTERM set the flag; the loop finishes its step, then saves and exits."""
-
-    def __init__(self):
-        self.signum = None
-
-    def __enter__(self):
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
 
 def cmd_train(args):
     return resume_run(args) if args.resume else new_run(args)
@@ -98,6 +81,13 @@ def new_run(args):
 
 def resume_run(args):
     out = Path(args.resume)
+    if not out.exists():
+        raise UsageError(f"--resume {out}: no such run directory; give one written by `npmlp train`")
+    if out.is_file():                             # a run's checkpoint, as eval and sample take it
+        if out.name != "model.npz":
+            raise UsageError(f"--resume continues a run from its last checkpoint, model.npz, not {out.name}: "
+                             f"give its run directory, --resume {shlex.quote(str(out.parent))}")
+        out = out.parent
     if args.out and Path(args.out) != out:
         raise UsageError(f"--out {args.out} differs from the run's {out}; --resume continues {out} in place: "
                          f"drop --out")
@@ -143,20 +133,30 @@ def train_and_finish(args, run: rundir.Run, claimed) -> int:
         run.on_eval = on_eval
         run.train(steps, on_step)
         bar.finish(run.step)
-    run.save()
+        bar.close()
+        earlier = run.ckpt.is_file()
+        try:
+            with Saving(run.ckpt) as saving:      # a save that has begun finishes (signals.py)
+                run.save()
+        except KeyboardInterrupt as e:            # a second signal while it ran
+            raise Interrupted(signum_of(e), "the save was aborted; " + (
+                f"{run.ckpt} holds the checkpoint of an earlier save: resume with: npmlp train --resume {where}"
+                if earlier else "nothing of this run is saved")) from None
     if not run.finished:
         print(f"npmlp: {signal.Signals(flag.signum).name}: stopped after step {run.step:,} of {run.cfg.steps:,}; "
               f"saved {run.ckpt}\nnpmlp: resume with: npmlp train --resume {where}", file=sys.stderr)
         return 128 + flag.signum
     try:
+        if saving.signum is not None:              # a signal held while the last save ran: as one now
+            raise Interrupted(saving.signum)
         metrics = run.finish()
         written = [run.out / "metrics.json", run.ckpt] + write_run_figures(args, run)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"npmlp: interrupted: training finished and saved in {run.ckpt}; " + (
               f"figures not written: run `npmlp plot {where}`" if (run.out / "metrics.json").exists() else
               f"evaluation not finished: run `npmlp train --resume {where}` to evaluate and draw the figures"),
               file=sys.stderr)
-        return 130
+        return 128 + signum_of(e)
     except NpmlpError as e:                       # metrics.json or a figure could not be written
         raise NpmlpError(f"{e}; training finished and saved in {run.ckpt}: " + (
             f"`npmlp plot {where} --out DIR` draws the figures" if (run.out / "metrics.json").exists() else
@@ -274,7 +274,8 @@ def cmd_lr_find(args):
         with fast.steps(engine, model, args.batch_size or len(data.train[0]), args.processes, opt) as steps, \
                 np.errstate(over="ignore", invalid="ignore"), \
                 Progress(args.steps, quiet=args.quiet, every=max(1, args.steps // 100), desc="lr-find") as bar:
-            losses = lrfind.sweep(steps, *data.train, lre, base, on_step=lambda i, loss, lr: bar.step(i, loss, lr))
+            losses = lrfind.sweep(steps, *data.train, lre, base, on_step=lambda i, loss, lr: bar.step(i, loss, lr),
+                                  model=model)
         ran = int(np.isfinite(losses).sum())
         if ran < 2:
             raise NpmlpError("the loss was NaN/inf from the first steps of the sweep; check the data and --init")
@@ -282,7 +283,7 @@ def cmd_lr_find(args):
         path = plots.save(plots.lr_find_figure(lre[:ran], losses[:ran], smoothed, best, suggested),
                           out / "lr_find.png")
     if ran < args.steps:
-        print(f"the loss diverged at lr {10 ** lre[ran]:.3g}; the sweep stopped after {ran} steps")
+        print(f"training diverged at lr {10 ** lre[ran]:.3g}; the sweep stopped after {ran} steps")
     print(f"lowest smoothed loss {np.nanmin(smoothed):.3f} at lr 10^{best:.2f} = {10 ** best:.3g}")
     swept = [option_text(k, shlex.quote(str(getattr(args, k))) if k == "data" else getattr(args, k))
              for k in SWEPT if k in args.typed]
@@ -324,8 +325,8 @@ def cmd_sample(args):
     except ValueError as e:
         raise NpmlpError(f"cannot sample from {ckpt}: {e}; the checkpoint is damaged, or diverged: retrain "
                          f"with a lower --lr") from None
-    except KeyboardInterrupt:
-        stop.append(signal.SIGINT)
+    except KeyboardInterrupt as e:                  # a second Ctrl-C, or SIGTERM / SIGHUP (signals.py)
+        stop.append(signum_of(e))
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -334,7 +335,7 @@ def cmd_sample(args):
         log(args, f"npmlp: of {count:,} name{'s' * (count != 1)}: {splits}, {where.get('new', 0):,} new")
     if stop:
         print(f"npmlp: interrupted after {count:,} of {args.n:,} names", file=sys.stderr)
-        return 130
+        return 128 + stop[0]
 
 
 def split_names(args, meta) -> dict | None:
@@ -629,12 +630,13 @@ def build_parser():
 
 
 class Stdout:
-    """sys.stdout while a command runs. A reader that goes away (`npmlp diagnose RUN | head -1`), or
-    a stdout closed from the start (`>&-`), is no error of the command: the rest of its output is
-    dropped (file descriptor 1 pointed at /dev/null, so nothing fails at exit either), the command
-    still writes its files and exits as it would have. Any other failure to write (`> /dev/full`)
-    is kept in `failed`, for main to report once the files are written. `reader_gone` tells a
-    command whose only product is stdout (sample) to stop."""
+    """sys.stdout (or sys.stderr) while a command runs. A reader that goes away (`npmlp diagnose RUN
+    | head -1`), or a stream closed from the start (`>&-`, `2>&-`), is no error of the command: the
+    rest of its output is dropped (its file descriptor pointed at /dev/null, so nothing fails at
+    exit either), the command still writes its files and exits as it would have. Any other failure
+    to write stdout (`> /dev/full`) is kept in `failed`, for main to report once the files are
+    written; stderr's (`2>/dev/full`, a terminal closed under the run) have nowhere to be reported
+    and are only dropped. `reader_gone` tells a command whose only product is stdout (sample) to stop."""
 
     def __init__(self, stream):
         self.stream, self.reader_gone, self.failed = stream, stream is None, None
@@ -643,7 +645,7 @@ class Stdout:
         if not self.reader_gone:
             try:
                 self.stream.write(text)
-            except OSError as e:
+            except (OSError, ValueError) as e:          # ValueError: a stream closed meanwhile
                 self._gone(e)
         return len(text)
 
@@ -651,10 +653,10 @@ class Stdout:
         if not self.reader_gone:
             try:
                 self.stream.flush()
-            except OSError as e:
+            except (OSError, ValueError) as e:
                 self._gone(e)
 
-    def _gone(self, e: OSError):
+    def _gone(self, e: Exception):
         self.reader_gone = True
         if not isinstance(e, BrokenPipeError):
             self.failed = e
@@ -669,15 +671,31 @@ class Stdout:
         return getattr(self.stream, name)
 
 
+def keep_open(fd: int) -> None:
+    """A standard stream closed from the start (`2>&-`) gets /dev/null as its descriptor, so that no
+    file npmlp opens (a checkpoint) takes that number and receives what is meant for the stream."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        if devnull != fd:
+            os.dup2(devnull, fd)
+            os.close(devnull)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(map(str, argv))
-    args = build_parser().parse(argv)
-    from threadpoolctl import threadpool_limits
-    stdout = sys.stdout = Stdout(sys.stdout)
+    for fd in (1, 2):
+        keep_open(fd)
+    stdout, stderr = sys.stdout, sys.stderr = Stdout(sys.stdout), Stdout(sys.stderr)
     try:
+        args = build_parser().parse(argv)
+        from threadpoolctl import threadpool_limits
         # every product npmlp makes is small: a second BLAS thread gains little on an idle machine
-        # and, on a busy one, waits for a core, making every product many times slower
-        with threadpool_limits(1, user_api="blas"):
+        # and, on a busy one, waits for a core, making every product many times slower. NaN/inf are
+        # checked where they matter (divergence, a damaged checkpoint): NumPy's warnings of them
+        # would only be noise. SIGTERM and SIGHUP end a command as Ctrl-C does (signals.py).
+        with threadpool_limits(1, user_api="blas"), np.errstate(all="ignore"), interrupts():
             code = args.func(args) or 0
         stdout.flush()
         if stdout.failed is not None and code == 0:
@@ -690,12 +708,14 @@ def main(argv=None) -> int:
     except HelperFailed as e:
         print(f"npmlp: error: {e}; run again with --processes 1", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("npmlp: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"npmlp: {getattr(e, 'message', None) or 'interrupted'}", file=sys.stderr)
+        return 128 + signum_of(e)
     finally:
         stdout.flush()
+        stderr.flush()
         sys.stdout = stdout.stream if stdout.stream is not None else sys.__stdout__
+        sys.stderr = stderr.stream if stderr.stream is not None else sys.__stderr__
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 
 from ..contract import SEED
-from ..train import Diverged, TrainConfig
+from ..train import Diverged, TrainConfig, nonfinite
 
 MARGIN = 0.2  # suggested exponent = exponent of the smoothed minimum minus this (rate / 1.6)
 
@@ -23,11 +23,12 @@ def sweep_range(lr: float) -> tuple[float, float]:
     return e - 2, e + 1
 
 
-def sweep(steps, X, Y, lre, base: TrainConfig | None = None, on_step=None):
+def sweep(steps, X, Y, lre, base: TrainConfig | None = None, on_step=None, model=None):
     """Train a model in place with `steps` (fast.steps of it, its optimiser bound), step i at rate
     10**lre[i] with the rest of `base` (default: the lecture's SGD, batch 32); -> losses (len(lre),),
-    NaN from a divergence on (the sweep stops there: the model is ruined). on_step(i, loss, lr) is
-    optional."""
+    NaN from a divergence on (the sweep stops there: the model is ruined). A divergence is a
+    NaN/inf loss, or (given the model) params or running statistics that turn NaN/inf while the
+    loss stays finite (train.nonfinite). on_step(i, loss, lr) is optional."""
     n = len(lre)
     base = TrainConfig(steps=n, seed=SEED) if base is None else base
     losses = np.full(n, np.nan, np.float32)     # the lecture's `lossi` against `lri`
@@ -37,6 +38,9 @@ def sweep(steps, X, Y, lre, base: TrainConfig | None = None, on_step=None):
         try:
             steps(X, Y, cfg, losses, i, i + 1, None)
         except Diverged:
+            losses[i] = np.nan
+            break
+        if model is not None and nonfinite(model) is not None:     # this step's rate ruined the model
             losses[i] = np.nan
             break
         if on_step is not None:

@@ -47,6 +47,14 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"npmlp: error: {message} (see `{self.prog} --help`)\n")
 
+    def add_argument(self, *args, **kwargs):
+        """As argparse's; an option whose metavar says it is a path (FILE, DIR, RUN_DIR, MODEL_PT)
+        refuses the empty string, which pathlib reads as the current folder (`--data ""` would
+        say that `.` is a directory, `--resume ""` start a new run)."""
+        if kwargs.get("metavar") in PATHS and "type" not in kwargs:
+            kwargs["type"] = path
+        return super().add_argument(*args, **kwargs)
+
     def typed(self, *flags, default=None, **kwargs):
         action = self.add_argument(*flags, default=argparse.SUPPRESS, **kwargs)
         self.fill[action.dest] = default
@@ -60,6 +68,16 @@ class Parser(argparse.ArgumentParser):
             if not hasattr(args, k):
                 setattr(args, k, default(args) if callable(default) else default)
         return args
+
+
+PATHS = ("FILE", "DIR", "RUN_DIR", "MODEL_PT")
+
+
+def path(s: str) -> str:
+    """An argparse type: a path, which the empty string is not."""
+    if not s:
+        raise argparse.ArgumentTypeError("must be a path, got an empty string")
+    return s
 
 
 def int_at_least(low: int, what: str):

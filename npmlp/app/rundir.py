@@ -191,15 +191,26 @@ class Run:
         step = self.step if step is None else step
         path = self.ckpt if path is None else path
         meta = self.meta(step)
-        self.model.calibrate(self.data.train[0])     # statistics for inference, from the training split (bn's)
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.model.calibrate(self.data.train[0])   # statistics for inference, from the training split (bn's)
+        bad = train.nonfinite(self.model, self.opt)
+        earlier = self.ckpt.is_file()                  # the write is atomic: an older model.npz stays intact
+        if bad is not None:                            # a calibration that overflows: nothing to keep
+            raise NpmlpError(f"training diverged: the {bad} is NaN/inf, so {path} cannot be written"
+                             + (f" ({self.ckpt} from an earlier save is intact)" if earlier else "")
+                             + "; train again with a lower --lr and a new --out")
         try:
             if self.ratios is not None and path == self.ckpt:   # first: the side file holds the checkpoint's samples
                 from .diagnose import RATIOS
                 self.ratios.until(step).save(self.out / RATIOS)
             save_checkpoint(path, self.model, self.vocab, meta, self.lossi[:step], self.opt.state())
-        except OSError as e:  # the write is atomic: an older model.npz, if any, is still intact
-            raise NpmlpError(f"cannot write {path}: {e.strerror}; free space or fix permissions, "
-                             f"then resume from the last saved checkpoint") from None
+        except OSError as e:
+            why = f"cannot write {path}: {e.strerror or e}"
+            if earlier:
+                raise NpmlpError(f"{why}; the checkpoint of an earlier save is intact: free space or fix permissions, "
+                                 f"then resume with: npmlp train --resume {shlex.quote(str(self.out))}") from None
+            raise NpmlpError(f"{why}; nothing of this run is saved: free space or fix permissions, then train "
+                             f"again") from None
 
     def estimate(self) -> None:
         """--eval-every: the loss on the fixed rows of the train and dev splits (train.estimate_rows)
@@ -239,22 +250,25 @@ class Run:
             from .diagnose import EVERY
             periods.append(EVERY)
         try:
-            with np.errstate(over="ignore", invalid="ignore"):  # a NaN/inf loss is caught as divergence
-                while not self.finished and not self.stopped:
-                    if self.ratios is not None and self.step % EVERY == 0:
-                        self.ratios.record(self.model, X, Y, self.cfg, self.step)
-                    stop = min([self.cfg.steps] + [(self.step // p + 1) * p for p in periods])
-                    steps(X, Y, self.cfg, self.lossi, self.step, stop, each)
-                    snaps = [snaps[-1], self._snapshot()]
-                    if self.cfg.eval_every and self.step == stop and (
-                            stop % self.cfg.eval_every == 0 or stop == self.cfg.steps):
-                        self.estimate()
+            with np.errstate(over="ignore", invalid="ignore"):  # a NaN/inf is caught as divergence, not warned of
+                try:
+                    while not self.finished and not self.stopped:
+                        if self.ratios is not None and self.step % EVERY == 0:
+                            self.ratios.record(self.model, X, Y, self.cfg, self.step)
+                        stop = min([self.cfg.steps] + [(self.step // p + 1) * p for p in periods])
+                        steps(X, Y, self.cfg, self.lossi, self.step, stop, each)
+                        if train.nonfinite(self.model, self.opt) is not None:   # while the loss stayed finite
+                            raise NpmlpError(self._diverged(None, steps, snaps))
+                        snaps = [snaps[-1], self._snapshot()]
+                        if self.cfg.eval_every and self.step == stop and (
+                                stop % self.cfg.eval_every == 0 or stop == self.cfg.steps):
+                            self.estimate()
+                except Diverged as d:
+                    raise NpmlpError(self._diverged(d, steps, snaps)) from None
         except HelperFailed as e:                  # the failed step was not applied: keep the rest
             self.save()
             raise NpmlpError(f"{e} after step {self.step:,}; saved {self.ckpt}; resume with: npmlp train "
                              f"--resume {shlex.quote(str(self.out))} (add --processes 1 if it happens again)") from None
-        except Diverged as d:
-            raise NpmlpError(self._diverged(d, steps, snaps)) from None
         finally:
             self._t1 = time.perf_counter()
         return self.step
@@ -264,31 +278,76 @@ class Run:
         state = {**self.model.params, **self.model.buffers, **{f"opt.{k}": a for k, a in self.opt.state().items()}}
         return self.step, {k: a.copy() for k, a in state.items()}, self.opt.t
 
-    def _diverged(self, d: Diverged, steps, snaps) -> str:
-        """Save what a divergence leaves worth keeping; -> the message."""
-        cfg = self.cfg
+    def _restore(self, snap) -> int:
+        """The model and the optimiser back to a snapshot; -> its step."""
+        k, state, t = snap
+        for name, a in {**self.model.params, **self.model.buffers}.items():
+            a[...] = state[name]
+        self.opt.load_state({name[4:]: a for name, a in state.items() if name.startswith("opt.")}, t)
+        return k
+
+    def _replay(self, steps, snap, until: int) -> tuple[int, str | None]:
+        """From the snapshot `snap`, the steps up to `until` again (bit-identical: the minibatches
+        follow from the seed and the step); if the params, buffers or optimiser state turn NaN/inf
+        on the way (train.nonfinite), only up to the last step that leaves them finite, found step
+        by step. -> (the steps the model now holds, what overflowed, or None)."""
         X, Y = self.data.train
-        rate = "--lr" if d.step - 1 < cfg.decay_step else "--lr-decayed"
-        advice = f"train again with a lower {rate} (was {cfg.lr_at(max(d.step - 1, 0)):g}) and a new --out"
-        if d.mean is not None and d.limit is not None:   # finite but exploding: the params are those of step d.step
-            self.save(d.step)
+        k = self._restore(snap)
+        steps(X, Y, self.cfg, self.lossi, k, until, None)
+        overflowed = train.nonfinite(self.model, self.opt)
+        if overflowed is None:
+            return until, None
+        self._restore(snap)
+        for step in range(k, until):                # the step whose forward or update overflows
+            steps(X, Y, self.cfg, self.lossi, step, step + 1, None)
+            bad = train.nonfinite(self.model, self.opt)
+            if bad is not None:
+                self._restore(snap)
+                steps(X, Y, self.cfg, self.lossi, k, step, None)
+                return step, bad
+        self._restore(snap)                         # not found again (never seen): the snapshot is finite
+        return k, overflowed
+
+    def _diverged(self, d: Diverged | None, steps, snaps) -> str:
+        """Save what a divergence leaves worth keeping; -> the message. d: what a step's loss raised,
+        or None when the loss stayed finite while the params, running statistics or optimiser state
+        became NaN/inf during the steps done (train.nonfinite)."""
+        cfg = self.cfg
+
+        def advice(step: int, statistics: bool = False) -> str:
+            rate = "--lr" if step < cfg.decay_step else "--lr-decayed"
+            few = (f" or a larger --batch-size (was {cfg.batch_size}: BatchNorm's statistics of so few rows are "
+                   f"noisy)" if statistics and self.model.min_batch > 1 and cfg.batch_size is not None
+                   and cfg.batch_size < 32 else "")                 # below the lectures' batch
+            return f"train again with a lower {rate} (was {cfg.lr_at(step):g}){few} and a new --out"
+
+        exploded = d is not None and d.mean is not None and d.limit is not None
+        if exploded and train.nonfinite(self.model, self.opt) is None:
+            assert d is not None and d.limit is not None
+            self.save(d.step)                       # finite but exploding: the params are those of step d.step
             return (f"training diverged: the mean loss of steps {d.first:,}-{d.step:,} is {d.mean:.4g}, more "
                     f"than {train.EXPLODE}x the first step's loss or ln(vocab) ({d.limit / train.EXPLODE:.4g}); "
-                    f"saved the model after {d.step:,} steps in {self.ckpt} (for eval/plot); {advice}")
-        good = [(k, s, t) for k, s, t in snaps if k <= d.step - 1]
-        if not good:
+                    f"saved the model after {d.step:,} steps in {self.ckpt} (for eval/plot); "
+                    f"{advice(max(d.step - 1, 0))}")
+        # back to the last snapshot before the trouble, then replay to the last finite loss (or the
+        # steps done), stopping early where the params or statistics overflow
+        until = self.step if d is None else d.step if d.mean is not None else d.step - 1
+        good = [snap for snap in snaps if snap[0] <= until]
+        if not good:                                # the first step's loss: the checkpoint, if any, is kept
+            assert d is not None
             return (f"the loss is NaN/inf at step {d.step:,}, the first step of this run; check the data and "
-                    f"the init, and lower {rate} (was {cfg.lr_at(d.step):g})")
-        k, state, t = good[-1]
-        for name, a in {**self.model.params, **self.model.buffers}.items():
-            a[...] = state[name]                   # the snapshot, then replay to the last finite loss
-        self.opt.load_state({name[4:]: a for name, a in state.items() if name.startswith("opt.")}, t)
-        if d.step - 1 > k:
-            steps(X, Y, cfg, self.lossi, k, d.step - 1, None)
-        self.save(d.step - 1)
+                    f"the init, and lower {'--lr' if d.step - 1 < cfg.decay_step else '--lr-decayed'} "
+                    f"(was {cfg.lr_at(d.step):g})")
+        step, bad = self._replay(steps, good[-1], until)
+        self.save(step)
+        if bad is not None:
+            return (f"training diverged: the {bad} became NaN/inf at step {step:,}, though the loss stayed finite "
+                    f"({self.lossi[step]:.4g}); saved the model after {step:,} steps in {self.ckpt} (for eval/plot); "
+                    f"{advice(step, bad.startswith('running statistic'))}")
+        assert d is not None
         return (f"training diverged: the loss became NaN/inf at step {d.step:,} (last finite loss "
                 f"{self.lossi[d.step - 1]:.4g} at step {d.step - 1:,}); saved the parameters that gave it in "
-                f"{self.ckpt} (for eval/plot); {advice}")
+                f"{self.ckpt} (for eval/plot); {advice(d.step - 1)}")
 
     def finish(self) -> dict:
         """The end of a finished run: evaluate every split, sample 20 names, write metrics.json. With

@@ -177,11 +177,11 @@ class ChunkPool(Chunks):
         """The loop a helper runs: wait for "go" (group index, lr), do chunks ks, answer."""
         for c in parent_ends:    # the fork copied the parent's pipe ends: while they are open here,
             c.close()            # the parent closing its own would not end our recv with EOF
-        # Ctrl-C and `timeout`/`kill -- -PGID` signal the whole process group: the parent finishes
-        # its step and saves; a helper must not die under it. It exits when the parent closes the
-        # pipe, or dies (EOF).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # Ctrl-C, `timeout`/`kill -- -PGID` and a closed terminal (SIGHUP) signal the whole process
+        # group: the parent finishes its step and saves; a helper must not die under it. It exits
+        # when the parent closes the pipe, or dies (EOF).
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):     # fork: Linux, which has all three
+            signal.signal(s, signal.SIG_IGN)
         eng, recv = self.engine, Receiver()
         try:
             while True:
