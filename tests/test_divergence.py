@@ -247,7 +247,7 @@ def test_lr_find_stops_its_sweep_where_the_statistics_overflow(one_letter):
     def sweep(rates):
         model = Deep.init(rows.vocab.size)
         with npmlp.fast.steps("reference", model, 4) as steps, np.errstate(all="ignore"):
-            losses = lrfind.sweep(steps, *rows.train, rates, 4, model=model)
+            losses = lrfind.sweep(steps, *rows.train, rates, TrainConfig(steps=len(rates), batch_size=4), model=model)
         return model, losses
 
     model, losses = sweep(lre)
