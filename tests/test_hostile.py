@@ -33,7 +33,7 @@ UNWRITABLE, SIDE_FILE, EXTREME, CLOSED_STDOUT, BAD_VALUES, LACKS = KINDS = (
     "unwritable output", "damaged side file", "extreme sizes", "closed stdout", "bad values in a checkpoint",
     "options the model lacks")
 COMMANDS = ("train", "train --resume", "gradcheck", "gradcheck --run", "lr-find", "sample", "eval", "plot",
-            "diagnose")
+            "diagnose", "import-makemore", "export-makemore")
 PROC = Path("/proc")
 needs_proc = pytest.mark.skipif(not PROC.is_dir(), reason="/proc (the unwritable folder) is Linux's")
 SMALL = ("--n-embd", "2", "--n-hidden", "8")
@@ -168,6 +168,7 @@ NOT_APPLICABLE = {
     ("train", BAD_VALUES): "reads no checkpoint (an --out holding one is refused unread: test_options.py)",
     ("gradcheck", BAD_VALUES): "reads no checkpoint",
     ("lr-find", BAD_VALUES): "reads no checkpoint",
+    ("export-makemore", EXTREME): "takes no size: it writes the run's model as it is",
 }
 
 
@@ -630,6 +631,129 @@ def _(h):
 @case("diagnose", LACKS)
 def _(h):
     assert_user_error(h.main("diagnose", h.runs["finished"], "--pca"), 2, "unrecognized arguments: --pca")
+
+
+# ----------------------------------------------------------------------------- makemore.py's checkpoints
+
+def makemore_pt(h, kind: str = "rnn", change=None) -> Path:
+    """A makemore.py model.pt of `kind` for h.names (npmlp's torch module of makemore.py's keys),
+    its state_dict changed by change(sd) if given."""
+    torch = pytest.importorskip("torch", reason="makemore.py's .pt files are torch's")
+    from npmlp.data import Vocab
+    from npmlp.torch_mirrors import makemore_module, transformer_module
+    words = h.names.read_text().split()
+    V, T = Vocab.from_words(words).size, max(map(len, words)) + 1
+    module = transformer_module(kind, V, T) if kind in ("bow", "transformer") else \
+        makemore_module(kind, vocab_size=V, block_size=T)
+    sd = module.state_dict()
+    if change is not None:
+        change(sd)
+    path = h.tmp / f"{kind}.pt"
+    torch.save(sd, path)
+    return path
+
+
+def rnn_run(h) -> Path:
+    out = h.tmp / "rnn-run"
+    assert h.main("train", "--data", h.names, "--model", "rnn", "--steps", "20", "--n-embd", "4", "--n-hidden", "8",
+                  "--no-plots", "--eval-every", "0", "--out", out, "--quiet").returncode == 0
+    return out
+
+
+@needs_proc
+@case("import-makemore", UNWRITABLE)
+def _(h):
+    r = h.main("import-makemore", makemore_pt(h), "--type", "rnn", "--data", h.names, "--out", PROC / "npmlp-run")
+    assert_user_error(r, 2, "cannot create the folder /proc/npmlp-run", "choose another --out")
+
+
+@case("import-makemore", SIDE_FILE)
+def _(h):
+    """A model.pt cut short: one line, and no run directory left behind."""
+    pt = makemore_pt(h)
+    pt.write_bytes(pt.read_bytes()[:200])
+    r = h.main("import-makemore", pt, "--type", "rnn", "--data", h.names, "--out", h.tmp / "run")
+    assert_user_error(r, 1, f"cannot read {pt} as makemore.py's model.pt")
+    assert not (h.tmp / "run").exists()
+
+
+@case("import-makemore", EXTREME)
+def _(h):
+    """As many heads as no embedding divides."""
+    r = h.main("import-makemore", makemore_pt(h, "transformer"), "--type", "transformer", "--n-head", "1000000",
+               "--data", h.names, "--out", h.tmp / "run")
+    assert_user_error(r, 2, "--n-head 1000000", "n_embd=64")
+    assert not (h.tmp / "run").exists()
+
+
+@case("import-makemore", CLOSED_STDOUT)
+def _(h):
+    out = h.tmp / "run"
+    documented(h.closed_stdout("import-makemore", makemore_pt(h), "--type", "rnn", "--data", h.names, "--out", out))
+    assert (out / "model.npz").is_file()
+
+
+@case("import-makemore", BAD_VALUES)
+def _(h):
+    """A state_dict with NaN in a weight, or a key another model has: refused before any file is written."""
+    pt = makemore_pt(h, change=lambda sd: sd["lm_head.weight"].view(-1).__setitem__(0, float("nan")))
+    r = h.main("import-makemore", pt, "--type", "rnn", "--data", h.names, "--out", h.tmp / "run")
+    assert_user_error(r, 1, "lm_head.weight", "NaN")
+    pt = makemore_pt(h, change=lambda sd: sd.update(extra=sd["start"]))
+    r = h.main("import-makemore", pt, "--type", "rnn", "--data", h.names, "--out", h.tmp / "run")
+    assert_user_error(r, 1, "not a makemore.py --type rnn state_dict")
+    assert not (h.tmp / "run").exists()
+
+
+@case("import-makemore", LACKS)
+def _(h):
+    r = h.main("import-makemore", makemore_pt(h), "--type", "rnn", "--n-head", "4", "--data", h.names,
+               "--out", h.tmp / "run")
+    assert_user_error(r, 2, "--n-head", "no attention heads", "drop it")
+    r = h.main("import-makemore", makemore_pt(h), "--type", "mlp", "--data", h.names, "--out", h.tmp / "run")
+    assert_user_error(r, 2, "--type mlp", "blank token")
+
+
+@needs_proc
+@case("export-makemore", UNWRITABLE)
+def _(h):
+    pytest.importorskip("torch", reason="makemore.py's .pt files are torch's")
+    r = h.main("export-makemore", rnn_run(h), "--out", PROC / "model.pt")
+    assert_user_error(r, 1, "cannot write /proc/model.pt", "choose another --out")
+
+
+@case("export-makemore", SIDE_FILE)
+def _(h):
+    """A damaged best.npz (the checkpoint export reads by default) is refused; --last reads model.npz."""
+    pytest.importorskip("torch", reason="makemore.py's .pt files are torch's")
+    run = rnn_run(h)
+    shutil.copy(run / "model.npz", run / "best.npz")
+    (run / "best.npz").write_bytes((run / "best.npz").read_bytes()[:100])
+    assert_user_error(h.main("export-makemore", run, "--out", h.tmp / "x.pt"), 1, "corrupt or truncated")
+    documented(h.main("export-makemore", run, "--last", "--out", h.tmp / "y.pt"))
+    assert (h.tmp / "y.pt").is_file() and not (h.tmp / "x.pt").exists()
+
+
+@case("export-makemore", CLOSED_STDOUT)
+def _(h):
+    pytest.importorskip("torch", reason="makemore.py's .pt files are torch's")
+    run = rnn_run(h)
+    documented(h.closed_stdout("export-makemore", run, "--out", h.tmp / "model.pt"))
+    assert (h.tmp / "model.pt").is_file()
+
+
+@case("export-makemore", BAD_VALUES)
+def _(h):
+    run = rnn_run(h)
+    h.arrays(run, lambda a, meta: a.update({"lm_head.weight": a["lm_head.weight"] * np.nan}))
+    assert_user_error(h.main("export-makemore", run, "--out", h.tmp / "x.pt"), 1, "NaN or inf")
+
+
+@case("export-makemore", LACKS)
+def _(h):
+    """A model makemore.py does not have."""
+    r = h.main("export-makemore", h.runs["finished"], "--out", h.tmp / "x.pt")
+    assert_user_error(r, 2, "makemore.py has no bn model")
 
 
 # ----------------------------------------------------------------------------- the battery

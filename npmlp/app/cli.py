@@ -406,7 +406,12 @@ def cmd_import_makemore(args):
         try:
             model = from_makemore(state, args.type, **sizes)
         except (ValueError, KeyError) as e:
+            if args.n_head is not None and "n_head" in str(e):      # the heads the user gave split nothing
+                raise UsageError(f"--n-head {args.n_head}: {e}") from None
             raise NpmlpError(f"{src} is not a makemore.py --type {args.type} state_dict: {e}") from None
+        bad = [k for k, a in model.params.items() if not np.isfinite(a).all()]
+        if bad:
+            raise NpmlpError(f"{src}: {bad[0]} holds NaN or inf; it is damaged, or its training diverged")
         if model.vocab_size != data.vocab.size:
             raise NpmlpError(f"{src} has a vocabulary of {model.vocab_size}, the names in {data.source or 'names.txt'} "
                              f"one of {data.vocab.size}; give the --data makemore.py trained on")
