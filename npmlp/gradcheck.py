@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .torch_mirrors import torch_hint
+
 FD_STEP = 1e-4          # central-difference step, in float64 (measured best of 1e-3..1e-5 on the lecture's model)
 REFINE = (1e-5, 1e-6, 1e-7)   # smaller steps that confirm a coordinate missed at FD_STEP (see fd_estimates)
 # (rtol against torch and the fast engine, finite-difference tolerance) by dtype. torch: float64 agrees
@@ -284,7 +286,7 @@ def check_pair(forward, backward, *inputs, torch_forward=None, seed: int = 0, co
 
 
 HEAD = ("tensor", "shape", "max|mine-torch|", "torch", "fd rel err", "fd", "fast", "grad norm")
-NO_TORCH = "not installed (pip install torch==2.13.0 adds this column)"
+NO_TORCH = f"not installed ({torch_hint()}, adds this column)"
 
 
 def format_table(rows, dtype, fast: bool = True, torch_why: str | None = None) -> str:

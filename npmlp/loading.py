@@ -45,15 +45,20 @@ def words_digest(words) -> str:
 
 
 def load_words(path: str | os.PathLike | None = None, notes: list[str] | None = None) -> list[str]:
-    """The names, one per line. Looks in: `path`, $NPMLP_DATA, the cache, then downloads.
+    """The names, one per line. Looks in: `path`, $NPMLP_DATA, the cache, then downloads. A file
+    that is the lecture's names.txt (its SHA-256) fills an empty cache, so a later run finds it
+    with no --data and no network.
 
     What was normalised (blank lines, stray spaces...) is appended to `notes` as sentences.
     """
     notes = [] if notes is None else notes
     path = data_source(path)
-    if path is not None:
-        return parse_words(_read_file(path), str(path), notes)
     cached = cache_path()
+    if path is not None:
+        data = _read_file(path)
+        if not cached.is_file() and hashlib.sha256(data).hexdigest() == SHA256:
+            fill_cache(cached, data)                         # the lecture's own file: later runs need no --data
+        return parse_words(data, str(path), notes)
     if cached.is_file():
         try:
             data = cached.read_bytes()
@@ -125,6 +130,16 @@ def download_timeout() -> float:
     return v
 
 
+def fill_cache(dest: Path, data: bytes) -> None:
+    """Keep the checked names.txt in the cache; a cache that cannot be written is not fatal: the
+    bytes are in hand, and the next run reads its file again."""
+    try:
+        with atomic_open(dest) as f:
+            f.write(data)
+    except OSError:
+        pass
+
+
 def download(dest: Path, url: str | None = None, timeout: float | None = None) -> bytes:
     """Fetch names.txt, check its SHA-256, and write it to `dest` atomically (a cut download
     raises before anything is written, so it never leaves a bad cache file)."""
@@ -153,11 +168,7 @@ def download(dest: Path, url: str | None = None, timeout: float | None = None) -
     if digest != SHA256:
         raise DataError(f"downloaded {url} ({len(data)} bytes) has SHA-256 {digest[:12]}..., "
                          f"expected {SHA256[:12]}... (truncated or changed); {OFFLINE_HINT}")
-    try:
-        with atomic_open(dest) as f:
-            f.write(data)
-    except OSError:  # a read-only cache is not fatal: we have the bytes
-        pass
+    fill_cache(dest, data)
     return data
 
 

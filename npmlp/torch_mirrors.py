@@ -16,6 +16,16 @@ from .deep import n_linear
 from .layers import BN_EPS
 
 
+def torch_hint() -> str:
+    """How to install a CPU build of torch on the running Python: PyPI's plain `torch` is a CUDA
+    build of several GB on Linux; torch's own index has CPU wheels for every Python it supports
+    (this project's tests pin 2.13.0, the CPU build its own package source carries for 3.11)."""
+    cpu = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    if sys.version_info[:2] == (3, 11):
+        return f"pip install torch==2.13.0 where your index carries its CPU build, else {cpu}"
+    return f"{cpu} (a CPU build; a plain `pip install torch` pulls a CUDA one of several GB)"
+
+
 def torch_available() -> bool:
     try:
         import torch  # noqa: F401

@@ -30,8 +30,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TINY = ("--n-hidden", "8", "--n-embd", "2", "--quiet")  # a model that trains at ~10k steps/s
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
-needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed (pip install torch==2.13.0): "
-                                                        "the reference it checks against is missing")
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed (pip install -e '.[test]' on "
+                                                        "Python 3.11): the reference it checks against is missing")
 
 
 # ----------------------------------------------------------------------------- data

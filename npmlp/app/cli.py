@@ -3,6 +3,7 @@ the reading tools, lines out. A user's mistake ends in one line on stderr and ex
 1 (runtime); never a traceback."""
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import signal
@@ -17,6 +18,7 @@ from ..contract import MAKEMORE_TRAIN, SEQUENCES
 from ..data import SPLIT_SEED, split_words
 from ..fast.parallel import HelperFailed
 from ..gradcheck import minibatch
+from ..torch_mirrors import torch_hint
 from ..train import TrainConfig, sample_stream
 from . import registry, rundir
 from .checkpoint import load_checkpoint
@@ -189,11 +191,25 @@ def write_run_figures(args, run):
 
 # ----------------------------------------------------------------------------- reading tools
 
+RUNS = Path("runs")     # where `npmlp train` writes a run by default
+
+
+def newest_run(args) -> Path:
+    """The run a reading command takes when none is named: the newest checkpoint under runs/."""
+    found = [c.parent for c in RUNS.glob("*/model.npz") if c.is_file()]
+    if not found:
+        raise UsageError(f"no run under {RUNS}/ here; train one first (npmlp train), or name a run directory")
+    run = max(found, key=lambda d: (d / "model.npz").stat().st_mtime)
+    log(args, f"npmlp: note: reading the newest run, {run}")
+    return run
+
+
 def load_run(args, path=None):
     """RUN_DIR (or one of its checkpoints) -> (model, vocab, meta, lossi, checkpoint path). A run
     that estimated its dev loss (--eval-every) is read at its best estimate (best.npz) unless
     args.last asks for the last checkpoint (model.npz)."""
-    p = Path(args.run_dir if path is None else path)
+    given = path if path is not None else args.run_dir
+    p = Path(given) if given is not None else newest_run(args)
     if not p.exists():
         raise UsageError(f"run directory {p} does not exist; give a directory written by `npmlp train`")
     ckpt = p / "model.npz" if p.is_dir() else p
@@ -373,8 +389,7 @@ def cmd_eval(args):
               f"all but 1,000 names, so the dev and test names of this split are not held out for it", file=sys.stderr)
 
 
-TORCH_HINT = ("pip install torch==2.13.0 (a CPU build, on Python 3.11); elsewhere torch's CPU wheels: "
-              "pip install torch --index-url https://download.pytorch.org/whl/cpu")
+TORCH_HINT = torch_hint()
 
 
 def cmd_import_makemore(args):
@@ -528,27 +543,50 @@ def add_last_arg(p):
                    "estimate (best.npz); --last reads its last checkpoint (model.npz) instead")
 
 
+def add_run_arg(p):
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="a run directory written by `npmlp train`, or "
+                   "one of its checkpoints (default: the newest run under runs/); every model's runs are read")
+    add_last_arg(p)
+
+
+def add_quiet_arg(p, progress: bool = True):
+    p.add_argument("--quiet", action="store_true", help=("no progress bar and " if progress else "") +
+                   "no notes; the results (and errors) are printed all the same")
+
+
+def command(sub, name: str, summary: str, example: str, page: str, more: str = ""):
+    """A subcommand with its one-line summary, the example and the manual's page its --help ends with."""
+    return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + "." + more,
+                          epilog=f"example:\n  {example}\n\nmanual: docs/{page} (in the repository and its sdist)",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser():
     parser = Parser(prog="npmlp", description="The makemore course's character-level language models in NumPy, "
-                                              "with every gradient written by hand.")
+                                              "with every gradient written by hand.",
+                    epilog="manual: docs/commands.md (in the repository and its sdist); `npmlp COMMAND --help`")
     parser.add_argument("--version", action="version", version=f"npmlp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model and write a run directory")
+    p = command(sub, "train", "train a model and write a run directory", "npmlp train --model wavenet --out runs/w",
+                "commands.md", " Prints the train/dev/test loss and 20 names at the end; Ctrl-C (or SIGTERM, "
+                "SIGHUP) saves a checkpoint that --resume continues.")
     add_data_args(p)
     add_model_args(p)
     add_train_args(p)
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run, bit-identically")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no notes about the data")
+    add_quiet_arg(p)
     p.add_argument("--no-plots", action="store_true", help="don't write loss.png and embedding.png")
     p.add_argument("--diagnose", action="store_true", help="sample the update:data ratios every 100 steps "
                    "and draw part 3's diagnostic figures at the end (see `npmlp diagnose`)")
     add_engine_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("gradcheck", help="check each hand-written gradient against torch, finite "
-                       "differences and the fast engine")
+    p = command(sub, "gradcheck", "check each hand-written gradient against torch, finite differences and the "
+                "fast engine", "npmlp gradcheck --model transformer --dtype float32", "commands.md",
+                " Exits 1 if any gradient fails. torch is optional: without it the torch column says so and "
+                "the finite differences decide.")
     add_data_args(p)
     add_model_args(p, dtype="float64")  # finite differences are always float64
     add_batch_arg(p, per_model=False)
@@ -556,11 +594,12 @@ def build_parser():
                    "differences (default 20)")
     p.add_argument("--run", metavar="RUN_DIR", help="check a trained model instead of a fresh one")
     add_last_arg(p)
-    p.add_argument("--quiet", action="store_true", help="no notes about the data")
+    add_quiet_arg(p, progress=False)
     p.set_defaults(func=cmd_gradcheck)
 
-    p = sub.add_parser("lr-find", help="the lecture's learning-rate sweep (from 1/100 to 10 times the model's "
-                       "default rate; the lecture's 10^-3 to 10^0), with a plot")
+    p = command(sub, "lr-find", "the lecture's learning-rate sweep, with a plot and a suggested rate",
+                "npmlp lr-find --model deep", "commands.md", " It sweeps from 1/100 to 10 times the model's "
+                "default rate (the lecture's 10^-3 to 10^0 around 0.1), one training step per rate.")
     add_data_args(p)
     add_model_args(p)
     p.typed("--steps", type=positive_int, default=1000, help="steps, one rate each (default 1000)")
@@ -568,12 +607,14 @@ def build_parser():
     p.typed("--optimizer", choices=train.OPTIMIZERS, default=lambda args: registry.train_default(
         args.model, "optimizer", TRAIN.optimizer), help="sgd or adamw (default: the model's own)")
     p.add_argument("--out", metavar="DIR", help="where lr_find.png goes (default runs/lr-find-<timestamp>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_arg(p)
     add_engine_args(p)
     p.set_defaults(func=cmd_lr_find)
 
-    p = sub.add_parser("sample", help="sample names from a trained model")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `npmlp train`")
+    p = command(sub, "sample", "sample names from a trained model, as they are drawn", "npmlp sample runs/w -n 5 "
+                "--top-k 3", "commands.md", " Then one line says how many are in the run's train, dev and "
+                "test splits, and how many are new.")
+    add_run_arg(p)
     p.add_argument("-n", type=positive_int, default=20, help="how many names (default 20)")
     p.add_argument("--seed", type=non_negative_int, help="sampling seed (default: the run's seed + 10, "
                    "the names `npmlp train` printed)")
@@ -583,38 +624,42 @@ def build_parser():
                    "(makemore.py's --top-k; ties with the K-th are kept; default: all)")
     p.add_argument("--data", metavar="FILE", help="the run's names file, if it has moved (for the report of "
                    "which names are in its splits)")
-    p.add_argument("--quiet", action="store_true", help="no report of which names are in the run's splits")
-    add_last_arg(p)
+    add_quiet_arg(p, progress=False)
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("eval", help="train/dev/test loss of a trained model")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `npmlp train`")
+    p = command(sub, "eval", "the train/dev/test loss of a trained model, per character", "npmlp eval runs/w",
+                "commands.md")
+    add_run_arg(p)
     p.add_argument("--data", metavar="FILE", help="the run's names file, if it has moved")
-    p.add_argument("--quiet", action="store_true", help="no notes about the data")
-    add_last_arg(p)
+    add_quiet_arg(p, progress=False)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("plot", help="redraw a run's figures: loss, embedding and gradients")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `npmlp train`")
+    p = command(sub, "plot", "redraw a run's figures: loss, embedding and gradients", "npmlp plot runs/w --pca",
+                "commands.md")
+    add_run_arg(p)
     p.add_argument("--data", metavar="FILE", help="the run's names file, if it has moved")
     p.add_argument("--pca", action="store_true", help="embedding: the first two principal components "
                    "instead of its first two columns")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the gradient figure's minibatch")
     p.add_argument("--out", metavar="DIR", help="where the PNGs go (default: the run directory)")
-    p.add_argument("--quiet", action="store_true", help="no notes about the data")
-    add_last_arg(p)
+    add_quiet_arg(p, progress=False)
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("diagnose", help="part 3's health readings: tanh saturation, gradients, grad:data and "
-                       "update:data ratios, as tables and figures")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `npmlp train`")
+    p = command(sub, "diagnose", "a network's health: tanh saturation, gradients, grad:data and update:data "
+                "ratios, through time and attention, as tables and figures", "npmlp diagnose runs/w",
+                "parts-3-4.md", " A recurrent model adds its readings per position (vanishing gradients), "
+                "a Transformer each head's attention pattern and the residual stream's size.")
+    add_run_arg(p)
     p.add_argument("--data", metavar="FILE", help="the run's names file, if it has moved")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the minibatch read (default 0)")
     p.add_argument("--out", metavar="DIR", help="where the PNGs go (default: the run directory)")
-    p.add_argument("--quiet", action="store_true", help="no notes about the data")
-    add_last_arg(p)
+    add_quiet_arg(p, progress=False)
     p.set_defaults(func=cmd_diagnose)
-    p = sub.add_parser("import-makemore", help="a run directory from makemore.py's model.pt (needs torch)")
+
+    p = command(sub, "import-makemore", "a run directory from makemore.py's model.pt (needs torch)",
+                "npmlp import-makemore out/model.pt --type transformer --out runs/mm", "makemore.md",
+                " The run is at step 0 with makemore.py's AdamW settings: `npmlp train --resume RUN --steps N` "
+                "trains on, every other command reads it.")
     p.add_argument("model_pt", metavar="MODEL_PT", help="the model.pt makemore.py wrote in its --work-dir")
     p.add_argument("--type", required=True, metavar="KIND", help="makemore.py's --type of that model")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory to write")
@@ -622,14 +667,15 @@ def build_parser():
                    "then the cached download of names.txt)")
     p.add_argument("--n-head", type=positive_int, metavar="N", help="a transformer's attention heads, which no "
                    "shape records (default 4, makemore.py's)")
-    p.add_argument("--quiet", action="store_true", help="no notes about the data")
+    add_quiet_arg(p, progress=False)
     p.set_defaults(func=cmd_import_makemore)
 
-    p = sub.add_parser("export-makemore", help="a run's model as makemore.py's model.pt (needs torch)")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `npmlp train`")
+    p = command(sub, "export-makemore", "a run's model as makemore.py's model.pt (needs torch)",
+                "npmlp export-makemore runs/mm --out out/model.pt", "makemore.md",
+                " It prints the makemore.py command line that samples from it.")
+    add_run_arg(p)
     p.add_argument("--out", required=True, metavar="FILE", help="the model.pt to write (or a folder to write "
                    "model.pt in: makemore.py reads WORK_DIR/model.pt)")
-    add_last_arg(p)
     p.set_defaults(func=cmd_export_makemore)
     return parser
 
