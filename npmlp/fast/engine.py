@@ -44,6 +44,7 @@ from .counts import CountsEngine
 from .flat import FlatParams
 from .stack import StackEngine
 from .tanh import TANH, pick
+from .transformer import BoWEngine, TransformerEngine
 
 CHUNK = 128     # rows per chunk: a chunk's (n, H) arrays stay in the L2 cache, and a batch of 256
                 # is already shared by two processes (see benchmarks/README.md)
@@ -243,7 +244,7 @@ class BNEngine(Engine):
 # by the name a spec's `engine` gives: one hidden layer; one with BatchNorm before tanh; layer objects;
 # a bigram's pair counts
 ENGINE_CLASS: dict[str, type[FlatParams]] = {"mlp": Engine, "mlp-batchnorm": BNEngine, "stack": StackEngine,
-                                             "counts": CountsEngine}
+                                             "counts": CountsEngine, "bow": BoWEngine, "transformer": TransformerEngine}
 
 
 def run_chunks(eng: FlatParams, pool, ks, g: int, lr: float):
