@@ -2,29 +2,37 @@
 transformer.Transformer with train.sgd): their training step, fused.
 
 Same maths, same minibatches, same dropout masks (drawn from the generator the model's
-dropout_state names, in the reference's order, the count moved on as the reference moves it);
+dropout_state names, in the reference's order, its count moved on as the reference moves it);
 only the order of the floating-point operations differs, so the tests hold it to the
 reference: float64 to 1e-12 relative per step, 1e-10 over 1,000 steps. A student never needs
 to read this file.
 
-Legend: B batch, T block_size, N = B*T rows (row b*T + t), C n_embd, H the bag of words'
-n_hidden, nh heads, hs head size C / nh, V vocab size, L n_layers, P params.
+Legend: B batch, T block_size, N = B*T positions (row b*T + t of the padded layout), M the
+positions a step computes (see the first trick), C n_embd, H the bag of words' n_hidden, nh
+heads, hs head size C / nh, V vocab size, L n_layers, P params.
 The tricks, each said once where it is used:
-  - the arrays of a batch size are made once (a fresh array's pages fault on first touch, which
-    cost about as much as the arithmetic here);
-  - the bias trick: each Linear's [W; b] is one (I+1, O) view of the flat vector (b follows its
-    W there) and its input carries a ones column, so one product gives x @ W + b and one [dW; db];
-  - every head at once: q, k, v are (B, nh, T, hs) views of the one (N, 3C) product, and each
+  - only the positions up to each row's last unmasked target are computed: position t reaches
+    the loss only through positions >= t (causal attention and averages; the rest acts position
+    by position), so one after the last target adds exactly 0 to every gradient. A name of
+    makemore.py's rows fills 45% of them; the rest of a row is padding. These M "kept" positions
+    are packed into the first M rows of each array, and only the causal mixing (attention, the
+    average) runs in the padded (B, T) layout, gathered to and from it by one `take`;
+  - the arrays of a batch size are made once, and their views for each M (a fresh array's pages
+    fault on first touch, which costs about as much as the arithmetic here);
+  - every head at once: q, k, v are (B, nh, T, hs) views of one (N, 3C) array, and each
     attention product is one np.matmul over the stacked (T, T) blocks, written through views
     straight into the merged-heads array;
-  - the causal mask is a precomputed (T, T) of 0 and -inf added to the scores;
-  - the logits are made transposed, (V, N): the softmax reduces over V by adding contiguous rows;
+  - the causal mask is a precomputed (T, T) of 0 and -inf added to the scores, and the softmax
+    skips the shift by each row's max when its row sums show it is not needed;
+  - the logits are made transposed, (V, M): the softmax reduces over V by adding contiguous rows;
   - sums over rows or channels are products with ones (BLAS gemv beats np.add.reduce several
     times on these shapes);
   - ufuncs take `out` by position (a keyword costs more than the arithmetic on small arrays);
-  - GELU as x * sigmoid(2u) = x / (1 + exp(-2u)): one exp and cheap passes (NumPy's tanh is slow
-    here), x*x kept for the backward;
-  - one draw of every dropout mask of a step (a generator's doubles come in order, so one call
+  - GELU as x * sigmoid(2u) = x / (1 + exp(-2u)), one exp (NumPy's tanh is slow here), and its
+    derivative made in the forward while its operands are in the cache;
+  - dwte and dwpe are one product, [onehot(X), onehot(t)].T @ demb (wte and wpe are adjacent in
+    the flat vector);
+  - one draw of a step's every dropout mask (a generator's doubles come in order, so one call
     gives what the reference's calls give one after another).
 """
 from __future__ import annotations
@@ -39,6 +47,12 @@ from ..transformer import DROPOUT_STATE, DROPOUT_STREAM, EXACT
 from .flat import FlatParams
 from .tanh import pick
 
+DROPPED, MASKED = -1, -2    # picks' codes: a position after its row's last target; a kept one without a target
+
+# the range of a softmax row's sum of exps in which exp of the scores as they are (unshifted) is
+# as accurate as the shifted softmax (see TransformerEngine._softmax)
+SUM_RANGE = {np.dtype(np.float32): (2.0 ** -60, 2.0 ** 100), np.dtype(np.float64): (2.0 ** -900, 2.0 ** 900)}
+
 
 def view(a, shape):
     """a reshaped to `shape` as a view (a strided array's reshape may copy, and a copy would
@@ -49,102 +63,135 @@ def view(a, shape):
     return v
 
 
-# the range of a softmax row's sum of exps for which exp of the scores as they are (unshifted) is as
-# accurate as the shifted softmax (see TransformerEngine._softmax)
-SUM_RANGE = {np.dtype(np.float32): (2.0 ** -60, 2.0 ** 100), np.dtype(np.float64): (2.0 ** -900, 2.0 ** 900)}
-
-
 class SequenceEngine(FlatParams):
-    """What both engines share: the flat vector with each Linear's [W; b] view, the targets' places
-    in the transposed logits, the embeddings and the masked cross-entropy."""
+    """What both engines share: a step's kept positions, the embeddings and their gradient, the
+    masked cross-entropy over the transposed logits. A subclass names in `packed` its buffers of
+    kept positions (each (N + 1, ...): the first M rows hold a step's positions, row N stays 0
+    for the padded layout's dropped positions to read), of which _views makes the (M, ...) views."""
 
     chunked = False     # the mean over a batch's unmasked targets couples its rows
+    packed: tuple[str, ...] = ()
 
-    def __init__(self, model, wte: str, wpe: str, linears: tuple[str, ...]):
+    def __init__(self, model, wte: str, wpe: str):
         self.V, self.T, self.C = model.vocab_size, model.block_size, model.n_embd
-        self.wte, self.wpe, self.linears = wte, wpe, linears
+        self.wte, self.wpe = wte, wpe
         super().__init__(model)
         self._bufs: dict[int, SimpleNamespace] = {}
 
     def views(self, flat) -> SimpleNamespace:
-        """FlatParams' views, and `Wb`: each Linear's [W; b] (I+1, O) by its module name."""
+        """FlatParams' views, and `emb`: [wte; wpe] (V + T, C), one view (wpe follows wte)."""
         v, at = super().views(flat), self.offset
-        v.Wb = {}
-        for k in self.linears:
-            (I, O) = self.shapes[k + ".weight"]
-            v.Wb[k] = flat[at[k + ".weight"]:at[k + ".bias"] + O].reshape(I + 1, O)
+        if at[self.wpe] != at[self.wte] + self.V * self.C:
+            raise AssertionError("wpe must follow wte in the flat vector")
+        v.emb = flat[at[self.wte]:at[self.wpe] + self.T * self.C].reshape(self.V + self.T, self.C)
         return v
 
     def picks(self, y, n: int, out) -> None:
-        """Where the targets y (..., n, T) of n rows sit in the transposed logits (V, N) flattened,
-        y * N + row; a masked target (-1) points at the one slot past the end, which holds 0."""
-        N = n * self.T
-        np.multiply(y, N, out)
-        out += np.arange(N).reshape(n, self.T)
-        np.copyto(out, -1, where=y < 0)
+        """For the targets y (..., n, T) of n rows: each position's target, MASKED (-2) for a kept
+        position without one, DROPPED (-1) after its row's last target (the module's first trick)."""
+        valid = y >= 0                                                  # (..., n, T)
+        last = self.T - np.argmax(valid[..., ::-1], axis=-1)            # (..., n) one past the last target
+        last[~valid.any(-1)] = 0
+        np.copyto(out, y)
+        np.copyto(out, MASKED, where=~valid)
+        np.copyto(out, DROPPED, where=np.arange(self.T) >= last[..., None])
 
     def _common(self, B: int, dt) -> SimpleNamespace:
-        N, V, C = B * self.T, self.V, self.C
-        # the shifted logits (V, N) and their exps, each with a slot past the end: a masked target's
-        # pick reads it (0 in the logits) and the backward's subtraction writes it (never read)
-        shifted, counts = np.zeros(V * N + 1, dt), np.zeros(V * N + 1, dt)
-        onehot = np.zeros((N, V), dt)
-        return SimpleNamespace(
-            N=N, shifted_flat=shifted, shifted=shifted[:-1].reshape(V, N), counts_flat=counts,
-            counts=counts[:-1].reshape(V, N), logits=np.empty((V, N), dt), maxes=np.empty(N, dt),
-            sums=np.empty(N, dt), lse=np.empty(N, dt), keep=np.empty(N, dt), coef=np.empty(N, dt),
-            onehot=onehot, onehot_t=onehot.T, onehot_flat=onehot.reshape(-1), rows_v=np.arange(N) * V,
-            rows_N=np.arange(N).reshape(B, self.T), ones_V=np.ones(V, dt), ones_B=np.ones(B, dt),
-            ones_N=np.ones(N, dt), ones_C=np.full(C, 1 / C, dt), pick=None, hot=None, n=0)
+        N, V, T = B * self.T, self.V, self.T
+        b = SimpleNamespace(
+            B=B, N=N, by_M={},
+            # the shifted logits (V, M) and their exps, with room for a slot past the end: a
+            # masked target's pick reads it (0 in the shifted logits), the backward writes it
+            shifted_flat=np.zeros(V * N + 1, dt), counts_flat=np.zeros(V * N + 1, dt),
+            logits_flat=np.empty(V * N, dt), maxes=np.empty(N, dt), sums=np.empty(N, dt), lse=np.empty(N, dt),
+            keep=np.empty(N, dt), coef=np.empty(N, dt), ones_V=np.ones(V, dt), ones_N=np.ones(N, dt),
+            ones_C=np.full(self.C, 1 / self.C, dt), onehot=np.zeros((N, V + T), dt), hot=np.zeros(0, np.intp),
+            positions=np.arange(N) % T, pad_src=np.empty(N, np.intp), arange=np.arange(N))
+        b.onehot_flat = b.onehot.reshape(-1)
+        return b
 
-    def _embed(self, b, xb, out) -> None:
-        """out (N, C) = wte[X] + wpe[t], row b*T + t."""
-        getattr(self.w, self.wte).take(xb.reshape(-1), 0, out)
-        np.add(out.reshape(len(xb), self.T, self.C), getattr(self.w, self.wpe), out.reshape(len(xb), self.T, self.C))
+    def _views(self, b, M: int) -> SimpleNamespace:
+        """The first M rows of every packed buffer, and the step's other arrays over M, made once per M."""
+        v = SimpleNamespace(M=M)
+        for name in self.packed:
+            setattr(v, name, getattr(b, name)[:M])
+        V = self.V
+        v.logits = b.logits_flat[:V * M].reshape(V, M)
+        v.shifted, v.counts = b.shifted_flat[:V * M].reshape(V, M), b.counts_flat[:V * M].reshape(V, M)
+        v.maxes, v.sums, v.lse, v.keep, v.coef = (a[:M] for a in (b.maxes, b.sums, b.lse, b.keep, b.coef))
+        v.ones_M, v.arange, v.onehot = b.ones_N[:M], b.arange[:M], b.onehot[:M]
+        v.hot_base = np.concatenate([v.arange, v.arange]) * (V + self.T)   # (2M,) each kept row's start
+        self._more_views(b, v)
+        b.by_M[M] = v
+        return v
 
-    def _embed_backward(self, b, demb, g) -> None:
-        """demb (N, C) -> dwte (V, C), dwpe (T, C)."""
-        B = len(b.ones_B)
-        # dwte = onehot(X).T @ demb: BLAS adds the rows of repeated characters
-        b.onehot.fill(0)
-        b.onehot_flat[b.hot] = 1                                        # (N, V)
-        np.dot(b.onehot_t, demb, getattr(g, self.wte))                  # (V, C)
-        # wpe[t] was added to every row of the batch: dwpe sums demb over B (a product with ones)
-        np.dot(b.ones_B, demb.reshape(B, self.T * self.C), getattr(g, self.wpe).reshape(-1))
+    def _more_views(self, b, v) -> None:
+        """A subclass's own views over M."""
 
-    def _places(self, b, xb, yb, pick, hot) -> None:
-        """The targets' places (picks) and the characters' places in onehot ((row * T + t) * V + x),
-        given by Chunks.gather or made here; the count of unmasked targets, and keep (N,), 1 where a
-        target counts and 0 where it is masked."""
+    def _pack(self, b, xb, code) -> SimpleNamespace:
+        """The step's kept positions from picks' codes (B, T): their rows in the padded layout
+        (b.rows, M of them) and pad_src (N,), each padded row's kept row (or N, the zero row); the
+        targets' places in the shifted logits (V, M) flattened (b.pick), keep (1 where a target
+        counts), their count n; and the rows of [wte; wpe] each kept position reads (x, V + t)."""
+        flat = code.reshape(-1)
+        rows = np.flatnonzero(flat != DROPPED)                          # (M,)
+        M = len(rows)
+        if M == 0:
+            raise ValueError(f"every one of the {flat.size} targets is -1 (masked): the mean over no targets is "
+                             f"undefined")
+        v = b.by_M.get(M) or self._views(b, M)
+        b.rows, b.v = rows, v
+        y = flat.take(rows)                                             # (M,) targets, MASKED where none
+        valid = y >= 0
+        np.copyto(v.keep, valid)
+        b.n = int(np.count_nonzero(valid))
+        b.pick = y * M + v.arange
+        b.pick[~valid] = self.V * M                                     # the slot past the end
+        b.shifted_flat[self.V * M] = 0
+        b.pad_src.fill(b.N)
+        b.pad_src[rows] = v.arange
+        b.emb_rows = np.concatenate([xb.reshape(-1).take(rows), self.V + b.positions.take(rows)])   # (2M,)
+        return v
+
+    def _embed(self, b, v, out) -> None:
+        """out (M, C) = wte[x] + wpe[t] of each kept position."""
+        M = v.M
+        self.w.emb.take(b.emb_rows[:M], 0, out)
+        out += self.w.emb.take(b.emb_rows[M:], 0)
+
+    def _embed_backward(self, b, v, demb, g) -> None:
+        """demb (M, C) -> [dwte; dwpe] (V + T, C) = [onehot(x), onehot(V + t)].T @ demb: BLAS adds the
+        rows of repeated characters and positions (np.add.at would add them one by one)."""
+        b.onehot_flat[b.hot] = 0                                        # the last step's ones
+        b.hot = v.hot_base + b.emb_rows
+        b.onehot_flat[b.hot] = 1                                        # (M, V + T)
+        np.dot(v.onehot.T, demb, g.emb)                                 # (V + T, C)
+
+    def _cross_entropy(self, b, v) -> float:
+        """The masked mean of -log softmax(logits)[y] over the targets, from v.logits (V, M)."""
+        np.maximum.reduce(v.logits, 0, None, v.maxes)                   # (M,) contiguous rows of M
+        np.subtract(v.logits, v.maxes, v.shifted)                       # (V, M) logits - max
+        picked = b.shifted_flat.take(b.pick)                            # (M,) 0 where masked
+        np.exp(v.shifted, v.counts)                                     # (V, M)
+        np.dot(b.ones_V, v.counts, v.sums)                              # (M,) sum over V
+        np.log(v.sums, v.lse)
+        return (float(np.dot(v.keep, v.lse)) - float(np.add.reduce(picked))) / b.n
+
+    def _cross_entropy_backward(self, b, v, dloss: float):
+        """-> dlogits (V, M) = dloss * (softmax - onehot(y)) / n at the targets, 0 elsewhere
+        (written over the counts)."""
+        np.multiply(v.keep, dloss / b.n, v.coef)
+        np.divide(v.coef, v.sums, v.coef)                               # (M,) 0 where masked
+        np.multiply(v.counts, v.coef, v.counts)                         # (V, M) dloss * softmax / n
+        b.counts_flat[b.pick] -= dloss / b.n                            #   minus dloss * onehot(y) / n
+        return v.counts
+
+    def _codes(self, yb, pick):
+        """picks' codes of yb, given (Chunks.gather makes them for many steps at once) or made here."""
         if pick is None:
             pick = np.empty(yb.shape, np.intp)
             self.picks(yb, len(yb), pick)
-        b.pick = pick
-        b.hot = xb.reshape(-1) + b.rows_v if hot is None else hot
-        np.greater_equal(pick.reshape(-1), 0, b.keep, casting="unsafe")
-        b.n = int(np.count_nonzero(b.keep))
-        if b.n == 0:
-            raise ValueError(f"every one of the {yb.size} targets is -1 (masked): the mean over no targets is "
-                             f"undefined")
-
-    def _cross_entropy(self, b) -> float:
-        """The masked mean of -log softmax(logits)[y] over the unmasked targets, from b.logits (V, N)."""
-        np.maximum.reduce(b.logits, 0, None, b.maxes)                   # (N,) contiguous rows of N
-        np.subtract(b.logits, b.maxes, b.shifted)                       # (V, N) logits - max
-        picked = b.shifted_flat.take(b.pick)                            # (B, T) 0 where masked
-        np.exp(b.shifted, b.counts)                                     # (V, N)
-        np.dot(b.ones_V, b.counts, b.sums)                              # (N,) sum over V
-        np.log(b.sums, b.lse)                                           # (N,)
-        return (float(np.dot(b.keep, b.lse)) - float(np.add.reduce(picked, None))) / b.n
-
-    def _cross_entropy_backward(self, b, dloss: float):
-        """-> dlogits (V, N) = dloss * (softmax - onehot(Y)) / n at the unmasked targets, 0 elsewhere
-        (written over the counts)."""
-        np.multiply(b.keep, dloss / b.n, b.coef)
-        np.divide(b.coef, b.sums, b.coef)                               # (N,) 0 where masked
-        np.multiply(b.counts, b.coef, b.counts)                         # (V, N) dloss * softmax / n
-        b.counts_flat[b.pick] -= dloss / b.n                            #   minus dloss * onehot(Y) / n
-        return b.counts
+        return pick
 
 
 # ----------------------------------------------------------------------------- the bag of words
@@ -153,13 +200,17 @@ class BoWEngine(SequenceEngine):
     """transformer.BoW's step: emb = wte[X] + wpe, x = emb + cbow(emb), x += c_proj(tanh(c_fc(x))),
     logits = x @ lm_head + b."""
 
+    packed = ("resid", "fc", "h", "t", "block", "dblock", "dh", "dresid")
+
     def __init__(self, model, tanh: str | None = None):
         self.H = model.n_hidden
-        super().__init__(model, "wte.weight", "wpe.weight",
-                         ("context_block.mlp.c_fc", "context_block.mlp.c_proj", "lm_head"))
+        super().__init__(model, "wte.weight", "wpe.weight")
         self.tanh_form, self.tanh = pick(self.dtype, tanh)
-        w = self.w
-        self.W_fc, self.W_proj, self.W_lm = (w.Wb[k] for k in self.linears)
+        w, k = self.w.__dict__, "context_block.mlp."
+        self.W_fc, self.b_fc, self.W_proj, self.b_proj, self.W_lm, self.b_lm = (
+            w[n] for n in (k + "c_fc.weight", k + "c_fc.bias", k + "c_proj.weight", k + "c_proj.bias",
+                           "lm_head.weight", "lm_head.bias"))
+        self.b_lm2 = self.b_lm.reshape(-1, 1)                           # (V, 1), added to the transposed logits
         T = self.T
         avg = np.tril(np.ones((T, T)))
         self.avg = (avg / avg.sum(1, keepdims=True)).astype(self.dtype)   # (T, T) row t: 1 / (t+1) on 0..t
@@ -172,54 +223,62 @@ class BoWEngine(SequenceEngine):
         dt, C, H, T = self.dtype, self.C, self.H, self.T
         b = self._common(B, dt)
         N = b.N
-        b.emb = np.empty((N, C), dt)
-        b.resid1 = np.ones((N, C + 1), dt)                             # [resid_cbow, 1]
-        b.h1 = np.ones((N, H + 1), dt)                                 # [tanh, 1]
-        b.block1 = np.ones((N, C + 1), dt)                             # [context_block, 1]
-        b.fc, b.h, b.dh, b.t = (np.empty((N, H), dt) for _ in range(4))
-        b.dblock, b.dresid, b.demb = (np.empty((N, C), dt) for _ in range(3))
-        b.resid, b.block = b.resid1[:, :C], b.block1[:, :C]
-        b.emb3, b.resid3, b.dresid3, b.demb3 = (view(a, (B, T, C)) for a in (b.emb, b.resid, b.dresid, b.demb))
+        b.resid, b.block, b.dblock, b.dresid = (np.zeros((N + 1, C), dt) for _ in range(4))   # packed
+        b.fc, b.h, b.t, b.dh = (np.zeros((N + 1, H), dt) for _ in range(4))
+        b.emb_pad, b.resid_pad, b.dresid_pad, b.demb_pad = (np.empty((N, C), dt) for _ in range(4))   # padded
+        b.emb3, b.resid3, b.dresid3, b.demb3 = (view(a, (B, T, C)) for a in (b.emb_pad, b.resid_pad, b.dresid_pad,
+                                                                              b.demb_pad))
         self._bufs[B] = b
         return b
 
     def forward_loss(self, xb, yb, pick=None, hot=None) -> tuple[float, SimpleNamespace]:
         """The forward of rows xb (B, T), yb (B, T) (-1 masked): (mean loss over the unmasked targets,
-        the buffers holding it all). pick, hot: see SequenceEngine._places."""
+        the buffers holding it all). pick: picks' codes of yb (None: made here); hot: unused."""
         B = len(xb)
         b = self._buffers(B)
-        self._places(b, xb, yb, pick, hot)
-        self._embed(b, xb, b.emb)                                       # (N, C)
+        v = self._pack(b, xb, self._codes(yb, pick))
+        # the causal average in the padded layout, then the kept positions
+        self.w.__dict__[self.wte].take(xb.reshape(-1), 0, b.emb_pad)
+        np.add(b.emb3, self.w.__dict__[self.wpe], b.emb3)              # (B, T, C) emb
         # cbow_t = the mean of emb_0..emb_t: one (T, T) @ (T, C) product per row of the batch
         np.matmul(self.avg, b.emb3, b.resid3)                           # (B, T, C) cbow
-        np.add(b.resid, b.emb, b.resid)                                 # (N, C) resid_cbow
-        np.dot(b.resid1, self.W_fc, b.fc)                               # (N, H) + b
-        self.tanh(b.fc, b.h)                                            # (N, H) on a contiguous array
-        np.copyto(b.h1[:, :self.H], b.h)
-        np.matmul(b.h1, self.W_proj, b.block)                           # (N, C) mlp, into block1
-        np.add(b.block, b.resid, b.block)                               # (N, C) context_block
-        np.dot(self.W_lm.T, b.block1.T, b.logits)                       # (V, N) transposed logits
-        return self._cross_entropy(b), b
+        np.add(b.resid_pad, b.emb_pad, b.resid_pad)                     # (N, C) resid_cbow
+        b.resid_pad.take(b.rows, 0, v.resid)                            # (M, C)
+        np.dot(v.resid, self.W_fc, v.fc)
+        np.add(v.fc, self.b_fc, v.fc)                                   # (M, H) c_fc
+        self.tanh(v.fc, v.h)                                            # (M, H)
+        np.dot(v.h, self.W_proj, v.block)
+        np.add(v.block, self.b_proj, v.block)                           # (M, C) mlp
+        np.add(v.block, v.resid, v.block)                               # (M, C) context_block
+        np.dot(self.W_lm.T, v.block.T, v.logits)                        # (V, M) transposed logits
+        np.add(v.logits, self.b_lm2, v.logits)
+        return self._cross_entropy(b, v), b
 
     def backward(self, b, xb, yb, dloss: float, g) -> None:
         """After forward_loss(xb, yb) gave b: dloss * the gradient of the mean loss into g (views()
         of a gradient vector)."""
-        dlogits_t = self._cross_entropy_backward(b, dloss)              # (V, N)
-        W_fc, W_proj, W_lm = (g.Wb[k] for k in self.linears)
-        np.dot(b.block1.T, dlogits_t.T, W_lm)                           # (C+1, V) [dW; db]
-        np.dot(dlogits_t.T, self.W_lm[:-1].T, b.dblock)                 # (N, C) dcontext_block
-        np.dot(b.h1.T, b.dblock, W_proj)                                # (H+1, C)
-        np.dot(b.dblock, self.W_proj[:-1].T, b.dh)                      # (N, H) dtanh
-        np.multiply(b.h, b.h, b.t)                                      # dc_fc = (1 - h^2) * dh
-        np.subtract(1, b.t, b.t)
-        np.multiply(b.dh, b.t, b.dh)                                    # (N, H)
-        np.dot(b.resid1.T, b.dh, W_fc)                                  # (C+1, H)
-        np.dot(b.dh, self.W_fc[:-1].T, b.dresid)                        # (N, C)
-        np.add(b.dresid, b.dblock, b.dresid)                            # + the skip
-        # demb_s = dresid_s (the skip) + sum over t >= s of dresid_t / (t + 1)
+        v, gd, k = b.v, g.__dict__, "context_block.mlp."
+        dlogits_t = self._cross_entropy_backward(b, v, dloss)           # (V, M)
+        np.dot(v.block.T, dlogits_t.T, gd["lm_head.weight"])            # (C, V)
+        np.dot(dlogits_t, v.ones_M, gd["lm_head.bias"])                 # (V,)
+        np.dot(dlogits_t.T, self.W_lm.T, v.dblock)                      # (M, C) dcontext_block
+        np.dot(v.h.T, v.dblock, gd[k + "c_proj.weight"])                # (H, C)
+        np.dot(v.ones_M, v.dblock, gd[k + "c_proj.bias"])
+        np.dot(v.dblock, self.W_proj.T, v.dh)                           # (M, H) dtanh
+        np.multiply(v.h, v.h, v.t)                                      # dc_fc = (1 - h^2) * dh
+        np.subtract(1, v.t, v.t)
+        np.multiply(v.dh, v.t, v.dh)                                    # (M, H)
+        np.dot(v.resid.T, v.dh, gd[k + "c_fc.weight"])                  # (C, H)
+        np.dot(v.ones_M, v.dh, gd[k + "c_fc.bias"])
+        np.dot(v.dh, self.W_fc.T, v.dresid)                             # (M, C)
+        np.add(v.dresid, v.dblock, v.dresid)                            # + the skip
+        # in the padded layout (0 after each row's last target): demb_s = dresid_s (the skip) + the
+        # sum over t >= s of dresid_t / (t + 1)
+        b.dresid.take(b.pad_src, 0, b.dresid_pad)                       # (N, C)
         np.matmul(self.avg_t, b.dresid3, b.demb3)                       # (B, T, C)
-        np.add(b.demb, b.dresid, b.demb)
-        self._embed_backward(b, b.demb, g)
+        np.add(b.demb_pad, b.dresid_pad, b.demb_pad)
+        b.demb_pad.take(b.rows, 0, v.resid)                             # (M, C) demb, over resid (read above)
+        self._embed_backward(b, v, v.resid, g)
 
 
 # ----------------------------------------------------------------------------- the Transformer
@@ -229,14 +288,15 @@ class TransformerEngine(SequenceEngine):
     dropout_state (seed, dropout forwards) is kept here between load() and store(), moved on by
     each forward that drops, as the model's own forward moves it."""
 
+    packed = ("x", "dx", "tmp", "tmp2", "mean", "var", "dy", "dqkv", "fc", "x2", "sg", "dact", "xhatf", "rstdf",
+              "lnf")
+    per_layer = ("xhat1", "xhat2", "rstd1", "rstd2", "ln1", "ln2", "qkv", "y", "act", "dgelu", "mask_attn_k",
+                 "mask_mlp_k")
+
     def __init__(self, model):
         self.L, self.nh = model.n_layers, model.n_head
         self.p = float(model.dropout)
-        names = []
-        for i in range(self.L):
-            k = f"transformer.h.{i}."
-            names += [k + "attn.c_attn", k + "attn.c_proj", k + "mlp.c_fc", k + "mlp.c_proj"]
-        super().__init__(model, "transformer.wte.weight", "transformer.wpe.weight", tuple(names))
+        super().__init__(model, "transformer.wte.weight", "transformer.wpe.weight")
         self.hs = self.C // self.nh
         self.dropout_state = np.array(model.buffers[DROPOUT_STATE], self.dtype)   # (2,) seed, step
         w = self.w.__dict__
@@ -250,17 +310,16 @@ class TransformerEngine(SequenceEngine):
     def views(self, flat) -> SimpleNamespace:
         """SequenceEngine's views, and `layers`: block i's parameters (or gradients), bound once."""
         v = super().views(flat)
-        out = []
+        v.layers = []
         for i in range(self.L):
             k = f"transformer.h.{i}."
-            out.append(SimpleNamespace(
-                ln1_w=getattr(v, k + "ln_1.weight"), ln1_b=getattr(v, k + "ln_1.bias"),
-                ln2_w=getattr(v, k + "ln_2.weight"), ln2_b=getattr(v, k + "ln_2.bias"),
-                attn=getattr(v, k + "attn.c_attn.weight"), attn_b=getattr(v, k + "attn.c_attn.bias"),
-                proj=getattr(v, k + "attn.c_proj.weight"), proj_b=getattr(v, k + "attn.c_proj.bias"),
-                fc=getattr(v, k + "mlp.c_fc.weight"), fc_b=getattr(v, k + "mlp.c_fc.bias"),
-                mproj=getattr(v, k + "mlp.c_proj.weight"), mproj_b=getattr(v, k + "mlp.c_proj.bias")))
-        v.layers = out
+            v.layers.append(SimpleNamespace(**{
+                name: getattr(v, k + key) for name, key in (
+                    ("ln1_w", "ln_1.weight"), ("ln1_b", "ln_1.bias"), ("ln2_w", "ln_2.weight"), ("ln2_b", "ln_2.bias"),
+                    ("attn", "attn.c_attn.weight"), ("attn_b", "attn.c_attn.bias"),
+                    ("proj", "attn.c_proj.weight"), ("proj_b", "attn.c_proj.bias"),
+                    ("fc", "mlp.c_fc.weight"), ("fc_b", "mlp.c_fc.bias"),
+                    ("mproj", "mlp.c_proj.weight"), ("mproj_b", "mlp.c_proj.bias"))}))
         return v
 
     def load(self, model):
@@ -279,64 +338,70 @@ class TransformerEngine(SequenceEngine):
         b = self._common(B, dt)
         N = b.N
 
+        def packed(width):
+            return np.zeros((N + 1, width), dt)
+
         def heads(a):
-            """(N, C) rows -> (B, nh, T, hs): head h's channels of each row, a view."""
+            """(N, C) rows of the padded layout -> (B, nh, T, hs): head h's channels of each row, a view."""
             return view(a, (B, T, nh, hs)).transpose(0, 2, 1, 3)
 
-        b.x, b.dx, b.tmp, b.tmp2 = (np.empty((N, C), dt) for _ in range(4))
-        b.mean, b.var = np.empty((N, 1), dt), np.empty((N, 1), dt)
-        b.mean1, b.var1 = b.mean.reshape(-1), b.var.reshape(-1)
-        b.dqkv = np.empty((N, 3 * C), dt)
-        b.dq, b.dk, b.dv = (heads(b.dqkv[:, j * C:(j + 1) * C]) for j in range(3))
-        b.dy = np.empty((N, C), dt)
-        b.dyh = heads(b.dy)
-        b.datt, b.s = np.empty((B, nh, T, T), dt), np.empty((B, nh, T, T), dt)
-        b.e = np.empty((B, nh, T, T), dt)
-        b.ssum = np.empty((B, nh, T, 1), dt)
-        b.s2, b.e2, b.ssum1 = b.s.reshape(-1, T), b.e.reshape(-1, T), b.ssum.reshape(-1)
-        b.datt2 = b.datt.reshape(-1, T)
-        b.ones_T = np.ones(T, dt)
+        b.x, b.dx, b.tmp, b.tmp2, b.dy, b.xhatf, b.lnf = (packed(C) for _ in range(7))
+        b.mean, b.var, b.rstdf = packed(1), packed(1), packed(1)
+        b.dqkv = packed(3 * C)
         # c_fc's output and GELU's scratch serve every block: the backward reads only gelu'
-        b.fc, b.x2, b.sg, b.dact = (np.empty((N, 4 * C), dt) for _ in range(4))
-        b.xhatf, b.rstdf, b.lnf = np.empty((N, C), dt), np.empty((N, 1), dt), np.empty((N, C), dt)
+        b.fc, b.x2, b.sg, b.dact = (packed(4 * C) for _ in range(4))
+        # the padded layout of the attention
+        b.dy_pad, b.dqkv_pad = np.empty((N, C), dt), np.empty((N, 3 * C), dt)
+        b.dyh = heads(b.dy_pad)
+        b.dq, b.dk, b.dv = (heads(b.dqkv_pad[:, j * C:(j + 1) * C]) for j in range(3))
+        b.y_pad = np.empty((N, C), dt)
+        b.yh = heads(b.y_pad)
+        b.s, b.e, b.datt = (np.empty((B, nh, T, T), dt) for _ in range(3))
+        b.ssum = np.empty((B, nh, T, 1), dt)
+        b.e2, b.s2, b.ssum1 = b.e.reshape(-1, T), b.s.reshape(-1, T), b.ssum.reshape(-1)
+        b.ones_T = np.ones(T, dt)
         b.wC = np.empty(C, dt)
         b.layers = []
         for _ in range(self.L):
             a = SimpleNamespace()
-            a.xhat1, a.xhat2 = np.empty((N, C), dt), np.empty((N, C), dt)
-            a.rstd1, a.rstd2 = np.empty((N, 1), dt), np.empty((N, 1), dt)
-            a.ln1, a.ln2 = np.empty((N, C), dt), np.empty((N, C), dt)
-            a.qkv = np.empty((N, 3 * C), dt)
-            a.q, a.k, a.v = (heads(a.qkv[:, j * C:(j + 1) * C]) for j in range(3))
+            a.xhat1, a.xhat2, a.ln1, a.ln2, a.y = (packed(C) for _ in range(5))
+            a.rstd1, a.rstd2 = packed(1), packed(1)
+            a.qkv = packed(3 * C)
+            a.act, a.dgelu = packed(4 * C), packed(4 * C)
+            a.qkv_pad = np.empty((N, 3 * C), dt)                       # the padded layout's q, k, v
+            a.q, a.k, a.v = (heads(a.qkv_pad[:, j * C:(j + 1) * C]) for j in range(3))
             a.kT, a.vT = a.k.swapaxes(-1, -2), a.v.swapaxes(-1, -2)    # (B, nh, hs, T)
             a.att = np.empty((B, nh, T, T), dt)
             a.att_used = np.empty((B, nh, T, T), dt) if self.p else a.att
-            a.y = np.empty((N, C), dt)                                 # the merged heads: c_proj's input
-            a.yh = heads(a.y)                                          # (B, nh, T, hs) a view into y
-            a.act = np.empty((N, 4 * C), dt)
-            a.dgelu = np.empty((N, 4 * C), dt)                         # gelu'(c_fc)
+            a.mask_attn_k, a.mask_mlp_k = (packed(C), packed(C)) if self.p else (None, None)   # their kept rows
             b.layers.append(a)
         if self.p:
             # every mask of a step in the reference's order: x0, then per block the attention
             # weights', the attention output's and the MLP's
             sizes = [N * C] + [B * nh * T * T, N * C, N * C] * self.L
-            b.uniform = np.empty(sum(sizes), np.float64)
-            b.kept = np.empty(sum(sizes), bool)
+            b.uniform, b.kept = np.empty(sum(sizes), np.float64), np.empty(sum(sizes), bool)
             b.masks = np.empty(sum(sizes), dt)
             parts, at = [], 0
             for s in sizes:
                 parts.append(b.masks[at:at + s])
                 at += s
-            b.mask_emb = parts[0].reshape(N, C)
+            b.mask_emb, b.mask_emb_k = parts[0].reshape(N, C), packed(C)
             for i, a in enumerate(b.layers):
                 a.mask_att = parts[1 + 3 * i].reshape(B, nh, T, T)
                 a.mask_attn, a.mask_mlp = parts[2 + 3 * i].reshape(N, C), parts[3 + 3 * i].reshape(N, C)
         self._bufs[B] = b
         return b
 
-    def _draw_masks(self, b) -> None:
+    def _more_views(self, b, v) -> None:
+        M = v.M
+        v.layers = [SimpleNamespace(**{k: None if getattr(a, k) is None else getattr(a, k)[:M] for k in self.per_layer})
+                    for a in b.layers]
+        v.mask_emb_k = b.mask_emb_k[:M] if self.p else None
+
+    def _draw_masks(self, b, v) -> None:
         """Transformer.dropout_rng and dropout_forward's masks, all of this step's at once: 0 with
-        probability p, else 1 / (1 - p), from the generator seeded by (seed, step); step += 1."""
+        probability p, else 1 / (1 - p), from the generator seeded by (seed, step), then step + 1;
+        each (N, C) mask's kept rows gathered for the packed layout."""
         seed, step = int(self.dropout_state[0]), int(self.dropout_state[1])
         if step + 1 >= EXACT and self.dtype == np.float32:
             raise ValueError(f"a float32 Transformer counts {EXACT:,} dropout steps at most; train in float64")
@@ -344,41 +409,45 @@ class TransformerEngine(SequenceEngine):
         np.random.default_rng([DROPOUT_STREAM, seed, step]).random(out=b.uniform)
         np.greater_equal(b.uniform, self.p, b.kept)
         np.multiply(b.kept, self.dtype.type(1 / (1 - self.p)), b.masks)
+        b.mask_emb.take(b.rows, 0, v.mask_emb_k)
+        for a, va in zip(b.layers, v.layers, strict=True):
+            a.mask_attn.take(b.rows, 0, va.mask_attn_k)
+            a.mask_mlp.take(b.rows, 0, va.mask_mlp_k)
 
     # ------------------------------------------------------------------------- LayerNorm
 
-    def _layernorm(self, b, x, w, bias, xhat, rstd, out) -> None:
+    def _layernorm(self, b, v, x, w, bias, xhat, rstd, out) -> None:
         """out = w * (x - mean) / sqrt(var + eps) + bias over each row's C channels; xhat and rstd
-        (N, 1) kept for the backward."""
-        np.dot(x, b.ones_C, b.mean1)                                    # (N,) the mean, by gemv
-        np.subtract(x, b.mean, xhat)                                    # (N, C) x - mean
-        np.multiply(xhat, xhat, b.tmp2)
-        np.dot(b.tmp2, b.ones_C, b.var1)                                # (N,) biased variance
-        np.add(b.var, LN_EPS, rstd)
+        (M, 1) kept for the backward."""
+        np.dot(x, b.ones_C, v.mean[:, 0])                               # (M,) the mean, by gemv
+        np.subtract(x, v.mean, xhat)                                    # (M, C) x - mean
+        np.multiply(xhat, xhat, v.tmp2)
+        np.dot(v.tmp2, b.ones_C, v.var[:, 0])                           # (M,) biased variance
+        np.add(v.var, LN_EPS, rstd)
         np.sqrt(rstd, rstd)
-        np.divide(1, rstd, rstd)                                        # (N, 1)
-        np.multiply(xhat, rstd, xhat)                                   # (N, C) xhat
+        np.divide(1, rstd, rstd)                                        # (M, 1)
+        np.multiply(xhat, rstd, xhat)                                   # (M, C) xhat
         np.multiply(xhat, w, out)
-        np.add(out, bias, out)                                          # (N, C)
+        np.add(out, bias, out)                                          # (M, C)
 
-    def _layernorm_backward(self, b, dout, xhat, rstd, w, dw, db, dx, add=True) -> None:
-        """dx += (add) or = the LayerNorm's input gradient, rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-        with dxhat = w * dout; dw = sum(dout * xhat), db = sum(dout) over the rows."""
-        t, u = b.tmp2, b.tmp
-        np.dot(b.ones_N, dout, db)                                      # (C,)
-        np.multiply(dout, xhat, t)                                      # (N, C)
-        np.dot(b.ones_N, t, dw)                                         # (C,)
+    def _layernorm_backward(self, b, v, dout, xhat, rstd, w, dw, db, dx, add=True) -> None:
+        """dx += (add) or = the LayerNorm's input gradient, rstd * (dxhat - mean(dxhat) - xhat *
+        mean(dxhat * xhat)) with dxhat = w * dout; dw = sum(dout * xhat), db = sum(dout) over the rows."""
+        t, u = v.tmp2, v.tmp
+        np.dot(v.ones_M, dout, db)                                      # (C,)
+        np.multiply(dout, xhat, t)                                      # (M, C)
+        np.dot(v.ones_M, t, dw)                                         # (C,)
         # the two means over a row: mean(dxhat * xhat) = (dout * xhat) @ w / C, mean(dxhat) = dout @ w / C
         np.multiply(w, 1 / self.C, b.wC)
-        np.dot(t, b.wC, b.var1)                                         # (N,) mean(dxhat * xhat)
-        np.dot(dout, b.wC, b.mean1)                                     # (N,) mean(dxhat)
-        np.multiply(dout, w, u)                                         # (N, C) dxhat
-        np.multiply(xhat, b.var, t)
+        np.dot(t, b.wC, v.var[:, 0])                                    # (M,) mean(dxhat * xhat)
+        np.dot(dout, b.wC, v.mean[:, 0])                                # (M,) mean(dxhat)
+        np.multiply(dout, w, u)                                         # (M, C) dxhat
+        np.multiply(xhat, v.var, t)
         np.subtract(u, t, u)
-        np.subtract(u, b.mean, u)
+        np.subtract(u, v.mean, u)
         if add:
             np.multiply(u, rstd, u)
-            np.add(dx, u, dx)                                           # (N, C)
+            np.add(dx, u, dx)                                           # (M, C)
         else:
             np.multiply(u, rstd, dx)
 
@@ -387,42 +456,44 @@ class TransformerEngine(SequenceEngine):
     def forward_loss(self, xb, yb, pick=None, hot=None) -> tuple[float, SimpleNamespace]:
         """The forward of rows xb (B, T), yb (B, T) (-1 masked) in training mode (dropout, when the
         model has it, with this step's masks): (mean loss over the unmasked targets, the buffers).
-        pick, hot: see SequenceEngine._places."""
+        pick: picks' codes of yb (None: made here); hot: unused."""
         B = len(xb)
         b = self._buffers(B)
-        self._places(b, xb, yb, pick, hot)
+        v = self._pack(b, xb, self._codes(yb, pick))
         p = self.p
         if p:
-            self._draw_masks(b)
-        x = b.x
-        self._embed(b, xb, x)                                           # (N, C) emb
+            self._draw_masks(b, v)
+        x = v.x
+        self._embed(b, v, x)                                            # (M, C) emb
         if p:
-            np.multiply(x, b.mask_emb, x)                               # x0
-        for W, a in zip(self.w.layers, b.layers, strict=True):
-            self._layernorm(b, x, W.ln1_w, W.ln1_b, a.xhat1, a.rstd1, a.ln1)   # (N, C)
-            np.dot(a.ln1, W.attn, a.qkv)                                # (N, 3C) q, k, v side by side
-            np.add(a.qkv, W.attn_b, a.qkv)
+            np.multiply(x, v.mask_emb_k, x)                             # x0
+        for W, a, va in zip(self.w.layers, b.layers, v.layers, strict=True):
+            self._layernorm(b, v, x, W.ln1_w, W.ln1_b, va.xhat1, va.rstd1, va.ln1)   # (M, C)
+            np.dot(va.ln1, W.attn, va.qkv)
+            np.add(va.qkv, W.attn_b, va.qkv)                            # (M, 3C) q, k, v side by side
+            a.qkv.take(b.pad_src, 0, a.qkv_pad)                         # (N, 3C) padded, 0 where dropped
             self._softmax(b, a)                                         # (B, nh, T, T) att
             if p:
                 np.multiply(a.att, a.mask_att, a.att_used)
-            np.matmul(a.att_used, a.v, a.yh)                            # (B, nh, T, hs) into y1: merged heads
-            np.dot(a.y, W.proj, b.tmp)                                  # (N, C) c_proj
-            np.add(b.tmp, W.proj_b, b.tmp)
+            np.matmul(a.att_used, a.v, b.yh)                            # (B, nh, T, hs) into y_pad: merged heads
+            b.y_pad.take(b.rows, 0, va.y)                               # (M, C)
+            np.dot(va.y, W.proj, v.tmp)
+            np.add(v.tmp, W.proj_b, v.tmp)                              # (M, C) c_proj
             if p:
-                np.multiply(b.tmp, a.mask_attn, b.tmp)
-            np.add(x, b.tmp, x)                                         # (N, C) resid_attn
-            self._layernorm(b, x, W.ln2_w, W.ln2_b, a.xhat2, a.rstd2, a.ln2)   # (N, C)
-            np.dot(a.ln2, W.fc, b.fc)                                   # (N, 4C) c_fc
-            np.add(b.fc, W.fc_b, b.fc)
-            self._gelu(b, a)                                            # (N, 4C) into act1, and gelu'
-            np.dot(a.act, W.mproj, b.tmp)                               # (N, C) mlp c_proj
-            np.add(b.tmp, W.mproj_b, b.tmp)
+                np.multiply(v.tmp, va.mask_attn_k, v.tmp)
+            np.add(x, v.tmp, x)                                         # (M, C) resid_attn
+            self._layernorm(b, v, x, W.ln2_w, W.ln2_b, va.xhat2, va.rstd2, va.ln2)   # (M, C)
+            np.dot(va.ln2, W.fc, v.fc)
+            np.add(v.fc, W.fc_b, v.fc)                                  # (M, 4C) c_fc
+            self._gelu(v, va)                                           # (M, 4C) act, and gelu'
+            np.dot(va.act, W.mproj, v.tmp)
+            np.add(v.tmp, W.mproj_b, v.tmp)                             # (M, C) mlp c_proj
             if p:
-                np.multiply(b.tmp, a.mask_mlp, b.tmp)
-            np.add(x, b.tmp, x)                                         # (N, C) h.i
-        self._layernorm(b, x, self.ln_f_w, self.ln_f_b, b.xhatf, b.rstdf, b.lnf)   # (N, C)
-        np.dot(self.W_lm.T, b.lnf.T, b.logits)                          # (V, N) transposed logits
-        return self._cross_entropy(b), b
+                np.multiply(v.tmp, va.mask_mlp_k, v.tmp)
+            np.add(x, v.tmp, x)                                         # (M, C) h.i
+        self._layernorm(b, v, x, self.ln_f_w, self.ln_f_b, v.xhatf, v.rstdf, v.lnf)   # (M, C)
+        np.dot(self.W_lm.T, v.lnf.T, v.logits)                          # (V, M) transposed logits
+        return self._cross_entropy(b, v), b
 
     def _softmax(self, b, a) -> None:
         """att = softmax(q k^T / sqrt(hs), -inf on the future) of every head at once."""
@@ -431,8 +502,8 @@ class TransformerEngine(SequenceEngine):
         np.multiply(s, self.scale, s)
         np.add(s, self.neg, s)                                          # -inf on the future
         # exp without the shift by each row's max (a reduction over T, slow on short rows) when
-        # that is as accurate: every row sum between 2^-60 and 2^100 (float32) leaves no overflow
-        # and no partly denormal row; else, or for a NaN, the shifted softmax
+        # that is as accurate: every row sum in SUM_RANGE leaves no overflow and no partly
+        # denormal row; else, or for a NaN, the shifted softmax
         np.exp(s, b.e)
         np.dot(b.e2, b.ones_T, b.ssum1)                                 # (B*nh*T,) row sums
         lo, hi = SUM_RANGE[self.dtype]
@@ -445,11 +516,10 @@ class TransformerEngine(SequenceEngine):
         np.multiply(b.e, b.ssum, a.att)                                 # (B, nh, T, T)
 
     @staticmethod
-    def _gelu(b, a) -> None:
+    def _gelu(v, va) -> None:
         """act = x s, s = sigmoid(2u) = (1 + tanh(u)) / 2, u = K (x + A x^3), x = c_fc, and its
-        derivative for the backward: gelu' = s + 2 x s (1 - s) du/dx = s + act (1 - s) (2K + 6KA x^2),
-        made here while x's arrays are in the cache (the backward then multiplies once)."""
-        x, x2, sg, d = b.fc, b.x2, b.sg, a.dgelu
+        derivative for the backward, gelu' = s + 2 x s (1 - s) du/dx = s + act (1 - s) (2K + 6KA x^2)."""
+        x, x2, sg, d = v.fc, v.x2, v.sg, va.dgelu
         np.multiply(x, x, x2)                                           # x^2
         np.multiply(x2, -2 * GELU_K * GELU_A, sg)
         np.add(sg, -2 * GELU_K, sg)
@@ -457,46 +527,48 @@ class TransformerEngine(SequenceEngine):
         np.exp(sg, sg)
         np.add(sg, 1, sg)
         np.divide(1, sg, sg)                                            # s = 1 / (1 + exp(-2u))
-        np.multiply(x, sg, a.act)                                       # (N, 4C) gelu
+        np.multiply(x, sg, va.act)                                      # (M, 4C) gelu
         np.multiply(x2, 6 * GELU_K * GELU_A, d)
         np.add(d, 2 * GELU_K, d)                                        # 2 du/dx
-        np.multiply(d, a.act, d)
+        np.multiply(d, va.act, d)
         np.subtract(1, sg, x2)
         np.multiply(d, x2, d)
-        np.add(d, sg, d)                                                # (N, 4C) gelu'
+        np.add(d, sg, d)                                                # (M, 4C) gelu'
 
     def backward(self, b, xb, yb, dloss: float, g) -> None:
         """After forward_loss(xb, yb) gave b: dloss * the gradient of the mean loss into g (views()
         of a gradient vector)."""
-        p, gd = self.p, g.__dict__
-        dlogits_t = self._cross_entropy_backward(b, dloss)              # (V, N)
-        np.dot(b.lnf.T, dlogits_t.T, gd["lm_head.weight"])              # (C, V)
-        np.dot(dlogits_t.T, self.W_lm.T, b.dy)                          # (N, C) dln_f
-        dx = b.dx
-        self._layernorm_backward(b, b.dy, b.xhatf, b.rstdf, self.ln_f_w, gd["transformer.ln_f.weight"],
+        p, gd, v = self.p, g.__dict__, b.v
+        dlogits_t = self._cross_entropy_backward(b, v, dloss)           # (V, M)
+        np.dot(v.lnf.T, dlogits_t.T, gd["lm_head.weight"])              # (C, V)
+        np.dot(dlogits_t.T, self.W_lm.T, v.dy)                          # (M, C) dln_f
+        dx = v.dx
+        self._layernorm_backward(b, v, v.dy, v.xhatf, v.rstdf, self.ln_f_w, gd["transformer.ln_f.weight"],
                                  gd["transformer.ln_f.bias"], dx, add=False)
-        for W, G, a in zip(reversed(self.w.layers), reversed(g.layers), reversed(b.layers), strict=True):
+        for W, G, a, va in zip(reversed(self.w.layers), reversed(g.layers), reversed(b.layers), reversed(v.layers),
+                               strict=True):
             # the MLP branch: dproj = dx (* its mask)
             d = dx
             if p:
-                np.multiply(dx, a.mask_mlp, b.tmp2)
-                d = b.tmp2
-            np.dot(a.act.T, d, G.mproj)                                 # (4C, C)
-            np.dot(b.ones_N, d, G.mproj_b)
-            np.dot(d, W.mproj.T, b.dact)                                # (N, 4C)
-            np.multiply(b.dact, a.dgelu, b.dact)                        # (N, 4C) dc_fc
-            np.dot(a.ln2.T, b.dact, G.fc)                               # (C, 4C)
-            np.dot(b.ones_N, b.dact, G.fc_b)
-            np.dot(b.dact, W.fc.T, b.dy)                                # (N, C) dln_2
-            self._layernorm_backward(b, b.dy, a.xhat2, a.rstd2, W.ln2_w, G.ln2_w, G.ln2_b, dx)   # dresid_attn
+                np.multiply(dx, va.mask_mlp_k, v.tmp2)
+                d = v.tmp2
+            np.dot(va.act.T, d, G.mproj)                                # (4C, C)
+            np.dot(v.ones_M, d, G.mproj_b)
+            np.dot(d, W.mproj.T, v.dact)                                # (M, 4C)
+            np.multiply(v.dact, va.dgelu, v.dact)                       # (M, 4C) dc_fc
+            np.dot(va.ln2.T, v.dact, G.fc)                              # (C, 4C)
+            np.dot(v.ones_M, v.dact, G.fc_b)
+            np.dot(v.dact, W.fc.T, v.dy)                                # (M, C) dln_2
+            self._layernorm_backward(b, v, v.dy, va.xhat2, va.rstd2, W.ln2_w, G.ln2_w, G.ln2_b, dx)   # dresid_attn
             # the attention branch
             d = dx
             if p:
-                np.multiply(dx, a.mask_attn, b.tmp2)
-                d = b.tmp2
-            np.dot(a.y.T, d, G.proj)                                    # (C, C)
-            np.dot(b.ones_N, d, G.proj_b)
-            np.dot(d, W.proj.T, b.dy)                                   # (N, C) dy, merged heads
+                np.multiply(dx, va.mask_attn_k, v.tmp2)
+                d = v.tmp2
+            np.dot(va.y.T, d, G.proj)                                   # (C, C)
+            np.dot(v.ones_M, d, G.proj_b)
+            np.dot(d, W.proj.T, v.dy)                                   # (M, C) dy, merged heads
+            b.dy.take(b.pad_src, 0, b.dy_pad)                           # (N, C) padded, 0 where dropped
             np.matmul(a.att_used.swapaxes(-1, -2), b.dyh, b.dv)         # (B, nh, T, hs) dv
             np.matmul(b.dyh, a.vT, b.datt)                              # (B, nh, T, T) datt_used
             if p:
@@ -509,10 +581,11 @@ class TransformerEngine(SequenceEngine):
             np.multiply(b.datt, self.scale, b.datt)                     # (B, nh, T, T) dpreatt * scale
             np.matmul(b.datt, a.k, b.dq)                                # (B, nh, T, hs)
             np.matmul(b.datt.swapaxes(-1, -2), a.q, b.dk)               # (B, nh, T, hs)
-            np.dot(a.ln1.T, b.dqkv, G.attn)                             # (C, 3C)
-            np.dot(b.ones_N, b.dqkv, G.attn_b)
-            np.dot(b.dqkv, W.attn.T, b.dy)                              # (N, C) dln_1
-            self._layernorm_backward(b, b.dy, a.xhat1, a.rstd1, W.ln1_w, G.ln1_w, G.ln1_b, dx)
+            b.dqkv_pad.take(b.rows, 0, v.dqkv)                          # (M, 3C)
+            np.dot(va.ln1.T, v.dqkv, G.attn)                            # (C, 3C)
+            np.dot(v.ones_M, v.dqkv, G.attn_b)
+            np.dot(v.dqkv, W.attn.T, v.dy)                              # (M, C) dln_1
+            self._layernorm_backward(b, v, v.dy, va.xhat1, va.rstd1, W.ln1_w, G.ln1_w, G.ln1_b, dx)
         if p:
-            np.multiply(dx, b.mask_emb, dx)                             # demb
-        self._embed_backward(b, dx, g)
+            np.multiply(dx, v.mask_emb_k, dx)                           # demb
+        self._embed_backward(b, v, dx, g)
