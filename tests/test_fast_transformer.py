@@ -259,6 +259,28 @@ def test_gradients_for_gradcheck_equal_the_reference():
         check_grads(mine, grads, RTOL64, 0.01)
 
 
+@pytest.mark.parametrize("kind,sizes", [("bow", {"n_embd": 6, "n_hidden": 9}),
+                                        ("transformer", {"n_embd": 8, "n_head": 2, "dropout": 0.3})])
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 2e-6)])
+def test_evaluation_equals_the_reference(kind, sizes, dtype, rtol):
+    """fast.evaluate (transformer.inference_loss: the engine's forward, names sorted by length, in
+    chunks) against train.evaluate, after a few steps, over more names than one chunk; inference
+    never drops, and leaves the dropout state alone."""
+    import npmlp.fast
+    from npmlp.fast.transformer import inference_loss
+    model = model_of(kind, 27, 11, 3, dtype=dtype, **sizes)
+    X, Y = names(np.random.default_rng(3), 700, 11, 27)
+    with np.errstate(over="ignore"):
+        fast.sgd(model, X, Y, TrainConfig(**MAKEMORE, steps=20, batch_size=16, seed=2))
+    state = {k: b.copy() for k, b in model.buffers.items()}
+    ref = train.evaluate(model, X, Y)
+    check("loss", npmlp.fast.evaluate(model, X, Y), ref, rtol)
+    check("loss, chunks of 50", inference_loss(model, X, Y, 50), ref, rtol)
+    check("loss (reference engine)", npmlp.fast.evaluate(model, X, Y, "reference"), ref, 0)
+    for k, b in state.items():
+        np.testing.assert_array_equal(model.buffers[k], b)
+
+
 def test_both_models_name_their_engine():
     assert fast.ENGINE_CLASS[BoW.spec.engine] is BoWEngine
     assert fast.ENGINE_CLASS[Transformer.spec.engine] is TransformerEngine

@@ -22,6 +22,8 @@ from . import engine as _engine
 from .engine import ARITHMETIC as FAST_ARITHMETIC
 from .engine import CHUNK, ENGINE_CLASS, GATHER, gradients
 from .stack import EVAL_BYTES, StackEngine, inference_loss
+from .transformer import SequenceEngine
+from .transformer import inference_loss as sequence_loss
 
 ENGINES = ("fast", "reference")
 # each engine's rounding version (see engine.py)
@@ -71,7 +73,10 @@ def eval_bytes(spec: Spec) -> int:
 def evaluate(model, X, Y, engine: str = "fast") -> float:
     """train.evaluate's mean loss in inference mode, by `engine`: for a layer-object network the
     fast one folds each BatchNorm into the Linear before it and runs each block once per distinct
-    window of characters (stack.inference_loss); every other case runs train.evaluate itself."""
+    window of characters (stack.inference_loss); for the bag of words and the Transformer, the fast
+    engine's forward (transformer.inference_loss); every other case runs train.evaluate itself."""
     if engine == "fast" and _stacked(model.spec, model.sizes):
         return inference_loss(model, X, Y)
+    if engine == "fast" and issubclass(ENGINE_CLASS.get(model.spec.engine or "", object), SequenceEngine):
+        return sequence_loss(model, X, Y)
     return train.evaluate(model, X, Y)

@@ -1,5 +1,5 @@
 """The fast engines of makemore.py's bag of words and Transformer (transformer.BoW and
-transformer.Transformer with train.sgd): their training step, fused.
+transformer.Transformer with train.sgd), and their evaluation: the training step, fused.
 
 Same maths, same minibatches, same dropout masks (drawn from the generator the model's
 dropout_state names, in the reference's order, its count moved on as the reference moves it);
@@ -7,20 +7,20 @@ only the order of the floating-point operations differs, so the tests hold it to
 reference: float64 to 1e-12 relative per step, 1e-10 over 1,000 steps. A student never needs
 to read this file.
 
-Legend: B batch, T block_size, N = B*T positions (row b*T + t of the padded layout), M the
-positions a step computes (see the first trick), C n_embd, H the bag of words' n_hidden, nh
-heads, hs head size C / nh, V vocab size, L n_layers, P params.
+Legend: B batch, T block_size, t a position, M the positions a step computes and Tm the most
+of them in one row (see the first trick), C n_embd, H the bag of words' n_hidden, nh heads, hs
+head size C / nh, V vocab size, L n_layers, P params.
 The tricks, each said once where it is used:
   - only the positions up to each row's last unmasked target are computed: position t reaches
     the loss only through positions >= t (causal attention and averages; the rest acts position
-    by position), so one after the last target adds exactly 0 to every gradient. A name of
-    makemore.py's rows fills 45% of them; the rest of a row is padding. These M "kept" positions
-    are packed into the first M rows of each array, and only the causal mixing (attention, the
-    average) runs in the padded (B, T) layout, gathered to and from it by one `take`;
-  - the arrays of a batch size are made once, and their views for each M (a fresh array's pages
-    fault on first touch, which costs about as much as the arithmetic here);
-  - every head at once: q, k, v are (B, nh, T, hs) views of one (N, 3C) array, and each
-    attention product is one np.matmul over the stacked (T, T) blocks, written through views
+    by position), so one after the last target adds exactly 0 to every gradient. A name fills
+    45% of makemore.py's rows; the rest is padding. These M "kept" positions are packed into the
+    first M rows of each array; only the causal mixing (attention, the average) runs in a padded
+    (B, Tm) layout, Tm the longest row's kept positions, gathered to and from it by one `take`;
+  - the arrays of a batch size are made once, and their views for each M and each Tm (a fresh
+    array's pages fault on first touch, which costs about as much as the arithmetic here);
+  - every head at once: q, k, v are (B, nh, Tm, hs) views of one (B*Tm, 3C) array, and each
+    attention product is one np.matmul over the stacked (Tm, Tm) blocks, written through views
     straight into the merged-heads array;
   - the causal mask is a precomputed (T, T) of 0 and -inf added to the scores, and the softmax
     skips the shift by each row's max when its row sums show it is not needed;
@@ -30,10 +30,11 @@ The tricks, each said once where it is used:
   - ufuncs take `out` by position (a keyword costs more than the arithmetic on small arrays);
   - GELU as x * sigmoid(2u) = x / (1 + exp(-2u)), one exp (NumPy's tanh is slow here), and its
     derivative made in the forward while its operands are in the cache;
-  - dwte and dwpe are one product, [onehot(X), onehot(t)].T @ demb (wte and wpe are adjacent in
-    the flat vector);
+  - dwte and dwpe are one product, [onehot(x), onehot(V + t)].T @ demb (wte and wpe are adjacent
+    in the flat vector);
   - one draw of a step's every dropout mask (a generator's doubles come in order, so one call
-    gives what the reference's calls give one after another).
+    gives what the reference's calls give one after another);
+  - evaluation sorts the names by length, so that a chunk's rows are as long as each other.
 """
 from __future__ import annotations
 
@@ -63,11 +64,17 @@ def view(a, shape):
     return v
 
 
+def prefix(flat, shape):
+    """The first prod(shape) numbers of the 1-D array flat, as an array of that shape."""
+    return flat[:math.prod(shape)].reshape(shape)
+
+
 class SequenceEngine(FlatParams):
     """What both engines share: a step's kept positions, the embeddings and their gradient, the
     masked cross-entropy over the transposed logits. A subclass names in `packed` its buffers of
-    kept positions (each (N + 1, ...): the first M rows hold a step's positions, row N stays 0
-    for the padded layout's dropped positions to read), of which _views makes the (M, ...) views."""
+    kept positions (each (B*T + 1, ...): the first M rows hold a step's positions, the last row
+    stays 0 for the padded layout's dropped positions to read), of which _views makes (M, ...) views;
+    _padding(b, Tm) makes its arrays of the padded layout."""
 
     chunked = False     # the mean over a batch's unmasked targets couples its rows
     packed: tuple[str, ...] = ()
@@ -99,14 +106,14 @@ class SequenceEngine(FlatParams):
     def _common(self, B: int, dt) -> SimpleNamespace:
         N, V, T = B * self.T, self.V, self.T
         b = SimpleNamespace(
-            B=B, N=N, by_M={},
+            B=B, N=N, by_M={}, by_Tm={},
             # the shifted logits (V, M) and their exps, with room for a slot past the end: a
             # masked target's pick reads it (0 in the shifted logits), the backward writes it
             shifted_flat=np.zeros(V * N + 1, dt), counts_flat=np.zeros(V * N + 1, dt),
             logits_flat=np.empty(V * N, dt), maxes=np.empty(N, dt), sums=np.empty(N, dt), lse=np.empty(N, dt),
             keep=np.empty(N, dt), coef=np.empty(N, dt), ones_V=np.ones(V, dt), ones_N=np.ones(N, dt),
             ones_C=np.full(self.C, 1 / self.C, dt), onehot=np.zeros((N, V + T), dt), hot=np.zeros(0, np.intp),
-            positions=np.arange(N) % T, pad_src=np.empty(N, np.intp), arange=np.arange(N))
+            arange=np.arange(N), pad_src_buf=np.empty(N, np.intp))
         b.onehot_flat = b.onehot.reshape(-1)
         return b
 
@@ -114,7 +121,8 @@ class SequenceEngine(FlatParams):
         """The first M rows of every packed buffer, and the step's other arrays over M, made once per M."""
         v = SimpleNamespace(M=M)
         for name in self.packed:
-            setattr(v, name, getattr(b, name)[:M])
+            a = getattr(b, name, None)                                  # (inference makes no backward's)
+            setattr(v, name, None if a is None else a[:M])
         V = self.V
         v.logits = b.logits_flat[:V * M].reshape(V, M)
         v.shifted, v.counts = b.shifted_flat[:V * M].reshape(V, M), b.counts_flat[:V * M].reshape(V, M)
@@ -128,30 +136,38 @@ class SequenceEngine(FlatParams):
     def _more_views(self, b, v) -> None:
         """A subclass's own views over M."""
 
-    def _pack(self, b, xb, code) -> SimpleNamespace:
-        """The step's kept positions from picks' codes (B, T): their rows in the padded layout
-        (b.rows, M of them) and pad_src (N,), each padded row's kept row (or N, the zero row); the
-        targets' places in the shifted logits (V, M) flattened (b.pick), keep (1 where a target
-        counts), their count n; and the rows of [wte; wpe] each kept position reads (x, V + t)."""
-        flat = code.reshape(-1)
-        rows = np.flatnonzero(flat != DROPPED)                          # (M,)
-        M = len(rows)
-        if M == 0:
-            raise ValueError(f"every one of the {flat.size} targets is -1 (masked): the mean over no targets is "
+    def _padding(self, b, Tm: int) -> SimpleNamespace:
+        raise NotImplementedError
+
+    def _pack(self, b, xb, code) -> tuple[SimpleNamespace, SimpleNamespace]:
+        """The step's kept positions from picks' codes (B, T): -> (v, u), the views over M and those
+        of the padded (B, Tm) layout. Sets b.rows (M,), the kept positions' rows b*Tm + t of the
+        padded layout, b.pad_src (B*Tm,), each padded row's kept row (or the zero row B*T);
+        b.pick, the targets' places in the shifted logits (V, M) flattened; keep (1 where a target
+        counts), their count b.n; b.emb_rows, the rows of [wte; wpe] each kept position reads (x, V + t)."""
+        kept = code != DROPPED                                          # (B, T) a prefix of each row
+        Tm = int(kept.sum(1).max())
+        if Tm == 0:
+            raise ValueError(f"every one of the {code.size} targets is -1 (masked): the mean over no targets is "
                              f"undefined")
+        kept, codes = kept[:, :Tm].reshape(-1), code[:, :Tm].reshape(-1)   # (B*Tm,) the padded layout
+        rows = np.flatnonzero(kept)                                     # (M,)
+        M = len(rows)
         v = b.by_M.get(M) or self._views(b, M)
-        b.rows, b.v = rows, v
-        y = flat.take(rows)                                             # (M,) targets, MASKED where none
+        u = b.by_Tm.get(Tm) or self._padding(b, Tm)
+        b.rows, b.v, b.u = rows, v, u
+        y = codes.take(rows)                                            # (M,) targets, MASKED where none
         valid = y >= 0
         np.copyto(v.keep, valid)
         b.n = int(np.count_nonzero(valid))
         b.pick = y * M + v.arange
         b.pick[~valid] = self.V * M                                     # the slot past the end
         b.shifted_flat[self.V * M] = 0
+        b.pad_src = b.pad_src_buf[:b.B * Tm]
         b.pad_src.fill(b.N)
         b.pad_src[rows] = v.arange
-        b.emb_rows = np.concatenate([xb.reshape(-1).take(rows), self.V + b.positions.take(rows)])   # (2M,)
-        return v
+        b.emb_rows = np.concatenate([xb[:, :Tm].reshape(-1).take(rows), self.V + u.positions.take(rows)])   # (2M,)
+        return v, u
 
     def _embed(self, b, v, out) -> None:
         """out (M, C) = wte[x] + wpe[t] of each kept position."""
@@ -202,7 +218,7 @@ class BoWEngine(SequenceEngine):
 
     packed = ("resid", "fc", "h", "t", "block", "dblock", "dh", "dresid")
 
-    def __init__(self, model, tanh: str | None = None):
+    def __init__(self, model, tanh: str | None = None, inference: bool = False):
         self.H = model.n_hidden
         super().__init__(model, "wte.weight", "wpe.weight")
         self.tanh_form, self.tanh = pick(self.dtype, tanh)
@@ -214,36 +230,43 @@ class BoWEngine(SequenceEngine):
         T = self.T
         avg = np.tril(np.ones((T, T)))
         self.avg = (avg / avg.sum(1, keepdims=True)).astype(self.dtype)   # (T, T) row t: 1 / (t+1) on 0..t
-        self.avg_t = self.avg.T
 
     def _buffers(self, B: int):
         b = self._bufs.get(B)
         if b is not None:
             return b
-        dt, C, H, T = self.dtype, self.C, self.H, self.T
+        dt, C, H = self.dtype, self.C, self.H
         b = self._common(B, dt)
         N = b.N
         b.resid, b.block, b.dblock, b.dresid = (np.zeros((N + 1, C), dt) for _ in range(4))   # packed
         b.fc, b.h, b.t, b.dh = (np.zeros((N + 1, H), dt) for _ in range(4))
-        b.emb_pad, b.resid_pad, b.dresid_pad, b.demb_pad = (np.empty((N, C), dt) for _ in range(4))   # padded
-        b.emb3, b.resid3, b.dresid3, b.demb3 = (view(a, (B, T, C)) for a in (b.emb_pad, b.resid_pad, b.dresid_pad,
-                                                                              b.demb_pad))
+        b.pads = [np.empty(N * C, dt) for _ in range(4)]               # the padded layout's, for every Tm
         self._bufs[B] = b
         return b
+
+    def _padding(self, b, Tm: int) -> SimpleNamespace:
+        B, C = b.B, self.C
+        u = SimpleNamespace(positions=np.arange(B * Tm) % Tm, avg=self.avg[:Tm, :Tm].copy())   # (Tm, Tm)
+        u.avg_t = u.avg.T
+        u.emb, u.resid, u.dresid, u.demb = (prefix(a, (B * Tm, C)) for a in b.pads)
+        u.emb3, u.resid3, u.dresid3, u.demb3 = (view(a, (B, Tm, C)) for a in (u.emb, u.resid, u.dresid, u.demb))
+        b.by_Tm[Tm] = u
+        return u
 
     def forward_loss(self, xb, yb, pick=None, hot=None) -> tuple[float, SimpleNamespace]:
         """The forward of rows xb (B, T), yb (B, T) (-1 masked): (mean loss over the unmasked targets,
         the buffers holding it all). pick: picks' codes of yb (None: made here); hot: unused."""
         B = len(xb)
         b = self._buffers(B)
-        v = self._pack(b, xb, self._codes(yb, pick))
+        v, u = self._pack(b, xb, self._codes(yb, pick))
+        Tm = len(u.avg)
         # the causal average in the padded layout, then the kept positions
-        self.w.__dict__[self.wte].take(xb.reshape(-1), 0, b.emb_pad)
-        np.add(b.emb3, self.w.__dict__[self.wpe], b.emb3)              # (B, T, C) emb
-        # cbow_t = the mean of emb_0..emb_t: one (T, T) @ (T, C) product per row of the batch
-        np.matmul(self.avg, b.emb3, b.resid3)                           # (B, T, C) cbow
-        np.add(b.resid_pad, b.emb_pad, b.resid_pad)                     # (N, C) resid_cbow
-        b.resid_pad.take(b.rows, 0, v.resid)                            # (M, C)
+        self.w.__dict__[self.wte].take(xb[:, :Tm], 0, u.emb3)
+        np.add(u.emb3, self.w.__dict__[self.wpe][:Tm], u.emb3)         # (B, Tm, C) emb
+        # cbow_t = the mean of emb_0..emb_t: one (Tm, Tm) @ (Tm, C) product per row of the batch
+        np.matmul(u.avg, u.emb3, u.resid3)                              # (B, Tm, C) cbow
+        np.add(u.resid, u.emb, u.resid)                                 # resid_cbow
+        u.resid.take(b.rows, 0, v.resid)                                # (M, C)
         np.dot(v.resid, self.W_fc, v.fc)
         np.add(v.fc, self.b_fc, v.fc)                                   # (M, H) c_fc
         self.tanh(v.fc, v.h)                                            # (M, H)
@@ -257,7 +280,7 @@ class BoWEngine(SequenceEngine):
     def backward(self, b, xb, yb, dloss: float, g) -> None:
         """After forward_loss(xb, yb) gave b: dloss * the gradient of the mean loss into g (views()
         of a gradient vector)."""
-        v, gd, k = b.v, g.__dict__, "context_block.mlp."
+        v, u, gd, k = b.v, b.u, g.__dict__, "context_block.mlp."
         dlogits_t = self._cross_entropy_backward(b, v, dloss)           # (V, M)
         np.dot(v.block.T, dlogits_t.T, gd["lm_head.weight"])            # (C, V)
         np.dot(dlogits_t, v.ones_M, gd["lm_head.bias"])                 # (V,)
@@ -274,10 +297,10 @@ class BoWEngine(SequenceEngine):
         np.add(v.dresid, v.dblock, v.dresid)                            # + the skip
         # in the padded layout (0 after each row's last target): demb_s = dresid_s (the skip) + the
         # sum over t >= s of dresid_t / (t + 1)
-        b.dresid.take(b.pad_src, 0, b.dresid_pad)                       # (N, C)
-        np.matmul(self.avg_t, b.dresid3, b.demb3)                       # (B, T, C)
-        np.add(b.demb_pad, b.dresid_pad, b.demb_pad)
-        b.demb_pad.take(b.rows, 0, v.resid)                             # (M, C) demb, over resid (read above)
+        b.dresid.take(b.pad_src, 0, u.dresid)                           # (B*Tm, C)
+        np.matmul(u.avg_t, u.dresid3, u.demb3)                          # (B, Tm, C)
+        np.add(u.demb, u.dresid, u.demb)
+        u.demb.take(b.rows, 0, v.resid)                                 # (M, C) demb, over resid (read above)
         self._embed_backward(b, v, v.resid, g)
 
 
@@ -293,9 +316,11 @@ class TransformerEngine(SequenceEngine):
     per_layer = ("xhat1", "xhat2", "rstd1", "rstd2", "ln1", "ln2", "qkv", "y", "act", "dgelu", "mask_attn_k",
                  "mask_mlp_k")
 
-    def __init__(self, model):
-        self.L, self.nh = model.n_layers, model.n_head
-        self.p = float(model.dropout)
+    def __init__(self, model, inference: bool = False):
+        """inference: the forward of evaluation only (no dropout, no backward): one block's arrays
+        serve every block."""
+        self.L, self.nh, self.inference = model.n_layers, model.n_head, inference
+        self.p = 0.0 if inference else float(model.dropout)
         super().__init__(model, "transformer.wte.weight", "transformer.wpe.weight")
         self.hs = self.C // self.nh
         self.dropout_state = np.array(model.buffers[DROPOUT_STATE], self.dtype)   # (2,) seed, step
@@ -334,51 +359,41 @@ class TransformerEngine(SequenceEngine):
         b = self._bufs.get(B)
         if b is not None:
             return b
-        dt, C, T, nh, hs = self.dtype, self.C, self.T, self.nh, self.hs
+        dt, C, T, nh = self.dtype, self.C, self.T, self.nh
         b = self._common(B, dt)
-        N = b.N
+        N, train = b.N, not self.inference
 
         def packed(width):
             return np.zeros((N + 1, width), dt)
 
-        def heads(a):
-            """(N, C) rows of the padded layout -> (B, nh, T, hs): head h's channels of each row, a view."""
-            return view(a, (B, T, nh, hs)).transpose(0, 2, 1, 3)
-
-        b.x, b.dx, b.tmp, b.tmp2, b.dy, b.xhatf, b.lnf = (packed(C) for _ in range(7))
+        b.x, b.tmp, b.tmp2, b.xhatf, b.lnf = (packed(C) for _ in range(5))
         b.mean, b.var, b.rstdf = packed(1), packed(1), packed(1)
-        b.dqkv = packed(3 * C)
         # c_fc's output and GELU's scratch serve every block: the backward reads only gelu'
-        b.fc, b.x2, b.sg, b.dact = (packed(4 * C) for _ in range(4))
-        # the padded layout of the attention
-        b.dy_pad, b.dqkv_pad = np.empty((N, C), dt), np.empty((N, 3 * C), dt)
-        b.dyh = heads(b.dy_pad)
-        b.dq, b.dk, b.dv = (heads(b.dqkv_pad[:, j * C:(j + 1) * C]) for j in range(3))
-        b.y_pad = np.empty((N, C), dt)
-        b.yh = heads(b.y_pad)
-        b.s, b.e, b.datt = (np.empty((B, nh, T, T), dt) for _ in range(3))
-        b.ssum = np.empty((B, nh, T, 1), dt)
-        b.e2, b.s2, b.ssum1 = b.e.reshape(-1, T), b.s.reshape(-1, T), b.ssum.reshape(-1)
-        b.ones_T = np.ones(T, dt)
+        b.fc, b.x2, b.sg = (packed(4 * C) for _ in range(3))
+        if train:
+            b.dx, b.dy, b.dqkv, b.dact = packed(C), packed(C), packed(3 * C), packed(4 * C)
         b.wC = np.empty(C, dt)
+        # the padded layout's arrays, whose views _padding makes for each Tm
+        att = B * nh * T * T
+        b.pad = SimpleNamespace(**{k: np.empty(n, dt) for k, n in (
+            ("s", att), ("e", att), ("ssum", att // T), ("y", N * C),
+            *((("datt", att), ("dy", N * C), ("dqkv", 3 * N * C)) if train else ()))})
         b.layers = []
-        for _ in range(self.L):
+        for _ in range(self.L if train else 1):
             a = SimpleNamespace()
             a.xhat1, a.xhat2, a.ln1, a.ln2, a.y = (packed(C) for _ in range(5))
             a.rstd1, a.rstd2 = packed(1), packed(1)
             a.qkv = packed(3 * C)
-            a.act, a.dgelu = packed(4 * C), packed(4 * C)
-            a.qkv_pad = np.empty((N, 3 * C), dt)                       # the padded layout's q, k, v
-            a.q, a.k, a.v = (heads(a.qkv_pad[:, j * C:(j + 1) * C]) for j in range(3))
-            a.kT, a.vT = a.k.swapaxes(-1, -2), a.v.swapaxes(-1, -2)    # (B, nh, hs, T)
-            a.att = np.empty((B, nh, T, T), dt)
-            a.att_used = np.empty((B, nh, T, T), dt) if self.p else a.att
+            a.act, a.dgelu = packed(4 * C), packed(4 * C) if train else None
             a.mask_attn_k, a.mask_mlp_k = (packed(C), packed(C)) if self.p else (None, None)   # their kept rows
+            a.pad = SimpleNamespace(qkv=np.empty(3 * N * C, dt), att=np.empty(att, dt),
+                                    att_used=np.empty(att, dt) if self.p else None)
             b.layers.append(a)
+        b.layers *= 1 if train else self.L
         if self.p:
             # every mask of a step in the reference's order: x0, then per block the attention
             # weights', the attention output's and the MLP's
-            sizes = [N * C] + [B * nh * T * T, N * C, N * C] * self.L
+            sizes = [N * C] + [att, N * C, N * C] * self.L
             b.uniform, b.kept = np.empty(sum(sizes), np.float64), np.empty(sum(sizes), bool)
             b.masks = np.empty(sum(sizes), dt)
             parts, at = [], 0
@@ -398,10 +413,41 @@ class TransformerEngine(SequenceEngine):
                     for a in b.layers]
         v.mask_emb_k = b.mask_emb_k[:M] if self.p else None
 
+    def _padding(self, b, Tm: int) -> SimpleNamespace:
+        """The arrays of the padded (B, Tm) layout, views of b.pad's and each block's a.pad's."""
+        B, C, nh, hs, P = b.B, self.C, self.nh, self.hs, b.pad
+        Nm = B * Tm
+
+        def heads(a):
+            """(B*Tm, C) rows of the padded layout -> (B, nh, Tm, hs): head h's channels of each row, a view."""
+            return view(a, (B, Tm, nh, hs)).transpose(0, 2, 1, 3)
+
+        u = SimpleNamespace(positions=np.arange(Nm) % Tm, neg=self.neg[:Tm, :Tm], ones_T=np.ones(Tm, self.dtype))
+        u.s, u.e = prefix(P.s, (B, nh, Tm, Tm)), prefix(P.e, (B, nh, Tm, Tm))
+        u.ssum = prefix(P.ssum, (B, nh, Tm, 1))
+        u.s2, u.e2, u.ssum1 = u.s.reshape(-1, Tm), u.e.reshape(-1, Tm), u.ssum.reshape(-1)
+        u.y = prefix(P.y, (Nm, C))
+        u.yh = heads(u.y)
+        if not self.inference:
+            u.datt = prefix(P.datt, (B, nh, Tm, Tm))
+            u.dy, u.dqkv = prefix(P.dy, (Nm, C)), prefix(P.dqkv, (Nm, 3 * C))
+            u.dyh = heads(u.dy)
+            u.dq, u.dk, u.dv = (heads(u.dqkv[:, j * C:(j + 1) * C]) for j in range(3))
+        u.layers = []
+        for a in b.layers:
+            ua = SimpleNamespace(qkv=prefix(a.pad.qkv, (Nm, 3 * C)), att=prefix(a.pad.att, (B, nh, Tm, Tm)))
+            ua.q, ua.k, ua.v = (heads(ua.qkv[:, j * C:(j + 1) * C]) for j in range(3))
+            ua.kT, ua.vT = ua.k.swapaxes(-1, -2), ua.v.swapaxes(-1, -2)   # (B, nh, hs, Tm)
+            ua.att_used = prefix(a.pad.att_used, (B, nh, Tm, Tm)) if self.p else ua.att
+            ua.mask_att = a.mask_att[:, :, :Tm, :Tm] if self.p else None
+            u.layers.append(ua)
+        b.by_Tm[Tm] = u
+        return u
+
     def _draw_masks(self, b, v) -> None:
         """Transformer.dropout_rng and dropout_forward's masks, all of this step's at once: 0 with
         probability p, else 1 / (1 - p), from the generator seeded by (seed, step), then step + 1;
-        each (N, C) mask's kept rows gathered for the packed layout."""
+        each (B*T, C) mask's kept rows gathered for the packed layout."""
         seed, step = int(self.dropout_state[0]), int(self.dropout_state[1])
         if step + 1 >= EXACT and self.dtype == np.float32:
             raise ValueError(f"a float32 Transformer counts {EXACT:,} dropout steps at most; train in float64")
@@ -409,10 +455,12 @@ class TransformerEngine(SequenceEngine):
         np.random.default_rng([DROPOUT_STREAM, seed, step]).random(out=b.uniform)
         np.greater_equal(b.uniform, self.p, b.kept)
         np.multiply(b.kept, self.dtype.type(1 / (1 - self.p)), b.masks)
-        b.mask_emb.take(b.rows, 0, v.mask_emb_k)
+        Tm = len(b.u.neg)
+        rows = b.rows + (self.T - Tm) * (b.rows // Tm)                  # (M,) in the (B, T) layout
+        b.mask_emb.take(rows, 0, v.mask_emb_k)
         for a, va in zip(b.layers, v.layers, strict=True):
-            a.mask_attn.take(b.rows, 0, va.mask_attn_k)
-            a.mask_mlp.take(b.rows, 0, va.mask_mlp_k)
+            a.mask_attn.take(rows, 0, va.mask_attn_k)
+            a.mask_mlp.take(rows, 0, va.mask_mlp_k)
 
     # ------------------------------------------------------------------------- LayerNorm
 
@@ -459,7 +507,7 @@ class TransformerEngine(SequenceEngine):
         pick: picks' codes of yb (None: made here); hot: unused."""
         B = len(xb)
         b = self._buffers(B)
-        v = self._pack(b, xb, self._codes(yb, pick))
+        v, u = self._pack(b, xb, self._codes(yb, pick))
         p = self.p
         if p:
             self._draw_masks(b, v)
@@ -467,16 +515,16 @@ class TransformerEngine(SequenceEngine):
         self._embed(b, v, x)                                            # (M, C) emb
         if p:
             np.multiply(x, v.mask_emb_k, x)                             # x0
-        for W, a, va in zip(self.w.layers, b.layers, v.layers, strict=True):
+        for W, a, ua, va in zip(self.w.layers, b.layers, u.layers, v.layers, strict=True):
             self._layernorm(b, v, x, W.ln1_w, W.ln1_b, va.xhat1, va.rstd1, va.ln1)   # (M, C)
             np.dot(va.ln1, W.attn, va.qkv)
             np.add(va.qkv, W.attn_b, va.qkv)                            # (M, 3C) q, k, v side by side
-            a.qkv.take(b.pad_src, 0, a.qkv_pad)                         # (N, 3C) padded, 0 where dropped
-            self._softmax(b, a)                                         # (B, nh, T, T) att
+            a.qkv.take(b.pad_src, 0, ua.qkv)                            # (B*Tm, 3C) padded, 0 where dropped
+            self._softmax(u, ua)                                        # (B, nh, Tm, Tm) att
             if p:
-                np.multiply(a.att, a.mask_att, a.att_used)
-            np.matmul(a.att_used, a.v, b.yh)                            # (B, nh, T, hs) into y_pad: merged heads
-            b.y_pad.take(b.rows, 0, va.y)                               # (M, C)
+                np.multiply(ua.att, ua.mask_att, ua.att_used)
+            np.matmul(ua.att_used, ua.v, u.yh)                          # (B, nh, Tm, hs) merged heads, into u.y
+            u.y.take(b.rows, 0, va.y)                                   # (M, C)
             np.dot(va.y, W.proj, v.tmp)
             np.add(v.tmp, W.proj_b, v.tmp)                              # (M, C) c_proj
             if p:
@@ -495,30 +543,29 @@ class TransformerEngine(SequenceEngine):
         np.dot(self.W_lm.T, v.lnf.T, v.logits)                          # (V, M) transposed logits
         return self._cross_entropy(b, v), b
 
-    def _softmax(self, b, a) -> None:
+    def _softmax(self, u, ua) -> None:
         """att = softmax(q k^T / sqrt(hs), -inf on the future) of every head at once."""
-        s = b.s
-        np.matmul(a.q, a.kT, s)                                         # (B, nh, T, T)
+        s = u.s
+        np.matmul(ua.q, ua.kT, s)                                       # (B, nh, Tm, Tm)
         np.multiply(s, self.scale, s)
-        np.add(s, self.neg, s)                                          # -inf on the future
-        # exp without the shift by each row's max (a reduction over T, slow on short rows) when
+        np.add(s, u.neg, s)                                             # -inf on the future
+        # exp without the shift by each row's max (a reduction over Tm, slow on short rows) when
         # that is as accurate: every row sum in SUM_RANGE leaves no overflow and no partly
         # denormal row; else, or for a NaN, the shifted softmax
-        np.exp(s, b.e)
-        np.dot(b.e2, b.ones_T, b.ssum1)                                 # (B*nh*T,) row sums
+        np.exp(s, u.e)
+        np.dot(u.e2, u.ones_T, u.ssum1)                                 # (B*nh*Tm,) row sums
         lo, hi = SUM_RANGE[self.dtype]
-        if not (np.minimum.reduce(b.ssum1) >= lo and np.maximum.reduce(b.ssum1) <= hi):
-            np.maximum.reduce(s, -1, None, b.ssum, keepdims=True)       # (B, nh, T, 1) row maxes
-            np.subtract(s, b.ssum, s)
-            np.exp(s, b.e)
-            np.dot(b.e2, b.ones_T, b.ssum1)
-        np.divide(1, b.ssum, b.ssum)
-        np.multiply(b.e, b.ssum, a.att)                                 # (B, nh, T, T)
+        if not (np.minimum.reduce(u.ssum1) >= lo and np.maximum.reduce(u.ssum1) <= hi):
+            np.maximum.reduce(s, -1, None, u.ssum, keepdims=True)       # (B, nh, Tm, 1) row maxes
+            np.subtract(s, u.ssum, s)
+            np.exp(s, u.e)
+            np.dot(u.e2, u.ones_T, u.ssum1)
+        np.divide(1, u.ssum, u.ssum)
+        np.multiply(u.e, u.ssum, ua.att)                                # (B, nh, Tm, Tm)
 
-    @staticmethod
-    def _gelu(v, va) -> None:
-        """act = x s, s = sigmoid(2u) = (1 + tanh(u)) / 2, u = K (x + A x^3), x = c_fc, and its
-        derivative for the backward, gelu' = s + 2 x s (1 - s) du/dx = s + act (1 - s) (2K + 6KA x^2)."""
+    def _gelu(self, v, va) -> None:
+        """act = x s, s = sigmoid(2u) = (1 + tanh(u)) / 2, u = K (x + A x^3), x = c_fc, and (training)
+        its derivative for the backward, gelu' = s + 2 x s (1 - s) du/dx = s + act (1 - s) (2K + 6KA x^2)."""
         x, x2, sg, d = v.fc, v.x2, v.sg, va.dgelu
         np.multiply(x, x, x2)                                           # x^2
         np.multiply(x2, -2 * GELU_K * GELU_A, sg)
@@ -528,6 +575,8 @@ class TransformerEngine(SequenceEngine):
         np.add(sg, 1, sg)
         np.divide(1, sg, sg)                                            # s = 1 / (1 + exp(-2u))
         np.multiply(x, sg, va.act)                                      # (M, 4C) gelu
+        if self.inference:
+            return
         np.multiply(x2, 6 * GELU_K * GELU_A, d)
         np.add(d, 2 * GELU_K, d)                                        # 2 du/dx
         np.multiply(d, va.act, d)
@@ -538,15 +587,15 @@ class TransformerEngine(SequenceEngine):
     def backward(self, b, xb, yb, dloss: float, g) -> None:
         """After forward_loss(xb, yb) gave b: dloss * the gradient of the mean loss into g (views()
         of a gradient vector)."""
-        p, gd, v = self.p, g.__dict__, b.v
+        p, gd, v, u = self.p, g.__dict__, b.v, b.u
         dlogits_t = self._cross_entropy_backward(b, v, dloss)           # (V, M)
         np.dot(v.lnf.T, dlogits_t.T, gd["lm_head.weight"])              # (C, V)
         np.dot(dlogits_t.T, self.W_lm.T, v.dy)                          # (M, C) dln_f
         dx = v.dx
         self._layernorm_backward(b, v, v.dy, v.xhatf, v.rstdf, self.ln_f_w, gd["transformer.ln_f.weight"],
                                  gd["transformer.ln_f.bias"], dx, add=False)
-        for W, G, a, va in zip(reversed(self.w.layers), reversed(g.layers), reversed(b.layers), reversed(v.layers),
-                               strict=True):
+        for W, G, ua, va in zip(reversed(self.w.layers), reversed(g.layers), reversed(u.layers), reversed(v.layers),
+                                strict=True):
             # the MLP branch: dproj = dx (* its mask)
             d = dx
             if p:
@@ -568,20 +617,20 @@ class TransformerEngine(SequenceEngine):
             np.dot(va.y.T, d, G.proj)                                   # (C, C)
             np.dot(v.ones_M, d, G.proj_b)
             np.dot(d, W.proj.T, v.dy)                                   # (M, C) dy, merged heads
-            b.dy.take(b.pad_src, 0, b.dy_pad)                           # (N, C) padded, 0 where dropped
-            np.matmul(a.att_used.swapaxes(-1, -2), b.dyh, b.dv)         # (B, nh, T, hs) dv
-            np.matmul(b.dyh, a.vT, b.datt)                              # (B, nh, T, T) datt_used
+            b.dy.take(b.pad_src, 0, u.dy)                               # (B*Tm, C) padded, 0 where dropped
+            np.matmul(ua.att_used.swapaxes(-1, -2), u.dyh, u.dv)        # (B, nh, Tm, hs) dv
+            np.matmul(u.dyh, ua.vT, u.datt)                             # (B, nh, Tm, Tm) datt_used
             if p:
-                np.multiply(b.datt, a.mask_att, b.datt)
+                np.multiply(u.datt, ua.mask_att, u.datt)
             # softmax: dpreatt = att * (datt - sum(datt * att)), then the 1 / sqrt(hs) of the scores
-            np.multiply(b.datt, a.att, b.s)
-            np.dot(b.s2, b.ones_T, b.ssum1)                             # (B*nh*T,)
-            np.subtract(b.datt, b.ssum, b.datt)
-            np.multiply(b.datt, a.att, b.datt)
-            np.multiply(b.datt, self.scale, b.datt)                     # (B, nh, T, T) dpreatt * scale
-            np.matmul(b.datt, a.k, b.dq)                                # (B, nh, T, hs)
-            np.matmul(b.datt.swapaxes(-1, -2), a.q, b.dk)               # (B, nh, T, hs)
-            b.dqkv_pad.take(b.rows, 0, v.dqkv)                          # (M, 3C)
+            np.multiply(u.datt, ua.att, u.s)
+            np.dot(u.s2, u.ones_T, u.ssum1)                             # (B*nh*Tm,)
+            np.subtract(u.datt, u.ssum, u.datt)
+            np.multiply(u.datt, ua.att, u.datt)
+            np.multiply(u.datt, self.scale, u.datt)                     # (B, nh, Tm, Tm) dpreatt * scale
+            np.matmul(u.datt, ua.k, u.dq)                               # (B, nh, Tm, hs)
+            np.matmul(u.datt.swapaxes(-1, -2), ua.q, u.dk)              # (B, nh, Tm, hs)
+            u.dqkv.take(b.rows, 0, v.dqkv)                              # (M, 3C)
             np.dot(va.ln1.T, v.dqkv, G.attn)                            # (C, 3C)
             np.dot(v.ones_M, v.dqkv, G.attn_b)
             np.dot(v.dqkv, W.attn.T, v.dy)                              # (M, C) dln_1
@@ -589,3 +638,31 @@ class TransformerEngine(SequenceEngine):
         if p:
             np.multiply(dx, v.mask_emb_k, dx)                           # demb
         self._embed_backward(b, v, dx, g)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+EVAL_ROWS = 256    # names evaluated at once
+
+
+def inference_loss(model, X, Y, rows: int = EVAL_ROWS) -> float:
+    """train.evaluate(model, X, Y) of a bag of words or a Transformer, faster: the mean loss over
+    every unmasked target of the names X, Y (N, T) in inference mode (no dropout), by the engine's
+    forward of `rows` names at a time, in the order of their length (so that a chunk's padded
+    layout is as short as its names)."""
+    eng = {"bow": BoWEngine, "transformer": TransformerEngine}[model.spec.engine](model, inference=True)
+    eng.load(model)
+    Y = np.asarray(Y)
+    valid = Y >= 0
+    order = np.argsort(np.where(valid.any(1), Y.shape[1] - np.argmax(valid[:, ::-1], 1), 0), kind="stable")
+    total, count = 0.0, 0
+    with np.errstate(over="ignore"):                                    # exp(-2u) in GELU may overflow to inf
+        for i in range(0, len(X), rows):
+            ix = order[i:i + rows]
+            xb, yb = X[ix].astype(np.intp), Y[ix].astype(np.intp)
+            if not (yb >= 0).any():
+                continue
+            loss, b = eng.forward_loss(xb, yb)
+            total += loss * b.n
+            count += b.n
+    return total / count if count else float("nan")
