@@ -146,7 +146,7 @@ class SequenceEngine(FlatParams):
         b.pick, the targets' places in the shifted logits (V, M) flattened; keep (1 where a target
         counts), their count b.n; b.emb_rows, the rows of [wte; wpe] each kept position reads (x, V + t)."""
         kept = code != DROPPED                                          # (B, T) a prefix of each row
-        Tm = int(kept.sum(1).max())
+        Tm = int(np.count_nonzero(kept.any(0)))
         if Tm == 0:
             raise ValueError(f"every one of the {code.size} targets is -1 (masked): the mean over no targets is "
                              f"undefined")
@@ -172,7 +172,8 @@ class SequenceEngine(FlatParams):
     def _embed(self, b, v, out) -> None:
         """out (M, C) = wte[x] + wpe[t] of each kept position."""
         M = v.M
-        self.w.emb.take(b.emb_rows[:M], 0, out)
+        # take(..., out, "clip"): with out, the default mode ("raise") copies through a buffer, 3x slower
+        self.w.emb.take(b.emb_rows[:M], 0, out, "clip")
         out += self.w.emb.take(b.emb_rows[M:], 0)
 
     def _embed_backward(self, b, v, demb, g) -> None:
@@ -261,12 +262,12 @@ class BoWEngine(SequenceEngine):
         v, u = self._pack(b, xb, self._codes(yb, pick))
         Tm = len(u.avg)
         # the causal average in the padded layout, then the kept positions
-        self.w.__dict__[self.wte].take(xb[:, :Tm], 0, u.emb3)
+        self.w.__dict__[self.wte].take(xb[:, :Tm], 0, u.emb3, "clip")
         np.add(u.emb3, self.w.__dict__[self.wpe][:Tm], u.emb3)         # (B, Tm, C) emb
         # cbow_t = the mean of emb_0..emb_t: one (Tm, Tm) @ (Tm, C) product per row of the batch
         np.matmul(u.avg, u.emb3, u.resid3)                              # (B, Tm, C) cbow
         np.add(u.resid, u.emb, u.resid)                                 # resid_cbow
-        u.resid.take(b.rows, 0, v.resid)                                # (M, C)
+        u.resid.take(b.rows, 0, v.resid, "clip")                                # (M, C)
         np.dot(v.resid, self.W_fc, v.fc)
         np.add(v.fc, self.b_fc, v.fc)                                   # (M, H) c_fc
         self.tanh(v.fc, v.h)                                            # (M, H)
@@ -297,10 +298,10 @@ class BoWEngine(SequenceEngine):
         np.add(v.dresid, v.dblock, v.dresid)                            # + the skip
         # in the padded layout (0 after each row's last target): demb_s = dresid_s (the skip) + the
         # sum over t >= s of dresid_t / (t + 1)
-        b.dresid.take(b.pad_src, 0, u.dresid)                           # (B*Tm, C)
+        b.dresid.take(b.pad_src, 0, u.dresid, "clip")                           # (B*Tm, C)
         np.matmul(u.avg_t, u.dresid3, u.demb3)                          # (B, Tm, C)
         np.add(u.demb, u.dresid, u.demb)
-        u.demb.take(b.rows, 0, v.resid)                                 # (M, C) demb, over resid (read above)
+        u.demb.take(b.rows, 0, v.resid, "clip")                                 # (M, C) demb, over resid (read above)
         self._embed_backward(b, v, v.resid, g)
 
 
@@ -457,10 +458,10 @@ class TransformerEngine(SequenceEngine):
         np.multiply(b.kept, self.dtype.type(1 / (1 - self.p)), b.masks)
         Tm = len(b.u.neg)
         rows = b.rows + (self.T - Tm) * (b.rows // Tm)                  # (M,) in the (B, T) layout
-        b.mask_emb.take(rows, 0, v.mask_emb_k)
+        b.mask_emb.take(rows, 0, v.mask_emb_k, "clip")
         for a, va in zip(b.layers, v.layers, strict=True):
-            a.mask_attn.take(rows, 0, va.mask_attn_k)
-            a.mask_mlp.take(rows, 0, va.mask_mlp_k)
+            a.mask_attn.take(rows, 0, va.mask_attn_k, "clip")
+            a.mask_mlp.take(rows, 0, va.mask_mlp_k, "clip")
 
     # ------------------------------------------------------------------------- LayerNorm
 
@@ -519,12 +520,12 @@ class TransformerEngine(SequenceEngine):
             self._layernorm(b, v, x, W.ln1_w, W.ln1_b, va.xhat1, va.rstd1, va.ln1)   # (M, C)
             np.dot(va.ln1, W.attn, va.qkv)
             np.add(va.qkv, W.attn_b, va.qkv)                            # (M, 3C) q, k, v side by side
-            a.qkv.take(b.pad_src, 0, ua.qkv)                            # (B*Tm, 3C) padded, 0 where dropped
+            a.qkv.take(b.pad_src, 0, ua.qkv, "clip")                            # (B*Tm, 3C) padded, 0 where dropped
             self._softmax(u, ua)                                        # (B, nh, Tm, Tm) att
             if p:
                 np.multiply(ua.att, ua.mask_att, ua.att_used)
             np.matmul(ua.att_used, ua.v, u.yh)                          # (B, nh, Tm, hs) merged heads, into u.y
-            u.y.take(b.rows, 0, va.y)                                   # (M, C)
+            u.y.take(b.rows, 0, va.y, "clip")                                   # (M, C)
             np.dot(va.y, W.proj, v.tmp)
             np.add(v.tmp, W.proj_b, v.tmp)                              # (M, C) c_proj
             if p:
@@ -617,7 +618,7 @@ class TransformerEngine(SequenceEngine):
             np.dot(va.y.T, d, G.proj)                                   # (C, C)
             np.dot(v.ones_M, d, G.proj_b)
             np.dot(d, W.proj.T, v.dy)                                   # (M, C) dy, merged heads
-            b.dy.take(b.pad_src, 0, u.dy)                               # (B*Tm, C) padded, 0 where dropped
+            b.dy.take(b.pad_src, 0, u.dy, "clip")                               # (B*Tm, C) padded, 0 where dropped
             np.matmul(ua.att_used.swapaxes(-1, -2), u.dyh, u.dv)        # (B, nh, Tm, hs) dv
             np.matmul(u.dyh, ua.vT, u.datt)                             # (B, nh, Tm, Tm) datt_used
             if p:
@@ -630,7 +631,7 @@ class TransformerEngine(SequenceEngine):
             np.multiply(u.datt, self.scale, u.datt)                     # (B, nh, Tm, Tm) dpreatt * scale
             np.matmul(u.datt, ua.k, u.dq)                               # (B, nh, Tm, hs)
             np.matmul(u.datt.swapaxes(-1, -2), ua.q, u.dk)              # (B, nh, Tm, hs)
-            u.dqkv.take(b.rows, 0, v.dqkv)                              # (M, 3C)
+            u.dqkv.take(b.rows, 0, v.dqkv, "clip")                              # (M, 3C)
             np.dot(va.ln1.T, v.dqkv, G.attn)                            # (C, 3C)
             np.dot(v.ones_M, v.dqkv, G.attn_b)
             np.dot(v.dqkv, W.attn.T, v.dy)                              # (M, C) dln_1
