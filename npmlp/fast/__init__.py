@@ -5,6 +5,7 @@ tier (npmlp/*.py), arranged for speed, and held to it by the tests.
     engine.py    the MLP and bn models' training step: fused layers, chunks; the loop every engine runs
     counts.py    the bigram's step from its batch's pair counts
     stack.py     the layer-object networks' (deep, wavenet) step, fused block by block
+    transformer.py  makemore.py's bag of words and Transformer: the step and the evaluation
     tanh.py      the tanh the engines use on this CPU
     parallel.py  helper processes that run some of a large batch's chunks on other cores
     dataset.py   build_dataset vectorised
