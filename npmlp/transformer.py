@@ -76,6 +76,7 @@ BOW = Spec(
              Option("n_hidden", 64, "hidden units H of the block's MLP (makemore.py's --n-embd2)",
                     makemore="--n-embd2")),
     train={**MAKEMORE_TRAIN, "steps": 10_000}, data=SEQUENCES, mirror="bow_forward", embedding="wte.weight",
+    engine="bow",
     makemore=Makemore(type="bow", transposed=("context_block.mlp.c_fc.weight", "context_block.mlp.c_proj.weight",
                                               "lm_head.weight"), ignored=("cbow.bias",)))
 
@@ -89,7 +90,7 @@ TRANSFORMER = Spec(
     # makemore.py's recipe for now; a tuned default (dropout, a cosine schedule, decay on the
     # matrices only) is a later choice
     train={**MAKEMORE_TRAIN, "steps": 10_000}, data=SEQUENCES, mirror="transformer_forward",
-    unshaped=("n_head", "dropout"), embedding="transformer.wte.weight",
+    unshaped=("n_head", "dropout"), embedding="transformer.wte.weight", engine="transformer",
     makemore=Makemore(type="transformer", transposed=("c_attn.weight", "c_proj.weight", "c_fc.weight",
                                                       "lm_head.weight"), ignored=(".attn.bias",)))
 

@@ -6,6 +6,7 @@ tier (npmlp/*.py), arranged for speed, and held to it by the tests.
     counts.py    the bigram's step from its batch's pair counts
     stack.py     the layer-object networks' (deep, wavenet) step, fused block by block
     recurrent.py makemore.py's recurrent models' (rnn, gru, lstm) step, backprop through time
+    transformer.py  makemore.py's bag of words and Transformer: the step and the evaluation
     tanh.py      the tanh the engines use on this CPU
     parallel.py  helper processes that run some of a large batch's chunks on other cores
     dataset.py   build_dataset vectorised
@@ -25,6 +26,8 @@ from .engine import CHUNK, ENGINE_CLASS, GATHER, gradients
 from .recurrent import RecurrentEngine
 from .recurrent import inference_loss as recurrent_loss
 from .stack import EVAL_BYTES, StackEngine, inference_loss
+from .transformer import SequenceEngine
+from .transformer import inference_loss as sequence_loss
 
 ENGINES = ("fast", "reference")
 # each engine's rounding version (see engine.py)
@@ -75,11 +78,14 @@ def evaluate(model, X, Y, engine: str = "fast") -> float:
     """train.evaluate's mean loss in inference mode, by `engine`: for a layer-object network the
     fast one folds each BatchNorm into the Linear before it and runs each block once per distinct
     window of characters (stack.inference_loss); a recurrent model runs its engine's forward on
-    chunks of names of similar length (recurrent.inference_loss); every other case runs
-    train.evaluate itself."""
+    chunks of names of similar length (recurrent.inference_loss); the bag of words and the
+    Transformer their engine's (transformer.inference_loss); every other case runs train.evaluate
+    itself."""
     if engine == "fast" and _stacked(model.spec, model.sizes):
         return inference_loss(model, X, Y)
     cls = ENGINE_CLASS.get(model.spec.engine or "")
     if engine == "fast" and cls is not None and issubclass(cls, RecurrentEngine):
         return recurrent_loss(cls(model), model, X, Y)
+    if engine == "fast" and cls is not None and issubclass(cls, SequenceEngine):
+        return sequence_loss(model, X, Y)
     return train.evaluate(model, X, Y)

@@ -45,6 +45,7 @@ from .flat import FlatParams
 from .recurrent import GRUEngine, LSTMEngine, RNNEngine
 from .stack import StackEngine
 from .tanh import TANH, pick
+from .transformer import BoWEngine, TransformerEngine
 
 CHUNK = 128     # rows per chunk: a chunk's (n, H) arrays stay in the L2 cache, and a batch of 256
                 # is already shared by two processes (see benchmarks/README.md)
@@ -245,7 +246,8 @@ class BNEngine(Engine):
 # a bigram's pair counts; makemore.py's recurrent cells
 ENGINE_CLASS: dict[str, type[FlatParams]] = {"mlp": Engine, "mlp-batchnorm": BNEngine, "stack": StackEngine,
                                              "counts": CountsEngine,
-                                             "rnn": RNNEngine, "gru": GRUEngine, "lstm": LSTMEngine}
+                                             "rnn": RNNEngine, "gru": GRUEngine, "lstm": LSTMEngine,
+                                             "bow": BoWEngine, "transformer": TransformerEngine}
 
 
 def run_chunks(eng: FlatParams, pool, ks, g: int, lr: float):
