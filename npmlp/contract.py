@@ -67,6 +67,7 @@ class Option:
     repeats: bool = False                    # counts repeated layers, each adding its own arrays
     reference_only: str = ""                 # a non-zero value trains on the reference engine only, because ...
     makemore: str = ""                       # makemore.py's flag for the same size (--n-embd2), if it has one
+    makemore_value: int | float | None = None   # its value in makemore.py's model where npmlp's default differs
 
     @property
     def cli(self) -> str:
@@ -417,7 +418,8 @@ def from_makemore(state_dict, kind: str, **unshaped) -> Model:
     `kind`: its keys, torch's layouts; values as arrays (tensors are read with np.asarray), their
     float dtype kept. The sizes are read from the shapes; what no shape records is given as a
     keyword with the spec's `unshaped` names (a Transformer's n_head, a recurrent model's
-    block_size), each defaulting to its option's default. Buffers (causal masks) are ignored."""
+    block_size), each defaulting to its value in makemore.py's model (Option.makemore_value: a
+    Transformer's dropout 0), else its option's default. Buffers (causal masks) are ignored."""
     cls = makemore_class(kind)
     mm = cls.spec.makemore
     assert mm is not None
@@ -432,7 +434,8 @@ def from_makemore(state_dict, kind: str, **unshaped) -> Model:
     bad = set(unshaped) - set(cls.spec.unshaped)
     if bad:
         raise ValueError(f"a makemore.py {kind} records {', '.join(sorted(bad))} in its shapes; drop it")
-    sizes = {"block_size": MAKEMORE_BLOCK, **{o.name: o.default for o in cls.spec.options}, **unshaped}
+    made = {o.name: o.default if o.makemore_value is None else o.makemore_value for o in cls.spec.options}
+    sizes = {"block_size": MAKEMORE_BLOCK, **made, **unshaped}
     return cls.from_params(params, sizes)
 
 
