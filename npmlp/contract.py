@@ -181,6 +181,11 @@ class Model:
     def calibrate(self, X) -> None:
         """Statistics inference needs, measured over the training rows X after training (none by default)."""
 
+    def without_dropout(self) -> Model:
+        """The same model with training's random masks off (itself if it has none): gradcheck's
+        finite differences and torch's mirror need the same function at every forward."""
+        return self
+
     def makemore_buffers(self) -> dict[str, Array]:
         """The buffers a makemore.py state_dict of this model holds beside its params (none by default)."""
         return {}

@@ -395,6 +395,10 @@ class Transformer(Model):
         return cls({k: v.astype(dtype) for k, v in p.items()}, {DROPOUT_STATE: state}, sizes["n_head"],
                    sizes["dropout"])
 
+    def without_dropout(self):
+        return self if not self.dropout else self.from_params(self.params, {**self.sizes, "dropout": 0.0},
+                                                                self.buffers)
+
     def makemore_buffers(self):
         """Each CausalSelfAttention's mask, as makemore.py registers it: (1, 1, T, T) ones on and below the diagonal."""
         T = self.block_size

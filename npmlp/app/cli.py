@@ -250,6 +250,11 @@ def cmd_gradcheck(args):
         model = make_model(kind, data.vocab.size, rundir.fresh_sizes(sizes, data), args.seed, dtype, init)
         what = f"a fresh {kind} model" + (f" (--init {init}, seed {args.seed})" if init else f" (seed {args.seed})")
     check_batch(args.batch_size, model, len(data.train[0]))
+    checked = model.without_dropout()           # the same function at every forward, as torch's
+    if checked is not model:
+        log(args, "npmlp: note: dropout is checked at 0: training draws new masks at every forward, which "
+                  "finite differences cannot follow (the dropout pair itself is held to torch by the tests)")
+        model = checked
     X, Y = minibatch(*data.train, args.batch_size or len(data.train[0]), args.seed)
     grads = fast.gradients(model, X, Y) if fast.default_engine(model.spec, model.sizes) == "fast" else None
     rep = gradcheck.report(model, X, Y, coords=args.coords, seed=args.seed, fast=grads)
