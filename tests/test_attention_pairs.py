@@ -156,15 +156,17 @@ def attention_params(rng, C, dtype, scale=1.0):
 def layernorm_magnitudes(arrays, dout, cache):
     """Two sums cancel. x - mean: xhat is accurate relative to (|x| + |mean|) rstd, not to itself
     (a row of nearly equal values, or far from 0); and dx's three terms (layernorm_backward's),
-    which cancel exactly, but for eps, when C = 2 (the outputs are then +-1 whatever x is). So
-    out, dx and dw are judged against the size of their terms, in torch as in npmlp."""
+    which cancel exactly, but for eps, when C = 2 (the outputs are then +-1 whatever x is); and db,
+    a sum of dout over the rows, which can cancel too. So out, dx, dw and db are judged against the
+    size of their terms, in torch as in npmlp."""
     x, w, b = (np.abs(a.astype(np.float64)) for a in arrays)
     rstd = cache.rstd.astype(np.float64)
     xhat = (x + x.mean(-1, keepdims=True)) * rstd          # >= |xhat|: its terms' size
     dxhat = np.abs(dout.astype(np.float64)) * w
     dx = rstd * (dxhat + dxhat.mean(-1, keepdims=True) + xhat * (dxhat * xhat).mean(-1, keepdims=True))
     dw = (np.abs(dout.astype(np.float64)) * xhat).reshape(-1, x.shape[-1]).sum(0)
-    return {"out": float((xhat * w + b).max()), 0: float(dx.max()), 1: float(dw.max())}
+    db = np.abs(dout.astype(np.float64)).reshape(-1, x.shape[-1]).sum(0)
+    return {"out": float((xhat * w + b).max()), 0: float(dx.max()), 1: float(dw.max()), 2: float(db.max())}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

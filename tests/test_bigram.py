@@ -101,7 +101,7 @@ def test_a_bigram_reads_one_character_and_offers_two_inits():
     assert Bigram.init(27).params["W"].std() == pytest.approx(1, abs=0.1)
     with pytest.raises(ValueError, match="one character of context"):
         Bigram.init(27, block_size=3)
-    with pytest.raises(ValueError, match="one character of context"):      # rows of 3 with one target each
+    with pytest.raises(ValueError, match="block_size=1"):                  # rows of 3 with one target each
         Bigram.init(27).forward(np.zeros((4, 3), np.int64), np.zeros(4, np.int64))
     assert Bigram.init(27).logits(np.zeros((4, 3), np.int64)).shape == (4, 3, 27)   # makemore.py's sequences
 
