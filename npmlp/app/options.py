@@ -233,8 +233,10 @@ def add_train_args(p: Parser):
                  f"(default {train_defaults_text('optimizer')})")
     p.typed("--weight-decay", type=number_in(0, None), default=train_default_of("weight_decay"),
             help=f"AdamW's decoupled weight decay (default {train_defaults_text('weight_decay')})")
-    p.typed("--decay-matrices-only", action="store_true", default=train_default_of("decay_matrices_only"),
-            help="AdamW's weight decay on the weight matrices and embeddings only, not biases or gains (nanoGPT's)")
+    p.typed("--decay-matrices-only", action=argparse.BooleanOptionalAction,
+            default=train_default_of("decay_matrices_only"),
+            help="AdamW's weight decay on the weight matrices and embeddings only, not biases or gains (nanoGPT's; "
+                 f"default {train_defaults_text('decay_matrices_only')})")
     p.typed("--schedule", choices=train.SCHEDULES, default=train_default_of("schedule"),
             help="step: --lr, then --lr-decayed from --decay-at on (the lectures'); cosine: half a cosine from "
                  f"--lr down to --lr-decayed over the steps (default {train_defaults_text('schedule')})")
