@@ -28,7 +28,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ("--n-hidden", "8", "--n-embd", "2", "--quiet")  # a model that trains at ~10k steps/s
+TINY_RUN = ("--n-hidden", "8", "--n-embd", "2", "--quiet")   # a quiet lecture-2 model that trains at ~10k steps/s
+SMALL_MLP = ("--n-embd", "4", "--n-hidden", "16")            # a small lecture-2 model, for gradcheck and lr-find
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed (pip install -e '.[test]' on "
                                                         "Python 3.11): the reference it checks against is missing")

@@ -38,7 +38,7 @@ from benchmarks.bench import flops_per_step, layers_flops
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
 TORCH_PEERS = ["torch_eager", "torch_manual"] if HAVE_TORCH else []
-TINY = ["--hidden", "8", "--threads", "1", "--min-time", "0.01", "--eval-hidden", "8", "--eval-repeats", "1",
+QUICK_BENCH = ["--hidden", "8", "--threads", "1", "--min-time", "0.01", "--eval-hidden", "8", "--eval-repeats", "1",
         "--bn-hidden", "8", "--bn-batch-sizes", "8", "--deep-hidden", "8", "--deep-batch-sizes", "8",
         "--wavenet-hidden", "8", "--wavenet-batch-sizes", "8"]
 SECTION_PEERS = {"npmlp", "npmlp_reference", "torch_eager", "torch_compile"}   # peers.MAKERS_OF of bn, deep, wavenet
@@ -80,7 +80,7 @@ def bench_run(tmp_path_factory, names):
     if os.environ.get("NPMLP_BENCH_SMOKE_COMPILE") and HAVE_TORCH:
         peers.append("torch_compile")
     out = tmp_path_factory.mktemp("bench") / "results"
-    r = run_bench("--data", path, "--out", out, "--name", "smoke", "--batch-sizes", "1", "8", *TINY,
+    r = run_bench("--data", path, "--out", out, "--name", "smoke", "--batch-sizes", "1", "8", *QUICK_BENCH,
                   "--peers", *peers, "--repeats", "2", "--profile-batch-sizes", "8", "--profile-time", "0.05",
                   "--e2e-repeats", "1", "--e2e-steps", "30")
     return r, out, peers, V
@@ -183,7 +183,7 @@ def test_npmlp_peers_alone_never_import_torch(tmp_path, names):
     (fake / "__init__.py").write_text("raise RuntimeError('the benchmark imported torch, asked for no torch peer')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "results"
-    r = run_bench("--data", path, "--out", out, "--name", "np", "--batch-sizes", "8", *TINY,
+    r = run_bench("--data", path, "--out", out, "--name", "np", "--batch-sizes", "8", *QUICK_BENCH,
                   "--peers", "npmlp", "npmlp_reference", "--repeats", "1", "--profile-batch-sizes", "8",
                   "--profile-time", "0.01", "--e2e-repeats", "1", "--e2e-steps", "5", env=env)
     rep = json.loads((out / "np.json").read_text())

@@ -13,7 +13,7 @@ import signal
 
 import numpy as np
 import pytest
-from helpers import TINY, StopAfter, assert_user_error, make_names, notes, run_cli, snapshot, temp_files
+from helpers import TINY_RUN, StopAfter, assert_user_error, make_names, notes, run_cli, snapshot, temp_files
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -40,7 +40,7 @@ def interrupted(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(cli, "StopFlag", lambda: StopAfter(STOP_AT))
     try:
-        code = cli.main(["train", "--data", str(data), "--steps", str(STEPS), "--out", str(out), *TINY])
+        code = cli.main(["train", "--data", str(data), "--steps", str(STEPS), "--out", str(out), *TINY_RUN])
     finally:
         mp.undo()
     assert code == 128 + signal.SIGINT
@@ -321,7 +321,7 @@ def test_failed_first_save_of_a_new_run_says_nothing_is_saved(tmp_path, monkeypa
     data.write_text("\n".join(make_names(200)) + "\n")
     monkeypatch.setattr(np, "savez", _broken_savez(OSError(errno.ENOSPC, "No space left on device")))
     out = tmp_path / "run"
-    code = cli.main(["train", "--data", str(data), "--steps", "20", "--out", str(out), *TINY])
+    code = cli.main(["train", "--data", str(data), "--steps", "20", "--out", str(out), *TINY_RUN])
     err = capsys.readouterr().err
     assert code == 1 and err.splitlines() == [
         f"npmlp: error: cannot write {out / 'model.npz'}: No space left on device; nothing of this run is saved: "

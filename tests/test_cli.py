@@ -10,15 +10,13 @@ from itertools import combinations
 
 import numpy as np
 import pytest
-from helpers import assert_png, run_main
+from helpers import SMALL_MLP, assert_png, run_main
 
 from npmlp import __version__
 from npmlp.app import cli
 from npmlp.app.checkpoint import load_checkpoint
 from npmlp.data import build_dataset
 from npmlp.train import evaluate, sample
-
-TINY = ["--n-embd", "4", "--n-hidden", "16"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +35,7 @@ def test_train_writes_loss_and_embedding_figures(capsys, run_dir, names, tmp_pat
     for name in ("loss.png", "embedding.png"):
         assert_png(run_dir / name)
     code, _out, err = run_main(capsys, "train", "--data", names, "--steps", "50", "--quiet", "--no-plots",
-                         "--out", tmp_path / "r", *TINY)
+                         "--out", tmp_path / "r", *SMALL_MLP)
     assert code == 0, err
     assert not list((tmp_path / "r").glob("*.png"))
 

@@ -12,7 +12,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import TINY, assert_user_error, make_names, run_cli, temp_files
+from helpers import TINY_RUN, assert_user_error, make_names, run_cli, temp_files
 
 import npmlp.fast
 from npmlp.app import lrfind
@@ -66,7 +66,7 @@ def no_nan_anywhere(run):
 
 
 def diverge(run, names, *opts):
-    r = run_cli("train", "--data", names, "--steps", 3000, "--out", run, *TINY, *opts)
+    r = run_cli("train", "--data", names, "--steps", 3000, "--out", run, *TINY_RUN, *opts)
     line = assert_user_error(r, 1, "training diverged")
     m = MESSAGE.search(line)
     assert m, line
@@ -127,7 +127,7 @@ EXPLODED = re.compile(r"training diverged: the mean loss of steps ([\d,]+)-([\d,
 def exploded(names, tmp_path_factory):
     """(run, error line, match) of `npmlp train --lr 1e6`: every loss finite, their mean huge."""
     run = tmp_path_factory.mktemp("explode") / "run"
-    r = run_cli("train", "--data", names, "--steps", 2000, "--lr", "1e6", "--out", run, *TINY)
+    r = run_cli("train", "--data", names, "--steps", 2000, "--lr", "1e6", "--out", run, *TINY_RUN)
     line = assert_user_error(r, 1, "training diverged", "--lr")
     m = EXPLODED.search(line)
     assert m, line

@@ -10,7 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from helpers import TINY, assert_user_error, make_names, notes, run_cli, temp_files
+from helpers import TINY_RUN, assert_user_error, make_names, notes, run_cli, temp_files
 
 from npmlp.loading import SHA256
 
@@ -87,7 +87,7 @@ def fetch(tmp_path, url, *extra_env, quiet=True):
     """`npmlp train` with no --data and no NPMLP_DATA: it must download into $XDG_CACHE_HOME."""
     env = {"NPMLP_DATA_URL": url, "XDG_CACHE_HOME": str(tmp_path / "cache"), "NPMLP_DOWNLOAD_TIMEOUT": "1",
            "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1", **dict(extra_env)}
-    opts = TINY if quiet else [o for o in TINY if o != "--quiet"]
+    opts = TINY_RUN if quiet else [o for o in TINY_RUN if o != "--quiet"]
     return run_cli("train", "--steps", 5, "--out", tmp_path / "run", *opts, env=env, timeout=60)
 
 

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import HAVE_TORCH, needs_torch, run_main
+from helpers import HAVE_TORCH, SMALL_MLP, needs_torch, run_main
 
 import npmlp.fast
 import npmlp.fast.engine
@@ -17,7 +17,6 @@ from npmlp.app.registry import MODELS
 from npmlp.layers import cross_entropy_forward
 from npmlp.mlp import ACT_NAMES, MLP
 
-TINY = ["--n-embd", "4", "--n-hidden", "16"]
 ROWS = ["logits", "h", "hpreact", "embcat", "emb", "W2", "b2", "W1", "b1", "C"]   # backward order
 PARAMS = ROWS[len(ACT_NAMES):]
 DEEP_LAYERS = 40          # deep enough for a step of 1e-4 to fail right gradients without refinement
@@ -36,7 +35,7 @@ def run_dir(tiny_run):
 @needs_torch
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_gradcheck_lists_every_row_and_passes(capsys, names, dtype):
-    code, out, err = run_main(capsys, "gradcheck", "--data", names, "--dtype", dtype, "--quiet", *TINY)
+    code, out, err = run_main(capsys, "gradcheck", "--data", names, "--dtype", dtype, "--quiet", *SMALL_MLP)
     assert code == 0, err
     rows = gradcheck.parse_table(out)
     assert list(rows) == ROWS                                 # every row, in backward order
@@ -54,7 +53,7 @@ def test_gradcheck_lists_every_row_and_passes(capsys, names, dtype):
 def test_gradcheck_fails_and_points_at_a_corrupted_reference_backward(capsys, names, monkeypatch):
     orig = npmlp.mlp.tanh_backward
     monkeypatch.setattr(npmlp.mlp, "tanh_backward", lambda dh, cache: orig(dh, cache) * 1.01)  # 1% off
-    code, out, err = run_main(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
+    code, out, err = run_main(capsys, "gradcheck", "--data", names, "--quiet", *SMALL_MLP)
     assert code == 1
     assert err.startswith("npmlp: error:") and err.count("\n") == 1
     assert "dhpreact (torch and fd)" in err and "look first at dhpreact" in err
@@ -76,7 +75,7 @@ def test_gradcheck_fast_column_catches_a_broken_fast_engine(capsys, names, monke
         g.C *= 1.01
 
     monkeypatch.setattr(npmlp.fast.engine.Engine, "backward", wrong)
-    code, out, err = run_main(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
+    code, out, err = run_main(capsys, "gradcheck", "--data", names, "--quiet", *SMALL_MLP)
     assert code == 1 and "dC (fast)" in err
     rows = gradcheck.parse_table(out)
     assert rows["C"]["fast"] == "FAIL" and rows["C"]["fd"].startswith("ok")
@@ -85,7 +84,7 @@ def test_gradcheck_fast_column_catches_a_broken_fast_engine(capsys, names, monke
 
 def test_gradcheck_without_torch_still_checks_finite_differences(capsys, names, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)           # `import torch` raises ImportError
-    code, out, err = run_main(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
+    code, out, err = run_main(capsys, "gradcheck", "--data", names, "--quiet", *SMALL_MLP)
     assert code == 0, err
     rows = gradcheck.parse_table(out)
     assert list(rows) == ROWS
@@ -99,7 +98,7 @@ def test_gradcheck_without_torch_still_checks_finite_differences(capsys, names, 
         return dx, dW, db * 0.5
 
     monkeypatch.setattr(npmlp.mlp, "linear_backward", wrong_linear_backward)
-    code, out, err = run_main(capsys, "gradcheck", "--data", names, "--quiet", *TINY)
+    code, out, err = run_main(capsys, "gradcheck", "--data", names, "--quiet", *SMALL_MLP)
     assert code == 1
     assert "db1 (fd and fast)" in err and "db2 (fd and fast)" in err
 

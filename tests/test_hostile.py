@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from helpers import TINY, StopAfter, assert_png, assert_user_error, names_file, run_main, snapshot
+from helpers import TINY_RUN, StopAfter, assert_png, assert_user_error, names_file, run_main, snapshot
 
 from npmlp.app import cli, diagnose, options
 
@@ -186,9 +186,9 @@ def test_the_table_covers_every_command_and_every_kind():
 @needs_proc
 @case("train", UNWRITABLE)
 def _(h):
-    r = h.main("train", "--data", h.names, "--steps", "10", "--out", PROC, *TINY)
+    r = h.main("train", "--data", h.names, "--steps", "10", "--out", PROC, *TINY_RUN)
     assert_user_error(r, 2, "cannot write in /proc", "choose another --out")
-    r = h.main("train", "--data", h.names, "--steps", "10", "--out", PROC / "npmlp-run", *TINY)
+    r = h.main("train", "--data", h.names, "--steps", "10", "--out", PROC / "npmlp-run", *TINY_RUN)
     assert_user_error(r, 2, "cannot create the folder /proc/npmlp-run", "choose another --out")
 
 
@@ -212,7 +212,7 @@ def _(h):
 @needs_proc
 @case("lr-find", UNWRITABLE)
 def _(h):
-    r = h.main("lr-find", "--data", h.names, "--steps", "20", "--out", PROC, *TINY)
+    r = h.main("lr-find", "--data", h.names, "--steps", "20", "--out", PROC, *TINY_RUN)
     assert_user_error(r, 2, "cannot write in /proc", "choose another --out")
 
 
@@ -258,7 +258,7 @@ def _(h):
     shutil.copy(h.runs["finished"] / diagnose.RATIOS, out)
     damage(out)
     before = snapshot(out)
-    r = h.main("train", "--data", h.names, "--steps", "10", "--out", out, *TINY)
+    r = h.main("train", "--data", h.names, "--steps", "10", "--out", out, *TINY_RUN)
     assert_user_error(r, 2, str(out), "update_ratio.npz of another run", "no checkpoint to resume",
                       "choose another --out")
     assert snapshot(out) == before
@@ -399,7 +399,7 @@ def _(h):
 @case("train", CLOSED_STDOUT)
 def _(h):
     out = h.tmp / "run"
-    documented(h.closed_stdout("train", "--data", h.names, "--steps", "50", "--out", out, *TINY))
+    documented(h.closed_stdout("train", "--data", h.names, "--steps", "50", "--out", out, *TINY_RUN))
     assert (out / "model.npz").is_file() and (out / "metrics.json").is_file()
     figures(out, "loss.png", "embedding.png")
 
@@ -425,7 +425,7 @@ def _(h):
 @case("lr-find", CLOSED_STDOUT)
 def _(h):
     out = h.tmp / "sweep"
-    documented(h.closed_stdout("lr-find", "--data", h.names, "--steps", "40", "--out", out, *TINY))
+    documented(h.closed_stdout("lr-find", "--data", h.names, "--steps", "40", "--out", out, *TINY_RUN))
     figures(out, "lr_find.png")
 
 
@@ -532,7 +532,7 @@ def test_a_tampered_layer_count_is_refused_before_its_shapes_are_listed(h):
     (then ran out of memory); no size can exceed the file's own elements, so it is refused at once."""
     run = h.tmp / "deep"
     assert h.main("train", "--data", h.names, "--model", "deep", "--n-layers", "2", "--steps", "20", "--no-plots",
-                  "--out", run, *TINY).returncode == 0
+                  "--out", run, *TINY_RUN).returncode == 0
     h.arrays(run, lambda a, meta: meta["sizes"].update(n_layers=10**9))
     for argv in (["eval", run, "--quiet"], ["sample", run], ["train", "--resume", run, "--quiet"]):
         assert_user_error(h.main(*argv), 1, "missing or malformed metadata")
@@ -555,9 +555,10 @@ def test_a_side_file_that_is_a_folder_or_a_lock_full_of_garbage(h):
 @case("train", LACKS)
 def _(h):
     out = h.tmp / "run"
-    r = h.main("train", "--data", h.names, "--model", "bn", "--n-layers", "3", "--out", out, *TINY)
+    r = h.main("train", "--data", h.names, "--model", "bn", "--n-layers", "3", "--out", out, *TINY_RUN)
     assert_user_error(r, 2, "--n-layers applies to the deep and transformer models only")
-    r = h.main("train", "--data", h.names, "--model", "bn", "--batch-size", "1", "--steps", "5", "--out", out, *TINY)
+    r = h.main("train", "--data", h.names, "--model", "bn", "--batch-size", "1", "--steps", "5", "--out", out,
+               *TINY_RUN)
     assert_user_error(r, 2, "--batch-size 1", "at least 2")
     assert not out.exists()
 
@@ -575,7 +576,7 @@ def _(h):
     deep = h.tmp / "deep"                          # a deep run with BatchNorm: it said "drop --batchnorm"
     h.mp.setattr(cli, "StopFlag", lambda: StopAfter(10))
     assert h.main("train", "--data", h.names, "--model", "deep", "--n-layers", "2", "--steps", "30", "--no-plots",
-                  "--out", deep, *TINY).returncode == 130
+                  "--out", deep, *TINY_RUN).returncode == 130
     r = h.main("train", "--resume", deep, "--no-batchnorm", "--quiet")
     assert_user_error(r, 2, "--no-batchnorm differs from the run's BatchNorm", "drop --no-batchnorm,")
 
@@ -599,10 +600,10 @@ def _(h):
 @case("lr-find", LACKS)
 def _(h):
     out = h.tmp / "sweep"
-    r = h.main("lr-find", "--data", h.names, "--model", "bn", "--batch-size", "1", "--out", out, *TINY)
+    r = h.main("lr-find", "--data", h.names, "--model", "bn", "--batch-size", "1", "--out", out, *TINY_RUN)
     assert_user_error(r, 2, "--batch-size 1", "at least 2")       # was a ZeroDivisionError in the fast engine
     r = h.main("lr-find", "--data", h.names, "--model", "wavenet", "--batchnorm-over-batch-only", "--engine", "fast",
-               "--block-size", "4", "--out", out, *TINY)
+               "--block-size", "4", "--out", out, *TINY_RUN)
     assert_user_error(r, 2, "--engine fast", "reference engine only", "drop --engine fast")
     assert not out.exists()
 

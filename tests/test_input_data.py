@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY, assert_user_error, make_names, notes, run_cli, snapshot
+from helpers import TINY_RUN, assert_user_error, make_names, notes, run_cli, snapshot
 
 from npmlp import loading
 from npmlp.app.checkpoint import load_checkpoint
@@ -23,7 +23,7 @@ NAMES = make_names(60, seed=3)
 
 
 def train(data, out, *extra, env=None, quiet=True):
-    opts = TINY if quiet else [o for o in TINY if o != "--quiet"]
+    opts = TINY_RUN if quiet else [o for o in TINY_RUN if o != "--quiet"]
     return run_cli("train", "--data", data, "--steps", 50, "--out", out, *opts, *extra, env=env)
 
 
@@ -60,7 +60,7 @@ def test_bad_data_file_is_refused(tmp_path, case):
 
 def test_npmlp_data_env_names_the_file(tmp_path):
     missing = tmp_path / "nowhere.txt"
-    r = run_cli("train", "--steps", 5, "--out", tmp_path / "run", *TINY, env={"NPMLP_DATA": str(missing)})
+    r = run_cli("train", "--steps", 5, "--out", tmp_path / "run", *TINY_RUN, env={"NPMLP_DATA": str(missing)})
     assert_user_error(r, 1, str(missing), "does not exist", "NPMLP_DATA")
     assert not (tmp_path / "run").exists()
 
@@ -158,7 +158,7 @@ def test_spaces_and_invisible_characters_are_noted_by_train(tmp_path):
                          "part of names")]
     _, vocab, _, _ = load_checkpoint(out / "model.npz")
     assert " " in vocab.itos and "\u200d" in vocab.itos
-    quiet = run_cli("train", "--data", data, "--steps", 5, *TINY, "--no-plots", "--out", tmp_path / "q")
+    quiet = run_cli("train", "--data", data, "--steps", 5, *TINY_RUN, "--no-plots", "--out", tmp_path / "q")
     assert quiet.returncode == 0 and notes(quiet) == [], "--quiet silences the notes"
 
 

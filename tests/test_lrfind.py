@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import PNG, assert_png, names_file, run_main
+from helpers import PNG, SMALL_MLP, assert_png, names_file, run_main
 
 import npmlp.fast
 from npmlp.app import lrfind
 from npmlp.mlp import MLP
 from npmlp.train import TrainConfig, sgd
-
-TINY = ["--n-embd", "4", "--n-hidden", "16"]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +20,8 @@ def names(tmp_path_factory):
 # ----------------------------------------------------------------------------- lr-find
 
 def test_lr_find_writes_the_sweep_and_suggests_a_rate(capsys, names, tmp_path):
-    code, out, err = run_main(capsys, "lr-find", "--data", names, "--steps", "300", "--out", tmp_path, "--quiet", *TINY)
+    code, out, err = run_main(capsys, "lr-find", "--data", names, "--steps", "300", "--out", tmp_path, "--quiet",
+                              *SMALL_MLP)
     assert code == 0, err
     assert_png(tmp_path / "lr_find.png")
     line = next(l for l in out.splitlines() if l.startswith("suggested learning rate:"))
@@ -65,11 +64,11 @@ def test_sweep_uses_one_training_step_per_rate(engine):
 
 def test_lr_find_with_the_reference_engine_and_a_usage_error(capsys, names, tmp_path):
     code, out, err = run_main(capsys, "lr-find", "--data", names, "--steps", "30", "--out", tmp_path, "--quiet",
-                         "--engine", "reference", *TINY)
+                         "--engine", "reference", *SMALL_MLP)
     assert code == 0, err
     assert (tmp_path / "lr_find.png").read_bytes()[:8] == PNG
     code, _out, err = run_main(capsys, "lr-find", "--data", names, "--steps", "30", "--out", tmp_path, "--quiet",
-                         "--engine", "reference", "--processes", "2", *TINY)
+                         "--engine", "reference", "--processes", "2", *SMALL_MLP)
     assert code == 2 and "--processes" in err and err.count("\n") == 1
 
 
@@ -78,7 +77,7 @@ def test_lr_find_with_the_reference_engine_and_a_usage_error(capsys, names, tmp_
 def test_the_suggestion_is_the_train_command_of_what_was_swept(capsys, names, tmp_path):
     """The suggested command trains the model the sweep swept: its --model, sizes and --data."""
     code, out, err = run_main(capsys, "lr-find", "--data", names, "--model", "deep", "--n-layers", "2",
-                              "--no-batchnorm", "--steps", "30", "--out", tmp_path, "--quiet", *TINY)
+                              "--no-batchnorm", "--steps", "30", "--out", tmp_path, "--quiet", *SMALL_MLP)
     assert code == 0, err
     line = next(l for l in out.splitlines() if l.startswith("suggested learning rate:"))
     command = line.split(": ", 1)[1].split("): ", 1)[1]
@@ -95,11 +94,12 @@ def test_an_interrupted_sweep_leaves_no_empty_folder(capsys, names, tmp_path, mo
         raise KeyboardInterrupt
     monkeypatch.setattr(lrfind, "sweep", ctrl_c)
     out = tmp_path / "new" / "sweep"
-    code, _out, err = run_main(capsys, "lr-find", "--data", names, "--steps", "30", "--out", out, "--quiet", *TINY)
+    code, _out, err = run_main(capsys, "lr-find", "--data", names, "--steps", "30", "--out", out, "--quiet", *SMALL_MLP)
     assert code == 130 and err == "npmlp: interrupted\n"
     assert not (tmp_path / "new").exists(), "the folders made for the sweep were left behind"
     kept = tmp_path / "kept"
     (kept / "mine.txt").parent.mkdir()
     (kept / "mine.txt").write_text("the user's")
-    code, _out, _err = run_main(capsys, "lr-find", "--data", names, "--steps", "30", "--out", kept, "--quiet", *TINY)
+    code, _out, _err = run_main(capsys, "lr-find", "--data", names, "--steps", "30", "--out", kept, "--quiet",
+                                *SMALL_MLP)
     assert code == 130 and (kept / "mine.txt").read_text() == "the user's"

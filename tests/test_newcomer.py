@@ -7,7 +7,7 @@ import hashlib
 import sys
 
 import pytest
-from helpers import TINY, assert_user_error, run_cli, run_main
+from helpers import TINY_RUN, assert_user_error, run_cli, run_main
 
 from npmlp.app import cli
 from npmlp.loading import SHA256
@@ -20,7 +20,7 @@ def test_the_reading_commands_take_the_newest_run(tmp_path, small_names, capsys,
     assert code == 2 and "no run under runs/" in err and "npmlp train" in err, err
     for name in ("runs/a", "runs/b"):
         assert run_main(capsys, "train", "--data", small_names, "--steps", "20", "--out", name, "--no-plots",
-                        *TINY)[0] == 0
+                        *TINY_RUN)[0] == 0
     code, out, err = run_main(capsys, "eval")
     assert code == 0 and out.startswith("train loss ") and "reading the newest run, runs/b" in err, err
     code, out, err = run_main(capsys, "sample", "-n", "3", "--quiet")
@@ -34,15 +34,16 @@ def test_the_lectures_names_given_once_are_found_again_offline(tmp_path, names_p
     assert hashlib.sha256(names_path.read_bytes()).hexdigest() == SHA256
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "NPMLP_DATA_URL": "http://127.0.0.1:9/names.txt",
            "NPMLP_DOWNLOAD_TIMEOUT": "2"}
-    r = run_cli("train", "--data", names_path, "--steps", "5", "--out", tmp_path / "a", "--no-plots", *TINY, env=env)
+    r = run_cli("train", "--data", names_path, "--steps", "5", "--out", tmp_path / "a", "--no-plots", *TINY_RUN,
+                env=env)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "cache" / "npmlp" / "names.txt").read_bytes() == names_path.read_bytes()
-    r = run_cli("train", "--steps", "5", "--out", tmp_path / "b", "--no-plots", *TINY, env=env)
+    r = run_cli("train", "--steps", "5", "--out", tmp_path / "b", "--no-plots", *TINY_RUN, env=env)
     assert r.returncode == 0, r.stderr
 
 
 def test_other_names_leave_the_cache_alone(tmp_path, small_names):
-    r = run_cli("train", "--data", small_names, "--steps", "5", "--out", tmp_path / "a", "--no-plots", *TINY,
+    r = run_cli("train", "--data", small_names, "--steps", "5", "--out", tmp_path / "a", "--no-plots", *TINY_RUN,
                 env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert r.returncode == 0, r.stderr
     assert not (tmp_path / "cache").exists()

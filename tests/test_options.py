@@ -3,7 +3,7 @@ and nothing written. And `npmlp --version`."""
 from __future__ import annotations
 
 import pytest
-from helpers import TINY, assert_user_error, run_cli
+from helpers import TINY_RUN, assert_user_error, run_cli
 
 import npmlp
 from npmlp.app import options
@@ -40,7 +40,7 @@ BAD = [
 @pytest.mark.parametrize("opts, needles", BAD, ids=[" ".join(o) for o, _ in BAD])
 def test_bad_option_is_a_usage_error(tmp_path, small_names, opts, needles):
     out = tmp_path / "run"
-    r = run_cli("train", "--data", small_names, "--steps", 10, "--out", out, *TINY, *opts)
+    r = run_cli("train", "--data", small_names, "--steps", 10, "--out", out, *TINY_RUN, *opts)
     line = assert_user_error(r, 2, *needles)
     assert "--help`)" in line
     assert not out.exists()
@@ -61,7 +61,7 @@ def test_processes_with_the_reference_engine_is_refused_before_training(tmp_path
     before any file is made."""
     out = tmp_path / "run"
     r = run_cli("train", "--data", small_names, "--steps", 10, "--engine", "reference", "--processes", 2,
-                "--out", out, *TINY)
+                "--out", out, *TINY_RUN)
     assert_user_error(r, 2, "--processes", "--engine reference")
     assert not out.exists()
 
@@ -69,15 +69,15 @@ def test_processes_with_the_reference_engine_is_refused_before_training(tmp_path
 def test_batch_larger_than_the_training_split(tmp_path, small_names):
     # small_names: 300 names -> 240 train names -> 1,578 training rows
     out = tmp_path / "run"
-    r = run_cli("train", "--data", small_names, "--steps", 10, "--batch-size", 5000, "--out", out, *TINY)
+    r = run_cli("train", "--data", small_names, "--steps", 10, "--batch-size", 5000, "--out", out, *TINY_RUN)
     assert_user_error(r, 2, "--batch-size 5000", "larger than the training split", "1,578 rows", "at most 1,578")
     assert not out.exists()
-    ok = run_cli("train", "--data", small_names, "--steps", 3, "--batch-size", 1578, "--out", out, *TINY)
+    ok = run_cli("train", "--data", small_names, "--steps", 3, "--batch-size", 1578, "--out", out, *TINY_RUN)
     assert ok.returncode == 0, ok.stderr
 
 
 def test_out_that_is_a_file_is_refused_before_training(tmp_path, small_names):
-    r = run_cli("train", "--data", small_names, "--steps", 10, "--out", small_names, *TINY)
+    r = run_cli("train", "--data", small_names, "--steps", 10, "--out", small_names, *TINY_RUN)
     assert_user_error(r, 2, "cannot create the folder", str(small_names), "--out")
 
 
@@ -85,7 +85,7 @@ def test_out_that_is_a_file_is_refused_before_training(tmp_path, small_names):
 def test_reading_commands_refuse_an_out_that_is_a_file_before_working(tmp_path, small_names, command):
     if command[0] == "plot":                      # plot needs a run to redraw
         run = tmp_path / "run"
-        assert run_cli("train", "--data", small_names, "--steps", 20, "--out", run, *TINY).returncode == 0
+        assert run_cli("train", "--data", small_names, "--steps", 20, "--out", run, *TINY_RUN).returncode == 0
         command = ["plot", run]
     r = run_cli(*command, "--data", small_names, "--out", small_names, "--quiet")
     assert_user_error(r, 2, "cannot create the folder", str(small_names), "--out")
@@ -98,7 +98,7 @@ def test_reading_commands_refuse_an_out_that_is_a_file_before_working(tmp_path, 
     (["--steps", "10", "--n-hidden", str(10**8)], ["--n-hidden 100000000", "GiB", "use a smaller --n-hidden"]),
 ])
 def test_more_memory_than_exists_is_a_usage_error(tmp_path, small_names, opts, needles):
-    r = run_cli("train", "--data", small_names, "--out", tmp_path / "run", *TINY, *opts)
+    r = run_cli("train", "--data", small_names, "--out", tmp_path / "run", *TINY_RUN, *opts)
     assert_user_error(r, 2, *needles)
     assert not (tmp_path / "run").exists()
 

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import REPO, TINY, assert_user_error, check, run_cli, small_dataset
+from helpers import REPO, TINY_RUN, assert_user_error, check, run_cli, small_dataset
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from npmlp import train
@@ -364,11 +364,11 @@ def test_processes_with_the_reference_engine_is_a_usage_error(tmp_path, small_na
     is refused in one line, exit 2, before any training (train writes no run directory)."""
     for cmd in (("train", "--steps", 5, "--no-plots"), ("lr-find", "--steps", 10)):
         out = tmp_path / cmd[0]
-        r = run_cli(*cmd, "--data", small_names, "--out", out, "--engine", "reference", "--processes", 2, *TINY)
+        r = run_cli(*cmd, "--data", small_names, "--out", out, "--engine", "reference", "--processes", 2, *TINY_RUN)
         assert_user_error(r, 2, "--processes", "fast engine")
         assert not (out / "model.npz").exists() and not (out / "lr_find.png").exists()
     r = run_cli("train", "--data", small_names, "--out", tmp_path / "ok", "--engine", "reference",
-                "--steps", 5, "--no-plots", *TINY)
+                "--steps", 5, "--no-plots", *TINY_RUN)
     assert r.returncode == 0, r.stderr                          # the same run without --processes
 
 

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import TINY, StopAfter, assert_user_error, make_names, notes, run_cli, snapshot
+from helpers import TINY_RUN, StopAfter, assert_user_error, make_names, notes, run_cli, snapshot
 
 import npmlp.fast
 from npmlp.app import cli
@@ -32,7 +32,7 @@ from npmlp.loading import load_words
 from npmlp.mlp import MLP
 from npmlp.train import TrainConfig, evaluate
 
-LOUD = ("--n-hidden", "8", "--n-embd", "2", "--no-plots")   # TINY without --quiet: notes are printed
+LOUD = ("--n-hidden", "8", "--n-embd", "2", "--no-plots")   # TINY_RUN without --quiet: notes are printed
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +95,11 @@ def test_a_second_train_into_a_running_directory_is_refused(tmp_path, names, sta
     """While `npmlp train` runs into RUN/, a second `npmlp train --out RUN` and a `--resume RUN` exit 2
     with one line naming the pid that holds it, and write nothing; SIGKILL leaves the lock file behind."""
     run = tmp_path / "run"
-    holder = start("train", "--data", names, "--steps", 10**6, "--out", run, *TINY)
+    holder = start("train", "--data", names, "--steps", 10**6, "--out", run, *TINY_RUN)
     hold(holder, run)
     before = snapshot(run)
     assert before.keys() == {LOCK}
-    for args in (["--data", names, "--steps", 10, "--out", run, *TINY], ["--resume", run, "--quiet"]):
+    for args in (["--data", names, "--steps", 10, "--out", run, *TINY_RUN], ["--resume", run, "--quiet"]):
         r = run_cli("train", *args)
         assert_user_error(r, 2, f"{run} is in use", f"(pid {holder.pid})")
         assert snapshot(run) == before
@@ -113,7 +113,7 @@ def test_a_killed_run_leaves_a_lock_file_that_resume_notes(tmp_path, names, star
     says in a note that the pid in it was killed, trains to the end, and removes the lock file."""
     run = tmp_path / "run"
     monkeypatch.setattr(cli, "StopFlag", lambda: StopAfter(50))
-    assert cli.main(["train", "--data", str(names), "--steps", "20000", "--out", str(run), *TINY]) == 130
+    assert cli.main(["train", "--data", str(names), "--steps", "20000", "--out", str(run), *TINY_RUN]) == 130
     monkeypatch.undo()
     assert not (run / LOCK).exists()
     holder = start("train", "--resume", run, "--quiet")
@@ -165,7 +165,7 @@ def test_ctrl_c_while_drawing_keeps_model_and_metrics(tmp_path, names, monkeypat
     at `npmlp plot RUN`, which then draws them; `--resume RUN` says the run is finished (exit 2)."""
     run = tmp_path / "run"
     interrupt_in(monkeypatch, "npmlp.app.plots.write_run_figures")
-    code = cli.main(["train", "--data", str(names), "--steps", "300", "--out", str(run), *TINY])
+    code = cli.main(["train", "--data", str(names), "--steps", "300", "--out", str(run), *TINY_RUN])
     err = capsys.readouterr().err
     assert code == 130, err
     where = shlex.quote(str(run))
@@ -192,7 +192,7 @@ def test_ctrl_c_while_evaluating_is_finished_by_resume(tmp_path, names, monkeypa
     pointing at `npmlp train --resume RUN`, which then evaluates (no step again) and writes metrics.json."""
     run = tmp_path / "run"
     interrupt_in(monkeypatch, "npmlp.train.evaluate")
-    code = cli.main(["train", "--data", str(names), "--steps", "300", "--out", str(run), *TINY])
+    code = cli.main(["train", "--data", str(names), "--steps", "300", "--out", str(run), *TINY_RUN])
     err = capsys.readouterr().err
     assert code == 130, err
     where = shlex.quote(str(run))
@@ -228,7 +228,7 @@ def test_split_seed_none_trains_on_the_file_order(tmp_path, names):
     """--split-seed none: the run trains on the first 80% of the file's names, in order (bit-identical
     to an in-process run on those rows), records null, and `npmlp eval` scores the file-order splits."""
     run = tmp_path / "run"
-    r = run_cli("train", "--data", names, "--steps", 500, "--split-seed", "none", "--out", run, *TINY)
+    r = run_cli("train", "--data", names, "--steps", 500, "--split-seed", "none", "--out", run, *TINY_RUN)
     assert r.returncode == 0, r.stderr
     model, _, meta, lossi = load_checkpoint(run / "model.npz")
     assert meta["run"]["split_seed"] is None
@@ -257,7 +257,7 @@ def test_split_seed_none_trains_on_the_file_order(tmp_path, names):
 def test_split_seed_none_is_kept_by_resume(tmp_path, names, monkeypatch):
     """A --split-seed none run stopped and resumed ends bit-identical to one never stopped; typing
     another --split-seed on the resume is refused."""
-    common = ["train", "--data", str(names), "--steps", "500", "--split-seed", "none", *TINY, "--no-plots"]
+    common = ["train", "--data", str(names), "--steps", "500", "--split-seed", "none", *TINY_RUN, "--no-plots"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert cli.main([*common, "--out", str(whole)]) == 0
     monkeypatch.setattr(cli, "StopFlag", lambda: StopAfter(200))
@@ -295,7 +295,7 @@ def test_a_full_disk_while_drawing_keeps_the_trained_run(tmp_path, names, monkey
         yield
     monkeypatch.setattr(plots, "atomic_open", full)
     out = tmp_path / "run"
-    code, _out, err = run_main(capsys, "train", "--data", names, "--steps", "30", "--out", out, *TINY)
+    code, _out, err = run_main(capsys, "train", "--data", names, "--steps", "30", "--out", out, *TINY_RUN)
     assert code == 1, err
     assert err.startswith(f"npmlp: error: cannot write {out / 'loss.png'}: No space left on device") and \
         err.count("\n") == 1, err

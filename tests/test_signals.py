@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import TINY, StopAfter, interrupt, names_file, snapshot, temp_files
+from helpers import TINY_RUN, StopAfter, interrupt, names_file, snapshot, temp_files
 
 from npmlp.app import cli
 from npmlp.app.checkpoint import load_checkpoint
@@ -80,7 +80,7 @@ def test_sighup_saves_like_sigterm(tmp_path, names):
     """A closed terminal or ssh session sends SIGHUP: the run finishes its step, saves and exits
     129 (it used to die with nothing saved); the fast engine's helpers ignore it too."""
     run = tmp_path / "run"
-    code, err = interrupt(["train", "--data", names, "--steps", 10**6, *TINY[:-1], "--out", run], signal.SIGHUP, 0)
+    code, err = interrupt(["train", "--data", names, "--steps", 10**6, *TINY_RUN[:-1], "--out", run], signal.SIGHUP, 0)
     assert code == 128 + signal.SIGHUP, err
     m = re.search(r"npmlp: SIGHUP: stopped after step ([\d,]+) of 1,000,000; saved (\S+)\n", err)
     assert m and m.group(2) == str(run / "model.npz"), err
@@ -92,7 +92,7 @@ def test_sighup_saves_like_sigterm(tmp_path, names):
 def test_lr_find_stopped_by_sigterm_leaves_no_folder(tmp_path, names):
     """SIGTERM ends lr-find as Ctrl-C does: the folders made for it, still empty, are removed."""
     out = tmp_path / "sweeps" / "one"
-    code, err = interrupt(["lr-find", "--data", names, "--steps", 20_000, *TINY[:-1], "--out", out],
+    code, err = interrupt(["lr-find", "--data", names, "--steps", 20_000, *TINY_RUN[:-1], "--out", out],
                           signal.SIGTERM, 0)
     assert code == 128 + signal.SIGTERM, err
     assert err.replace("\r", "\n").splitlines()[-1] == "npmlp: interrupted", err
