@@ -49,8 +49,8 @@ def main(argv=None):
     def fast_peer(mod, init, B, total):
         model = MLP(init)
         cfg = TrainConfig(steps=total, batch_size=B, lr=0.1, lr_decayed=0.1)
-        pool, lossi = mod.Chunks(model, B), np.zeros(total, np.float32)
-        return lambda start, n: mod.sgd(model, X, Y, cfg, lossi, start, start + n, pool=pool)
+        batches, lossi = mod.Chunks(model, B), np.zeros(total, np.float32)
+        return lambda start, n: mod.sgd(model, X, Y, cfg, lossi, start, start + n, batches=batches)
 
     print(f"after: ARITHMETIC {after.ARITHMETIC}; before: {a.before}")
     for H in (200, 1000):

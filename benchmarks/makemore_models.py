@@ -53,7 +53,7 @@ class Peers:
         self.fast_model, self.ref_model = (model.like({k: p.copy() for k, p in model.params.items()}) for _ in "ab")
         self.fast_opt, self.ref_opt = optimizer(self.cfg, self.fast_model.params), optimizer(self.cfg,
                                                                                           self.ref_model.params)
-        self.pool = fast.Chunks(self.fast_model, self.cfg.batch_size)
+        self.batches = fast.Chunks(self.fast_model, self.cfg.batch_size)
         self.torch, self.tX, self.tY = torch, torch.as_tensor(X.astype(np.int64)), torch.as_tensor(Y.astype(np.int64))
         self.module = transformer_module(kind, model.vocab_size, **model.sizes)
         self.module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in to_makemore(model).items()})
@@ -68,7 +68,7 @@ class Peers:
         if peer == "fast":
             with np.errstate(over="ignore"):
                 lossi, _ = fast.sgd(self.fast_model, self.X, self.Y, self.cfg, None, start, start + steps,
-                                    pool=self.pool, opt=self.fast_opt)
+                                    batches=self.batches, opt=self.fast_opt)
             return list(lossi[start:start + steps])
         if peer == "reference":
             lossi, _ = sgd(self.ref_model, self.X, self.Y, self.cfg, None, start, start + steps, opt=self.ref_opt)
@@ -138,7 +138,7 @@ def profile(kind: str, X, Y, steps: int) -> tuple[dict, float, float]:
                 best = (t, {k: v / steps for k, v in acc.items()}, flops[0] / steps)
     finally:
         fast_transformer.np = np
-        peers.pool.close()
+        peers.batches.close()
     return best[1], best[0], best[2]
 
 
@@ -176,7 +176,7 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 peers.run(peer, steps)
                 times[peer].append((time.perf_counter() - t0) / steps)
-        peers.pool.close()
+        peers.batches.close()
         shares, profiled, flops = profile(args.model, X, Y, steps)
         peak = sgemm_peak()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -15,7 +15,7 @@ The floor of a NumPy call is the largest of
   - the bytes it reads and writes at the measured copy bandwidth of a cache-sized array.
 The timers add to every call: the instrumented step is slower than the plain one, and the plain
 step (no proxy, no wrappers) is timed too, in one process and, where `npmlp train` would use helper
-processes (parallel.make_pool), with them.
+processes (parallel.make_batches), with them.
 """
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ def profile_step(X, Y, vocab_size, B, H, steps, peak_gflops, seed=SEED, mkl_refe
     second core cannot stall torch's threads. False never imports torch."""
     import npmlp.fast.engine as F
     import npmlp.fast.tanh as FT
-    from npmlp.fast.parallel import make_pool
+    from npmlp.fast.parallel import make_batches
     from npmlp.mlp import MLP
     from npmlp.train import TrainConfig
 
@@ -200,20 +200,20 @@ def profile_step(X, Y, vocab_size, B, H, steps, peak_gflops, seed=SEED, mkl_refe
     lossi = np.zeros(total, np.float32)
     nxt = 0
 
-    def run(pool, n):
+    def run(batches, n):
         nonlocal nxt
-        F.sgd(model, X, Y, cfg, lossi, start=nxt, stop=nxt + n, pool=pool)
+        F.sgd(model, X, Y, cfg, lossi, start=nxt, stop=nxt + n, batches=batches)
         nxt += n
 
-    with F.Chunks(model, B) as pool:                                      # one process: what is instrumented
-        run(pool, 5)                                                      # warm up
-        plain_us = _steps_us(lambda: run(pool, steps), steps)
+    with F.Chunks(model, B) as batches:                                      # one process: what is instrumented
+        run(batches, 5)                                                      # warm up
+        plain_us = _steps_us(lambda: run(batches, steps), steps)
     pool_us, processes = None, 1
-    with make_pool(model, B) as pool:                                     # as `npmlp train` runs it
-        processes = len(getattr(pool, "procs", ())) + 1
+    with make_batches(model, B) as batches:                                     # as `npmlp train` runs it
+        processes = len(getattr(batches, "procs", ())) + 1
         if processes > 1:
-            run(pool, 5)
-            pool_us = _steps_us(lambda: run(pool, steps), steps)
+            run(batches, 5)
+            pool_us = _steps_us(lambda: run(batches, steps), steps)
 
     sink = _Sink()
     saved = {name: getattr(F.Engine, name) for name in LAYER_FUNCS}
@@ -222,10 +222,10 @@ def profile_step(X, Y, vocab_size, B, H, steps, peak_gflops, seed=SEED, mkl_refe
         for name in LAYER_FUNCS:
             setattr(F.Engine, name, _layer_timer(saved[name], name, sink))
         F.np = FT.np = _NumpyProxy(sink)                                  # the engine's calls and its tanh's
-        with F.Chunks(model, B) as pool:                                  # its buffers hold the proxy's functions
-            run(pool, 5)
+        with F.Chunks(model, B) as batches:                                  # its buffers hold the proxy's functions
+            run(batches, 5)
             sink.clear()                                                  # the warm-up made the buffers
-            instr_us = _steps_us(lambda: run(pool, steps), steps)
+            instr_us = _steps_us(lambda: run(batches, steps), steps)
     finally:
         for name, f in saved.items():
             setattr(F.Engine, name, f)
@@ -275,10 +275,10 @@ def _calls(c):
 
 def profile_markdown(p):
     """A Markdown table of one profile."""
-    pool = "" if not p.get("pool_step_us") else (
+    batches = "" if not p.get("pool_step_us") else (
         f", {p['pool_step_us']:.1f} us with {p['pool_processes']} processes as `npmlp train` runs it")
     head = (f"**B={p['B']}, H={p['H']}** ({p['chunks']} chunk{'s' * (p['chunks'] != 1)} of at most "
-            f"{-(-p['B'] // p['chunks'])} rows): plain step {p['plain_step_us']:.1f} us in one process{pool}; "
+            f"{-(-p['B'] // p['chunks'])} rows): plain step {p['plain_step_us']:.1f} us in one process{batches}; "
             f"instrumented {p['instrumented_step_us']:.1f} us (Engine.forward_loss and backward "
             f"{p['layers_us']:.1f} us, outside them -- minibatch gather, run_chunks, sum of the chunk "
             f"updates, SGD update, loop -- {p['outside_layers_us']:.1f} us). Floors: "

@@ -8,7 +8,7 @@ A peer is built by `make_<peer>(init, X, Y, batches, lr, total_steps)` and retur
 run steps start .. start+n-1, step k using the rows `batches(k)` (B,). `init` is a dict of float32
 NumPy arrays; X (N, T) and Y (N,) are the uint8 training split.
 
-  npmlp            the fast engine as `npmlp train` runs it: npmlp.fast.sgd with parallel.make_pool's pool
+  npmlp            the fast engine as `npmlp train` runs it: npmlp.fast.sgd with parallel.make_batches's batches
   npmlp_reference  npmlp.train.sgd: the readable lecture loop (layers.py pairs, mlp.MLP); what the
                    fast engine's tricks buy is the ratio of these two
   torch_eager      the lecture's loop: forward, F.cross_entropy, loss.backward(), p.data += -lr * p.grad

@@ -207,5 +207,5 @@ def test_fast_bn_trajectory_equals_the_reference():
     check("lossi", lossi_fast, lossi_ref, 1e-6)                   # float32 history
     for k in ref.params:
         check(k, quick.params[k], ref.params[k], 1e-10, scale=max(np.abs(ref.params[k]).max(), 1e-3))
-    with fast.Chunks(quick, 300) as pool:
-        assert len(pool.chunks) == 1           # its statistics are the whole batch's
+    with fast.Chunks(quick, 300) as batches:
+        assert len(batches.chunks) == 1           # its statistics are the whole batch's

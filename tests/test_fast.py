@@ -252,12 +252,12 @@ def test_gather_groups_and_resume_mid_group(data, monkeypatch):
     check_params("uninterrupted fast run vs train.sgd", whole, ref, RTOL64_RUN)
 
     model, lossi, start = MLP(p0), None, 0
-    with fast.Chunks(model, cfg.batch_size) as pool:               # one pool across the calls
+    with fast.Chunks(model, cfg.batch_size) as batches:               # one batches across the calls
         for s in (3, 9, 19, 26, 998, 1001):
-            lossi, start = fast.sgd(model, X, Y, cfg, lossi=lossi, start=start, pool=pool,
+            lossi, start = fast.sgd(model, X, Y, cfg, lossi=lossi, start=start, batches=batches,
                                     on_step=lambda step, loss: step == s)  # noqa: B023
             assert start == s + 1
-        lossi, end = fast.sgd(model, X, Y, cfg, lossi=lossi, start=start, pool=pool)
+        lossi, end = fast.sgd(model, X, Y, cfg, lossi=lossi, start=start, batches=batches)
     assert end == cfg.steps
     for k in PARAM_NAMES:
         assert np.array_equal(model.params[k], whole.params[k]), k
@@ -312,15 +312,15 @@ def test_a_pool_for_another_batch_size_or_shape_is_refused(data):
     others = [MLP.init(vocab.size, 3, 10, 17, seed=1), MLP.init(vocab.size, 4, 10, 16, seed=1),
               MLP.init(vocab.size, 3, 9, 16, seed=1), MLP.init(vocab.size + 1, 3, 10, 16, seed=1)]
     before = {k: v.copy() for k, v in model.params.items()}
-    with fast.Chunks(model, 64) as pool, pytest.raises(ValueError, match="another batch size"):
-        fast.sgd(model, X, Y, cfg, pool=pool)
+    with fast.Chunks(model, 64) as batches, pytest.raises(ValueError, match="another batch size"):
+        fast.sgd(model, X, Y, cfg, batches=batches)
     for other in others:
-        with fast.Chunks(other, 32) as pool, pytest.raises(ValueError, match="another batch size, dtype or model"):
-            fast.sgd(model, X, Y, cfg, pool=pool)
-    pool = fast.Chunks(model, 32)
-    pool.close()
+        with fast.Chunks(other, 32) as batches, pytest.raises(ValueError, match="another batch size, dtype or model"):
+            fast.sgd(model, X, Y, cfg, batches=batches)
+    batches = fast.Chunks(model, 32)
+    batches.close()
     with pytest.raises(ValueError, match="closed"):
-        fast.sgd(model, X, Y, cfg, pool=pool)
+        fast.sgd(model, X, Y, cfg, batches=batches)
     assert all(np.array_equal(model.params[k], before[k]) for k in PARAM_NAMES)
 
 
@@ -332,9 +332,9 @@ def test_a_pool_for_another_dtype_does_not_change_the_arithmetic(data):
     cfg = TrainConfig(steps=20, batch_size=32, seed=3)
     p64 = MLP.init(vocab.size, 3, 10, 16, seed=3, dtype=np.float64).params
     model = MLP(p64)
-    with fast.Chunks(MLP.init(vocab.size, 3, 10, 16, seed=3, dtype=np.float32), 32) as pool:
+    with fast.Chunks(MLP.init(vocab.size, 3, 10, 16, seed=3, dtype=np.float32), 32) as batches:
         with pytest.raises(ValueError, match="another batch size, dtype or model"):
-            fast.sgd(model, X, Y, cfg, pool=pool)
+            fast.sgd(model, X, Y, cfg, batches=batches)
     for k in PARAM_NAMES:
         np.testing.assert_array_equal(model.params[k], p64[k])
 

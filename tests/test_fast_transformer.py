@@ -65,13 +65,13 @@ def copy(model, dtype=None):
 def engine_step(model, X, Y):
     """The engine's forward and backward of the batch X, Y (dloss = 1): (loss, {name: gradient}),
     and the model's buffers as the engine leaves them."""
-    with fast.Chunks(model, len(X)) as pool, np.errstate(over="ignore"):
-        eng = pool.engine
+    with fast.Chunks(model, len(X)) as batches, np.errstate(over="ignore"):
+        eng = batches.engine
         eng.load(model)
         loss, bufs = eng.forward_loss(X.astype(np.intp), Y.astype(np.intp))
-        eng.backward(bufs, X, Y, 1.0, pool.grad_views[0])
+        eng.backward(bufs, X, Y, 1.0, batches.grad_views[0])
         eng.store(model)
-        return loss, {k: getattr(pool.grad_views[0], k).copy() for k in model.params}
+        return loss, {k: getattr(batches.grad_views[0], k).copy() for k in model.params}
 
 
 def check_grads(mine, ref, rtol, floor):

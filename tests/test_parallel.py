@@ -24,7 +24,7 @@ from npmlp import train
 from npmlp.fast import engine as fast
 from npmlp.fast import parallel
 from npmlp.fast.engine import batch_chunks
-from npmlp.fast.parallel import ChunkPool, HelperFailed, Receiver, make_pool
+from npmlp.fast.parallel import ChunkPool, HelperFailed, Receiver, make_batches
 from npmlp.mlp import MLP, PARAM_NAMES
 from npmlp.train import TrainConfig
 
@@ -49,9 +49,9 @@ def train_run(data, B, dtype, processes, steps=25, H=24):
     _, X, Y = data
     cfg = TrainConfig(steps=steps, batch_size=B, lr=0.2, lr_decayed=0.05, seed=21)
     model = init(data, H, seed=cfg.seed, dtype=dtype, scheme="kaiming")
-    with make_pool(model, B, processes) as pool:
-        assert len(getattr(pool, "procs", [])) == min(processes, len(batch_chunks(B))) - 1
-        lossi, _ = fast.sgd(model, X, Y, cfg, pool=pool)
+    with make_batches(model, B, processes) as batches:
+        assert len(getattr(batches, "procs", [])) == min(processes, len(batch_chunks(B))) - 1
+        lossi, _ = fast.sgd(model, X, Y, cfg, batches=batches)
     return model, lossi
 
 
@@ -92,14 +92,14 @@ def test_resume_with_another_number_of_processes_is_bit_identical(data):
     cfg = TrainConfig(steps=20, batch_size=700, lr=0.2, seed=4)
     whole = init(data, 20, seed=4, dtype=np.float64)
     ref = MLP(whole.params)
-    with make_pool(whole, 700, processes=3) as pool:
-        lossi_whole, _ = fast.sgd(whole, X, Y, cfg, pool=pool)
+    with make_batches(whole, 700, processes=3) as batches:
+        lossi_whole, _ = fast.sgd(whole, X, Y, cfg, batches=batches)
     model = init(data, 20, seed=4, dtype=np.float64)
-    with make_pool(model, 700, processes=2) as pool:
-        lossi, nxt = fast.sgd(model, X, Y, cfg, pool=pool, on_step=lambda step, loss: step == 8)
+    with make_batches(model, 700, processes=2) as batches:
+        lossi, nxt = fast.sgd(model, X, Y, cfg, batches=batches, on_step=lambda step, loss: step == 8)
     assert nxt == 9
-    with make_pool(model, 700, processes=1) as pool:
-        fast.sgd(model, X, Y, cfg, lossi=lossi, start=nxt, pool=pool)
+    with make_batches(model, 700, processes=1) as batches:
+        fast.sgd(model, X, Y, cfg, lossi=lossi, start=nxt, batches=batches)
     assert same_params(model, whole) and np.array_equal(lossi, lossi_whole)
     train.sgd(ref, X, Y, cfg)
     for k in PARAM_NAMES:
@@ -110,35 +110,35 @@ def test_helpers_run_their_chunks_and_exit(data):
     _, X, Y = data
     B = 1024
     model = init(data)
-    with make_pool(model, B, processes=2) as pool:
-        assert isinstance(pool, ChunkPool) and len(pool.procs) == 1 and pool.procs[0].is_alive()
+    with make_batches(model, B, processes=2) as batches:
+        assert isinstance(batches, ChunkPool) and len(batches.procs) == 1 and batches.procs[0].is_alive()
         n = len(batch_chunks(B))
-        assert list(pool.mine) == list(range(n // 2))       # the parent keeps the first half
-        pool.grads.fill(np.nan)
-        pool.parts.fill(np.nan)
+        assert list(batches.mine) == list(range(n // 2))       # the parent keeps the first half
+        batches.grads.fill(np.nan)
+        batches.parts.fill(np.nan)
         cfg = TrainConfig(steps=3, batch_size=B, seed=2)
-        fast.sgd(model, X, Y, cfg, pool=pool, stop=1)
+        fast.sgd(model, X, Y, cfg, batches=batches, stop=1)
         # the helper's chunks were written by the helper: finite, like the parent's
-        assert np.isfinite(pool.parts).all() and np.isfinite(pool.grads).all()
-        fast.sgd(model, X, Y, cfg, start=1, pool=pool)     # a pool serves several calls
-        proc = pool.procs[0]
+        assert np.isfinite(batches.parts).all() and np.isfinite(batches.grads).all()
+        fast.sgd(model, X, Y, cfg, start=1, batches=batches)     # a batches serves several calls
+        proc = batches.procs[0]
     assert not proc.is_alive() and proc.exitcode == 0
 
 
-def test_make_pool_without_helpers_is_a_plain_chunks(data):
+def test_make_batches_without_helpers_is_a_plain_chunks(data):
     model = init(data)
     for B, processes in ((1024, 1), (128, 4), (100, None)):   # one process asked for, or one chunk
-        with make_pool(model, B, processes) as pool:
-            assert type(pool) is fast.Chunks and pool.batch_size == B
+        with make_batches(model, B, processes) as batches:
+            assert type(batches) is fast.Chunks and batches.batch_size == B
 
 
 def test_a_pool_for_another_batch_size_or_model_is_refused(data):
     _, X, Y = data
     model = init(data)
-    with make_pool(model, 512, processes=2) as pool, pytest.raises(ValueError, match="another batch size"):
-        fast.sgd(model, X, Y, TrainConfig(steps=2, batch_size=1024), pool=pool)
-    with make_pool(init(data, H=17), 512, processes=2) as pool, pytest.raises(ValueError, match="another"):
-        fast.sgd(model, X, Y, TrainConfig(steps=2, batch_size=512), pool=pool)
+    with make_batches(model, 512, processes=2) as batches, pytest.raises(ValueError, match="another batch size"):
+        fast.sgd(model, X, Y, TrainConfig(steps=2, batch_size=1024), batches=batches)
+    with make_batches(init(data, H=17), 512, processes=2) as batches, pytest.raises(ValueError, match="another"):
+        fast.sgd(model, X, Y, TrainConfig(steps=2, batch_size=512), batches=batches)
 
 
 def test_helper_failure_is_reported_not_hung(data):
@@ -146,28 +146,28 @@ def test_helper_failure_is_reported_not_hung(data):
     the error, and the parent raises one HelperFailed (an NpmlpError) naming it."""
     B = 600
     model = init(data)
-    with ChunkPool(model, B, processes=2) as pool:
-        pool.Xg[0] = 1
-        pool.Yg[0] = 1
-        first_helper_row = pool.chunks[pool.mine.stop][0]
-        pool.Xg[0, first_helper_row:] = 10 ** 6                # only the helper's rows are bad
-        pool.start(0, 0.1, pool.engine.flat)
+    with ChunkPool(model, B, processes=2) as batches:
+        batches.Xg[0] = 1
+        batches.Yg[0] = 1
+        first_helper_row = batches.chunks[batches.mine.stop][0]
+        batches.Xg[0, first_helper_row:] = 10 ** 6                # only the helper's rows are bad
+        batches.start(0, 0.1, batches.engine.flat)
         with pytest.raises(HelperFailed, match="helper process.*IndexError"):
-            pool.wait()
+            batches.wait()
 
 
 def test_a_step_interrupted_between_go_and_wait_does_not_leak_into_the_next(data):
     """An exception in the parent after the helpers got "go" (Ctrl-C in a notebook) leaves their
-    answers unread; the next fast.sgd call on the same pool must not take them for its own."""
+    answers unread; the next fast.sgd call on the same batches must not take them for its own."""
     _, X, Y = data
     B = 600
     cfg = TrainConfig(steps=6, batch_size=B, lr=0.2, seed=9)
     ref = init(data, seed=9, dtype=np.float64)
     model = MLP(ref.params)
     train.sgd(ref, X, Y, cfg)
-    with make_pool(model, B, processes=2) as pool:
-        pool.start(0, 0.5, pool.engine.flat)                 # "go", never waited for
-        fast.sgd(model, X, Y, cfg, pool=pool)
+    with make_batches(model, B, processes=2) as batches:
+        batches.start(0, 0.5, batches.engine.flat)                 # "go", never waited for
+        fast.sgd(model, X, Y, cfg, batches=batches)
     for k in PARAM_NAMES:
         check(k, model.params[k], ref.params[k], 1e-12)
 
@@ -175,19 +175,19 @@ def test_a_step_interrupted_between_go_and_wait_does_not_leak_into_the_next(data
 def test_a_closed_pool_is_refused(data):
     _, X, Y = data
     model = init(data)
-    pool = make_pool(model, 600, processes=2)
-    pool.close()
-    assert pool.procs == []
+    batches = make_batches(model, 600, processes=2)
+    batches.close()
+    assert batches.procs == []
     with pytest.raises(ValueError, match="closed"):
-        fast.sgd(model, X, Y, TrainConfig(steps=2, batch_size=600), pool=pool)
+        fast.sgd(model, X, Y, TrainConfig(steps=2, batch_size=600), batches=batches)
 
 
 def test_two_pools_open_at_once_close_cleanly(data):
-    """The second pool's helper must not hold the first pool's pipe open: then closing the first
+    """The second batches's helper must not hold the first batches's pipe open: then closing the first
     would wait for its helper in vain and kill it (exit code -9) instead of letting it end (0)."""
     model = init(data)
-    a = make_pool(model, 600, processes=2)
-    b = make_pool(model, 600, processes=2)
+    a = make_batches(model, 600, processes=2)
+    b = make_batches(model, 600, processes=2)
     helpers_a = list(a.procs)
     a.close()
     assert a.procs == [] and [p.exitcode for p in helpers_a] == [0]
@@ -198,12 +198,12 @@ def test_two_pools_open_at_once_close_cleanly(data):
 
 def test_helper_killed_is_reported(data):
     model = init(data)
-    with ChunkPool(model, 600, processes=2) as pool:
-        os.kill(pool.procs[0].pid, signal.SIGKILL)
-        pool.procs[0].join()
+    with ChunkPool(model, 600, processes=2) as batches:
+        os.kill(batches.procs[0].pid, signal.SIGKILL)
+        batches.procs[0].join()
         with pytest.raises(HelperFailed, match="exited with code -9"):
-            pool.start(0, 0.1, pool.engine.flat)
-            pool.wait()
+            batches.start(0, 0.1, batches.engine.flat)
+            batches.wait()
 
 
 def test_default_processes_follow_the_usable_cores(monkeypatch):
@@ -269,13 +269,13 @@ def blas_threads():
 
 
 def test_blas_threads_come_back_when_the_last_open_pool_closes(data):
-    """Pools closed in any order: BLAS runs one thread while any pool is open, and the threads
+    """Pools closed in any order: BLAS runs one thread while any Chunks is open, and the threads
     it had before once none is."""
     model = init(data)
     with threadpool_limits(2, user_api="blas"):
         assert set(blas_threads()) == {2}
-        a = make_pool(model, 600, processes=1)
-        b = make_pool(model, 600, processes=1)
+        a = make_batches(model, 600, processes=1)
+        b = make_batches(model, 600, processes=1)
         assert set(blas_threads()) == {1}
         a.close()
         assert set(blas_threads()) == {1}
@@ -349,7 +349,7 @@ def children(pid: int) -> list[int]:
 
 
 def test_lr_find_with_helpers(tmp_path, small_names):
-    """lr-find runs one sgd step per rate on one pool of helpers for the whole sweep."""
+    """lr-find runs one sgd step per rate on one batches of helpers for the whole sweep."""
     out = tmp_path / "lrf"
     r = run_cli("lr-find", "--data", small_names, "--steps", 30, "--batch-size", 600, "--n-hidden", 16,
                 "--processes", 2, "--out", out, "--quiet")

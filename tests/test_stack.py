@@ -79,15 +79,15 @@ def test_one_step_equals_the_reference(kind, sizes, B, repeat, tanh_form):
     Xb, Yb = X[:B].astype(np.intp), Y[:B].astype(np.intp)
     ref = copy(model)
     loss, grads = ref.loss_and_grads(Xb, Yb)                      # moves ref's running statistics
-    with fast.Chunks(model, B) as pool, np.errstate(over="ignore"):    # exp(2x) overflows on purpose
-        eng = pool.engine
+    with fast.Chunks(model, B) as batches, np.errstate(over="ignore"):    # exp(2x) overflows on purpose
+        eng = batches.engine
         assert eng.tanh_form == tanh_form
         eng.load(model)
         part, bufs = eng.forward_loss(Xb, Yb)
-        eng.backward(bufs, Xb, Yb, -0.1, pool.grad_views[0])
+        eng.backward(bufs, Xb, Yb, -0.1, batches.grad_views[0])
         eng.store(model)
     check("loss", part, loss, RTOL64)
-    update = pool.grad_views[0]
+    update = batches.grad_views[0]
     # a gradient that is zero up to round-off (gamma where every row of a BatchNorm is alike, or
     # two rows that leave xhat at +-1) is judged against 1% of the step's largest, as gradcheck does
     floor = 0.01 * max(float(np.abs(0.1 * g).max()) for g in grads.values())
@@ -196,17 +196,17 @@ def test_inference_with_each_batchnorm_folded_equals_the_reference(kind, sizes, 
 @pytest.mark.parametrize("kind,sizes,V", [("wavenet", {"n_hidden": 16}, 27),
                                           ("deep", {"n_layers": 2, "n_hidden": 8}, 27),
                                           ("deep", {"block_size": 9, "n_embd": 2, "n_layers": 1, "n_hidden": 8}, 256)])
-@pytest.mark.parametrize("pool", [None, 50])
-def test_inference_once_per_distinct_window_equals_the_reference(kind, sizes, V, pool):
-    """stack.inference_loss runs each block once per distinct window: rows drawn from a pool of 50
+@pytest.mark.parametrize("batches", [None, 50])
+def test_inference_once_per_distinct_window_equals_the_reference(kind, sizes, V, batches):
+    """stack.inference_loss runs each block once per distinct window: rows drawn from a batches of 50
     (every level repeats) or uniformly (the upper levels hardly do), in chunks of 1,000 rows and
     whole. 256 characters in a window of 9 number 2^72 windows: without the key renumbered on the
     way, int64 would drop the first character, and the rows that differ only there would meet."""
     from npmlp.fast.stack import inference_loss
     model = fresh(kind, sizes, seed=3, V=V)
     X, Y = data(model.vocab_size, model.block_size, 5, N=3000)
-    if pool is not None:
-        X = X[np.random.default_rng(0).integers(0, pool, len(X))]
+    if batches is not None:
+        X = X[np.random.default_rng(0).integers(0, batches, len(X))]
     X[::2, 1:] = X[1::2, 1:]                      # pairs of rows that differ in the first character only
     fast.sgd(model, X, Y, TrainConfig(steps=20, batch_size=64, seed=2))
     ref = train.evaluate(model, X, Y)

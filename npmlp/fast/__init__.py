@@ -56,9 +56,9 @@ def steps(engine: str, model, batch_size: int, processes: int | None = None, opt
     context: open it before any thread starts (a progress bar's), since forking beside a thread
     can deadlock the child."""
     if engine == "fast":
-        from .parallel import make_pool
-        with make_pool(model, batch_size, processes) as pool:
-            yield functools.partial(_engine.sgd, model, pool=pool, opt=opt)
+        from .parallel import make_batches
+        with make_batches(model, batch_size, processes) as batches:
+            yield functools.partial(_engine.sgd, model, batches=batches, opt=opt)
     else:
         yield functools.partial(train.sgd, model, opt=opt)
 

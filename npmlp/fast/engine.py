@@ -250,24 +250,24 @@ ENGINE_CLASS: dict[str, type[FlatParams]] = {"mlp": Engine, "mlp-batchnorm": BNE
                                              "bow": BoWEngine, "transformer": TransformerEngine}
 
 
-def run_chunks(eng: FlatParams, pool, ks, g: int, lr: float):
-    """Forward and backward of the chunks ks of the batch pool.Xg[g], pool.Yg[g]: chunk k's share
-    of the SGD update into pool.grad_views[k], its mean loss into pool.parts[k]. A chunk whose
+def run_chunks(eng: FlatParams, batches, ks, g: int, lr: float):
+    """Forward and backward of the chunks ks of the rows batches.Xg[g], batches.Yg[g]: chunk k's share
+    of the SGD update into batches.grad_views[k], its mean loss into batches.parts[k]. A chunk whose
     loss is not finite gets no backward: the step is refused before its update (train.check_loss)."""
-    xb, yb, pick, hot, T, B = pool.Xg[g], pool.Yg[g], pool.pick[g], pool.hot[g], eng.T, pool.batch_size
-    if pool.chunks[0][1] >= 64:                                   # the chunks' rows (see Engine.W1T_c)
+    xb, yb, pick, hot, T, B = batches.Xg[g], batches.Yg[g], batches.pick[g], batches.hot[g], eng.T, batches.batch_size
+    if batches.chunks[0][1] >= 64:                                   # the chunks' rows (see Engine.W1T_c)
         eng.fresh_copies()
     for k in ks:
-        a, e, share = pool.chunks[k]
+        a, e, share = batches.chunks[k]
         if e - a < B:                                             # a part of the batch
             xk, yk, pk, hk = xb[a:e], yb[a:e], pick[a:e], hot[a * T:e * T]
         else:
             xk, yk, pk, hk = xb, yb, pick, hot
         part, b = eng.forward_loss(xk, yk, pk, hk)
-        pool.parts[k] = part
+        batches.parts[k] = part
         if math.isfinite(part):
             # dloss = -lr * share: the chunk's gradient comes out as its part of -lr * p.grad
-            eng.backward(b, xk, yk, -lr * share, pool.grad_views[k])
+            eng.backward(b, xk, yk, -lr * share, batches.grad_views[k])
 
 
 _BLAS: dict = {"open": 0, "limit": None}   # one BLAS-thread limit shared by every open Chunks
@@ -330,10 +330,10 @@ class Chunks:
 
     def fits(self, model: MLP, batch_size: int) -> None:
         if self.closed:
-            raise ValueError("this pool is closed")
+            raise ValueError("these batches are closed")
         if batch_size != self.batch_size or self.engine.dtype != model.dtype or self.engine.shapes != {
                 k: p.shape for k, p in model.params.items()}:
-            raise ValueError("this pool was made for another batch size, dtype or model")
+            raise ValueError("these batches were made for another batch size, dtype or model")
 
     def start(self, g: int, lr: float, flat):
         """Helpers (parallel.ChunkPool) start on the rows Xg[g]; here nothing to do."""
@@ -400,24 +400,24 @@ class FlatAdamW:
 
 
 def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: int | None = None,
-        on_step=None, pool: Chunks | None = None, opt=None):
+        on_step=None, batches: Chunks | None = None, opt=None):
     """train.sgd's steps, faster: same contract, same minibatches, results equal to round-off.
 
-    pool: a Chunks (or parallel.ChunkPool, whose helper processes run some chunks) made for this
+    batches: a Chunks (or parallel.ChunkPool, whose helper processes run some chunks) made for this
     model's shape and the batch's rows (cfg.rows), to reuse across calls; None makes a Chunks for this call.
     opt: train.sgd's (an AdamW keeps its moments across calls), None for cfg's.
     The model's params are copied into the engine's flat vector and back when the call ends
     (also by an exception: a Diverged step's update is never applied)."""
-    if pool is None:
+    if batches is None:
         with Chunks(model, cfg.rows(len(X))) as own:
             return sgd(model, X, Y, cfg, lossi, start, stop, on_step, own, opt)
-    pool.fits(model, cfg.rows(len(X)))
-    eng, N = pool.engine, len(X)
-    chunks, G, n = pool.chunks, len(pool.Xg), len(pool.chunks)
+    batches.fits(model, cfg.rows(len(X)))
+    eng, N = batches.engine, len(X)
+    chunks, G, n = batches.chunks, len(batches.Xg), len(batches.chunks)
     stop = cfg.steps if stop is None else stop
     lossi = np.zeros(cfg.steps, np.float32) if lossi is None else lossi
-    update = pool.grads[0] if n == 1 else np.empty_like(eng.flat)   # the chunks' summed update
-    lr_at, flat, parts, shares = cfg.lr_at, eng.flat, pool.parts, [c[2] for c in chunks]
+    update = batches.grads[0] if n == 1 else np.empty_like(eng.flat)   # the chunks' summed update
+    lr_at, flat, parts, shares = cfg.lr_at, eng.flat, batches.parts, [c[2] for c in chunks]
     opt = train.optimizer(cfg, model.params) if opt is None else opt
     # AdamW needs the gradient itself: the backward is seeded with dloss = -1, so update = -grad
     adam = FlatAdamW(eng, opt) if isinstance(opt, AdamW) else None
@@ -435,13 +435,13 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
                 if step == start or i % G == 0:
                     if step == start or i == 0:
                         block = step_block(cfg, step // BLOCK, N)              # (BLOCK, B) row indices
-                    pool.gather(X, Y, block[i - i % G: i - i % G + G])      # the next G steps' rows
+                    batches.gather(X, Y, block[i - i % G: i - i % G + G])      # the next G steps' rows
                 g = i % G
                 lr = lr_at(step)
                 seed = 1.0 if adam is not None else lr                     # the backward's -seed * grad
-                pool.start(g, seed, flat)                                  # helpers run their chunks ...
-                run_chunks(eng, pool, pool.mine, g, seed)
-                pool.wait()                                                # ... while we run ours
+                batches.start(g, seed, flat)                                  # helpers run their chunks ...
+                run_chunks(eng, batches, batches.mine, g, seed)
+                batches.wait()                                                # ... while we run ours
                 loss = 0.0
                 for k in range(n):
                     loss += float(parts[k]) * shares[k]                    # the batch mean, chunk by chunk
@@ -449,7 +449,7 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
                     loss += cfg.reg * float(np.dot(np.square(flat, dtype=np.float64), inv_size))
                 check_loss(lossi, step, loss, cfg, eng.V)
                 if n > 1:                                                  # row by row in chunk order,
-                    np.add.reduce(pool.grads, 0, None, update)             #   whoever ran the chunk
+                    np.add.reduce(batches.grads, 0, None, update)             #   whoever ran the chunk
                 if cfg.reg:
                     update -= seed * decay * flat                          # the penalty's share of -seed * grad
                 if adam is not None:
@@ -471,13 +471,13 @@ def gradients(model: MLP, X, Y, lr: float = 0.1) -> dict:
     """The fast engine's gradient of the mean loss over rows X (B, T), Y (B,) for each parameter:
     the update it computes at rate lr, divided by -lr (for `npmlp gradcheck`'s fast column).
     NaN everywhere when the loss is not finite (training never runs that backward)."""
-    with Chunks(model, len(X)) as pool, np.errstate(over="ignore"):
-        eng = pool.engine
+    with Chunks(model, len(X)) as batches, np.errstate(over="ignore"):
+        eng = batches.engine
         eng.load(model)
-        pool.gather(np.asarray(X), np.asarray(Y), np.arange(len(X))[None])
-        run_chunks(eng, pool, pool.mine, 0, lr)
-    total = np.add.reduce(pool.grads, axis=0) / -lr
-    if not np.isfinite(pool.parts).all():
+        batches.gather(np.asarray(X), np.asarray(Y), np.arange(len(X))[None])
+        run_chunks(eng, batches, batches.mine, 0, lr)
+    total = np.add.reduce(batches.grads, axis=0) / -lr
+    if not np.isfinite(batches.parts).all():
         total.fill(np.nan)
     v = eng.views(total)
     return {k: getattr(v, k) for k in eng.shapes}

@@ -28,7 +28,7 @@ import numpy as np
 
 from .engine import ENGINE_CLASS, Chunks, batch_chunks, run_chunks
 
-_PARENT_ENDS: set = set()   # the pipe ends of every open pool: a new helper must close its copies
+_PARENT_ENDS: set = set()   # the pipe ends of every open ChunkPool: a new helper must close its copies
 FORK = sys.platform.startswith("linux")   # helpers are forked: safe on Linux only
 
 
@@ -201,7 +201,7 @@ class ChunkPool(Chunks):
     def start(self, g: int, lr: float, flat):
         """Hand the current params and "go on the rows Xg[g]" to every helper."""
         if self.closed:
-            raise ValueError("this pool is closed")
+            raise ValueError("these batches are closed")
         if not self.conns:
             return
         if self._owed:           # a step interrupted between start and wait (an exception in the
@@ -256,7 +256,7 @@ class ChunkPool(Chunks):
         super().close()
 
 
-def make_pool(model, batch_size: int, processes: int | None = None) -> Chunks:
+def make_batches(model, batch_size: int, processes: int | None = None) -> Chunks:
     """What fast.sgd runs batches of batch_size rows with: a ChunkPool with one process per chunk
     up to the usable cores (or `processes`), or a plain fast.Chunks when that is one process.
     Forking costs ~20 ms: make one per run, not per step, and before any thread starts (a fork
