@@ -22,7 +22,7 @@ def _():
 
 @app.cell(hide_code=True)
 def _(mo):
-    # The same cell in the four notebooks: how each result reaches the page and the terminal, and
+    # The same cell in every notebook: how each result reaches the page and the terminal, and
     # what happens without the names. marimo's script mode (`python FILE`) shows no cell outputs,
     # so there each result is printed as well; in the browser it is only the cell's output.
     def show(md, text=None):

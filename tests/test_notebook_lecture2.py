@@ -156,7 +156,7 @@ def test_lecture2_page_shows_the_results(lecture2, names_path, tmp_path):
 
 
 def test_lecture2_shares_the_bigram_helpers():
-    """The cell through which every result and the data go is the same in the four notebooks."""
+    """The cell through which every result and the data go is the same in every notebook."""
     assert notebook_cell(LECTURE2, "def load_names") == notebook_cell(BIGRAM, "def load_names")
 
 

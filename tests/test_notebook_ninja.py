@@ -138,7 +138,7 @@ def test_ninja_page_shows_the_results(names_path, tmp_path):
 
 
 def test_ninja_shares_the_bigram_helpers():
-    """The cell through which every result and the data go is the same in the four notebooks."""
+    """The cell through which every result and the data go is the same in every notebook."""
     assert notebook_cell(NINJA, "def load_names") == notebook_cell(BIGRAM, "def load_names")
 
 

@@ -116,7 +116,7 @@ def test_wavenet_page_shows_the_results(names_path, tmp_path):
 
 
 def test_wavenet_shares_the_bigram_helpers():
-    """The cell through which every result and the data go is the same in the four notebooks."""
+    """The cell through which every result and the data go is the same in every notebook."""
     assert notebook_cell(WAVENET, "def load_names") == notebook_cell(BIGRAM, "def load_names")
 
 
