@@ -128,7 +128,14 @@ class Spec:
 
     @property
     def defaults(self) -> dict[str, int | float]:
+        """The command line's defaults: npmlp's recipe (a Transformer trains with dropout 0.1)."""
         return {o.name: o.default for o in self.options}
+
+    @property
+    def model_defaults(self) -> dict[str, int | float]:
+        """What the class builds when a size is not given: makemore.py's model where npmlp's recipe
+        differs (a Transformer's dropout 0), as nanoGPT's config leaves dropout to its training script."""
+        return {o.name: o.default if o.makemore_value is None else o.makemore_value for o in self.options}
 
     def option(self, name: str) -> Option | None:
         return next((o for o in self.options if o.name == name), None)
@@ -330,9 +337,10 @@ class Intermediates(dict):
 # ----------------------------------------------------------------------------- shared by the models
 
 def with_defaults(cls: type[Model], vocab_size: int, **sizes) -> dict:
-    """The sizes a model class is built with: each one given, else its option's default; each
-    a number within its option's bounds (a switch such as deep's batchnorm may be 0)."""
-    out = {o.name: o.default if sizes.get(o.name) is None else sizes[o.name] for o in cls.spec.options}
+    """The sizes a model class is built with: each one given, else its Spec.model_defaults value;
+    each a number within its option's bounds (a switch such as deep's batchnorm may be 0)."""
+    built = cls.spec.model_defaults
+    out = {o.name: built[o.name] if sizes.get(o.name) is None else sizes[o.name] for o in cls.spec.options}
     if int(vocab_size) != vocab_size or vocab_size < 1:
         raise ValueError(f"vocab_size must be a whole number >= 1, got {vocab_size}")
     for o in cls.spec.options:
@@ -439,8 +447,7 @@ def from_makemore(state_dict, kind: str, **unshaped) -> Model:
     bad = set(unshaped) - set(cls.spec.unshaped)
     if bad:
         raise ValueError(f"a makemore.py {kind} records {', '.join(sorted(bad))} in its shapes; drop it")
-    made = {o.name: o.default if o.makemore_value is None else o.makemore_value for o in cls.spec.options}
-    sizes = {"block_size": MAKEMORE_BLOCK, **made, **unshaped}
+    sizes = {"block_size": MAKEMORE_BLOCK, **cls.spec.model_defaults, **unshaped}
     return cls.from_params(params, sizes)
 
 

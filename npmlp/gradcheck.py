@@ -185,9 +185,12 @@ def check_rows(mine: dict, ref: dict | None, fast: dict, fd_of, dtype, coords: i
 
 def report(model, X, Y, coords: int = 20, seed: int = 0, use_torch: bool = True, fast: dict | None = None) -> Report:
     """Every row of the minibatch X (B, T), Y (B,), checked three ways. fast: the fast engine's
-    parameter gradients of the same minibatch (its caller computes them), None for no fast column."""
+    parameter gradients of the same minibatch (its caller computes them), None for no fast column.
+    A model with dropout is checked at dropout 0: training draws new masks at every forward, which
+    finite differences cannot follow (the dropout pair is checked on its own)."""
     from .torch_mirrors import torch_available, torch_loss_and_grads
 
+    model = model.without_dropout()
     loss, cache = model.forward(X, Y)
     grads, dacts = model.backward(cache)
     mine = {**dacts, **grads}        # the rows, in the order the backward computes them

@@ -1,7 +1,8 @@
 """makemore.py's bag of words and Transformer (--type bow, --type transformer): the chapter after
 the recurrent models. Every position of a name reads all the positions before it at once, by a
 uniform average (the bag of words) or by learned attention (the Transformer, GPT-2 as makemore.py
-writes it, with nanoGPT's dropout as an option, 0 by default).
+writes it, with nanoGPT's dropout as an option: 0 in the model the API builds, 0.1 in `npmlp train`'s
+recipe).
 
     bow          emb = wte[X] + wpe[pos]                        emb
                  x = emb + cbow(emb)                            context_block.cbow, context_block.resid_cbow
@@ -361,7 +362,7 @@ class Transformer(Model):
             raise ValueError(why)
 
     def __init__(self, params, buffers=None, n_head=TRANSFORMER.defaults["n_head"],
-                 dropout=TRANSFORMER.defaults["dropout"]):
+                 dropout=TRANSFORMER.model_defaults["dropout"]):
         V, C = np.shape(params.get("transformer.wte.weight", ()))[:2] or (0, 0)
         T = (np.shape(params.get("transformer.wpe.weight", ()))[:1] or (0,))[0]
         L = 0

@@ -99,7 +99,7 @@ def test_makemore_defaults_on_a_batch_of_names(kind):
     """makemore.py's own sizes (n_embd 64, n_embd2 64, 4 layers of 4 heads) and block_size 16, B 32."""
     X, Y = sequences(np.random.default_rng(7), 32, 16)
     model = compare_with_module(kind, 16, {}, X, Y, seed=3407)
-    assert model.sizes == {"block_size": 16, **CLASSES[kind].spec.defaults}
+    assert model.sizes == {"block_size": 16, **CLASSES[kind].spec.model_defaults}
 
 
 def test_parameter_counts_are_makemore_defaults():
@@ -248,20 +248,28 @@ def test_from_makemore_has_no_dropout_unless_asked():
 
 @pytest.mark.parametrize("kind", ["bow", "transformer"])
 def test_100_adamw_steps_equal_torch_optim_adamw(kind):
-    """train.sgd with the spec's recipe (makemore.py's AdamW) against torch.optim.AdamW stepping
-    makemore.py's module on the same rows: every loss and the final parameters, float64."""
+    """train.sgd with the spec's recipe against torch.optim.AdamW stepping makemore.py's module on
+    the same rows: every loss and the final parameters, float64. The recipes are npmlp's: a cosine
+    rate (set on torch's groups each step), for the Transformer weight decay on the matrices only
+    (torch's two parameter groups), at dropout 0."""
     sizes = {"bow": dict(n_embd=16, n_hidden=16), "transformer": dict(n_embd=16, n_layers=2, n_head=2)}[kind]
     X, Y = sequences(np.random.default_rng(6), 300, 10)
     m = module(kind, 10, 1, **sizes)
     model = from_makemore(m.state_dict(), kind, **unshaped(kind, sizes))
     cfg = TrainConfig(**{**model.spec.train, "steps": 100})
+    assert (cfg.schedule, cfg.decay_matrices_only) == (("cosine", True) if kind == "transformer" else ("step", False))
     losses = []
     sgd(model, X, Y, cfg, on_step=lambda s, loss: losses.append(loss))
 
-    opt = torch.optim.AdamW(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2),
-                            eps=cfg.eps)
+    named = dict(m.named_parameters())
+    decayed = [k for k, p in named.items() if p.ndim >= 2 or not cfg.decay_matrices_only]
+    groups = [{"params": [named[k] for k in decayed], "weight_decay": cfg.weight_decay},
+              {"params": [p for k, p in named.items() if k not in decayed], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
     tlosses = []
     for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr_at(step)
         ix = batch_rows(cfg, step, len(X))
         _, loss = m(torch.as_tensor(X[ix]), torch.as_tensor(Y[ix]))
         opt.zero_grad(set_to_none=True)
