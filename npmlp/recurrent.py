@@ -31,7 +31,7 @@ import numpy as np
 
 from .contract import (
     MAKEMORE_BLOCK,
-    MAKEMORE_TRAIN,
+    MAKEMORE_COSINE,
     SEED,
     SEQUENCES,
     Intermediates,
@@ -317,9 +317,9 @@ def lstm_backward(dhidden, cache, return_dh=False):
 # defines them: z, r, hbar); the LSTM's as makemore.py's would be with `self.cell = nn.LSTMCell(...)`.
 OPTIONS = (Option("n_embd", 64, "embedding size E", makemore="--n-embd"),
            Option("n_hidden", 64, "hidden state size H (makemore.py's n_embd2)", makemore="--n-embd2"))
-# makemore.py's recipe (contract.MAKEMORE_TRAIN). Its loop has no end (--max-steps -1); npmlp stops at
-# 30,000 steps, the longer of the two runs measured for these models (the dev loss still falls at 5,000).
-TRAIN = MAKEMORE_TRAIN
+# contract.MAKEMORE_COSINE: makemore.py's AdamW, its rate higher and falling along a cosine. makemore.py's
+# loop has no end (--max-steps -1); npmlp stops at its 30,000 steps, the longer of the runs measured.
+TRAIN = MAKEMORE_COSINE
 SATURATED = 0.97     # readings_through_time's default, diagnose's threshold (the app passes its own):
                      # |tanh| above it passes less than 6% of a gradient
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from .contract import (
     MAKEMORE_BLOCK,
+    MAKEMORE_COSINE,
     MAKEMORE_TRAIN,
     SEED,
     SEQUENCES,
@@ -76,7 +77,8 @@ BOW = Spec(
     options=(Option("n_embd", 64, "channels C of the embeddings and the residual stream", makemore="--n-embd"),
              Option("n_hidden", 64, "hidden units H of the block's MLP (makemore.py's --n-embd2)",
                     makemore="--n-embd2")),
-    train={**MAKEMORE_TRAIN, "steps": 10_000}, data=SEQUENCES, mirror="bow_forward", embedding="wte.weight",
+    train=MAKEMORE_COSINE,
+    data=SEQUENCES, mirror="bow_forward", embedding="wte.weight",
     engine="bow",
     makemore=Makemore(type="bow", transposed=("context_block.mlp.c_fc.weight", "context_block.mlp.c_proj.weight",
                                               "lm_head.weight"), ignored=("cbow.bias",)))

@@ -155,9 +155,9 @@ def test_parameter_counts(kind, count):
 @needs_torch
 @pytest.mark.parametrize("kind", KINDS)
 def test_200_adamw_steps_follow_torch_optim_adamw(kind):
-    """train.sgd with makemore.py's AdamW (its spec's recipe, a larger rate so that the weights
-    travel) against torch.optim.AdamW stepping makemore.py's module on the same batches: every
-    step's loss and the final weights, float64."""
+    """train.sgd with makemore.py's AdamW (its spec's recipe: a cosine rate, here from 3e-3 so that
+    the weights travel) against torch.optim.AdamW stepping makemore.py's module on the same batches,
+    its rate set each step: every step's loss and the final weights, float64."""
     import torch
     words = make_names(200, seed=5)
     X, Y = build_sequences(words, VOCAB)
@@ -172,7 +172,9 @@ def test_200_adamw_steps_follow_torch_optim_adamw(kind):
                             weight_decay=cfg.weight_decay)
     Xt, Yt = torch.as_tensor(X.astype(np.int64)), torch.as_tensor(Y.astype(np.int64))
     torch_losses = []
+    assert cfg.schedule == "cosine"
     for step in range(cfg.steps):
+        opt.param_groups[0]["lr"] = cfg.lr_at(step)
         ix = torch.as_tensor(np.array(batch_rows(cfg, step, len(X))))
         _, loss = module(Xt[ix], Yt[ix])
         module.zero_grad(set_to_none=True)
@@ -281,8 +283,9 @@ def test_spec_and_construction(kind):
     spec = cls.spec
     assert spec.kind == kind and spec.data == SEQUENCES and spec.engine == kind
     assert spec.defaults == {"n_embd": 64, "n_hidden": 64} and spec.unshaped == ("block_size",)
-    assert dict(spec.train) == {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.01, "beta1": 0.9, "beta2": 0.99,
-                                "eps": 1e-8, "decay_at": 1.0, "batch_size": 32, "steps": 30_000, "eval_every": 500}
+    assert dict(spec.train) == {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.01, "beta1": 0.9, "beta2": 0.99,
+                                "eps": 1e-8, "decay_at": 1.0, "batch_size": 32, "steps": 30_000, "eval_every": 500,
+                                "schedule": "cosine", "lr_decayed": 5e-5}
     assert spec.embedding == "wte.weight" and callable(getattr(torch_mirrors, spec.mirror))
     assert spec.makemore.type == kind
     assert set(spec.makemore.transposed) == {k for k, s in cls.shapes(V, 5, 7).items()
