@@ -299,6 +299,9 @@ def assert_data_failure(path: Path, env: dict, *needles: str) -> str:
 
 
 NO_NAMES = ("missing file", "binary file", "offline")
+# examples/bigram.py's tests try every case of NO_NAMES; the other notebooks' data cell is bigram's
+# (each file's test_*_shares_the_bigram_helpers), so theirs try the first: each stops at its data
+SOME_NO_NAMES = NO_NAMES[:1]
 
 
 def no_names(how: str, folder: Path) -> tuple[dict, str]:
