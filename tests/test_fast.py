@@ -534,3 +534,36 @@ def test_a_chunks_that_fails_to_build_gives_the_blas_threads_back():
     got = json.loads(r.stdout)
     assert got["before"] == [2], f"the test needs BLAS at 2 threads: {got}"
     assert got["after"] == got["before"], f"after a failed Chunks ({got['raised']}) BLAS runs {got['after']} thread(s)"
+
+
+@pytest.mark.parametrize("kind, sizes", [("mlp", {}), ("bn", {}), ("bigram", {}), ("mlp", {"block_size": 14}),
+                                         ("wavenet", {"batchnorm_over_batch_only": 1})])
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-6)])
+def test_evaluation_over_distinct_windows_is_train_evaluate(kind, sizes, dtype, rtol):
+    """npmlp.fast.evaluate of a windows model the stack engine does not run (windows.window_loss:
+    each distinct window once) equals train.evaluate: after steps that move BatchNorm's running
+    statistics away from 0 and 1, on rows whose windows repeat; block_size 14 renumbers its keys
+    (27^14 > 2^62); the WaveNet with part 5's bug trains and evaluates off the stack engine."""
+    import npmlp.fast
+    from npmlp.app.registry import MODELS
+    from npmlp.fast import windows
+    words = load_words_from(600)
+    cls = MODELS[kind]
+    T = sizes.get("block_size", cls.spec.defaults.get("block_size", 1))
+    vocab = Vocab.from_words(words)
+    X, Y = build_dataset(words, vocab, T)
+    model = cls.init(vocab.size, **sizes, dtype=dtype)
+    train.sgd(model, X, Y, TrainConfig(steps=30, batch_size=64, lr=0.05))
+    ref = train.evaluate(model, X, Y)
+    assert len(np.unique(X, axis=0)) < 0.6 * len(X) or T == 14       # windows repeat (but the long ones)
+    check(f"{kind} loss", np.array(npmlp.fast.evaluate(model, X, Y)), np.array(ref), rtol)
+    check(f"{kind} loss of 7 rows", np.array(windows.window_loss(model, X[:7], Y[:7])),
+          np.array(train.evaluate(model, X[:7], Y[:7])), rtol)
+    assert np.isnan(windows.window_loss(model, X[:0], Y[:0]))
+    with pytest.raises(ValueError, match="vocab|0 <= |charac|index"):
+        windows.window_loss(model, X[:3] + vocab.size, Y[:3])
+
+
+def load_words_from(n):
+    from helpers import make_names
+    return make_names(n, seed=8)

@@ -10,6 +10,7 @@ tier (npmlp/*.py), arranged for speed, and held to it by the tests.
     tanh.py      the tanh the engines use on this CPU
     parallel.py  helper processes that run some of a large batch's chunks on other cores
     dataset.py   build_dataset vectorised
+    windows.py   inference over the distinct windows of rows of context
 
 `steps(engine, ...)` is the one place that picks the loop a run trains with.
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+
+import numpy as np
 
 from .. import train
 from ..contract import Spec
@@ -28,6 +31,7 @@ from .recurrent import inference_loss as recurrent_loss
 from .stack import EVAL_BYTES, StackEngine, inference_loss
 from .transformer import SequenceEngine
 from .transformer import inference_loss as sequence_loss
+from .windows import window_loss
 
 ENGINES = ("fast", "reference")
 # each engine's rounding version (see engine.py)
@@ -79,8 +83,9 @@ def evaluate(model, X, Y, engine: str = "fast") -> float:
     fast one folds each BatchNorm into the Linear before it and runs each block once per distinct
     window of characters (stack.inference_loss); a recurrent model runs its engine's forward on
     chunks of names of similar length (recurrent.inference_loss); the bag of words and the
-    Transformer their engine's (transformer.inference_loss); every other case runs train.evaluate
-    itself."""
+    Transformer their engine's (transformer.inference_loss); the other models of rows of context
+    (the MLPs, the bigram) run each distinct window once (windows.window_loss); the reference
+    engine runs train.evaluate itself."""
     if engine == "fast" and _stacked(model.spec, model.sizes):
         return inference_loss(model, X, Y)
     cls = ENGINE_CLASS.get(model.spec.engine or "")
@@ -88,4 +93,6 @@ def evaluate(model, X, Y, engine: str = "fast") -> float:
         return recurrent_loss(cls(model), model, X, Y)
     if engine == "fast" and cls is not None and issubclass(cls, SequenceEngine):
         return sequence_loss(model, X, Y)
+    if engine == "fast" and np.ndim(Y) == 1 and np.ndim(X) == 2:        # rows of context, not sequences
+        return window_loss(model, X, Y)
     return train.evaluate(model, X, Y)

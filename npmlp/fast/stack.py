@@ -31,6 +31,7 @@ import numpy as np
 from ..layers import BN_EPS
 from .flat import FlatParams
 from .tanh import pick
+from .windows import distinct
 
 MOMENTUM = 0.1     # deep.BatchNorm1d's
 EVAL_ROWS = 1024, 65536   # rows inference_loss takes at once, at least and at most (more rows: more repeats)
@@ -278,9 +279,9 @@ def inference_loss(model, X, Y, chunk: int | None = None) -> float:
             key, size = groups[:, 0], len(x)                            # each group as a number < size
             for j in range(1, fold):
                 if size * len(x) >= 2 ** 62:                            # renumber before int64 overflows
-                    size, key = _distinct(key, size)
+                    size, key = distinct(key, size)
                 key, size = key * len(x) + groups[:, j], size * len(x)
-            count, at = _distinct(key, size)                            # at (rows,): which distinct group
+            count, at = distinct(key, size)                            # at (rows,): which distinct group
             first = np.empty(count, np.intp)
             first[at] = np.arange(len(at))                              # (count,) a row of each
             x = np.dot(x[groups[first]].reshape(count, -1), W)          # (count, O) each group once
@@ -292,13 +293,3 @@ def inference_loss(model, X, Y, chunk: int | None = None) -> float:
         total += float(np.sum(nll, dtype=np.float64))
     return total / len(X) if len(X) else float("nan")
 
-
-def _distinct(key, size: int) -> tuple[int, np.ndarray]:
-    """(how many distinct values key (n,) holds, each one's rank among them); 0 <= key < size."""
-    if size <= 4 * len(key):                                            # a table of every value:
-        seen = np.zeros(size, bool)                                     #   no sort
-        seen[key] = True
-        rank = np.cumsum(seen) - 1
-        return int(rank[-1]) + 1, rank[key]
-    values = np.unique(key)
-    return len(values), np.searchsorted(values, key)
