@@ -379,3 +379,24 @@ def test_a_busy_cell_is_marked_and_never_the_fastest():
     assert BUSY_LEGEND in step_table(run, ["npmlp", "torch_eager", "jax"])
     run["configs"] = run["configs"][:1]
     assert BUSY not in readme_table({"runs": [run]}) and BUSY not in step_table(run, ["npmlp", "torch_eager", "jax"])
+
+
+@pytest.mark.parametrize("kind", ["deep", "wavenet"])
+def test_layer_profile_times_every_block_both_ways(names, kind, capsys):
+    """benchmarks.layer_profile: a row of every block (blocks of one shape share one), forward and
+    backward, each with npmlp's time (and torch's where torch is installed); stack.py's numpy is
+    given back after."""
+    from benchmarks import layer_profile
+    from npmlp.app.registry import MODELS
+    from npmlp.fast import stack
+    layer_profile.main(["--model", kind, "--steps", "20", "--data", str(names[0]), "--top", "3"])
+    out = capsys.readouterr().out
+    assert stack.np is np
+    named = sorted(set(re.findall(r"^forward\s+(blocks? [\d-]+) \(", out, re.M)))
+    want = {"deep": ["block 0", "block 5", "blocks 1-4"], "wavenet": ["block 0", "block 1", "block 2", "block 3"]}
+    assert named == want[kind] and len(stack.plan(MODELS[kind].init(names[1]))) in (4, 6), out
+    for phase in ("forward", "backward"):
+        for name in named:
+            row = re.search(rf"^{phase}\s+{name} \(.*\)\s+(\S+)\s+(\S+)$", out, re.M)
+            assert row and float(row[1]) > 0 and (float(row[2]) > 0) == HAVE_TORCH, (phase, name, out)
+    assert re.search(r"^plain step: npmlp \d+", out, re.M) and out.count("stack.py:") == 3, out
