@@ -191,7 +191,7 @@ def test_ctrl_c_while_evaluating_is_finished_by_resume(tmp_path, names, monkeypa
     """Ctrl-C during the evaluation: exit 130, model.npz complete, no metrics.json, and a message
     pointing at `npmlp train --resume RUN`, which then evaluates (no step again) and writes metrics.json."""
     run = tmp_path / "run"
-    interrupt_in(monkeypatch, "npmlp.train.evaluate")
+    interrupt_in(monkeypatch, "npmlp.fast.evaluate")        # what a run evaluates its splits with
     code = cli.main(["train", "--data", str(names), "--steps", "300", "--out", str(run), *TINY_RUN])
     err = capsys.readouterr().err
     assert code == 130, err
