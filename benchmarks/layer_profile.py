@@ -214,11 +214,10 @@ def main(argv=None):
     from npmlp.app.registry import MODELS, train_default
     from npmlp.train import TrainConfig
 
-    from .torch_lecture import training_rows
+    from .torch_lecture import numpy_rows
     Model = MODELS[a.model]
-    a.threads, a.flush_denormal = 1, False
-    vocab, Xtr, Ytr, _, _ = training_rows(a, "layer_profile", Model.spec.defaults["block_size"])
-    X, Y = Xtr.numpy().astype(np.intp), Ytr.numpy().astype(np.intp)
+    vocab, Xtr, Ytr, _, _ = numpy_rows(a, "layer_profile", Model.spec.defaults["block_size"])
+    X, Y = Xtr.astype(np.intp), Ytr.astype(np.intp)
     model = Model.init(vocab.size)                       # float32, the lecture's sizes and seed
     cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, decay_at=train_default(a.model, "decay_at", 0.5))
     mine, plain, instrumented, blocks, by_call = npmlp_profile(model, X, Y, cfg, a.steps)

@@ -46,12 +46,11 @@ def checked(p: argparse.ArgumentParser, argv=None):
     return a
 
 
-def training_rows(a, prog: str, block_size: int):
+def numpy_rows(a, prog: str, block_size: int):
     """npmlp's names (a.data, else its default), vocab and split, the train and dev rows with a
-    context of block_size as torch int64 -> (vocab, Xtr, Ytr, Xdev, Ydev): X (N, T), Y (N,).
+    context of block_size -> (vocab, Xtr, Ytr, Xdev, Ydev): X (N, T), Y (N,) as int64 arrays.
     A names file npmlp refuses, or a.batch_size above the training rows: `PROG: error: ...`, exit 1."""
     import numpy as np
-    import torch
 
     from npmlp.data import DataError, Vocab, build_dataset, split_words
     from npmlp.loading import load_words
@@ -62,12 +61,18 @@ def training_rows(a, prog: str, block_size: int):
         raise SystemExit(f"{prog}: error: {e}") from None
     vocab = Vocab.from_words(words)
     tr, dev, _ = split_words(words)
-    Xtr, Ytr, Xdev, Ydev = (torch.from_numpy(v.astype(np.int64)) for part in (tr, dev)
-                            for v in build_dataset(part, vocab, block_size))
+    Xtr, Ytr, Xdev, Ydev = (v.astype(np.int64) for part in (tr, dev) for v in build_dataset(part, vocab, block_size))
     if a.batch_size > len(Xtr):
         raise SystemExit(f"{prog}: error: --batch-size {a.batch_size} is larger than the training split "
                          f"({len(Xtr):,} rows)")
     return vocab, Xtr, Ytr, Xdev, Ydev
+
+
+def training_rows(a, prog: str, block_size: int):
+    """numpy_rows(...) as torch int64 tensors."""
+    import torch
+    vocab, *rows = numpy_rows(a, prog, block_size)
+    return (vocab, *(torch.from_numpy(r) for r in rows))
 
 
 def report(train_loss: float, dev_loss: float, seconds: float) -> int:

@@ -315,15 +315,17 @@ def quick_look():
 
 
 def _checkout_state():
-    """Every file of the checkout (but .git and the bytecode caches) with its size and mtime, and
-    `git status --porcelain`: what a benchmark run must leave as it was."""
+    """Every file of the checkout with its size and mtime, and `git status --porcelain`: what a
+    benchmark run must leave as it was. Not .git, the virtual environments (.venv*) and the caches
+    of Python, pytest, hypothesis, marimo and the linters: CI installs, type-checks and runs the
+    other suite beside this one, and they write there."""
+    skip = {".git", ".mypy_cache", ".ruff_cache", ".hypothesis", ".pytest_cache", "__pycache__", "__marimo__"}
     files = {}
-    for path in REPO.rglob("*"):
-        parts = path.relative_to(REPO).parts
-        if parts[0] == ".git" or "__pycache__" in parts or ".pytest_cache" in parts or not path.is_file():
-            continue
-        st = path.stat()
-        files[str(path.relative_to(REPO))] = (st.st_size, st.st_mtime_ns)
+    for root, dirs, names in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in skip and not d.startswith(".venv")]
+        for name in names:
+            st = os.stat(os.path.join(root, name))
+            files[os.path.relpath(os.path.join(root, name), REPO)] = (st.st_size, st.st_mtime_ns)
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO, capture_output=True,
                             text=True, check=True).stdout
     return files, status
