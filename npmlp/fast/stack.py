@@ -31,7 +31,7 @@ import numpy as np
 from ..layers import BN_EPS
 from .flat import FlatParams
 from .tanh import pick
-from .windows import distinct
+from .windows import distinct_rows
 
 MOMENTUM = 0.1     # deep.BatchNorm1d's
 EVAL_ROWS = 1024, 65536   # rows inference_loss takes at once, at least and at most (more rows: more repeats)
@@ -276,14 +276,7 @@ def inference_loss(model, X, Y, chunk: int | None = None) -> float:
         x, at = C, xb.reshape(-1)                                       # level 0: every character
         for W, b, fold, tanh in blocks:
             groups = at.reshape(-1, fold)                               # (rows, fold) the rows it fuses
-            key, size = groups[:, 0], len(x)                            # each group as a number < size
-            for j in range(1, fold):
-                if size * len(x) >= 2 ** 62:                            # renumber before int64 overflows
-                    size, key = distinct(key, size)
-                key, size = key * len(x) + groups[:, j], size * len(x)
-            count, at = distinct(key, size)                            # at (rows,): which distinct group
-            first = np.empty(count, np.intp)
-            first[at] = np.arange(len(at))                              # (count,) a row of each
+            count, at, first = distinct_rows(groups, len(x))            # at (rows,): which group; first (count,)
             x = np.dot(x[groups[first]].reshape(count, -1), W)          # (count, O) each group once
             x += b
             if tanh:

@@ -23,21 +23,29 @@ def distinct(key, size: int) -> tuple[int, np.ndarray]:
     return len(values), np.searchsorted(values, key)
 
 
+def distinct_rows(rows, base: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """The distinct rows of `rows` (n, k), each value 0 <= v < base: (how many, U; each row's rank
+    among them (n,); a row of each (U,)). Each row is one number in base `base`, renumbered by rank
+    before it would overflow int64."""
+    key, size = rows[:, 0].astype(np.int64), base
+    for j in range(1, rows.shape[1]):
+        if size * base >= 2 ** 62:
+            size, key = distinct(key, size)
+        key, size = key * base + rows[:, j], size * base
+    count, at = distinct(key, size)
+    first = np.empty(count, np.intp)
+    first[at] = np.arange(len(at))
+    return count, at, first
+
+
 def window_loss(model, X, Y) -> float:
     """train.evaluate(model, X, Y) for rows of context X (N, T), Y (N,) of a model whose inference
     is row by row (every windows model: BatchNorm reads its running statistics there)."""
     if len(Y) == 0:
         return float("nan")                                             # as train.evaluate: no rows, no loss
     X, Y = model.check_inputs(X, Y)
-    (N, T), V = X.shape, model.vocab_size
-    key, size = np.zeros(N, np.int64), 1                                # (N,) each window as a number
-    for t in range(T):
-        if size * V >= 2 ** 62:                                         # renumber before int64 overflows
-            size, key = distinct(key, size)
-        key, size = key * V + X[:, t], size * V
-    U, at = distinct(key, size)                                         # at (N,): which distinct window
-    first = np.empty(U, np.intp)
-    first[at] = np.arange(N)                                            # (U,) a row of each
+    N = len(X)
+    U, at, first = distinct_rows(X, model.vocab_size)                   # at (N,): which window; first (U,)
     order = np.argsort(at, kind="stable")                               # (N,) the rows, window by window
     ends = np.searchsorted(at[order], np.arange(0, U + EVAL_CHUNK, EVAL_CHUNK))
     total = 0.0
