@@ -56,6 +56,14 @@ def tanh(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["rows", "windows"])
+def cut(request, monkeypatch):
+    """Both ways the fast step can cut a batch, forced (engine.DISTINCT_FROM): chunks of its rows,
+    or its distinct windows of characters, so each is held to the reference at every batch size."""
+    monkeypatch.setattr(fast, "DISTINCT_FROM", 1 if request.param == "windows" else 10 ** 9)
+    return request.param
+
+
 def as64(params):
     return {k: v.astype(np.float64) for k, v in params.items()}
 
@@ -108,7 +116,7 @@ GRID_IDS = [f"B{b}-T{t}-H{h}-V{v}-E{e}" + ("-repeat" if r else "") for b, t, h, 
 
 
 @pytest.mark.parametrize("B,T,H,V,E,repeat", GRID, ids=GRID_IDS)
-def test_one_step_equals_the_reference_float64(B, T, H, V, E, repeat, tanh):
+def test_one_step_equals_the_reference_float64(B, T, H, V, E, repeat, tanh, cut):
     """One fast.sgd step and one train.sgd step from the same params on the same minibatch: the
     same loss, update and params to 1e-12; fast.gradients equal to MLP.backward's to 1e-12."""
     seed = B + 10 * T + H + V
@@ -131,7 +139,7 @@ def test_one_step_equals_the_reference_float64(B, T, H, V, E, repeat, tanh):
 
 
 @pytest.mark.parametrize("B,T,H,V,E,repeat", GRID, ids=GRID_IDS)
-def test_one_step_equals_the_reference_float32(B, T, H, V, E, repeat, tanh):
+def test_one_step_equals_the_reference_float32(B, T, H, V, E, repeat, tanh, cut):
     """The float32 fast step against the float32 reference step (params after it) and against the
     reference in float64 from the same float32 params (loss, gradients, params): within 2e-5."""
     seed = B + 10 * T + H + V
@@ -158,7 +166,7 @@ def test_one_step_equals_the_reference_float32(B, T, H, V, E, repeat, tanh):
 # ----------------------------------------------------------------------------- whole runs
 
 @pytest.mark.parametrize("B,H,steps", [(32, 200, 1000), (300, 16, 1100)])
-def test_trajectory_equals_the_reference_float64(data, B, H, steps, tanh):
+def test_trajectory_equals_the_reference_float64(data, B, H, steps, tanh, cut):
     """fast.sgd and train.sgd from the lecture's init on the same minibatches, with the lr drop
     halfway: every loss and every parameter within 1e-10. B=32: the lecture's model, one chunk,
     a whole block of steps gathered at once. B=300: three chunks; gather groups of 109 steps (not
@@ -178,7 +186,7 @@ def test_trajectory_equals_the_reference_float64(data, B, H, steps, tanh):
 
 
 @pytest.mark.parametrize("B", [128, 129, 256, 257, 385])
-def test_chunked_batches_equal_the_reference(data, B, tanh):
+def test_chunked_batches_equal_the_reference(data, B, tanh, cut):
     """Batches at the chunk edges (one chunk of 128; 64+65; 2x128; 128+129; 128+128+129), 6 steps:
     float64 within 1e-12 of train.sgd; float32 within 2e-5 of the float64 reference."""
     vocab, X, Y = data
@@ -402,7 +410,7 @@ def test_an_exp_form_run_gives_no_overflow_warning(data, monkeypatch):
 
 @pytest.mark.parametrize("B", [32, 300])
 @pytest.mark.parametrize("lr_decayed,step,window", [(1e60, 11, False), (1e200, 11, False), (1e30, 4, True)])
-def test_divergence_is_caught_before_the_update(data, B, lr_decayed, step, window):
+def test_divergence_is_caught_before_the_update(data, B, lr_decayed, step, window, cut):
     """lr 0.1, then from step 10 a huge rate: step 10's update makes step 11's loss ~1e59 or ~1e199
     (above float32's max; at 1e200 the hidden layer's pre-activations overflow to inf on the way).
     With lr 1e30 throughout, the losses stay finite and the mean at the run's last step (4) explodes.
@@ -567,3 +575,55 @@ def test_evaluation_over_distinct_windows_is_train_evaluate(kind, sizes, dtype, 
 def load_words_from(n):
     from helpers import make_names
     return make_names(n, seed=8)
+
+
+# ----------------------------------------------------------------------------- distinct windows
+
+def test_large_batches_train_on_their_distinct_windows(data):
+    """From engine.DISTINCT_FROM rows the MLP's batch runs as its distinct windows; below it, and
+    for the bn model (its statistics weigh every row), as chunks of rows."""
+    vocab, _, _ = data
+    model = MLP.init(vocab.size, 3, 10, 8, seed=1)
+    for B in (fast.DISTINCT_FROM - 1, fast.DISTINCT_FROM):
+        with fast.Chunks(model, B) as batches:
+            assert batches.distinct == (B >= fast.DISTINCT_FROM)
+    from npmlp.bn import BNMLP
+    with fast.Chunks(BNMLP.init(vocab.size, n_hidden=8), 4096) as batches:
+        assert not batches.distinct
+    assert f"distinct windows from {fast.DISTINCT_FROM} rows" in fast.ARITHMETIC
+
+
+@pytest.mark.parametrize("B", [1, 40, 300, 2000])
+def test_distinct_windows_hold_every_row_once(data, B):
+    """gather_windows' layout, read back: per step, the windows are distinct and cut into chunks of
+    at most CHUNK (+1), each window's count and each (window, target) pair's count give back the
+    batch's rows exactly (as multisets), and pick/hot address the chunk's own buffers."""
+    vocab, X, Y = data
+    V, T = vocab.size, X.shape[1]
+    model = MLP.init(V, T, 10, 8, seed=1)
+    cfg = TrainConfig(steps=50, batch_size=B, seed=B)
+    ix = train.step_block(cfg, 0, len(X))[:7]                          # (7, B)
+    with fast.Chunks(model, B, distinct=True) as batches:
+        batches.gather(X, Y, ix)
+        for g in range(len(ix)):
+            n_chunks, edges, pedges = batches.nchunk[g], batches.edges[g], batches.pedges[g]
+            U = edges[n_chunks]
+            windows = batches.Xg[g, :U]
+            assert len(np.unique(windows, axis=0)) == U
+            rows, pairs = {}, {}
+            for k in range(n_chunks):
+                a, e, pa, pe = edges[k], edges[k + 1], pedges[k], pedges[k + 1]
+                n = e - a
+                assert 1 <= n <= fast.CHUNK + 1
+                assert np.array_equal(batches.hot[g, a * T:e * T],
+                                      (np.arange(n * T) * V).reshape(n, T).ravel() + windows[a:e].ravel())
+                for w, c in zip(map(tuple, windows[a:e]), batches.count[g, a:e], strict=True):
+                    rows[w] = c
+                for pos, c in zip(batches.pick[g, pa:pe], batches.pc[g, pa:pe], strict=True):
+                    y, u = divmod(int(pos), n)                         # pos = y * n + window in the chunk
+                    pairs[(*windows[a + u], y)] = c
+            want_rows, want_pairs = {}, {}
+            for x, y in zip(map(tuple, X[ix[g]]), Y[ix[g]], strict=True):
+                want_rows[x] = want_rows.get(x, 0) + 1
+                want_pairs[(*x, y)] = want_pairs.get((*x, y), 0) + 1
+            assert rows == want_rows and pairs == want_pairs

@@ -106,20 +106,26 @@ def test_resume_with_another_number_of_processes_is_bit_identical(data):
         check(k, model.params[k], ref.params[k], 1e-12)
 
 
-def test_helpers_run_their_chunks_and_exit(data):
+@pytest.mark.parametrize("distinct", [False, True])
+def test_helpers_run_their_chunks_and_exit(data, distinct):
+    """Both ways of cutting a batch: fixed chunks of rows, or each step's distinct windows."""
     _, X, Y = data
     B = 1024
     model = init(data)
-    with make_batches(model, B, processes=2) as batches:
+    with make_batches(model, B, processes=2, distinct=distinct) as batches:
         assert isinstance(batches, ChunkPool) and len(batches.procs) == 1 and batches.procs[0].is_alive()
+        assert batches.distinct == distinct
         n = len(batch_chunks(B))
-        assert list(batches.mine) == list(range(n // 2))       # the parent keeps the first half
+        assert list(batches.cut(0)) == list(range(n // 2))       # the parent keeps the first half
         batches.grads.fill(np.nan)
         batches.parts.fill(np.nan)
         cfg = TrainConfig(steps=3, batch_size=B, seed=2)
         fast.sgd(model, X, Y, cfg, batches=batches, stop=1)
+        n = batches.nchunk[0]                                    # this step's chunks
+        assert 1 < n < len(batch_chunks(B)) if distinct else n == len(batch_chunks(B))
+        assert batches.cut(0, 1) == range(n // 2, n)             # the helper's
         # the helper's chunks were written by the helper: finite, like the parent's
-        assert np.isfinite(batches.parts).all() and np.isfinite(batches.grads).all()
+        assert np.isfinite(batches.parts[:n]).all() and np.isfinite(batches.grads[:n]).all()
         fast.sgd(model, X, Y, cfg, start=1, batches=batches)     # a batches serves several calls
         proc = batches.procs[0]
     assert not proc.is_alive() and proc.exitcode == 0
@@ -146,7 +152,7 @@ def test_helper_failure_is_reported_not_hung(data):
     the error, and the parent raises one HelperFailed (an NpmlpError) naming it."""
     B = 600
     model = init(data)
-    with ChunkPool(model, B, processes=2) as batches:
+    with ChunkPool(model, B, processes=2, distinct=False) as batches:     # chunks of fixed rows
         batches.Xg[0] = 1
         batches.Yg[0] = 1
         first_helper_row = batches.chunks[batches.mine.stop][0]

@@ -24,7 +24,10 @@ The tricks, each said once where it is used:
     their targets and one-hot ones;
   - tanh is NumPy's where it is vectorised with AVX-512, else an exp form (tanh.py);
   - a batch of more than CHUNK rows runs as chunks whose updates are summed (in chunk order), and
-    parallel.py can run some chunks in helper processes.
+    parallel.py can run some chunks in helper processes;
+  - a batch of DISTINCT_FROM rows or more runs each distinct window of characters once (a row's
+    logits depend on its window alone): the softmax term of dlogits is weighted by how many rows
+    share the window, and the one-hot term is the count of each (window, target) pair.
 """
 from __future__ import annotations
 
@@ -46,10 +49,15 @@ from .recurrent import GRUEngine, LSTMEngine, RNNEngine
 from .stack import StackEngine
 from .tanh import TANH, pick
 from .transformer import BoWEngine, TransformerEngine
+from .windows import distinct_rows, tally
 
 CHUNK = 128     # rows per chunk: a chunk's (n, H) arrays stay in the L2 cache, and a batch of 256
                 # is already shared by two processes (see benchmarks/README.md)
 GATHER = 32768  # rows of several steps' minibatches gathered in one `take`
+# batches of at least this many rows train on their distinct windows (the lecture's batch of 4,096
+# holds about 1,340; one of 32 about 28, too few repeats to pay for finding them): see
+# benchmarks/README.md for the measurement
+DISTINCT_FROM = 256
 
 # exp() of a shifted logit below log(smallest normal float) is a denormal number, and x86 CPUs take
 # far longer for each multiply that touches one (the lecture's init at H=1000 makes some of the
@@ -60,7 +68,8 @@ EXP_FLOOR = {np.dtype(t): float(np.log(np.finfo(t).tiny)) + 40 for t in (np.floa
 
 # changes when the fast step's rounding changes, and names the tanh chosen for this CPU; runs
 # record it, so --resume can say when a run will not continue bit-identically
-ARITHMETIC = f"3 (tanh: float32 {TANH[np.dtype(np.float32)]}, float64 {TANH[np.dtype(np.float64)]})"
+ARITHMETIC = (f"4 (tanh: float32 {TANH[np.dtype(np.float32)]}, float64 {TANH[np.dtype(np.float64)]}; "
+              f"distinct windows from {DISTINCT_FROM} rows)")
 
 
 def batch_chunks(batch_size: int):
@@ -81,6 +90,7 @@ class Engine(FlatParams):
     forward/backward. run_chunks calls fresh_copies() every step."""
 
     chunked = True      # a batch may run as chunks: each row's gradient depends on that row alone
+    windows = True      # ... and its logits on its window alone: a batch may run its distinct windows
 
     def __init__(self, model: MLP, tanh: str | None = None):
         V, T, E, H = model.vocab_size, model.block_size, model.n_embd, model.n_hidden
@@ -147,6 +157,29 @@ class Engine(FlatParams):
         b = self._bufs.get(n) or self._buffers(n)
         b.pick = yb * n + b.rows if pick is None else pick
         b.hot = xb.reshape(-1) + b.rows_v if hot is None else hot
+        b.count = b.pc = None
+        b.n = n
+        picked = self.scores(b, xb)                               # (n,)
+        nll = np.log(b.sums, b.nll)                               # (n,) -log softmax[y] =
+        nll -= picked                                             #   log(sum) - (logit[y] - max)
+        return float(np.add.reduce(nll)) / n, b
+
+    def forward_windows(self, xb, count, pos, pc, hot, B: int) -> tuple[float, SimpleNamespace]:
+        """forward_loss for n distinct windows xb (n, T) of a batch of B rows: count (n,) rows have
+        each window; the distinct (window, target) pairs sit at pos (p,) in counts_flat (y * n +
+        window), pc (p,) rows each; hot as forward_loss's. -> (these rows' share of the batch's
+        mean loss, the buffers)."""
+        n = len(xb)
+        b = self._bufs.get(n) or self._buffers(n)
+        b.pick, b.hot, b.count, b.pc, b.n = pos, hot, count, pc, B
+        picked = self.scores(b, xb)                               # (p,)
+        nll = np.log(b.sums, b.nll)                               # (n,) log(sum) of each window;
+        # the rows' -log softmax[y] summed: count * log(sum) - pair count * (logit[y] - max)
+        return (float(np.dot(count, nll)) - float(np.dot(pc, picked))) / B, b
+
+    def scores(self, b, xb):
+        """The forward up to the softmax's denominators: counts_t (V, n) = exp(logits - max) and
+        sums (n,) in the buffers b; -> the shifted logits at b.pick."""
         self.w.C.take(xb, 0, b.emb)                               # (n, T, E) C[X], into embcat1
         self.hidden(b)                                            # (n, H) hpreact
         # tanh and later h^2 run on a contiguous h (strided rows take longer), then h goes into h1
@@ -156,25 +189,28 @@ class Engine(FlatParams):
         np.dot(self.W2bT, b.h1_t, c)                              # (V, n) (h @ W2 + b2).T
         np.maximum.reduce(c, 0, None, maxes)                      # (n,)
         np.subtract(c, maxes, c)                                  # (V, n) logits - max
-        picked = b.counts_flat[b.pick]                            # (n,) the targets' shifted logits
+        picked = b.counts_flat[b.pick]                            # the targets' shifted logits
         np.maximum(c, EXP_FLOOR[c.dtype], out=c)                  # no denormals (see EXP_FLOOR)
         np.exp(c, c)                                              # (V, n) counts
         np.add.reduce(c, 0, None, sums)                           # (n,) counts.sum(1)
-        nll = np.log(sums, b.nll)                                 # (n,) -log softmax[y] =
-        nll -= picked                                             #   log(sum) - (logit[y] - max)
-        return float(np.add.reduce(nll)) / n, b
+        return picked
 
     def hidden(self, b):
         np.dot(b.embcat1, self.w.W1b, b.hpreact)                  # (n, H) embcat @ W1 + b1
 
     def backward(self, b, xb, yb, dloss: float, g) -> None:
         """After forward_loss(xb, yb) gave b: dloss * the gradient of the chunk's mean loss into g
-        (views() of a gradient vector)."""
-        n = len(xb)
-        d = dloss / n
+        (views() of a gradient vector); after forward_windows, of its share of the batch's."""
+        d = dloss / b.n
         dl_t = b.dlogits_t
-        np.multiply(b.counts_t, np.divide(d, b.sums, b.coef), dl_t)  # (V, n) dloss * softmax / n
-        b.dlogits_flat[b.pick] -= d                               #   minus dloss * onehot(Y) / n
+        np.divide(d, b.sums, b.coef)                              # (n,) dloss / n / sum
+        if b.count is not None:
+            b.coef *= b.count                                     #   times the rows of each window
+        np.multiply(b.counts_t, b.coef, dl_t)                     # (V, n) dloss * softmax / n
+        if b.pc is None:
+            b.dlogits_flat[b.pick] -= d                           #   minus dloss * onehot(Y) / n
+        else:
+            b.dlogits_flat[b.pick] -= d * b.pc                    #   minus dloss * pair counts / n
         np.dot(b.dlogits, self.W2T, b.dh)                         # (n, H) dlogits @ W2.T
         np.dot(b.h1_t, b.dlogits, g.W2b)                          # (H+1, V) [dW2; db2]
         dhpreact = b.dhpreact
@@ -182,7 +218,7 @@ class Engine(FlatParams):
         np.subtract(1, dhpreact, dhpreact)                        # (n, H) 1 - h^2
         np.multiply(dhpreact, b.dh, dhpreact)                     # (n, H)
         dhprebn = self.hidden_backward(b, g)                      # (n, H)
-        np.dot(dhprebn, self.W1T_c if n >= 64 else self.W1T, b.dembcat)  # (n, T*E)
+        np.dot(dhprebn, self.W1T_c if len(b.h) >= 64 else self.W1T, b.dembcat)  # (n, T*E)
         np.dot(b.embcat1_t, dhprebn, g.W1b)                       # (T*E+1, H) [dW1; db1]
         # dC = onehot(X).T @ demb: the one-hot matmul adds the rows of repeated characters with
         # BLAS (np.add.at is correct but several times slower)
@@ -199,7 +235,7 @@ class BNEngine(Engine):
     the first linear layer and tanh, forward and backward fused (layers.batchnorm_backward's
     formula). Its statistics couple the rows of a batch, so a batch is never cut into chunks."""
 
-    chunked = False
+    chunked = windows = False
 
     def _buffers(self, n: int):
         b = self._bufs.get(n)
@@ -254,6 +290,8 @@ def run_chunks(eng: FlatParams, batches, ks, g: int, lr: float):
     """Forward and backward of the chunks ks of the rows batches.Xg[g], batches.Yg[g]: chunk k's share
     of the SGD update into batches.grad_views[k], its mean loss into batches.parts[k]. A chunk whose
     loss is not finite gets no backward: the step is refused before its update (train.check_loss)."""
+    if batches.distinct:
+        return run_windows(eng, batches, ks, g, lr)
     xb, yb, pick, hot, T, B = batches.Xg[g], batches.Yg[g], batches.pick[g], batches.hot[g], eng.T, batches.batch_size
     if batches.chunks[0][1] >= 64:                                   # the chunks' rows (see Engine.W1T_c)
         eng.fresh_copies()
@@ -270,6 +308,21 @@ def run_chunks(eng: FlatParams, batches, ks, g: int, lr: float):
             eng.backward(b, xk, yk, -lr * share, batches.grad_views[k])
 
 
+def run_windows(eng, batches, ks, g: int, lr: float):
+    """run_chunks for a batch gathered as its distinct windows (Chunks.gather_windows): chunk k
+    is the windows edges[g, k]:edges[g, k+1] and the pairs pedges[g, k]:pedges[g, k+1]; its part
+    is its share of the batch's mean loss."""
+    xg, count, pos, pc, hot = batches.Xg[g], batches.count[g], batches.pick[g], batches.pc[g], batches.hot[g]
+    edges, pedges, T, B = batches.edges[g], batches.pedges[g], eng.T, batches.batch_size
+    eng.fresh_copies()
+    for k in ks:
+        a, e, pa, pe = edges[k], edges[k + 1], pedges[k], pedges[k + 1]
+        part, b = eng.forward_windows(xg[a:e], count[a:e], pos[pa:pe], pc[pa:pe], hot[a * T:e * T], B)
+        batches.parts[k] = part
+        if math.isfinite(part):
+            eng.backward(b, None, None, -lr, batches.grad_views[k])
+
+
 _BLAS: dict = {"open": 0, "limit": None}   # one BLAS-thread limit shared by every open Chunks
 
 
@@ -281,7 +334,7 @@ class Chunks:
     parallel.ChunkPool is the same with helper processes.
     Use as a context manager, or close() it."""
 
-    def __init__(self, model: Model, batch_size: int):
+    def __init__(self, model: Model, batch_size: int, distinct: bool | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if model.spec.engine not in ENGINE_CLASS:
@@ -299,6 +352,17 @@ class Chunks:
         self.hot = self.array((G, batch_size * model.block_size), np.intp)
         self.grad_views = [self.engine.views(row) for row in self.grads]
         self.mine = range(n)          # the chunks this process runs
+        self.processes = 1            # ... of this many (a batch of distinct windows is cut per step)
+        # distinct (None: from DISTINCT_FROM rows, where the engine can): each step's distinct
+        # windows, edges[g] of its nchunk[g] chunks, each window's rows count[g], and its distinct
+        # (window, target) pairs: their places pick[g], rows pc[g], the edges pedges[g] of each chunk's
+        can = self.engine.windows and self.engine.chunked
+        self.distinct = can and (batch_size >= DISTINCT_FROM if distinct is None else distinct)
+        self.nchunk = self.array((G,), np.intp)
+        self.nchunk[:] = n
+        if self.distinct:
+            self.edges, self.pedges = self.array((G, n + 1), np.intp), self.array((G, n + 1), np.intp)
+            self.count, self.pc = self.array((G, batch_size), model.dtype), self.array((G, batch_size), model.dtype)
         self.closed = False
         # One BLAS thread while open (forked helpers inherit it): a chunk's products are too small
         # for two, and beside helper processes OpenBLAS's idle threads spin on the cores the
@@ -317,6 +381,8 @@ class Chunks:
         chunk's pick (where counts_flat holds the target: the engine's picks) and hot ((row * T + t) * V
         + x: where onehot_flat holds a one), so that a step indexes flat arrays once instead of
         building two-dimensional indices."""
+        if self.distinct:
+            return self.gather_windows(X, Y, ix)
         m, T, V = len(ix), self.engine.T, self.engine.V
         Xg, Yg = self.Xg[:m], self.Yg[:m]
         np.copyto(Xg, X.take(ix, axis=0))                         # (m, B, T) (take: faster than
@@ -327,6 +393,50 @@ class Chunks:
             hot = self.hot[:m, a * T:e * T]                       # (m, n*T)
             np.multiply(np.arange(n * T), V, hot)
             hot += Xg[:, a:e].reshape(m, n * T)
+
+    def gather_windows(self, X, Y, ix):
+        """gather for a batch run as its distinct windows: step g's U distinct windows into
+        Xg[g, :U] (ranked by their characters), cut into nchunk[g] chunks of about CHUNK windows
+        at edges[g]; the rows of each in count[g]; its distinct (window, target) pairs, ranked
+        by window then target, at pick[g] (y * n + window within its chunk of n), their rows in
+        pc[g], each chunk's at pedges[g]; hot as gather's, within each window's chunk. All m
+        steps at once: S windows and P pairs over the m steps, numbered step by step."""
+        m, B, T, V, nmax = len(ix), self.batch_size, self.engine.T, self.engine.V, len(self.chunks)
+        Xr, Yr = X.take(ix.reshape(-1), axis=0), Y.take(ix.reshape(-1))   # (m*B, T), (m*B,)
+        W, window, first = distinct_rows(Xr, V)                             # every row's window, ranked
+        key, count, at = tally(np.repeat(np.arange(m) * W, B) + window, m * W)   # (step, window): (S,)
+        wstep, chars = key // W, Xr[first[key % W]]                         # (S,) ascending, (S, T)
+        S = len(key)
+        U = np.bincount(wstep, minlength=m)                                 # (m,) windows of each step
+        u = np.arange(S) - (np.cumsum(U) - U)[wstep]                        # (S,) each one's place in its step
+        n = np.maximum(1, -(-U // CHUNK))                                   # (m,) chunks of each step
+        self.nchunk[:m] = n
+        k = np.arange(nmax + 1)
+        self.edges[:m] = np.minimum(U[:, None] * k // n[:, None], U[:, None])   # (m, nmax+1)
+        Uw, nw = U[wstep], n[wstep]
+        kw = ((u + 1) * nw - 1) // Uw                                       # (S,) each window's chunk
+        a = Uw * kw // nw                                                   # (S,) its chunk's first window
+        size = Uw * (kw + 1) // nw - a                                      # (S,) and its windows
+        slot = wstep * B + u                                                # (S,) where it goes in (m*B,)
+        self.Xg[:m].reshape(m * B, T)[slot] = chars
+        self.count[:m].reshape(-1)[slot] = count
+        self.hot[:m].reshape(m * B, T)[slot] = ((u - a)[:, None] * T + np.arange(T)) * V + chars
+        pair, pc, _ = tally(at * V + Yr, S * V, False)                      # (window, target): (P,)
+        pw = pair // V                                                      # (P,) each pair's window
+        pstep = wstep[pw]
+        npairs = np.bincount(pstep, minlength=m)                            # (m,)
+        pslot = pstep * B + np.arange(len(pair)) - (np.cumsum(npairs) - npairs)[pstep]
+        self.pick[:m].reshape(-1)[pslot] = pair % V * size[pw] + u[pw] - a[pw]
+        self.pc[:m].reshape(-1)[pslot] = pc
+        per_chunk = np.bincount(pstep * nmax + kw[pw], minlength=m * nmax).reshape(m, nmax)
+        self.pedges[:m, 0] = 0
+        np.cumsum(per_chunk, 1, out=self.pedges[:m, 1:])
+
+    def cut(self, g: int, p: int = 0) -> range:
+        """The chunks of step g that process p (0: this one) runs: a contiguous share of them (of
+        a batch of distinct windows, that step's; else the same every step, self.mine for p 0)."""
+        n = int(self.nchunk[g])
+        return range(n * p // self.processes, n * (p + 1) // self.processes)
 
     def fits(self, model: MLP, batch_size: int) -> None:
         if self.closed:
@@ -414,10 +524,12 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
     batches.fits(model, cfg.rows(len(X)))
     eng, N = batches.engine, len(X)
     chunks, G, n = batches.chunks, len(batches.Xg), len(batches.chunks)
+    nmax, distinct = n, batches.distinct
     stop = cfg.steps if stop is None else stop
     lossi = np.zeros(cfg.steps, np.float32) if lossi is None else lossi
     update = batches.grads[0] if n == 1 else np.empty_like(eng.flat)   # the chunks' summed update
-    lr_at, flat, parts, shares = cfg.lr_at, eng.flat, batches.parts, [c[2] for c in chunks]
+    lr_at, flat, parts = cfg.lr_at, eng.flat, batches.parts
+    shares = [1.0] * n if distinct else [c[2] for c in chunks]
     opt = train.optimizer(cfg, model.params) if opt is None else opt
     # AdamW needs the gradient itself: the backward is seeded with dloss = -1, so update = -grad
     adam = FlatAdamW(eng, opt) if isinstance(opt, AdamW) else None
@@ -440,16 +552,18 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
                 lr = lr_at(step)
                 seed = 1.0 if adam is not None else lr                     # the backward's -seed * grad
                 batches.start(g, seed, flat)                                  # helpers run their chunks ...
-                run_chunks(eng, batches, batches.mine, g, seed)
+                run_chunks(eng, batches, batches.cut(g), g, seed)
                 batches.wait()                                                # ... while we run ours
                 loss = 0.0
+                if distinct:                                               # parts: shares of the mean
+                    n = int(batches.nchunk[g])
                 for k in range(n):
                     loss += float(parts[k]) * shares[k]                    # the batch mean, chunk by chunk
                 if cfg.reg:
                     loss += cfg.reg * float(np.dot(np.square(flat, dtype=np.float64), inv_size))
                 check_loss(lossi, step, loss, cfg, eng.V)
-                if n > 1:                                                  # row by row in chunk order,
-                    np.add.reduce(batches.grads, 0, None, update)             #   whoever ran the chunk
+                if nmax > 1:                                               # row by row in chunk order,
+                    np.add.reduce(batches.grads[:n], 0, None, update)         #   whoever ran the chunk
                 if cfg.reg:
                     update -= seed * decay * flat                          # the penalty's share of -seed * grad
                 if adam is not None:
@@ -475,9 +589,9 @@ def gradients(model: MLP, X, Y, lr: float = 0.1) -> dict:
         eng = batches.engine
         eng.load(model)
         batches.gather(np.asarray(X), np.asarray(Y), np.arange(len(X))[None])
-        run_chunks(eng, batches, batches.mine, 0, lr)
-    total = np.add.reduce(batches.grads, axis=0) / -lr
-    if not np.isfinite(batches.parts).all():
+        run_chunks(eng, batches, batches.cut(0), 0, lr)
+    total = np.add.reduce(batches.grads[:batches.nchunk[0]], axis=0) / -lr
+    if not np.isfinite(batches.parts[:batches.nchunk[0]]).all():
         total.fill(np.nan)
     v = eng.views(total)
     return {k: getattr(v, k) for k in eng.shapes}

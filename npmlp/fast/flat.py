@@ -18,9 +18,11 @@ class FlatParams:
     An engine is a FlatParams that also writes the step (engine.run_chunks calls them):
     picks(y, n, out), forward_loss(xb, yb, pick, hot) -> (mean loss, buffers) and
     backward(buffers, xb, yb, dloss, g); V and T are the model's vocabulary and rows' context,
-    and `chunked` says whether a batch may run as chunks (each row's gradient its own)."""
+    and `chunked` says whether a batch may run as chunks (each row's gradient its own), `windows`
+    whether as its distinct windows of characters."""
 
     chunked: ClassVar[bool] = False
+    windows: ClassVar[bool] = False   # a batch may run its distinct windows (engine.Engine's forward_windows)
     V: int
     T: int
 

@@ -144,13 +144,13 @@ class ChunkPool(Chunks):
 
     array = staticmethod(shared_array)
 
-    def __init__(self, model, batch_size: int, processes: int):
-        super().__init__(model, batch_size)
+    def __init__(self, model, batch_size: int, processes: int, distinct: bool | None = None):
+        super().__init__(model, batch_size, distinct)
         n = len(self.chunks)
         processes = max(1, min(processes, n)) if FORK else 1
+        self.processes = processes                                     # contiguous runs of chunks (cut)
         self.params = shared_array(self.engine.flat.shape, model.dtype)
-        cuts = [n * p // processes for p in range(processes + 1)]     # contiguous runs of chunks
-        self.mine = range(cuts[0], cuts[1])
+        self.mine = self.cut(0)
         self.conns: list = []                 # per helper: its pipe end, process, owed answer, Receiver
         self.procs: list = []
         self._owed: list = []
@@ -162,7 +162,7 @@ class ChunkPool(Chunks):
             for p in range(1, processes):
                 parent_end, child_end = ctx.Pipe()
                 proc = ctx.Process(target=self._helper, daemon=True, name=f"npmlp-helper-{p}",
-                                   args=(child_end, [*_PARENT_ENDS, parent_end], range(cuts[p], cuts[p + 1])))
+                                   args=(child_end, [*_PARENT_ENDS, parent_end], p))
                 proc.start()
                 child_end.close()
                 self.conns.append(parent_end)
@@ -173,8 +173,8 @@ class ChunkPool(Chunks):
             self.close()
             raise
 
-    def _helper(self, conn, parent_ends, ks):
-        """The loop a helper runs: wait for "go" (group index, lr), do chunks ks, answer."""
+    def _helper(self, conn, parent_ends, p: int):
+        """The loop a helper runs: wait for "go" (group index, lr), do process p's chunks, answer."""
         for c in parent_ends:    # the fork copied the parent's pipe ends: while they are open here,
             c.close()            # the parent closing its own would not end our recv with EOF
         # Ctrl-C, `timeout`/`kill -- -PGID` and a closed terminal (SIGHUP) signal the whole process
@@ -190,7 +190,7 @@ class ChunkPool(Chunks):
                 except EOFError:                       # the parent closed the pipe (or died)
                     return
                 np.copyto(eng.flat, self.params)
-                run_chunks(eng, self, ks, g, lr)
+                run_chunks(eng, self, self.cut(g, p), g, lr)
                 conn.send_bytes(b"")
         except BaseException as e:  # noqa: BLE001  (any failure: report it, no traceback)
             try:
@@ -256,11 +256,11 @@ class ChunkPool(Chunks):
         super().close()
 
 
-def make_batches(model, batch_size: int, processes: int | None = None) -> Chunks:
+def make_batches(model, batch_size: int, processes: int | None = None, distinct: bool | None = None) -> Chunks:
     """What fast.sgd runs batches of batch_size rows with: a ChunkPool with one process per chunk
     up to the usable cores (or `processes`), or a plain fast.Chunks when that is one process.
     Forking costs ~20 ms: make one per run, not per step, and before any thread starts (a fork
     beside a running thread can deadlock the child; Python 3.12+ warns)."""
     n = len(batch_chunks(batch_size)) if ENGINE_CLASS[model.spec.engine].chunked else 1
     procs = default_processes(n) if processes is None else min(processes, n)
-    return ChunkPool(model, batch_size, procs) if procs > 1 else Chunks(model, batch_size)
+    return ChunkPool(model, batch_size, procs, distinct) if procs > 1 else Chunks(model, batch_size, distinct)

@@ -12,15 +12,27 @@ import numpy as np
 from ..train import EVAL_CHUNK
 
 
+def tally(key, size: int, ranks: bool = True):
+    """The distinct values of key (n,), 0 <= key < size: (them, ascending (U,); how often each
+    occurs (U,); each element's rank among them (n,), or None when not `ranks`)."""
+    if not ranks:                                                       # sorted: equal keys side by side
+        s = np.sort(key)
+        starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
+        return s[starts], np.diff(starts, append=len(s)), None
+    if size <= 16 * len(key):                                           # a table of every value: no sort
+        table = np.bincount(key, minlength=size)
+        values = np.flatnonzero(table > 0)                              # (of a bool: several times faster)
+        counts = table[values]
+        table[values] = np.arange(len(values))                          # the table again, of ranks (a new
+        return values, counts, table[key]                               #   one costs its page faults)
+    values, rank, counts = np.unique(key, return_inverse=True, return_counts=True)
+    return values, counts, rank.reshape(-1)
+
+
 def distinct(key, size: int) -> tuple[int, np.ndarray]:
     """(how many distinct values key (n,) holds, each one's rank among them); 0 <= key < size."""
-    if size <= 4 * len(key):                                            # a table of every value:
-        seen = np.zeros(size, bool)                                     #   no sort
-        seen[key] = True
-        rank = np.cumsum(seen) - 1
-        return int(rank[-1]) + 1, rank[key]
-    values = np.unique(key)
-    return len(values), np.searchsorted(values, key)
+    values, _, rank = tally(key, size)
+    return len(values), rank
 
 
 def distinct_rows(rows, base: int) -> tuple[int, np.ndarray, np.ndarray]:
