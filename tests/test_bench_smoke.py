@@ -402,3 +402,16 @@ def test_layer_profile_times_every_block_both_ways(names, kind, capsys):
             row = re.search(rf"^{phase}\s+{name} \(.*\)\s+(\S+)\s+(\S+)$", out, re.M)
             assert row and float(row[1]) > 0 and (float(row[2]) > 0) == HAVE_TORCH, (phase, name, out)
     assert re.search(r"^plain step: npmlp \d+", out, re.M) and out.count("stack.py:") == 3, out
+
+
+def test_distinct_windows_times_both_ways_of_cutting_a_batch(names, capsys):
+    """benchmarks.distinct_windows: a row per batch size with both ways' times, the windows a batch
+    holds (one at B=1; at most B) and a ratio of pairs within its slowest-fastest range."""
+    from benchmarks import distinct_windows
+    distinct_windows.main(["--batch-sizes", "1", "300", "--repeats", "2", "--rows", "600", "--data", str(names[0])])
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\s*(\d+)\s+(\S+)\s+(\S+)\s+(\d+)\s+(\S+)x \((\S+)-(\S+)\)$", out, re.M)
+    assert [int(r[0]) for r in rows] == [1, 300], out
+    for B, plain, windows, U, mid, lo, hi in rows:
+        assert float(plain) > 0 and float(windows) > 0 and float(lo) <= float(mid) <= float(hi), out
+        assert 1 <= int(U) <= int(B) and (int(U) == 1) == (B == "1"), out
