@@ -1,8 +1,9 @@
 """Per-op profile of npmlp's fast training step (npmlp.fast.sgd), with a floor for every op.
 
 The `np` that npmlp/fast/engine.py sees is replaced by a proxy that times each NumPy call and notes its
-FLOPs and bytes, and the engine's two methods, Engine.forward_loss and Engine.backward, are
-wrapped with a timer (they are the "layers" of the table: every chunk of a batch calls each once).
+FLOPs and bytes, and the engine's methods, Engine.forward_loss (Engine.forward_windows for a batch
+run as its distinct windows) and Engine.backward, are wrapped with a timer (they are the "layers"
+of the table: every chunk of a batch calls a forward and the backward once).
 Then real fast.sgd steps run in this one process, on a fresh fast.Chunks made while the proxy is
 in place (the engine keeps some NumPy functions in its buffers). Calls outside the two methods
 (the minibatch gather, the sum of the chunk updates) are listed under "sgd loop". Operators
@@ -27,7 +28,8 @@ import numpy as np
 from npmlp.contract import SEED
 
 MATMULS = ("np.matmul", "np.dot")
-LAYER_FUNCS = ("forward_loss", "backward")      # the methods of npmlp.fast.Engine that are timed
+# the methods of npmlp.fast.Engine that are timed (forward_windows: a batch run as its distinct windows)
+LAYER_FUNCS = ("forward_loss", "forward_windows", "backward")
 OUTSIDE = "sgd loop"                             # the label of the calls outside them
 
 
@@ -78,7 +80,7 @@ class _Timed:
         s.calls[key] += 1
         if key not in s.cost:
             s.cost[key] = (_flops(self._name, args), _nbytes(args, kwargs, r))
-            if self._name in MATMULS:
+            if self._name in MATMULS and np.ndim(args[0]) == np.ndim(args[1]) == 2:   # not a dot of vectors
                 out = kwargs.get("out", r)
                 s.layouts[key] = [(a.shape, not a.flags.c_contiguous) for a in (args[0], args[1], out)]
         return r

@@ -415,3 +415,19 @@ def test_distinct_windows_times_both_ways_of_cutting_a_batch(names, capsys):
     for B, plain, windows, U, mid, lo, hi in rows:
         assert float(plain) > 0 and float(windows) > 0 and float(lo) <= float(mid) <= float(hi), out
         assert 1 <= int(U) <= int(B) and (int(U) == 1) == (B == "1"), out
+
+
+def test_the_op_profile_of_a_batch_run_as_distinct_windows():
+    """opprofile.profile_step at a batch the engine runs as its distinct windows: the forward is
+    Engine.forward_windows, its products are rows of the table with their layouts timed alone, and
+    its dots of two vectors (the loss's weighted sums) are timed but not taken for matmuls."""
+    from benchmarks.opprofile import profile_step
+    from npmlp.data import build_dataset
+    words = make_names(400, seed=3)
+    vocab = Vocab.from_words(words)
+    X, Y = (a.astype(np.intp) for a in build_dataset(words, vocab))
+    prof = profile_step(X, Y, vocab.size, fast_engine.DISTINCT_FROM, 8, 3, 80.0, mkl_reference=False)
+    ops = {(row["layer"], row["op"].split()[0]) for row in prof["rows"]}
+    assert {("forward_windows", "np.dot"), ("backward", "np.dot")} <= ops and ("forward_loss", "np.dot") not in ops
+    products = [row for row in prof["rows"] if row["op"].startswith("np.dot") and row["mflop"] > 0]
+    assert products and all(row["alone_numpy_us"] > 0 for row in products)
