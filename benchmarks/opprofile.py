@@ -20,6 +20,7 @@ processes (parallel.make_batches), with them.
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 
@@ -56,16 +57,17 @@ class _Sink:
 
     def clear(self):
         self.layer = OUTSIDE                   # the layer call we are inside
+        self.rows = set()                      # the chunk sizes of a batch run as distinct windows
         self.times = defaultdict(int)          # (layer, op, shapes) -> total ns
         self.calls = defaultdict(int)
-        self.cost = {}                         # (layer, op, shapes) -> (FLOPs, bytes) of one call
+        self.cost = {}                         # (layer, op, shapes, line) -> (FLOPs, bytes) of one call
         self.layouts = {}                      # matmul key -> [(shape, transposed)] of a, b, out
 
 
 class _Timed:
     """A NumPy function (or ufunc method) that records its time under the current layer. Each
-    (layer, op, shapes of its array arguments) gets its own row; its FLOPs and bytes are noted once:
-    they are the same every step."""
+    (layer, op, shapes of its array arguments, calling line) is counted apart; its FLOPs and bytes
+    are noted once: they are the same every time."""
 
     def __init__(self, fn, name, sink):
         self._fn, self._name, self._sink = fn, name, sink
@@ -75,7 +77,8 @@ class _Timed:
         r = self._fn(*args, **kwargs)
         dt = time.perf_counter_ns() - t
         s = self._sink
-        key = (s.layer, self._name, tuple(a.shape for a in args if isinstance(a, np.ndarray)))
+        key = (s.layer, self._name, tuple(a.shape for a in args if isinstance(a, np.ndarray)),
+               sys._getframe(1).f_lineno)
         s.times[key] += dt
         s.calls[key] += 1
         if key not in s.cost:
@@ -121,6 +124,8 @@ def instrumentation_overhead_us(sink):
 def _layer_timer(fn, name, sink):
     def wrapped(*args, **kwargs):
         outer, sink.layer = sink.layer, name
+        if name == "forward_windows":
+            sink.rows.add(len(args[1]))        # (self, xb, ...): this chunk's distinct windows
         t = time.perf_counter_ns()
         try:
             return fn(*args, **kwargs)
@@ -172,9 +177,19 @@ def _best(f, n):
     return (time.perf_counter() - t) / n
 
 
+def _shapes_of(members):
+    """The shapes of one call's arrays over its calls, each size that varies given as n."""
+    members = list(members)
+    first = members[0]
+    if any(len(m) != len(first) or any(len(a) != len(b) for a, b in zip(m, first, strict=True)) for m in members):
+        return first
+    return tuple(tuple(d if all(m[i][j] == d for m in members) else "n" for j, d in enumerate(sh))
+                 for i, sh in enumerate(first))
+
+
 def _op_label(k):
     """'np.matmul (32,31)@(31,200)', 'np.add.reduce (32,27)': the op and its arrays' shapes."""
-    shapes = [str(sh).replace(", ", ",").replace(",)", ")") for sh in k[2]]
+    shapes = [str(sh).replace(", ", ",").replace(",)", ")").replace("'", "") for sh in k[2]]
     if k[1] in MATMULS and len(shapes) >= 2:
         return f"{k[1]} {shapes[0]}@{shapes[1]}"
     return f"{k[1]} {' '.join(shapes)}".rstrip()
@@ -242,21 +257,29 @@ def profile_step(X, Y, vocab_size, B, H, steps, peak_gflops, seed=SEED, mkl_refe
     for layer in [*layers, OUTSIDE]:
         layer_us = outside_us if layer == OUTSIDE else sink.times[(layer, "total", None)] / steps / 1e3
         ops = [k for k in sink.times if k[0] == layer and k[1] != "total"]
+        # one row of the table per call in the engine's code: a batch run as distinct windows has
+        # chunks of varying rows, each shown as n
+        groups: dict = defaultdict(list)
+        for k in ops:
+            groups[(k[0], k[1], k[3])].append(k)
         op_sum = 0.0
-        for k in sorted(ops, key=lambda k: -sink.times[k]):
-            us = sink.times[k] / steps / 1e3
+        for ks in sorted(groups.values(), key=lambda ks: -sum(sink.times[k] for k in ks)):
+            g = (ks[0][0], ks[0][1], _shapes_of(k[2] for k in ks))
+            us = sum(sink.times[k] for k in ks) / steps / 1e3
             op_sum += us
-            calls = sink.calls[k] / steps
-            flops, byts = (c * calls for c in sink.cost[k])
+            calls = sum(sink.calls[k] for k in ks) / steps
+            flops, byts = (sum(sink.cost[k][i] * sink.calls[k] for k in ks) / steps for i in (0, 1))
             floors = {"call": calls * call_us, "flops": flops / (peak_gflops * 1e3), "bytes": byts / (bw * 1e3)}
             bound = max(floors, key=floors.get)
-            row = {"layer": layer, "op": _op_label(k), "calls": calls, "us": us, "floor_us": floors[bound],
+            row = {"layer": layer, "op": _op_label(g), "calls": calls, "us": us, "floor_us": floors[bound],
                    "bound": bound, "mflop": flops / 1e6, "kbytes": byts / 1e3}
+            k = max(ks, key=lambda k: sink.calls[k])                  # the commonest shape, alone
             if k in sink.layouts:
                 np_us, torch_us = matmul_reference(sink.layouts[k], np.dot if k[1] == "np.dot" else np.matmul,
                                                    with_torch=mkl_reference)
-                row["alone_numpy_us"] = np_us * calls
-                row["alone_torch_us"] = None if torch_us is None else torch_us * calls
+                scale = flops / sink.cost[k][0]                       # its calls that make the group's FLOPs
+                row["alone_numpy_us"] = np_us * scale
+                row["alone_torch_us"] = None if torch_us is None else torch_us * scale
             rows.append(row)
         n_calls = sum(sink.calls[k] for k in ops) / steps
         if layer == OUTSIDE:                                              # the layer timers run out here
@@ -267,6 +290,7 @@ def profile_step(X, Y, vocab_size, B, H, steps, peak_gflops, seed=SEED, mkl_refe
     return {"B": B, "H": H, "steps": steps, "engine": "fast", "plain_step_us": plain_us,
             "pool_step_us": pool_us, "pool_processes": processes, "instrumented_step_us": instr_us,
             "layers_us": layer_total, "outside_layers_us": outside_us, "chunks": len(F.batch_chunks(B)),
+            "window_chunk_rows": sorted(sink.rows),
             "timer_overhead_us_per_call": overhead, "ops_seen": len(sink.cost),
             "call_overhead_us": call_us, "copy_bandwidth_gbs": bw, "peak_gflops": peak_gflops, "rows": rows}
 
@@ -279,8 +303,10 @@ def profile_markdown(p):
     """A Markdown table of one profile."""
     batches = "" if not p.get("pool_step_us") else (
         f", {p['pool_step_us']:.1f} us with {p['pool_processes']} processes as `npmlp train` runs it")
-    head = (f"**B={p['B']}, H={p['H']}** ({p['chunks']} chunk{'s' * (p['chunks'] != 1)} of at most "
-            f"{-(-p['B'] // p['chunks'])} rows): plain step {p['plain_step_us']:.1f} us in one process{batches}; "
+    windows = p.get("window_chunk_rows")
+    cut = (f"its distinct windows, in chunks of n = {windows[0]}-{windows[-1]} rows" if windows else
+           f"{p['chunks']} chunk{'s' * (p['chunks'] != 1)} of at most {-(-p['B'] // p['chunks'])} rows")
+    head = (f"**B={p['B']}, H={p['H']}** ({cut}): plain step {p['plain_step_us']:.1f} us in one process{batches}; "
             f"instrumented {p['instrumented_step_us']:.1f} us (Engine.forward_loss and backward "
             f"{p['layers_us']:.1f} us, outside them -- minibatch gather, run_chunks, sum of the chunk "
             f"updates, SGD update, loop -- {p['outside_layers_us']:.1f} us). Floors: "

@@ -431,3 +431,8 @@ def test_the_op_profile_of_a_batch_run_as_distinct_windows():
     assert {("forward_windows", "np.dot"), ("backward", "np.dot")} <= ops and ("forward_loss", "np.dot") not in ops
     products = [row for row in prof["rows"] if row["op"].startswith("np.dot") and row["mflop"] > 0]
     assert products and all(row["alone_numpy_us"] > 0 for row in products)
+    # one row per op: the chunks' varying rows are shown as n
+    assert len({(row["layer"], row["op"]) for row in products}) == len(products)
+    assert any(re.search(r"[(,]n[,)]", row["op"]) for row in products), [row["op"] for row in products]
+    from benchmarks.opprofile import profile_markdown
+    assert "its distinct windows, in chunks of n = " in profile_markdown(prof)
