@@ -155,7 +155,7 @@ def test_helper_failure_is_reported_not_hung(data):
     with ChunkPool(model, B, processes=2, distinct=False) as batches:     # chunks of fixed rows
         batches.Xg[0] = 1
         batches.Yg[0] = 1
-        first_helper_row = batches.chunks[batches.mine.stop][0]
+        first_helper_row = batches.chunks[batches.cut(0).stop][0]
         batches.Xg[0, first_helper_row:] = 10 ** 6                # only the helper's rows are bad
         batches.start(0, 0.1, batches.engine.flat)
         with pytest.raises(HelperFailed, match="helper process.*IndexError"):

@@ -351,8 +351,7 @@ class Chunks:
         self.pick = self.array((G, batch_size, *tail), np.intp)
         self.hot = self.array((G, batch_size * model.block_size), np.intp)
         self.grad_views = [self.engine.views(row) for row in self.grads]
-        self.mine = range(n)          # the chunks this process runs
-        self.processes = 1            # ... of this many (a batch of distinct windows is cut per step)
+        self.processes = 1            # the processes a step's chunks are cut between (cut)
         # distinct (None: from DISTINCT_FROM rows, where the engine can): each step's distinct
         # windows, edges[g] of its nchunk[g] chunks, each window's rows count[g], and its distinct
         # (window, target) pairs: their places pick[g], rows pc[g], the edges pedges[g] of each chunk's
@@ -434,7 +433,7 @@ class Chunks:
 
     def cut(self, g: int, p: int = 0) -> range:
         """The chunks of step g that process p (0: this one) runs: a contiguous share of them (of
-        a batch of distinct windows, that step's; else the same every step, self.mine for p 0)."""
+        a batch of distinct windows, that step's; else the same every step)."""
         n = int(self.nchunk[g])
         return range(n * p // self.processes, n * (p + 1) // self.processes)
 

@@ -139,8 +139,8 @@ class Receiver:
 class ChunkPool(Chunks):
     """fast.Chunks with `processes - 1` forked helpers that run some of the chunks: the arrays a
     step shares (the params (P,), each chunk's update (n, P) and loss (n,), the gathered rows Xg,
-    Yg) live in shared memory. The parent runs the chunks `self.mine`. Use as a context manager:
-    close() stops the helpers."""
+    Yg) live in shared memory. The parent runs the first share of each step's chunks (cut). Use as
+    a context manager: close() stops the helpers."""
 
     array = staticmethod(shared_array)
 
@@ -150,7 +150,6 @@ class ChunkPool(Chunks):
         processes = max(1, min(processes, n)) if FORK else 1
         self.processes = processes                                     # contiguous runs of chunks (cut)
         self.params = shared_array(self.engine.flat.shape, model.dtype)
-        self.mine = self.cut(0)
         self.conns: list = []                 # per helper: its pipe end, process, owed answer, Receiver
         self.procs: list = []
         self._owed: list = []
