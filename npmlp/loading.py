@@ -203,6 +203,7 @@ def atomic_open(path, mode: str = "wb"):
 
 
 # Python's unicodedata has no names for control characters; these are the ones a text file may hold
+PLAIN = b"abcdefghijklmnopqrstuvwxyz\n"   # the bytes of a names file parse_words has nothing to say of
 CONTROL_NAMES = {"\t": "TAB", "\x0b": "LINE TABULATION", "\x0c": "FORM FEED", "\x1b": "ESCAPE",
                  "\x7f": "DELETE", "\x85": "NEXT LINE"}
 
@@ -222,6 +223,10 @@ def char_name(c: str) -> str:
 def parse_words(data: bytes, name: str = "<data>", notes: list[str] | None = None) -> list[str]:
     """Bytes of a names file -> list of names. Refuses what cannot be names; notes what it cleaned."""
     notes = [] if notes is None else notes
+    # the common file (names.txt): lower-case a-z, one name a line, no blank line. Deleting those
+    # bytes leaves nothing, in a fraction of the line-by-line checks' time, which find nothing to note
+    if data[:1].isalpha() and b"\n\n" not in data and not data.translate(None, PLAIN):
+        return data.decode("ascii").split()
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise DataError(f"{name} is UTF-16 text; re-save it as UTF-8")
     if b"\x00" in data:

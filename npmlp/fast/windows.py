@@ -57,16 +57,20 @@ def window_loss(model, X, Y) -> float:
     if len(Y) == 0:
         return float("nan")                                             # as train.evaluate: no rows, no loss
     X, Y = model.check_inputs(X, Y)
-    N = len(X)
-    U, at, first = distinct_rows(X, model.vocab_size)                   # at (N,): which window; first (U,)
-    order = np.argsort(at, kind="stable")                               # (N,) the rows, window by window
-    ends = np.searchsorted(at[order], np.arange(0, U + EVAL_CHUNK, EVAL_CHUNK))
+    N, V = len(X), model.vocab_size
+    U, at, first = distinct_rows(X, V)                                  # at (N,): which window; first (U,)
+    # the loss is sum over windows of count * log-sum-exp, minus sum over the distinct (window,
+    # target) pairs of pair count * logit[target]: counting pairs (P,) needs no sort of the N rows
+    count = np.bincount(at, minlength=U)                                # (U,) rows of each window
+    table = np.bincount(at * V + Y, minlength=U * V)                    # (U*V,) rows of each pair
+    pair = np.flatnonzero(table > 0)                                    # (P,) the pairs, w * V + y, by window
+    pc = table[pair]
+    ends = np.searchsorted(pair, np.arange(0, U + EVAL_CHUNK, EVAL_CHUNK) * V)
     total = 0.0
     for k, i in enumerate(range(0, U, EVAL_CHUNK)):                     # EVAL_CHUNK windows at once
         logits = model.logits(X[first[i:i + EVAL_CHUNK]]).astype(np.float64)   # (u, V)
         m = logits.max(1)
         lse = np.log(np.exp(logits - m[:, None]).sum(1)) + m           # (u,) log-sum-exp of each window
-        rows = order[ends[k]:ends[k + 1]]                               # the rows of these windows
-        w = at[rows] - i
-        total += float(np.sum(lse[w] - logits[w, Y[rows]]))             # -log softmax[y] of each row
+        p = pair[ends[k]:ends[k + 1]] - i * V                           # these windows' pairs, w * V + y
+        total += float(np.dot(count[i:i + len(lse)], lse) - np.dot(pc[ends[k]:ends[k + 1]], logits.reshape(-1)[p]))
     return total / N
