@@ -627,3 +627,16 @@ def test_distinct_windows_hold_every_row_once(data, B):
                 want_rows[x] = want_rows.get(x, 0) + 1
                 want_pairs[(*x, y)] = want_pairs.get((*x, y), 0) + 1
             assert rows == want_rows and pairs == want_pairs
+
+
+@pytest.mark.parametrize("n, size", [(1000, 50), (1000, 900), (1000, 5000), (1000, 10 ** 6), (1, 1)])
+@pytest.mark.parametrize("ranks", [True, False])
+def test_tally_gives_np_unique_by_every_path(n, size, ranks):
+    """windows.tally, by each of its paths (a table of every value, with or without ranks; a sort;
+    np.unique), as np.unique says: the distinct values ascending, their counts, each key's rank."""
+    from npmlp.fast.windows import tally
+    key = np.random.default_rng(n + size).integers(0, size, n)
+    values, counts, rank = tally(key, size, ranks)
+    want, inverse, want_counts = np.unique(key, return_inverse=True, return_counts=True)
+    assert np.array_equal(values, want) and np.array_equal(counts, want_counts)
+    assert np.array_equal(rank, inverse) if ranks else rank is None
