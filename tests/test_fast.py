@@ -357,12 +357,12 @@ def test_the_exp_form_of_tanh_is_tanh():
         x = np.concatenate([np.linspace(-30, 30, 20001), [0.0, 1e-30, -1e-30, 1e4, -1e4, np.inf, -np.inf]]).astype(dt)
         out = np.empty_like(x)
         with np.errstate(over="ignore"):
-            fast_tanh.tanh_exp(x, out)
+            fast_tanh.tanh_exp(dt)(x, out)
         ref = np.tanh(x.astype(np.float64))
         check(f"tanh_exp {np.dtype(dt)}", out, ref, ulps * np.finfo(dt).eps, scale=1.0)
         assert out[-7] == 0 and out[-4] == 1 and out[-3] == -1 and out[-2] == 1 and out[-1] == -1
         nan = np.array([np.nan], dt)
-        fast_tanh.tanh_exp(nan, nan)
+        fast_tanh.tanh_exp(dt)(nan, nan)
         assert np.isnan(nan[0])
 
 
@@ -387,7 +387,8 @@ def test_the_run_records_the_tanh_chosen():
     for dt in (np.float32, np.float64):
         assert f"{np.dtype(dt)} {fast_tanh.TANH[np.dtype(dt)]}" in fast.ARITHMETIC
     assert fast.Engine(MLP.init(5, 2, 2, 3)).tanh_form == fast_tanh.TANH[np.dtype(np.float32)]
-    assert fast.Engine(MLP.init(5, 2, 2, 3), tanh="exp").tanh is fast_tanh.tanh_exp
+    forced = fast.Engine(MLP.init(5, 2, 2, 3), tanh="exp")
+    assert forced.tanh_form == "exp" and forced.tanh.__qualname__ == "tanh_exp.<locals>.tanh"
 
 
 def test_an_exp_form_run_gives_no_overflow_warning(data, monkeypatch):

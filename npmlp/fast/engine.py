@@ -14,12 +14,17 @@ The tricks, each said once where it is used:
   - the backward is seeded with dloss = -lr * (share of the batch) instead of 1: every gradient
     is linear in it, so the backward writes the update itself;
   - buffers allocated once per chunk size; the intermediates live where the next call reads them
-    (emb is written into the input of the first linear layer, h copied into that of the second);
+    (emb is written into the input of the first linear layer, h into that of the second);
   - NumPy's own cost per call is most of a small step, so the step makes few calls and cheap
     ones: np.dot (not the matmul ufunc), ufuncs with positional out, array methods (C.take), no
-    views or two-dimensional indices made per step;
-  - the second product writes the logits transposed, (V, n), where softmax reduces over V
-    along contiguous rows; shifted logits are floored (EXP_FLOOR);
+    views or two-dimensional indices made per step, and no Python numbers: each constant and the
+    seed is a 0-d array of the dtype (NumPy resolves a Python number's type on every call, which
+    costs more than the pass itself on these arrays); a sum over V is a gemv with ones;
+  - the step is two closures per chunk size (Engine._program) with every array bound once, and
+    each step's chunks are views made once (Chunks.views): no lookups by name in the step;
+  - the hidden layer and the logits are made transposed, (H, n) and (V, n): tanh writes h
+    straight into the second layer's input, softmax reduces over V along contiguous rows, and
+    OpenBLAS's products run faster in this layout; shifted logits are floored (EXP_FLOOR);
   - the rows of many steps are gathered at once (Chunks.gather), with the flat positions of
     their targets and one-hot ones;
   - tanh is NumPy's where it is vectorised with AVX-512, else an exp form (tanh.py);
@@ -63,12 +68,12 @@ DISTINCT_FROM = 256
 # far longer for each multiply that touches one (the lecture's init at H=1000 makes some of the
 # softmax denormal). So shifted logits are floored 40 above that limit: only probabilities below
 # exp(-47) (float32; 1e-290 in float64) change, by less than themselves, far below the resolution.
-EXP_FLOOR = {np.dtype(t): float(np.log(np.finfo(t).tiny)) + 40 for t in (np.float32, np.float64)}
+EXP_FLOOR = {np.dtype(t): np.array(np.log(np.finfo(t).tiny) + 40, t) for t in (np.float32, np.float64)}
 
 
 # changes when the fast step's rounding changes, and names the tanh chosen for this CPU; runs
 # record it, so --resume can say when a run will not continue bit-identically
-ARITHMETIC = (f"4 (tanh: float32 {TANH[np.dtype(np.float32)]}, float64 {TANH[np.dtype(np.float64)]}; "
+ARITHMETIC = (f"5 (tanh: float32 {TANH[np.dtype(np.float32)]}, float64 {TANH[np.dtype(np.float64)]}; "
               f"distinct windows from {DISTINCT_FROM} rows)")
 
 
@@ -87,7 +92,7 @@ def gather_group(batch_size: int) -> int:
 
 class Engine(FlatParams):
     """The flat parameter vector of one MLP shape (FlatParams), views of it, and a chunk's
-    forward/backward. run_chunks calls fresh_copies() every step."""
+    forward/backward (two closures per chunk size, _program)."""
 
     chunked = True      # a batch may run as chunks: each row's gradient depends on that row alone
     windows = True      # ... and its logits on its window alone: a batch may run its distinct windows
@@ -98,11 +103,10 @@ class Engine(FlatParams):
         super().__init__(model)                       # flat, w (views() below needs the sizes above)
         w = self.w
         self.tanh_form, self.tanh = pick(self.flat.dtype, tanh)
-        # the transposed views the products read, made once (a view costs a call each time)
-        self.W1T, self.W2T, self.W2bT = w.W1b[:-1].T, w.W2b[:-1].T, w.W2b.T   # (H, T*E), (V, H), (V, H+1)
-        # OpenBLAS multiplies (n, H) @ (H, T*E) of 64+ rows faster when the right operand is
-        # C-ordered: a copy of W1.T, made by fresh_copies() once a step, serves every chunk
-        self.W1T_c = np.empty((H, T * E), model.dtype)
+        # the views the products read, made once (a view costs a call each time)
+        self.W1bT, self.W1T = w.W1b.T, w.W1b[:-1].T               # (H, T*E+1), (H, T*E)
+        self.W2, self.W2bT = w.W2b[:-1], w.W2b.T                  # (H, V), (V, H+1)
+        self.one, self.ones_V = np.ones((), model.dtype), np.ones(V, model.dtype)   # (), (V,)
         self._bufs: dict[int, SimpleNamespace] = {}   # chunk rows -> buffers
 
     def views(self, flat):
@@ -119,50 +123,44 @@ class Engine(FlatParams):
         np.multiply(y, n, out)
         out += np.arange(n)
 
-    def fresh_copies(self):
-        """After the parameters changed (each step): the copies that products read."""
-        np.copyto(self.W1T_c, self.W1T)
-
     def _buffers(self, n: int):
-        """The arrays of a chunk of n rows, made once. embcat1 = [embcat, 1] and h1 = [h, 1] carry
-        the bias trick's ones column, written once here."""
+        """The arrays of a chunk of n rows, made once. embcat1 = [embcat, 1] and h1_t = [h.T; 1]
+        carry the bias trick's ones, written once here."""
         b = self._bufs.get(n)
         if b is not None:
             return b
         T, E, H, V, dt = self.T, self.E, self.H, self.V, self.dtype
         embcat1 = np.ones((n, T * E + 1), dt)                     # (n, T*E+1)
-        h1 = np.ones((n, H + 1), dt)                              # (n, H+1)
-        # the logits are made as their transpose (V, n): each reduction over V then adds whole
-        # contiguous rows of n numbers instead of n short rows of V
+        # transposed (see the legend): h_t is a contiguous block of h1_t, and OpenBLAS runs
+        # [dW2; db2] = h1_t @ dlogits 1.5x faster with h1_t C-ordered than as a transposed view
+        # (7.7 µs against 11.7 at B=32; benchmarks/README.md)
+        h1_t = np.ones((H + 1, n), dt)                            # (H+1, n)
         logits_t, dlogits_t = np.empty((V, n), dt), np.empty((V, n), dt)
         onehot, dembcat = np.zeros((n * T, V), dt), np.empty((n, T * E), dt)
         b = self._bufs[n] = SimpleNamespace(
             embcat1=embcat1, embcat1_t=embcat1.T, emb=embcat1[:, :-1].reshape(n, T, E),
-            h1=h1, h1_t=h1.T, h1_h=h1[:, :-1], h=np.empty((n, H), dt), hpreact=np.empty((n, H), dt),
+            h1_t=h1_t, h_t=h1_t[:-1], hpreact_t=np.empty((H, n), dt),
             counts_t=logits_t, counts=logits_t.T, counts_flat=logits_t.reshape(-1),   # (V, n), (n, V), (V*n,)
-            maxes=np.empty(n, dt), sums=np.empty(n, dt), nll=np.empty(n, dt), coef=np.empty(n, dt),
+            maxes=np.empty(n, dt), sums=np.empty(n, dt), nll=np.empty(n, dt), coef=np.empty(n, dt), d=np.empty((), dt),
             dlogits_t=dlogits_t, dlogits=dlogits_t.T, dlogits_flat=dlogits_t.reshape(-1),
-            dh=np.empty((n, H), dt), dhpreact=np.empty((n, H), dt),
+            dh_t=np.empty((H, n), dt), dhpreact_t=np.empty((H, n), dt),
             dembcat=dembcat, demb=dembcat.reshape(n * T, E),
             onehot=onehot, onehot_t=onehot.T, onehot_flat=onehot.reshape(-1),
-            rows=np.arange(n), rows_v=np.arange(n * T) * V, pick=None, hot=None)
+            rows=np.arange(n), rows_v=np.arange(n * T) * V, n=n)
+        b.forward, b.backward = self._program(b)
         return b
 
     def forward_loss(self, xb, yb, pick=None, hot=None) -> tuple[float, SimpleNamespace]:
         """The forward of rows xb (n, T), yb (n,): (their mean loss, the buffers holding it all).
         pick (n,) and hot (n*T,): where the targets sit in counts_flat (y * n + row) and where
-        onehot(X) has its ones in onehot_flat ((row * T + t) * V + x), kept in the buffers for
-        the backward (Chunks.gather makes them for many steps at once; None: made here)."""
+        onehot(X) has its ones in onehot_flat ((row * T + t) * V + x), kept for the backward
+        (Chunks.gather makes them for many steps at once; None: made here)."""
         n = len(xb)
         b = self._bufs.get(n) or self._buffers(n)
-        b.pick = yb * n + b.rows if pick is None else pick
-        b.hot = xb.reshape(-1) + b.rows_v if hot is None else hot
-        b.count = b.pc = None
+        if pick is None:
+            pick, hot = yb * n + b.rows, xb.reshape(-1) + b.rows_v
         b.n = n
-        picked = self.scores(b, xb)                               # (n,)
-        nll = np.log(b.sums, b.nll)                               # (n,) -log softmax[y] =
-        nll -= picked                                             #   log(sum) - (logit[y] - max)
-        return float(np.add.reduce(nll)) / n, b
+        return b.forward(xb, pick, hot, None, None) / n, b
 
     def forward_windows(self, xb, count, pos, pc, hot, B: int) -> tuple[float, SimpleNamespace]:
         """forward_loss for n distinct windows xb (n, T) of a batch of B rows: count (n,) rows have
@@ -171,63 +169,77 @@ class Engine(FlatParams):
         mean loss, the buffers)."""
         n = len(xb)
         b = self._bufs.get(n) or self._buffers(n)
-        b.pick, b.hot, b.count, b.pc, b.n = pos, hot, count, pc, B
-        picked = self.scores(b, xb)                               # (p,)
-        nll = np.log(b.sums, b.nll)                               # (n,) log(sum) of each window;
-        # the rows' -log softmax[y] summed: count * log(sum) - pair count * (logit[y] - max)
-        return (float(np.dot(count, nll)) - float(np.dot(pc, picked))) / B, b
-
-    def scores(self, b, xb):
-        """The forward up to the softmax's denominators: counts_t (V, n) = exp(logits - max) and
-        sums (n,) in the buffers b; -> the shifted logits at b.pick."""
-        self.w.C.take(xb, 0, b.emb)                               # (n, T, E) C[X], into embcat1
-        self.hidden(b)                                            # (n, H) hpreact
-        # tanh and later h^2 run on a contiguous h (strided rows take longer), then h goes into h1
-        self.tanh(b.hpreact, b.h)                                 # (n, H) h
-        b.h1_h[...] = b.h                                         # (n, H+1) [h, 1]
-        c, maxes, sums = b.counts_t, b.maxes, b.sums
-        np.dot(self.W2bT, b.h1_t, c)                              # (V, n) (h @ W2 + b2).T
-        np.maximum.reduce(c, 0, None, maxes)                      # (n,)
-        np.subtract(c, maxes, c)                                  # (V, n) logits - max
-        picked = b.counts_flat[b.pick]                            # the targets' shifted logits
-        np.maximum(c, EXP_FLOOR[c.dtype], out=c)                  # no denormals (see EXP_FLOOR)
-        np.exp(c, c)                                              # (V, n) counts
-        np.add.reduce(c, 0, None, sums)                           # (n,) counts.sum(1)
-        return picked
-
-    def hidden(self, b):
-        np.dot(b.embcat1, self.w.W1b, b.hpreact)                  # (n, H) embcat @ W1 + b1
+        b.n = B
+        return b.forward(xb, pos, hot, count, pc) / B, b
 
     def backward(self, b, xb, yb, dloss: float, g) -> None:
         """After forward_loss(xb, yb) gave b: dloss * the gradient of the chunk's mean loss into g
         (views() of a gradient vector); after forward_windows, of its share of the batch's."""
-        d = dloss / b.n
-        dl_t = b.dlogits_t
-        np.divide(d, b.sums, b.coef)                              # (n,) dloss / n / sum
-        if b.count is not None:
-            b.coef *= b.count                                     #   times the rows of each window
-        np.multiply(b.counts_t, b.coef, dl_t)                     # (V, n) dloss * softmax / n
-        if b.pc is None:
-            b.dlogits_flat[b.pick] -= d                           #   minus dloss * onehot(Y) / n
-        else:
-            b.dlogits_flat[b.pick] -= d * b.pc                    #   minus dloss * pair counts / n
-        np.dot(b.dlogits, self.W2T, b.dh)                         # (n, H) dlogits @ W2.T
-        np.dot(b.h1_t, b.dlogits, g.W2b)                          # (H+1, V) [dW2; db2]
-        dhpreact = b.dhpreact
-        np.square(b.h, dhpreact)                                  # (n, H) h^2
-        np.subtract(1, dhpreact, dhpreact)                        # (n, H) 1 - h^2
-        np.multiply(dhpreact, b.dh, dhpreact)                     # (n, H)
-        dhprebn = self.hidden_backward(b, g)                      # (n, H)
-        np.dot(dhprebn, self.W1T_c if len(b.h) >= 64 else self.W1T, b.dembcat)  # (n, T*E)
-        np.dot(b.embcat1_t, dhprebn, g.W1b)                       # (T*E+1, H) [dW1; db1]
-        # dC = onehot(X).T @ demb: the one-hot matmul adds the rows of repeated characters with
-        # BLAS (np.add.at is correct but several times slower)
-        b.onehot.fill(0)
-        b.onehot_flat[b.hot] = 1                                  # (n*T, V)
-        np.dot(b.onehot_t, b.demb, g.C)                           # (V, E)
+        b.backward(dloss / b.n, g)
+
+    def _program(self, b):
+        """The forward and backward of a chunk, as two closures over its buffers b: every array
+        they read is bound once here (looking one up by name each step costs about as much as
+        a pass over it). forward(xb, pick, hot, count, pc) -> the sum of the rows' -log softmax[y]
+        (count, pc: forward_windows', or None); backward(d, g): d * its gradient into g."""
+        dot, take, tanh, hidden, hidden_backward = np.dot, self.w.C.take, self.tanh, self.hidden, self.hidden_backward
+        W2bT, W2, W1T, floor, ones_V, one = self.W2bT, self.W2, self.W1T, EXP_FLOOR[self.dtype], self.ones_V, self.one
+        emb, hpreact_t, h_t, h1_t, embcat1_t = b.emb, b.hpreact_t, b.h_t, b.h1_t, b.embcat1_t
+        c, counts_flat, maxes, sums, nll, seed, coef = b.counts_t, b.counts_flat, b.maxes, b.sums, b.nll, b.d, b.coef
+        dl_t, dl_flat, dlogits, dh_t, dhpreact_t = b.dlogits_t, b.dlogits_flat, b.dlogits, b.dh_t, b.dhpreact_t
+        dembcat, onehot, onehot_flat, onehot_t, demb = b.dembcat, b.onehot, b.onehot_flat, b.onehot_t, b.demb
+        at = hot_at = counts = pcs = None                           # the forward's rows, for the backward
+
+        def forward(xb, pick, hot, count, pc):
+            nonlocal at, hot_at, counts, pcs
+            at, hot_at, counts, pcs = pick, hot, count, pc
+            take(xb, 0, emb)                                        # (n, T, E) C[X], into embcat1
+            hidden(b)                                               # (H, n) hpreact.T
+            tanh(hpreact_t, h_t)                                    # (H, n) h.T, into h1_t
+            dot(W2bT, h1_t, c)                                      # (V, n) (h @ W2 + b2).T
+            np.maximum.reduce(c, 0, None, maxes)                    # (n,)
+            np.subtract(c, maxes, c)                                # (V, n) logits - max
+            picked = counts_flat[pick]                              # the targets' shifted logits
+            np.maximum(c, floor, out=c)                             # no denormals (see EXP_FLOOR)
+            np.exp(c, c)                                            # (V, n) counts
+            dot(ones_V, c, sums)                                    # (n,) counts.sum(1)
+            np.log(sums, nll)                                       # (n,) log(sum) of each row
+            if count is None:                                       # -log softmax[y] = log(sum) - (logit[y] - max)
+                np.subtract(nll, picked, nll)
+                return float(np.add.reduce(nll))
+            # a window's rows: count * log(sum) - pair count * (logit[y] - max)
+            return float(dot(count, nll)) - float(dot(pc, picked))
+
+        def backward(d, g):
+            seed[()] = d                                            # () the seed, as an array
+            np.divide(seed, sums, coef)                             # (n,) dloss / n / sum
+            if counts is not None:
+                np.multiply(coef, counts, coef)                     #   times the rows of each window
+            np.multiply(c, coef, dl_t)                              # (V, n) dloss * softmax / n
+            if pcs is None:
+                dl_flat[at] -= seed                                 #   minus dloss * onehot(Y) / n
+            else:
+                dl_flat[at] -= seed * pcs                           #   minus dloss * pair counts / n
+            dot(W2, dl_t, dh_t)                                     # (H, n) (dlogits @ W2.T).T
+            dot(h1_t, dlogits, g.W2b)                               # (H+1, V) [dW2; db2]
+            np.square(h_t, dhpreact_t)                              # (H, n) h^2
+            np.subtract(one, dhpreact_t, dhpreact_t)                # (H, n) 1 - h^2
+            np.multiply(dhpreact_t, dh_t, dhpreact_t)               # (H, n) dhpreact.T
+            dhprebn = hidden_backward(b, g)                         # (n, H) a transposed view
+            dot(dhprebn, W1T, dembcat)                              # (n, T*E)
+            dot(embcat1_t, dhprebn, g.W1b)                          # (T*E+1, H) [dW1; db1]
+            # dC = onehot(X).T @ demb: the one-hot matmul adds the rows of repeated characters
+            # with BLAS (np.add.at is correct but several times slower)
+            onehot.fill(0)
+            onehot_flat[hot_at] = one                               # (n*T, V)
+            dot(onehot_t, demb, g.C)                                # (V, E)
+        return forward, backward
+
+    def hidden(self, b):
+        np.dot(self.W1bT, b.embcat1_t, b.hpreact_t)               # (H, n) (embcat @ W1 + b1).T
 
     def hidden_backward(self, b, g):
-        return b.dhpreact                                         # (n, H) no layer between
+        return b.dhpreact_t.T                                     # (n, H) no layer between
 
 
 class BNEngine(Engine):
@@ -242,40 +254,42 @@ class BNEngine(Engine):
         if b is None:
             b = super()._buffers(n)
             dt, H = self.dtype, self.H
-            b.hprebn, b.xhat, b.tmp = (np.empty((n, H), dt) for _ in range(3))
-            b.stat, b.var_inv, b.scale = (np.empty(H, dt) for _ in range(3))
+            b.hprebn_t, b.xhat_t, b.tmp_t = (np.empty((H, n), dt) for _ in range(3))   # (H, n) as hpreact_t
+            b.stat, b.var_inv, b.scale = (np.empty((H, 1), dt) for _ in range(3))      # (H, 1) per unit
+            b.gain, b.bias = self.w.bngain.reshape(H, 1), self.w.bnbias.reshape(H, 1)  # (H, 1) views
         return b
 
     def hidden(self, b):
-        n, w = len(b.hprebn), self.w
-        np.dot(b.embcat1, w.W1b, b.hprebn)                        # (n, H) embcat @ W1 + b1
-        np.add.reduce(b.hprebn, axis=0, out=b.stat)               # (H,)
-        b.stat *= 1 / n                                           # (H,) the batch mean
-        np.subtract(b.hprebn, b.stat, out=b.xhat)                 # (n, H) x - mean
-        np.square(b.xhat, out=b.tmp)
-        np.add.reduce(b.tmp, axis=0, out=b.var_inv)               # (H,) sum of squares
+        n = b.hprebn_t.shape[1]
+        np.dot(self.W1bT, b.embcat1_t, b.hprebn_t)                # (H, n) (embcat @ W1 + b1).T
+        np.add.reduce(b.hprebn_t, 1, None, b.stat, True)          # (H, 1)
+        b.stat *= 1 / n                                           # (H, 1) the batch mean
+        np.subtract(b.hprebn_t, b.stat, b.xhat_t)                 # (H, n) x - mean
+        np.square(b.xhat_t, b.tmp_t)
+        np.add.reduce(b.tmp_t, 1, None, b.var_inv, True)          # (H, 1) sum of squares
         b.var_inv *= 1 / (n - 1)                                  # Bessel's correction, as bn.py
         b.var_inv += EPS_BN
-        np.sqrt(b.var_inv, out=b.var_inv)
-        np.divide(1, b.var_inv, out=b.var_inv)                    # (H,) 1 / sqrt(var + eps)
-        b.xhat *= b.var_inv                                       # (n, H) bnraw
-        np.multiply(b.xhat, w.bngain, out=b.hpreact)
-        b.hpreact += w.bnbias                                     # (n, H)
+        np.sqrt(b.var_inv, b.var_inv)
+        np.divide(1, b.var_inv, b.var_inv)                        # (H, 1) 1 / sqrt(var + eps)
+        b.xhat_t *= b.var_inv                                     # (H, n) bnraw
+        np.multiply(b.xhat_t, b.gain, b.hpreact_t)
+        b.hpreact_t += b.bias                                     # (H, n)
 
     def hidden_backward(self, b, g):
         """dhpreact -> dhprebn = gain * var_inv * (dhpreact - dbnbias / n - xhat * dbngain / (n - 1))."""
-        n = len(b.hprebn)
-        np.add.reduce(b.dhpreact, axis=0, out=g.bnbias)           # (H,) dbnbias
-        np.multiply(b.xhat, b.dhpreact, out=b.tmp)
-        np.add.reduce(b.tmp, axis=0, out=g.bngain)                # (H,) dbngain
-        np.multiply(b.xhat, g.bngain, out=b.tmp)
-        b.tmp *= 1 / (n - 1)
-        np.multiply(g.bnbias, 1 / n, out=b.stat)
-        b.tmp += b.stat                                           # (n, H)
-        np.subtract(b.dhpreact, b.tmp, out=b.tmp)
-        np.multiply(self.w.bngain, b.var_inv, out=b.scale)
-        b.tmp *= b.scale                                          # (n, H) dhprebn
-        return b.tmp
+        n, H, dhpreact_t, tmp_t = b.hprebn_t.shape[1], self.H, b.dhpreact_t, b.tmp_t
+        dbias, dgain = g.bnbias.reshape(H, 1), g.bngain.reshape(H, 1)
+        np.add.reduce(dhpreact_t, 1, None, dbias, True)          # (H, 1) dbnbias
+        np.multiply(b.xhat_t, dhpreact_t, tmp_t)
+        np.add.reduce(tmp_t, 1, None, dgain, True)               # (H, 1) dbngain
+        np.multiply(b.xhat_t, dgain, tmp_t)
+        tmp_t *= 1 / (n - 1)
+        np.multiply(dbias, 1 / n, b.stat)
+        tmp_t += b.stat                                           # (H, n)
+        np.subtract(dhpreact_t, tmp_t, tmp_t)
+        np.multiply(b.gain, b.var_inv, b.scale)
+        tmp_t *= b.scale                                          # (H, n) dhprebn.T
+        return tmp_t.T                                            # (n, H)
 
 
 # by the name a spec's `engine` gives: one hidden layer; one with BatchNorm before tanh; layer objects;
@@ -292,20 +306,15 @@ def run_chunks(eng: FlatParams, batches, ks, g: int, lr: float):
     loss is not finite gets no backward: the step is refused before its update (train.check_loss)."""
     if batches.distinct:
         return run_windows(eng, batches, ks, g, lr)
-    xb, yb, pick, hot, T, B = batches.Xg[g], batches.Yg[g], batches.pick[g], batches.hot[g], eng.T, batches.batch_size
-    if batches.chunks[0][1] >= 64:                                   # the chunks' rows (see Engine.W1T_c)
-        eng.fresh_copies()
+    views, chunks, parts, grad_views = batches.views[g], batches.chunks, batches.parts, batches.grad_views
+    eng.fresh_copies()
     for k in ks:
-        a, e, share = batches.chunks[k]
-        if e - a < B:                                             # a part of the batch
-            xk, yk, pk, hk = xb[a:e], yb[a:e], pick[a:e], hot[a * T:e * T]
-        else:
-            xk, yk, pk, hk = xb, yb, pick, hot
+        xk, yk, pk, hk = views[k]
         part, b = eng.forward_loss(xk, yk, pk, hk)
-        batches.parts[k] = part
+        parts[k] = part
         if math.isfinite(part):
             # dloss = -lr * share: the chunk's gradient comes out as its part of -lr * p.grad
-            eng.backward(b, xk, yk, -lr * share, batches.grad_views[k])
+            eng.backward(b, xk, yk, -lr * chunks[k][2], grad_views[k])
 
 
 def run_windows(eng, batches, ks, g: int, lr: float):
@@ -351,6 +360,11 @@ class Chunks:
         self.pick = self.array((G, batch_size, *tail), np.intp)
         self.hot = self.array((G, batch_size * model.block_size), np.intp)
         self.grad_views = [self.engine.views(row) for row in self.grads]
+        # each step's chunks as views (xk, yk, pick, hot) of the arrays above, made once: slicing
+        # them every step costs more than a chunk's smallest passes
+        T = model.block_size
+        self.views = [[(self.Xg[g, a:e], self.Yg[g, a:e], self.pick[g, a:e], self.hot[g, a * T:e * T])
+                       for a, e, _ in self.chunks] for g in range(G)]
         self.processes = 1            # the processes a step's chunks are cut between (cut)
         # distinct (None: from DISTINCT_FROM rows, where the engine can): each step's distinct
         # windows, edges[g] of its nchunk[g] chunks, each window's rows count[g], and its distinct
@@ -524,10 +538,12 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
     eng, N = batches.engine, len(X)
     chunks, G, n = batches.chunks, len(batches.Xg), len(batches.chunks)
     nmax, distinct = n, batches.distinct
+    mine = None if distinct else batches.cut(0)                      # this process's chunks, every step
     stop = cfg.steps if stop is None else stop
     lossi = np.zeros(cfg.steps, np.float32) if lossi is None else lossi
     update = batches.grads[0] if n == 1 else np.empty_like(eng.flat)   # the chunks' summed update
-    lr_at, flat, parts = cfg.lr_at, eng.flat, batches.parts
+    lr_at, flat, parts, reg, V = cfg.lr_at, eng.flat, batches.parts, cfg.reg, eng.V
+    start_, wait = batches.start, batches.wait
     shares = [1.0] * n if distinct else [c[2] for c in chunks]
     opt = train.optimizer(cfg, model.params) if opt is None else opt
     # AdamW needs the gradient itself: the backward is seeded with dloss = -1, so update = -grad
@@ -550,20 +566,20 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
                 g = i % G
                 lr = lr_at(step)
                 seed = 1.0 if adam is not None else lr                     # the backward's -seed * grad
-                batches.start(g, seed, flat)                                  # helpers run their chunks ...
-                run_chunks(eng, batches, batches.cut(g), g, seed)
-                batches.wait()                                                # ... while we run ours
+                start_(g, seed, flat)                                         # helpers run their chunks ...
+                run_chunks(eng, batches, batches.cut(g) if distinct else mine, g, seed)
+                wait()                                                        # ... while we run ours
                 loss = 0.0
                 if distinct:                                               # parts: shares of the mean
                     n = int(batches.nchunk[g])
                 for k in range(n):
                     loss += float(parts[k]) * shares[k]                    # the batch mean, chunk by chunk
-                if cfg.reg:
-                    loss += cfg.reg * float(np.dot(np.square(flat, dtype=np.float64), inv_size))
-                check_loss(lossi, step, loss, cfg, eng.V)
+                if reg:
+                    loss += reg * float(np.dot(np.square(flat, dtype=np.float64), inv_size))
+                check_loss(lossi, step, loss, cfg, V)
                 if nmax > 1:                                               # row by row in chunk order,
                     np.add.reduce(batches.grads[:n], 0, None, update)         #   whoever ran the chunk
-                if cfg.reg:
+                if reg:
                     update -= seed * decay * flat                          # the penalty's share of -seed * grad
                 if adam is not None:
                     np.negative(update, update)                            # grad

@@ -268,7 +268,7 @@ class RNNEngine(RecurrentEngine):
         self.Wh_s = np.empty((H, H), dt) if self.exp_form else self.Wh      # -2 W_h, or W_h
         # BLAS runs the loop's small products with a C-ordered right operand faster than with a
         # transposed view (the LSTM's by a third): the backward's W_h.T is a copy, made in the
-        # forward each step (run_chunks calls fresh_copies only for chunks of 64+ rows)
+        # forward each step
         self.WhT = np.empty((H, H), dt)                           # W_h.T
 
     def cell_buffers(self, b):

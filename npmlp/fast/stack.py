@@ -132,7 +132,10 @@ class StackEngine(FlatParams):
                 a.mean, a.ssq = self.batch_views[k]
                 k += 1
                 a.m = rows - 1 if blk.bn.unbiased else rows                 # var = ssq / m
-                a.sqrt_m, a.eps_m, a.inv_n, a.bessel_n = math.sqrt(a.m), a.m * BN_EPS, 1 / rows, 1 / a.m
+                # 0-d arrays of the dtype, as every constant of the step: NumPy resolves a Python
+                # number's type on each call, which costs more than a pass over these arrays
+                a.sqrt_m, a.eps_m, a.inv_n, a.bessel_n = (np.array(c, dt) for c in (
+                    math.sqrt(a.m), a.m * BN_EPS, 1 / rows, 1 / a.m))
             a.out = np.empty((rows, blk.O), dt) if blk.tanh else (a.y if blk.bn is not None else a.pre)
             a.dout = np.empty((rows, blk.O), dt)                    # the gradient reaching the output
             per.append(a)
@@ -140,14 +143,16 @@ class StackEngine(FlatParams):
         # the momentum of every running statistic, and the 1 / (n - 1) that turns a block's sum of
         # squared deviations into the unbiased variance
         onehot, counts = np.zeros((B * self.T, self.V), dt), np.empty((B, self.V), dt)
-        coef = np.empty_like(self.batch)
+        momentum = np.empty_like(self.batch)
         normed = [a for blk, a in zip(self.blocks, per, strict=True) if blk.bn is not None]
         for (m, v), a in zip(self.spans, normed, strict=True):
-            coef[m] = MOMENTUM
-            coef[v] = MOMENTUM / (a.n - 1)
+            momentum[m] = MOMENTUM
+            momentum[v] = MOMENTUM / (a.n - 1)
+        coef = np.empty((B, 1), dt)                                  # dloss / B / each row's sum
         bufs = self._bufs[B] = SimpleNamespace(
-            emb=emb, coef=coef, demb=per[0].dx.reshape(B * self.T, self.E), blocks=per, logits=per[-1].out,
-            dlogits=per[-1].dout, dlogits_flat=per[-1].dout.reshape(-1), maxes=np.empty((B, 1), dt),
+            emb=emb, momentum=momentum, keep=np.array(1 - MOMENTUM, dt), demb=per[0].dx.reshape(B * self.T, self.E),
+            blocks=per, logits=per[-1].out, dlogits=per[-1].dout, dlogits_flat=per[-1].dout.reshape(-1),
+            maxes=np.empty((B, 1), dt), seed=np.empty((), dt), coef=coef, coef_row=coef.reshape(B), one=np.ones((), dt),
             sums=np.empty(B, dt), counts=counts, counts_flat=counts.reshape(-1), ones_V=np.ones(self.V, dt),
             rows_V=np.arange(B) * self.V, target=None, onehot=onehot, onehot_t=onehot.T, onehot_flat=onehot.reshape(-1),
             rows_v=np.arange(B * self.T) * self.V, hot=None)
@@ -190,8 +195,8 @@ class StackEngine(FlatParams):
         if self.stats:
             # running = (1 - momentum) * running + momentum * the batch's statistic, every BatchNorm
             # at once; the same multiply turns sums of squared deviations into unbiased variances
-            self.running *= 1 - MOMENTUM
-            np.multiply(self.batch, bufs.coef, out=self.batch)
+            self.running *= bufs.keep
+            np.multiply(self.batch, bufs.momentum, self.batch)
             self.running += self.batch
         return self._cross_entropy(bufs, yb), bufs
 
@@ -210,13 +215,16 @@ class StackEngine(FlatParams):
         """After forward_loss(xb, yb) gave bufs: dloss * the gradient of the mean loss into g (views()
         of a gradient vector)."""
         B = len(yb)
-        np.multiply(bufs.counts, ((dloss / B) / bufs.sums)[:, None], bufs.dlogits)   # (B, V) dloss * softmax / B
-        bufs.dlogits_flat[bufs.target] -= dloss / B                           #   minus dloss * onehot(Y) / B
+        seed = bufs.seed
+        seed[()] = dloss / B                                            # () dloss / B
+        np.divide(seed, bufs.sums, bufs.coef_row)                       # (B, 1) dloss / B / sum
+        np.multiply(bufs.counts, bufs.coef, bufs.dlogits)              # (B, V) dloss * softmax / B
+        bufs.dlogits_flat[bufs.target] -= seed                          #   minus dloss * onehot(Y) / B
         for blk, a in zip(reversed(self.blocks), reversed(bufs.blocks), strict=True):
             d = a.dout
             if blk.tanh:                                                # through tanh: (1 - h^2) * dout
                 np.square(a.out, a.t)
-                np.subtract(1, a.t, a.t)
+                np.subtract(bufs.one, a.t, a.t)
                 np.multiply(a.t, d, a.t)
                 d = a.t
             if blk.bn is not None:

@@ -7,15 +7,21 @@ import platform
 import numpy as np
 
 
-def tanh_exp(x, out):
-    """tanh(x) = 1 - 2 / (exp(2x) + 1) in five vectorised passes, for CPUs where NumPy's own tanh
-    runs a scalar or AVX2 loop and its exp a vectorised one (benchmarks/README.md). exp(2x)
-    overflows to inf for large x, which gives 1 (sgd runs with overflow warnings off)."""
-    np.multiply(x, 2, out)
-    np.exp(out, out)
-    np.add(out, 1, out)
-    np.divide(-2, out, out)
-    np.add(out, 1, out)
+def tanh_exp(dtype):
+    """tanh(x, out) = 1 - 2 / (exp(2x) + 1) in five vectorised passes, for CPUs where NumPy's own
+    tanh runs a scalar or AVX2 loop and its exp a vectorised one (benchmarks/README.md). exp(2x)
+    overflows to inf for large x, which gives 1 (sgd runs with overflow warnings off). The
+    constants are 0-d arrays of dtype: a Python number costs NumPy more than the pass itself on
+    these arrays (its type is resolved on every call)."""
+    two, one, minus_two = (np.array(c, dtype) for c in (2, 1, -2))
+
+    def tanh(x, out):
+        np.multiply(x, two, out)
+        np.exp(out, out)
+        np.add(out, one, out)
+        np.divide(minus_two, out, out)
+        np.add(out, one, out)
+    return tanh
 
 
 TANH_FORMS = ("np.tanh", "exp")
@@ -41,4 +47,4 @@ TANH: dict[np.dtype, str] = {np.dtype(t): tanh_form(t) for t in (np.float32, np.
 def pick(dtype, form: str | None = None):
     """(the form's name, the function computing tanh(x, out)) for dtype: `form`, else this CPU's."""
     form = form or TANH[np.dtype(dtype)]
-    return form, (np.tanh if form == "np.tanh" else tanh_exp)
+    return form, (np.tanh if form == "np.tanh" else tanh_exp(dtype))
