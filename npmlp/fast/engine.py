@@ -133,7 +133,7 @@ class Engine(FlatParams):
         embcat1 = np.ones((n, T * E + 1), dt)                     # (n, T*E+1)
         # transposed (see the legend): h_t is a contiguous block of h1_t, and OpenBLAS runs
         # [dW2; db2] = h1_t @ dlogits 1.5x faster with h1_t C-ordered than as a transposed view
-        # (7.7 µs against 11.7 at B=32; benchmarks/README.md)
+        # (8.0 µs against 11.7 at B=32; benchmarks/README.md)
         h1_t = np.ones((H + 1, n), dt)                            # (H+1, n)
         logits_t, dlogits_t = np.empty((V, n), dt), np.empty((V, n), dt)
         onehot, dembcat = np.zeros((n * T, V), dt), np.empty((n, T * E), dt)

@@ -19,6 +19,8 @@ The tricks, each said once where it is used:
     statistics are written into a second one where they are computed: the momentum update of
     all of them is three calls a step;
   - the arrays of a batch size are made once; dC is a one-hot matmul (as engine.py's);
+  - the step's constants and its seed are 0-d arrays of the dtype, not Python numbers (as
+    engine.py's);
   - tanh is the one this CPU runs fastest (tanh.py, as engine.py's).
 """
 from __future__ import annotations
@@ -132,8 +134,6 @@ class StackEngine(FlatParams):
                 a.mean, a.ssq = self.batch_views[k]
                 k += 1
                 a.m = rows - 1 if blk.bn.unbiased else rows                 # var = ssq / m
-                # 0-d arrays of the dtype, as every constant of the step: NumPy resolves a Python
-                # number's type on each call, which costs more than a pass over these arrays
                 a.sqrt_m, a.eps_m, a.inv_n, a.bessel_n = (np.array(c, dt) for c in (
                     math.sqrt(a.m), a.m * BN_EPS, 1 / rows, 1 / a.m))
             a.out = np.empty((rows, blk.O), dt) if blk.tanh else (a.y if blk.bn is not None else a.pre)

@@ -10,9 +10,8 @@ import numpy as np
 def tanh_exp(dtype):
     """tanh(x, out) = 1 - 2 / (exp(2x) + 1) in five vectorised passes, for CPUs where NumPy's own
     tanh runs a scalar or AVX2 loop and its exp a vectorised one (benchmarks/README.md). exp(2x)
-    overflows to inf for large x, which gives 1 (sgd runs with overflow warnings off). The
-    constants are 0-d arrays of dtype: a Python number costs NumPy more than the pass itself on
-    these arrays (its type is resolved on every call)."""
+    overflows to inf for large x, which gives 1 (sgd runs with overflow warnings off). Its
+    constants are 0-d arrays of dtype, not Python numbers (engine.py's legend says why)."""
     two, one, minus_two = (np.array(c, dtype) for c in (2, 1, -2))
 
     def tanh(x, out):
