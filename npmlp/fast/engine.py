@@ -157,8 +157,8 @@ class Engine(FlatParams):
         (Chunks.gather makes them for many steps at once; None: made here)."""
         n = len(xb)
         b = self._bufs.get(n) or self._buffers(n)
-        if pick is None:
-            pick, hot = yb * n + b.rows, xb.reshape(-1) + b.rows_v
+        pick = yb * n + b.rows if pick is None else pick
+        hot = xb.reshape(-1) + b.rows_v if hot is None else hot
         b.n = n
         return b.forward(xb, pick, hot, None, None) / n, b
 
