@@ -146,7 +146,7 @@ class Engine(FlatParams):
             dh_t=np.empty((H, n), dt), dhpreact_t=np.empty((H, n), dt),
             dembcat=dembcat, demb=dembcat.reshape(n * T, E),
             onehot=onehot, onehot_t=onehot.T, onehot_flat=onehot.reshape(-1),
-            rows=np.arange(n), rows_v=np.arange(n * T) * V, n=n)
+            rows=np.arange(n), rows_v=np.arange(n * T) * V)
         b.forward, b.backward = self._program(b)
         return b
 
@@ -159,7 +159,7 @@ class Engine(FlatParams):
         b = self._bufs.get(n) or self._buffers(n)
         pick = yb * n + b.rows if pick is None else pick
         hot = xb.reshape(-1) + b.rows_v if hot is None else hot
-        b.n = n
+        b.n = n                                                   # the mean's rows, for backward
         return b.forward(xb, pick, hot, None, None) / n, b
 
     def forward_windows(self, xb, count, pos, pc, hot, B: int) -> tuple[float, SimpleNamespace]:
@@ -307,7 +307,6 @@ def run_chunks(eng: FlatParams, batches, ks, g: int, lr: float):
     if batches.distinct:
         return run_windows(eng, batches, ks, g, lr)
     views, chunks, parts, grad_views = batches.views[g], batches.chunks, batches.parts, batches.grad_views
-    eng.fresh_copies()
     for k in ks:
         xk, yk, pk, hk = views[k]
         part, b = eng.forward_loss(xk, yk, pk, hk)
@@ -323,7 +322,6 @@ def run_windows(eng, batches, ks, g: int, lr: float):
     is its share of the batch's mean loss."""
     xg, count, pos, pc, hot = batches.Xg[g], batches.count[g], batches.pick[g], batches.pc[g], batches.hot[g]
     edges, pedges, T, B = batches.edges[g], batches.pedges[g], eng.T, batches.batch_size
-    eng.fresh_copies()
     for k in ks:
         a, e, pa, pe = edges[k], edges[k + 1], pedges[k], pedges[k + 1]
         part, b = eng.forward_windows(xg[a:e], count[a:e], pos[pa:pe], pc[pa:pe], hot[a * T:e * T], B)

@@ -12,8 +12,7 @@ import numpy as np
 
 class FlatParams:
     """self.flat (P,) and self.w, its views by name; load/store copy a model's params in and out.
-    Whoever changes the parameters other than by load() calls fresh_copies() before the next
-    forward (an engine's copies of them, if it keeps any).
+    An engine that keeps copies of its parameters (a transposed W, say) makes them in its forward.
 
     An engine is a FlatParams that also writes the step (engine.run_chunks calls them):
     picks(y, n, out), forward_loss(xb, yb, pick, hot) -> (mean loss, buffers) and
@@ -46,14 +45,10 @@ class FlatParams:
     def load(self, model):
         for k in self.shapes:
             getattr(self.w, k)[...] = model.params[k]
-        self.fresh_copies()
 
     def store(self, model):
         for k in self.shapes:
             model.params[k][...] = getattr(self.w, k)
-
-    def fresh_copies(self):
-        """After the parameters changed: the copies of them an engine keeps (none here)."""
 
     def picks(self, y, n: int, out) -> None:
         raise NotImplementedError
