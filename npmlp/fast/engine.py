@@ -536,7 +536,6 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
     eng, N = batches.engine, len(X)
     chunks, G, n = batches.chunks, len(batches.Xg), len(batches.chunks)
     nmax, distinct = n, batches.distinct
-    mine = None if distinct else batches.cut(0)                      # this process's chunks, every step
     stop = cfg.steps if stop is None else stop
     lossi = np.zeros(cfg.steps, np.float32) if lossi is None else lossi
     update = batches.grads[0] if n == 1 else np.empty_like(eng.flat)   # the chunks' summed update
@@ -565,7 +564,7 @@ def sgd(model: MLP, X, Y, cfg: TrainConfig, lossi=None, start: int = 0, stop: in
                 lr = lr_at(step)
                 seed = 1.0 if adam is not None else lr                     # the backward's -seed * grad
                 start_(g, seed, flat)                                         # helpers run their chunks ...
-                run_chunks(eng, batches, batches.cut(g) if distinct else mine, g, seed)
+                run_chunks(eng, batches, batches.cut(g), g, seed)
                 wait()                                                        # ... while we run ours
                 loss = 0.0
                 if distinct:                                               # parts: shares of the mean
