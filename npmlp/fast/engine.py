@@ -257,34 +257,34 @@ class BNEngine(Engine):
             b.hprebn_t, b.xhat_t, b.tmp_t = (np.empty((H, n), dt) for _ in range(3))   # (H, n) as hpreact_t
             b.stat, b.var_inv, b.scale = (np.empty((H, 1), dt) for _ in range(3))      # (H, 1) per unit
             b.gain, b.bias = self.w.bngain.reshape(H, 1), self.w.bnbias.reshape(H, 1)  # (H, 1) views
+            b.inv_n, b.bessel, b.eps = (np.array(c, dt) for c in (1 / n, 1 / (n - 1), EPS_BN))   # (), as Engine's
         return b
 
     def hidden(self, b):
-        n = b.hprebn_t.shape[1]
         np.dot(self.W1bT, b.embcat1_t, b.hprebn_t)                # (H, n) (embcat @ W1 + b1).T
         np.add.reduce(b.hprebn_t, 1, None, b.stat, True)          # (H, 1)
-        b.stat *= 1 / n                                           # (H, 1) the batch mean
+        b.stat *= b.inv_n                                         # (H, 1) the batch mean
         np.subtract(b.hprebn_t, b.stat, b.xhat_t)                 # (H, n) x - mean
         np.square(b.xhat_t, b.tmp_t)
         np.add.reduce(b.tmp_t, 1, None, b.var_inv, True)          # (H, 1) sum of squares
-        b.var_inv *= 1 / (n - 1)                                  # Bessel's correction, as bn.py
-        b.var_inv += EPS_BN
+        b.var_inv *= b.bessel                                     # Bessel's correction, as bn.py
+        b.var_inv += b.eps
         np.sqrt(b.var_inv, b.var_inv)
-        np.divide(1, b.var_inv, b.var_inv)                        # (H, 1) 1 / sqrt(var + eps)
+        np.divide(self.one, b.var_inv, b.var_inv)                 # (H, 1) 1 / sqrt(var + eps)
         b.xhat_t *= b.var_inv                                     # (H, n) bnraw
         np.multiply(b.xhat_t, b.gain, b.hpreact_t)
         b.hpreact_t += b.bias                                     # (H, n)
 
     def hidden_backward(self, b, g):
         """dhpreact -> dhprebn = gain * var_inv * (dhpreact - dbnbias / n - xhat * dbngain / (n - 1))."""
-        n, H, dhpreact_t, tmp_t = b.hprebn_t.shape[1], self.H, b.dhpreact_t, b.tmp_t
+        H, dhpreact_t, tmp_t = self.H, b.dhpreact_t, b.tmp_t
         dbias, dgain = g.bnbias.reshape(H, 1), g.bngain.reshape(H, 1)
         np.add.reduce(dhpreact_t, 1, None, dbias, True)          # (H, 1) dbnbias
         np.multiply(b.xhat_t, dhpreact_t, tmp_t)
         np.add.reduce(tmp_t, 1, None, dgain, True)               # (H, 1) dbngain
         np.multiply(b.xhat_t, dgain, tmp_t)
-        tmp_t *= 1 / (n - 1)
-        np.multiply(dbias, 1 / n, b.stat)
+        tmp_t *= b.bessel
+        np.multiply(dbias, b.inv_n, b.stat)
         tmp_t += b.stat                                           # (H, n)
         np.subtract(dhpreact_t, tmp_t, tmp_t)
         np.multiply(b.gain, b.var_inv, b.scale)
