@@ -12,8 +12,9 @@ run without torch too.
 
 Legend: B batch, T positions, E n_embd, H n_embd2 (hidden state), V vocab.
 Tolerances (relative to the largest |reference| value of each array, see `check`): float64 1e-10,
-float32 2e-5, a float32 gradient relative to at least a tenth of the comparison's largest gradient
-(see check_all: cancellation).
+float32 2e-5, a float32 gradient relative to at least a tenth of the comparison's largest gradient,
+and float32 held to torch's float64 result, within 4 times torch's own float32 error where that is
+larger (see check_all: cancellation).
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ DTYPES = [np.float64, np.float32]
 MODELS = ["rnn", "gru", "lstm"]
 NO_TORCH = "torch is not installed: these tests compare with its autograd"
 FLOOR32 = 0.1      # a float32 gradient's scale: at least this fraction of the comparison's largest (check_all)
+TRUTH32 = 4        # npmlp's float32 error against float64 may be this many times torch's own (check_all)
 DRAWN = settings(max_examples=20, deadline=None)
 small = st.integers(1, 6)
 seeds = st.integers(0, 2**32 - 1)
@@ -167,16 +169,31 @@ def np_sequence_backward(model, dhidden, cache, backward=None):
 
 # ----------------------------------------------------------------------------- the cells against torch
 
-def check_all(label, pairs, dtype):
+def check_all(label, pairs, dtype, truth=None):
     """Each array of {name: (mine, torch's)} against torch's, relative to its own largest |value|.
     A float32 gradient that cancelled (a sum of terms of both signs, a product with a state near 0)
-    carries the round-off of the terms that made it, not of its small result, in torch as in npmlp;
-    so in float32 a gradient (a name starting with d) is judged relative to FLOOR32 x the largest
-    gradient of the comparison if that is larger, as gradcheck's FLOOR does."""
+    carries the round-off of the terms that made it, not of its small result, in torch as in npmlp.
+    So in float32 a gradient (a name starting with d) is judged relative to FLOOR32 x the largest
+    gradient of the comparison if that is larger, as gradcheck's FLOOR does; and, given truth
+    {name: torch's result in float64 from the same inputs}, each float32 array is held to that
+    truth, within the above or TRUTH32 x torch's own float32 error on it, whichever is larger:
+    npmlp's round-off may be a few times torch's, never more."""
     big = max(float(np.abs(ref).max(initial=0.0)) for name, (_, ref) in pairs.items() if name.startswith("d"))
     for name, (mine, ref) in pairs.items():
         floor = FLOOR32 * big if dtype == np.float32 and name.startswith("d") else 0.0
-        check(f"{label} {name}", mine, ref, RTOL[dtype], scale=max(float(np.abs(ref).max(initial=0.0)), floor))
+        scale = max(float(np.abs(ref).max(initial=0.0)), floor)
+        if truth is None:
+            check(f"{label} {name}", mine, ref, RTOL[dtype], scale=scale)
+        else:
+            torch_err = float(np.abs(ref.astype(np.float64) - truth[name]).max(initial=0.0))
+            check(f"{label} {name} (against float64)", mine, truth[name], 1.0,
+                  scale=max(RTOL[dtype] * scale, TRUTH32 * torch_err))
+
+
+def truth_of(dtype, run):
+    """run(float64) where dtype is float32 (check_all's truth), else None; run(dtype) takes the
+    inputs cast to dtype and returns {name: torch's result}."""
+    return run(np.float64) if dtype == np.float32 else None
 
 
 def cell_vs_torch(model, B, E, H, dtype, seed):
@@ -191,18 +208,23 @@ def cell_vs_torch(model, B, E, H, dtype, seed):
     grads = np_cell_backward(model, douts, cache)
 
     torch = pytest.importorskip("torch", reason=NO_TORCH)
-    xt, *rest = leaves(torch, [x, *states, *params])
-    out_t = TORCH_CELLS[model](xt, *rest)
-    outs_t = list(out_t) if model == "lstm" else [out_t]
-    sum(((o * torch.tensor(d)).sum() for o, d in zip(outs_t, douts, strict=True))).backward()
-
     names = ["h", "c"][:len(outs)] + ["dx"] + [f"d{n}" for n in state_names(model) + names_of(model)]
-    refs = [o.detach().numpy() for o in outs_t] + [a.grad.numpy() for a in [xt, *rest]]
+
+    def run(dt):
+        xt, *rest = leaves(torch, [a.astype(dt) for a in [x, *states, *params]])
+        out_t = TORCH_CELLS[model](xt, *rest)
+        outs_t = list(out_t) if model == "lstm" else [out_t]
+        sum(((o * torch.tensor(d.astype(dt))).sum() for o, d in zip(outs_t, douts, strict=True))).backward()
+        refs = [o.detach().numpy() for o in outs_t] + [a.grad.numpy() for a in [xt, *rest]]
+        assert len(refs) == len(names)
+        return dict(zip(names, refs, strict=True))
+
+    refs = run(dtype)
     assert len(grads) == len(refs) - len(outs)
-    pairs = {name: (mine, ref) for name, mine, ref in zip(names, [*outs, *grads], refs, strict=True)}
+    pairs = {name: (mine, refs[name]) for name, mine in zip(names, [*outs, *grads], strict=True)}
     for name, (mine, _) in pairs.items():
         assert mine.dtype == dtype, f"{name}: {mine.dtype}"
-    check_all(f"{model} cell", pairs, dtype)
+    check_all(f"{model} cell", pairs, dtype, truth_of(dtype, run))
     for a, b in zip(before, [x, *states, *params, *douts], strict=True):
         assert np.array_equal(a, b), "a pair must not change its inputs"
 
@@ -224,11 +246,12 @@ def test_cell_vs_torch_edges(model, dtype, B, E, H):
 
 # ----------------------------------------------------------------------------- through time against torch
 
-def sequence_vs_torch(model, B, T, E, H, dtype, seed, last_only=False, backward=None):
+def sequence_vs_torch(model, B, T, E, H, dtype, seed, last_only=False, backward=None, with_truth=False):
     """Our forward and backward through time and torch's, on the same random inputs ->
     {name: (mine, torch's)}: hidden, the gradient reaching each position's h (dh), demb, the
     starts' and the parameters' gradients. last_only: dhidden is zero except at the last position.
-    backward: a replacement backward through time (the pitfalls below)."""
+    backward: a replacement backward through time (the pitfalls below). with_truth: returns
+    (those pairs, check_all's truth)."""
     rng = np.random.default_rng(seed)
     emb = randn(rng, (B, T, E), dtype)                             # (B, T, E)
     starts = [randn(rng, (1, H), dtype, 0.5) for _ in start_names(model)]  # (1, H) each
@@ -244,19 +267,22 @@ def sequence_vs_torch(model, B, T, E, H, dtype, seed, last_only=False, backward=
         assert np.array_equal(a, b), "a pair must not change its inputs"
 
     torch = pytest.importorskip("torch", reason=NO_TORCH)
-    embt, *rest = leaves(torch, [emb, *starts, *params])
-    startst, paramst = rest[:len(starts)], rest[len(starts):]
-    hiddent, hiddens = torch_sequence(model, embt, startst, paramst)
-    hiddent.backward(torch.tensor(dhidden))
-
     names = ["demb"] + [f"d{n}" for n in start_names(model) + names_of(model)]
     assert len(grads) == len(names)
-    pairs = {"hidden": (hidden, hiddent.detach().numpy()),
-             "dh": (dhs, np.stack([h.grad.numpy() for h in hiddens], 1))}
-    pairs.update({n: (g, a.grad.numpy()) for n, g, a in zip(names, grads, [embt, *rest], strict=True)})
+
+    def run(dt):
+        embt, *rest = leaves(torch, [a.astype(dt) for a in [emb, *starts, *params]])
+        startst, paramst = rest[:len(starts)], rest[len(starts):]
+        hiddent, hiddens = torch_sequence(model, embt, startst, paramst)
+        hiddent.backward(torch.tensor(dhidden.astype(dt)))
+        refs = {"hidden": hiddent.detach().numpy(), "dh": np.stack([h.grad.numpy() for h in hiddens], 1)}
+        return refs | {n: a.grad.numpy() for n, a in zip(names, [embt, *rest], strict=True)}
+
+    refs = run(dtype)
+    pairs = {name: (mine, refs[name]) for name, mine in zip(refs, [hidden, dhs, *grads], strict=True)}
     for name, (mine, _) in pairs.items():
         assert mine.dtype == dtype, f"{name}: {mine.dtype}"
-    return pairs
+    return (pairs, truth_of(dtype, run)) if with_truth else pairs
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -264,14 +290,16 @@ def sequence_vs_torch(model, B, T, E, H, dtype, seed, last_only=False, backward=
 @DRAWN
 @given(B=small, T=small, E=small, H=small, seed=seeds)
 def test_sequence_vs_torch_drawn(model, dtype, B, T, E, H, seed):
-    check_all(model, sequence_vs_torch(model, B, T, E, H, dtype, seed), dtype)
+    pairs, truth = sequence_vs_torch(model, B, T, E, H, dtype, seed, with_truth=True)
+    check_all(model, pairs, dtype, truth)
 
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,T,E,H", EDGES)
 def test_sequence_vs_torch_edges(model, dtype, B, T, E, H):
-    check_all(model, sequence_vs_torch(model, B, T, E, H, dtype, seed=B * 1000 + T * 100 + E * 10 + H), dtype)
+    pairs, truth = sequence_vs_torch(model, B, T, E, H, dtype, seed=B * 1000 + T * 100 + E * 10 + H, with_truth=True)
+    check_all(model, pairs, dtype, truth)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -285,6 +313,21 @@ def test_the_last_output_reaches_the_first_input(model):
     assert np.abs(demb[:, 0]).max() > 1e-6 and np.abs(dstart).max() > 1e-6, "nothing came back to t = 0"
     dh = pairs["dh"][0]
     assert all(np.abs(dh[:, t]).max() > 1e-6 for t in range(T)), "a position the gradient did not reach"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_float32_rule_has_teeth(model):
+    """check_all's float32 rule (float64 truth, torch's own error) passes the real gradients and
+    fails them with one entry moved by 1e-4 of the largest gradient."""
+    pairs, truth = sequence_vs_torch(model, 3, 4, 2, 3, np.float32, seed=7, with_truth=True)
+    check_all(model, pairs, np.float32, truth)
+    name = f"d{names_of(model)[0]}"
+    mine, ref = pairs[name]
+    big = max(float(np.abs(r).max()) for n, (_, r) in pairs.items() if n.startswith("d"))
+    moved = mine.copy()
+    moved.flat[0] += np.float32(1e-4 * big)
+    with pytest.raises(pytest.fail.Exception, match=f"{name} .against float64"):
+        check_all(model, pairs | {name: (moved, ref)}, np.float32, truth)
 
 
 def test_an_unknown_cell_is_refused():
