@@ -5,10 +5,12 @@ package's torch mirror, as benchmarks/torch_layers.py runs it), one core, the sa
     python -m benchmarks.layer_profile --model wavenet          # or deep; --steps, --batch-size
 
 npmlp: the `np` stack.py sees is replaced by a proxy that times every NumPy call and notes the
-source line it came from; a call on a line at or above the previous call's line in the block loop
-starts the next block (the loop body runs top to bottom once per block: forward in order, backward
-in reverse). Operators and array methods (`C.take`, `onehot.fill`, `dlogits[...] -=`) are not seen
-by the proxy: they are the rest of each phase, the step's time minus the calls seen.
+function and source line it came from, and the engine's closures are built again over it. A call
+on a line at or above the previous call's line in a block's closure (StackEngine._program's
+block_forward and block_backward) starts the next block: each runs top to bottom, the forwards in
+order, the backwards in reverse. Operators and array methods (`C.take`, `onehot.fill`,
+`dlogits[...] -=`) are not seen by the proxy: they are the rest of each phase, the step's time
+minus the calls seen.
 torch: torch.profiler over the same steps; an op nested under autograd's engine is the backward;
 each op is put in the block whose row count its shapes carry (the same rows npmlp's blocks have),
 else under "other" (the loss, the embedding gather, the update).
@@ -108,6 +110,7 @@ def npmlp_profile(model, X, Y, cfg, steps):
 
     calls: list = []
     stack.np = Proxy(calls)
+    engine._bufs.clear()                # each block's closures bind the proxy's functions when made
     try:
         for i in range(100):            # the buffers are made (and warmed) outside the timing
             step(i)
@@ -118,6 +121,7 @@ def npmlp_profile(model, X, Y, cfg, steps):
         total = (time.perf_counter_ns() - t) / steps / 1e3
     finally:
         stack.np = np
+        engine._bufs.clear()
     L = len(engine.blocks)
     out: dict = defaultdict(float)
     by_call: dict = defaultdict(float)
@@ -128,15 +132,15 @@ def npmlp_profile(model, X, Y, cfg, steps):
             func_last = None
         if func != func_last:                  # a new phase: its loop starts at block 0
             block, last, func_last = -1, 10**9, func
-        if func in ("forward_loss", "backward"):
+        if func in ("block_forward", "block_backward"):
             if line <= last:
                 block += 1
             last = line
-            b = block if func == "forward_loss" else L - 1 - block
+            b = block if func == "block_forward" else L - 1 - block
             layer = f"block {b}" if 0 <= b < L else "other"
         else:
-            layer = "other"
-        phase = "backward" if func == "backward" else "forward"
+            layer = "other"                    # the loss, the embedding, the running statistics
+        phase = "backward" if func in ("backward", "block_backward") else "forward"
         out[(phase, layer)] += ns / steps / 1e3
         by_call[(phase, layer, f"{_name} (stack.py:{line})")] += ns / steps / 1e3
     seen = {ph: sum(v for (p, _), v in out.items() if p == ph) for ph in ("forward", "backward")}

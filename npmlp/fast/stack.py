@@ -21,6 +21,8 @@ The tricks, each said once where it is used:
   - the arrays of a batch size are made once; dC is a one-hot matmul (as engine.py's);
   - the step's constants and its seed are 0-d arrays of the dtype, not Python numbers (as
     engine.py's);
+  - each block's forward and backward are two closures made with its arrays (_program), every
+    array bound once, as engine.py's step is: the step looks nothing up by name in its blocks;
   - tanh is the one this CPU runs fastest (tanh.py, as engine.py's).
 """
 from __future__ import annotations
@@ -138,6 +140,7 @@ class StackEngine(FlatParams):
                     math.sqrt(a.m), a.m * BN_EPS, 1 / rows, 1 / a.m))
             a.out = np.empty((rows, blk.O), dt) if blk.tanh else (a.y if blk.bn is not None else a.pre)
             a.dout = np.empty((rows, blk.O), dt)                    # the gradient reaching the output
+            a.forward, a.backward = self._program(blk, a)
             per.append(a)
             x, dx = a.out, a.dout
         # the momentum of every running statistic, and the 1 / (n - 1) that turns a block's sum of
@@ -151,12 +154,73 @@ class StackEngine(FlatParams):
         coef = np.empty((B, 1), dt)                                  # dloss / B / each row's sum
         bufs = self._bufs[B] = SimpleNamespace(
             emb=emb, momentum=momentum, keep=np.array(1 - MOMENTUM, dt), demb=per[0].dx.reshape(B * self.T, self.E),
-            blocks=per, logits=per[-1].out, dlogits=per[-1].dout, dlogits_flat=per[-1].dout.reshape(-1),
-            maxes=np.empty((B, 1), dt), seed=np.empty((), dt), coef=coef, coef_row=coef.reshape(B), one=np.ones((), dt),
+            forwards=[a.forward for a in per], backwards=[a.backward for a in reversed(per)],
+            logits=per[-1].out, dlogits=per[-1].dout, dlogits_flat=per[-1].dout.reshape(-1),
+            maxes=np.empty((B, 1), dt), seed=np.empty((), dt), coef=coef, coef_row=coef.reshape(B),
             sums=np.empty(B, dt), counts=counts, counts_flat=counts.reshape(-1), ones_V=np.ones(self.V, dt),
             rows_V=np.arange(B) * self.V, target=None, onehot=onehot, onehot_t=onehot.T, onehot_flat=onehot.reshape(-1),
             rows_v=np.arange(B * self.T) * self.V, hot=None)
         return bufs
+
+    def _program(self, blk: Block, a: SimpleNamespace):
+        """Block blk's block_forward() and block_backward(g) (g: views() of a gradient vector), closures over
+        its arrays a: every array they read is bound once here (a lookup by name each step costs
+        about what the pass costs on these arrays). The backward reads what the forward left in a."""
+        dot, add, subtract, multiply, square = np.dot, np.add, np.subtract, np.multiply, np.square
+        x, xT, W, WT, bias, pre, out, t = a.x, a.xT, a.W, a.WT, a.b, a.pre, a.out, a.t
+        dx, dpre, dout, ones, ones_n = a.dx, a.dpre, a.dout, a.ones, a.ones_n
+        bn, tanh = blk.bn, (self.tanh if blk.tanh else None)
+        tanh_in, one = (a.y if bn is not None else pre), np.ones((), self.dtype)
+        if bn is not None:
+            xmu, y, mean, ssq, vi, scale, gamma, beta = a.xmu, a.y, a.mean, a.ssq, a.vi, a.scale, a.gamma, a.beta
+            eps_m, sqrt_m, c1, c2, inv_n, bessel_n = a.eps_m, a.sqrt_m, a.c1, a.c2, a.inv_n, a.bessel_n
+        # ufuncs take `out` by position: a keyword costs more than the arithmetic on these arrays
+
+        def block_forward():
+            dot(x, W, pre)                                              # (n, O) x @ W
+            if bias is not None:
+                add(pre, bias, pre)                                     # (n, O) + b
+            if bn is not None:
+                dot(ones_n, pre, mean)                                  # (O,) the batch mean
+                subtract(pre, mean, xmu)                                # (n, O) x - mean
+                square(xmu, t)
+                dot(ones, t, ssq)                                       # (O,) sum of squared deviations
+                add(ssq, eps_m, vi)                                     # 1 / sqrt(ssq / m + eps) is
+                np.sqrt(vi, vi)                                         #   sqrt(m) / sqrt(ssq + m * eps):
+                np.divide(sqrt_m, vi, vi)                               #   (O,) one call fewer
+                multiply(vi, gamma, scale)                              # (O,) gamma / sqrt(var + eps)
+                multiply(xmu, scale, y)
+                add(y, beta, y)                                         # (n, O) gamma * xhat + beta
+            if tanh is not None:
+                tanh(tanh_in, out)                                      # (n, O)
+
+        def block_backward(g):
+            d = dout
+            if tanh is not None:                                        # through tanh: (1 - h^2) * dout
+                square(out, t)
+                subtract(one, t, t)
+                multiply(t, d, t)
+                d = t
+            if bn is not None:
+                dgamma, dbeta = getattr(g, bn.gamma), getattr(g, bn.beta)
+                dot(ones, d, dbeta)                                     # (O,)
+                multiply(xmu, d, dpre)
+                dot(ones, dpre, dgamma)
+                multiply(dgamma, vi, dgamma)                            # (O,) sum(xhat * dout)
+                # dpre = scale * (dout - dbeta / n - xhat * dgamma * bessel / n), xhat = xmu * vi
+                multiply(vi, dgamma, c2)
+                multiply(c2, bessel_n, c2)                              # bessel / n = 1 / m
+                multiply(dbeta, inv_n, c1)
+                multiply(xmu, c2, dpre)
+                add(dpre, c1, dpre)
+                subtract(d, dpre, dpre)
+                multiply(dpre, scale, dpre)                             # (n, O)
+                d = dpre
+            if bias is not None:
+                dot(ones, d, getattr(g, blk.b))                         # (O,)
+            dot(xT, d, getattr(g, blk.W))                               # (I, O) x.T @ dpre
+            dot(d, WT, dx)                                              # (n, I), into the layer below
+        return block_forward, block_backward
 
     def picks(self, y, n: int, out) -> None:
         """Where the targets y (..., n) of n rows sit in counts_flat, (n, V) flattened: row * V + y."""
@@ -173,25 +237,8 @@ class StackEngine(FlatParams):
         bufs.target = yb + bufs.rows_V if pick is None else pick
         bufs.hot = xb.reshape(-1) + bufs.rows_v if hot is None else hot
         self.w.C.take(xb.reshape(-1), 0, bufs.emb)                         # (B*T, E)
-        # ufuncs take `out` by position: a keyword costs more than the arithmetic on these arrays
-        for blk, a in zip(self.blocks, bufs.blocks, strict=True):
-            np.dot(a.x, a.W, a.pre)                                      # (n, O) x @ W
-            if a.b is not None:
-                np.add(a.pre, a.b, a.pre)                                # (n, O) + b
-            if blk.bn is not None:
-                mean, ssq, vi = a.mean, a.ssq, a.vi
-                np.dot(a.ones_n, a.pre, mean)                            # (O,) the batch mean
-                np.subtract(a.pre, mean, a.xmu)                          # (n, O) x - mean
-                np.square(a.xmu, a.t)
-                np.dot(a.ones, a.t, ssq)                                 # (O,) sum of squared deviations
-                np.add(ssq, a.eps_m, vi)                                 # 1 / sqrt(ssq / m + eps) is
-                np.sqrt(vi, vi)                                          #   sqrt(m) / sqrt(ssq + m * eps):
-                np.divide(a.sqrt_m, vi, vi)                              #   (O,) one call fewer
-                np.multiply(vi, a.gamma, a.scale)                        # (O,) gamma / sqrt(var + eps)
-                np.multiply(a.xmu, a.scale, a.y)
-                np.add(a.y, a.beta, a.y)                                 # (n, O) gamma * xhat + beta
-            if blk.tanh:
-                self.tanh(a.y if blk.bn is not None else a.pre, a.out)   # (n, O)
+        for forward in bufs.forwards:                                  # the blocks, bottom up (_program)
+            forward()
         if self.stats:
             # running = (1 - momentum) * running + momentum * the batch's statistic, every BatchNorm
             # at once; the same multiply turns sums of squared deviations into unbiased variances
@@ -220,32 +267,8 @@ class StackEngine(FlatParams):
         np.divide(seed, bufs.sums, bufs.coef_row)                       # (B, 1) dloss / B / sum
         np.multiply(bufs.counts, bufs.coef, bufs.dlogits)              # (B, V) dloss * softmax / B
         bufs.dlogits_flat[bufs.target] -= seed                          #   minus dloss * onehot(Y) / B
-        for blk, a in zip(reversed(self.blocks), reversed(bufs.blocks), strict=True):
-            d = a.dout
-            if blk.tanh:                                                # through tanh: (1 - h^2) * dout
-                np.square(a.out, a.t)
-                np.subtract(bufs.one, a.t, a.t)
-                np.multiply(a.t, d, a.t)
-                d = a.t
-            if blk.bn is not None:
-                dgamma, dbeta, c1, c2 = getattr(g, blk.bn.gamma), getattr(g, blk.bn.beta), a.c1, a.c2
-                np.dot(a.ones, d, dbeta)                                # (O,)
-                np.multiply(a.xmu, d, a.dpre)
-                np.dot(a.ones, a.dpre, dgamma)
-                np.multiply(dgamma, a.vi, dgamma)                       # (O,) sum(xhat * dout)
-                # dpre = scale * (dout - dbeta / n - xhat * dgamma * bessel / n), xhat = xmu * vi
-                np.multiply(a.vi, dgamma, c2)
-                np.multiply(c2, a.bessel_n, c2)                         # bessel / n = 1 / m
-                np.multiply(dbeta, a.inv_n, c1)
-                np.multiply(a.xmu, c2, a.dpre)
-                np.add(a.dpre, c1, a.dpre)
-                np.subtract(d, a.dpre, a.dpre)
-                np.multiply(a.dpre, a.scale, a.dpre)                    # (n, O)
-                d = a.dpre
-            if a.b is not None:
-                np.dot(a.ones, d, getattr(g, blk.b))                    # (O,)
-            np.dot(a.xT, d, getattr(g, blk.W))                          # (I, O) x.T @ dpre
-            np.dot(d, a.WT, a.dx)                                       # (n, I), into the layer below
+        for backward in bufs.backwards:                                # top down
+            backward(g)
         # dC = onehot(X).T @ demb: BLAS adds the rows of repeated characters
         bufs.onehot.fill(0)
         bufs.onehot_flat[bufs.hot] = 1                                        # (B*T, V)
