@@ -163,9 +163,10 @@ class StackEngine(FlatParams):
         return bufs
 
     def _program(self, blk: Block, a: SimpleNamespace):
-        """Block blk's block_forward() and block_backward(g) (g: views() of a gradient vector), closures over
-        its arrays a: every array they read is bound once here (a lookup by name each step costs
-        about what the pass costs on these arrays). The backward reads what the forward left in a."""
+        """Block blk's block_forward() and block_backward(g) (g: views() of a gradient vector),
+        closures over its arrays a. Every array they read is bound once here: looking them up by
+        name each step took about 15 µs of a WaveNet step and 40 µs of a deep one (benchmarks/
+        README.md). The backward reads what the forward left in a."""
         dot, add, subtract, multiply, square = np.dot, np.add, np.subtract, np.multiply, np.square
         x, xT, W, WT, bias, pre, out, t = a.x, a.xT, a.W, a.WT, a.b, a.pre, a.out, a.t
         dx, dpre, dout, ones, ones_n = a.dx, a.dpre, a.dout, a.ones, a.ones_n
