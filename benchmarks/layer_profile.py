@@ -130,7 +130,7 @@ def npmlp_profile(model, X, Y, cfg, steps):
     for k, (func, line, _name, ns) in enumerate(calls):
         if k % per_step == 0:
             func_last = None
-        if func != func_last:                  # a new phase: its loop starts at block 0
+        if func != func_last:                  # a new phase: its blocks' closures start again
             block, last, func_last = -1, 10**9, func
         if func in ("block_forward", "block_backward"):
             if line <= last:

@@ -140,12 +140,12 @@ class StackEngine(FlatParams):
                     math.sqrt(a.m), a.m * BN_EPS, 1 / rows, 1 / a.m))
             a.out = np.empty((rows, blk.O), dt) if blk.tanh else (a.y if blk.bn is not None else a.pre)
             a.dout = np.empty((rows, blk.O), dt)                    # the gradient reaching the output
-            a.forward, a.backward = self._program(blk, a)
             per.append(a)
             x, dx = a.out, a.dout
         # the momentum of every running statistic, and the 1 / (n - 1) that turns a block's sum of
         # squared deviations into the unbiased variance
         onehot, counts = np.zeros((B * self.T, self.V), dt), np.empty((B, self.V), dt)
+        programs = [self._program(blk, a) for blk, a in zip(self.blocks, per, strict=True)]
         momentum = np.empty_like(self.batch)
         normed = [a for blk, a in zip(self.blocks, per, strict=True) if blk.bn is not None]
         for (m, v), a in zip(self.spans, normed, strict=True):
@@ -154,7 +154,7 @@ class StackEngine(FlatParams):
         coef = np.empty((B, 1), dt)                                  # dloss / B / each row's sum
         bufs = self._bufs[B] = SimpleNamespace(
             emb=emb, momentum=momentum, keep=np.array(1 - MOMENTUM, dt), demb=per[0].dx.reshape(B * self.T, self.E),
-            forwards=[a.forward for a in per], backwards=[a.backward for a in reversed(per)],
+            forwards=[f for f, _ in programs], backwards=[b for _, b in reversed(programs)],
             logits=per[-1].out, dlogits=per[-1].dout, dlogits_flat=per[-1].dout.reshape(-1),
             maxes=np.empty((B, 1), dt), seed=np.empty((), dt), coef=coef, coef_row=coef.reshape(B),
             sums=np.empty(B, dt), counts=counts, counts_flat=counts.reshape(-1), ones_V=np.ones(self.V, dt),
@@ -167,7 +167,8 @@ class StackEngine(FlatParams):
         closures over its arrays a. Every array they read is bound once here: looking them up by
         name each step took about 15 µs of a WaveNet step and 40 µs of a deep one (benchmarks/
         README.md). The backward reads what the forward left in a."""
-        dot, add, subtract, multiply, square = np.dot, np.add, np.subtract, np.multiply, np.square
+        dot, add, subtract, multiply, divide, square, sqrt = (np.dot, np.add, np.subtract, np.multiply,
+                                                              np.divide, np.square, np.sqrt)
         x, xT, W, WT, bias, pre, out, t = a.x, a.xT, a.W, a.WT, a.b, a.pre, a.out, a.t
         dx, dpre, dout, ones, ones_n = a.dx, a.dpre, a.dout, a.ones, a.ones_n
         bn, tanh = blk.bn, (self.tanh if blk.tanh else None)
@@ -187,8 +188,8 @@ class StackEngine(FlatParams):
                 square(xmu, t)
                 dot(ones, t, ssq)                                       # (O,) sum of squared deviations
                 add(ssq, eps_m, vi)                                     # 1 / sqrt(ssq / m + eps) is
-                np.sqrt(vi, vi)                                         #   sqrt(m) / sqrt(ssq + m * eps):
-                np.divide(sqrt_m, vi, vi)                               #   (O,) one call fewer
+                sqrt(vi, vi)                                            #   sqrt(m) / sqrt(ssq + m * eps):
+                divide(sqrt_m, vi, vi)                                  #   (O,) one call fewer
                 multiply(vi, gamma, scale)                              # (O,) gamma / sqrt(var + eps)
                 multiply(xmu, scale, y)
                 add(y, beta, y)                                         # (n, O) gamma * xhat + beta
