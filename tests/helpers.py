@@ -412,22 +412,36 @@ def rel(mine, ref) -> float:
     return float(np.abs(mine - ref).max(initial=0.0) / max(np.abs(ref).max(initial=0.0), 1e-300))
 
 
-def check(name, mine, ref, rtol, scale=None):
-    """Assert max|mine - ref| <= rtol * scale (default max|ref|); on failure print shape, max abs
-    diff, relative error and the worst few mine-vs-ref values. Returns the relative error."""
+def check(name, mine, ref, rtol, scale=None, slack=0.0):
+    """Assert |mine - ref| <= rtol * scale (default max|ref|) + slack everywhere (slack: a scalar or
+    an array of ref's shape, what ill-conditioned entries may add, e.g. adamw_slack's); on failure
+    print shape, max abs diff beyond the slack, relative error and the worst few mine-vs-ref values.
+    Returns the relative error."""
     mine, ref = np.asarray(mine), np.asarray(ref)
     assert mine.shape == ref.shape, f"{name}: shape {mine.shape} != reference {ref.shape}"
-    diff = np.abs(mine.astype(np.float64) - ref.astype(np.float64))
+    diff = np.abs(mine.astype(np.float64) - ref.astype(np.float64)) - slack
     maxdiff = float(diff.max(initial=0.0))
     scale = max(float(np.abs(ref).max(initial=0.0)) if scale is None else scale, 1e-300)
     r = maxdiff / scale
     if not r <= rtol:  # also catches NaN
         worst = np.argsort(diff.ravel())[-4:][::-1]
         pairs = ", ".join(f"{mine.ravel()[i]:.10g} vs {ref.ravel()[i]:.10g}" for i in worst)
-        pytest.fail(f"{name} {mine.shape} {mine.dtype}: maxdiff {maxdiff:.3e}, rel {r:.3e} > {rtol:g} "
+        beyond = " beyond the slack" if np.any(slack) else ""
+        pytest.fail(f"{name} {mine.shape} {mine.dtype}: maxdiff {maxdiff:.3e}{beyond}, rel {r:.3e} > {rtol:g} "
                     f"(scale {scale:.3e}, max|ref| {float(np.abs(ref).max(initial=0)):.3e}); "
                     f"mine vs ref (worst): {pairs}")
     return r
+
+
+def adamw_slack(grads: dict, lr: float, eps: float, rtol: float, floor: float = 0.01) -> dict:
+    """{name: what AdamW's first step may move each entry beyond round-off} when two right backwards
+    give gradients g that differ by rtol x the larger of max|g| of that parameter and floor x the
+    step's largest (the rule the gradient checks hold them to). The step moves a parameter by
+    lr * g / (|g| + eps), whose slope eps / (|g| + eps)^2 peaks at 1 / eps where g is round-off: a
+    gradient of a few eps (a cancelled sum) moves its parameter by up to lr * (its error) / eps."""
+    G = max(float(np.abs(g).max(initial=0.0)) for g in grads.values())
+    return {k: lr * eps * rtol * max(float(np.abs(g).max(initial=0.0)), floor * G) / (np.abs(g) + eps) ** 2
+            for k, g in grads.items()}
 
 
 def magnitude_scales(model, cache, X, Y):
