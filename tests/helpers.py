@@ -433,14 +433,17 @@ def check(name, mine, ref, rtol, scale=None, slack=0.0):
     return r
 
 
-def adamw_slack(grads: dict, lr: float, eps: float, rtol: float, floor: float = 0.01) -> dict:
-    """{name: what AdamW's first step may move each entry beyond round-off} when two right backwards
-    give gradients g that differ by rtol x the larger of max|g| of that parameter and floor x the
-    step's largest (the rule the gradient checks hold them to). The step moves a parameter by
-    lr * g / (|g| + eps), whose slope eps / (|g| + eps)^2 peaks at 1 / eps where g is round-off: a
-    gradient of a few eps (a cancelled sum) moves its parameter by up to lr * (its error) / eps."""
+def adamw_slack(opt, rtol: float, floor: float = 0.01) -> dict:
+    """{name: what the first step of AdamW `opt` (train.AdamW, after it) may move each entry beyond
+    round-off} when two right backwards give gradients g (its m / (1 - beta1)) that differ by rtol x
+    the larger of max|g| of that parameter and floor x the step's largest (the rule the gradient
+    checks hold them to). The step moves a parameter by lr * g / (|g| + eps), whose slope
+    eps / (|g| + eps)^2 peaks at 1 / eps where g is round-off: a gradient of a few eps (a cancelled
+    sum) moves its parameter by up to lr * (its error) / eps."""
+    assert opt.t == 1, opt.t
+    grads = {k: m / (1 - opt.beta1) for k, m in opt.m.items()}
     G = max(float(np.abs(g).max(initial=0.0)) for g in grads.values())
-    return {k: lr * eps * rtol * max(float(np.abs(g).max(initial=0.0)), floor * G) / (np.abs(g) + eps) ** 2
+    return {k: opt.lr * opt.eps * rtol * max(float(np.abs(g).max(initial=0.0)), floor * G) / (np.abs(g) + opt.eps) ** 2
             for k, g in grads.items()}
 
 
