@@ -443,8 +443,13 @@ def adamw_slack(opt, rtol: float, floor: float = 0.01) -> dict:
     assert opt.t == 1, opt.t
     grads = {k: m / (1 - opt.beta1) for k, m in opt.m.items()}
     G = max(float(np.abs(g).max(initial=0.0)) for g in grads.values())
-    return {k: opt.lr * opt.eps * rtol * max(float(np.abs(g).max(initial=0.0)), floor * G) / (np.abs(g) + opt.eps) ** 2
+    return {k: opt.lr * opt.eps * rtol * floored(grads, k, floor * G) / (np.abs(g) + opt.eps) ** 2
             for k, g in grads.items()}
+
+
+def floored(arrays: dict, k: str, floor: float) -> float:
+    """max|arrays[k]|, or floor if larger: the scale a gradient that cancelled is judged against."""
+    return max(float(np.abs(arrays[k]).max(initial=0.0)), floor)
 
 
 def magnitude_scales(model, cache, X, Y):

@@ -19,7 +19,7 @@ import string
 
 import numpy as np
 import pytest
-from helpers import StopAfter, adamw_slack, check, make_names, names_file
+from helpers import StopAfter, adamw_slack, check, floored, make_names, names_file
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -76,10 +76,6 @@ def run(sgd, model, X, Y, cfg):
     losses: list[float] = []
     sgd(model, X, Y, cfg, on_step=lambda step, loss: losses.append(loss), opt=opt)
     return np.array(losses), opt
-
-
-def floored(grads: dict, k: str, floor: float) -> float:
-    return max(float(np.abs(grads[k]).max()), floor)
 
 
 @pytest.fixture(params=sorted(fast_tanh.TANH_FORMS))
