@@ -448,35 +448,23 @@ class Chunks:
         cut, wait), each seeded with -seed * its share of the batch, sums their updates in chunk
         order into update (P,) and returns the batch's mean loss. A chunk whose loss is not finite
         gets no backward (run_chunks)."""
-        eng, parts, grads, nchunk, nmax = self.engine, self.parts, self.grads, self.nchunk, len(self.chunks)
+        eng, parts, grads, nchunk, nmax, distinct = (self.engine, self.parts, self.grads, self.nchunk,
+                                                     len(self.chunks), self.distinct)
         update = grads[0] if nmax == 1 else np.empty_like(eng.flat)
-        if nmax == 1 and self.processes == 1 and not self.distinct:
-            # one chunk, run here (a batch of up to CHUNK rows): straight to the engine, without the
-            # chunks' bookkeeping (0.8 % of the B=32 step's instructions; benchmarks/README.md)
-            views, g0, forward_loss, backward, isfinite = [v[0] for v in self.views], self.grad_views[0], \
-                eng.forward_loss, eng.backward, math.isfinite
-
-            def one(g, seed):
-                xk, yk, pk, hk = views[g]
-                loss, b = forward_loss(xk, yk, pk, hk)
-                if isfinite(loss):
-                    backward(b, xk, yk, -seed, g0)
-                return loss
-            return one, update
         flat, start, wait, cut = eng.flat, self.start, self.wait, self.cut
-        shares = [1.0] * nmax if self.distinct else [c[2] for c in self.chunks]   # distinct: parts are shares
+        shares = [1.0] * nmax if distinct else [c[2] for c in self.chunks]   # distinct: parts are shares
 
-        def chunks(g, seed):
+        def run(g, seed):
             start(g, seed, flat)                                # helpers run their chunks ...
             run_chunks(eng, self, cut(g), g, seed)
             wait()                                              # ... while we run ours
-            n, loss = int(nchunk[g]), 0.0
+            n, loss = int(nchunk[g]) if distinct else nmax, 0.0   # distinct: this step's chunks
             for k in range(n):
                 loss += float(parts[k]) * shares[k]             # the batch mean, chunk by chunk
             if nmax > 1:                                        # row by row in chunk order,
                 np.add.reduce(grads[:n], 0, None, update)       #   whoever ran the chunk
             return loss
-        return chunks, update
+        return run, update
 
     def cut(self, g: int, p: int = 0) -> range:
         """The chunks of step g that process p (0: this one) runs: a contiguous share of them (of
